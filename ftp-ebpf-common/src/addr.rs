@@ -18,7 +18,9 @@ pub const fn ipv4(octets: [u8; 4]) -> Addr {
 #[cfg(feature = "user")]
 pub fn to_ip(family: u8, addr: &Addr) -> Option<core::net::IpAddr> {
     match family {
-        FAMILY_IPV4 => Some(core::net::IpAddr::from([addr[0], addr[1], addr[2], addr[3]])),
+        FAMILY_IPV4 => Some(core::net::IpAddr::from([
+            addr[0], addr[1], addr[2], addr[3],
+        ])),
         FAMILY_IPV6 => Some(core::net::IpAddr::from(*addr)),
         _ => None,
     }

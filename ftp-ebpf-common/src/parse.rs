@@ -434,10 +434,7 @@ mod tests {
     #[test]
     fn a_bad_line_does_not_spoil_the_next() {
         assert_eq!(
-            scan(
-                Sender::Client,
-                b"PORT 1,2,3,4,5\r\nPORT 10,0,0,2,7,138\r\n"
-            ),
+            scan(Sender::Client, b"PORT 1,2,3,4,5\r\nPORT 10,0,0,2,7,138\r\n"),
             [
                 Step::Malformed(ParseError::MissingNumber),
                 announced(Mode::Active, [10, 0, 0, 2], 1930)

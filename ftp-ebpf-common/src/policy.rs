@@ -151,7 +151,11 @@ mod tests {
         };
         assert_eq!(plan.class(0), PortClass::Open);
         assert_eq!(plan.class(21), PortClass::Control);
-        assert_eq!(plan.class(2121), PortClass::Control, "control beats guarded");
+        assert_eq!(
+            plan.class(2121),
+            PortClass::Control,
+            "control beats guarded"
+        );
         assert_eq!(plan.class(80), PortClass::Open);
         assert_eq!(plan.class(1023), PortClass::Open);
         assert_eq!(plan.class(1024), PortClass::Guarded);
@@ -205,7 +209,10 @@ mod tests {
             control: reply(SERVER, CLIENT),
         };
         assert_eq!(syn_verdict(true, None, 50), SynVerdict::Retransmission);
-        assert_eq!(syn_verdict(true, Some(&live), 50), SynVerdict::Retransmission);
+        assert_eq!(
+            syn_verdict(true, Some(&live), 50),
+            SynVerdict::Retransmission
+        );
         assert_eq!(syn_verdict(false, Some(&live), 99), SynVerdict::Admit);
         assert_eq!(syn_verdict(false, Some(&live), 100), SynVerdict::Expired);
         assert_eq!(syn_verdict(false, None, 50), SynVerdict::Unsolicited);

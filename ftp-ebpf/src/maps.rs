@@ -1,0 +1,59 @@
+//! The maps and load-time settings both programs share.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use ftp_ebpf_common::{
+    expect::{ExpectKey, ExpectValue},
+    flow::{FlowKey, FlowValue},
+    policy::PortClass,
+    stats::{COUNTERS, Counter},
+};
+
+use crate::control::ControlScan;
+
+/// The loader sizes the tables at load time; these are the defaults.
+#[map]
+pub static EXPECTATIONS: HashMap<ExpectKey, ExpectValue> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(262144, 0);
+
+/// One `PortClass` per TCP port, filled by the loader.
+#[map]
+pub static PORT_CLASS: Array<u8> = Array::with_max_entries(65536, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+/// One scan buffer per CPU and direction: a tc egress program and the XDP program never
+/// share a buffer, whatever runs on that CPU when.
+#[map]
+pub static SCAN: PerCpuArray<ControlScan> = PerCpuArray::with_max_entries(2, 0);
+
+#[unsafe(no_mangle)]
+pub static EXPECT_TIMEOUT_NS: Global<u64> = Global::new(300_000_000_000);
+
+#[inline(always)]
+pub fn port_class(port: u16) -> PortClass {
+    match PORT_CLASS.get(u32::from(port)) {
+        Some(class) => PortClass::from_u8(*class),
+        None => PortClass::Open,
+    }
+}
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(value) = STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU writes it concurrently.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}

@@ -1,0 +1,101 @@
+//! The embedded kernel object and how it is loaded with an instance's settings.
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::Array,
+    programs::{SchedClassifier, Xdp},
+};
+use ftp_ebpf_common::policy::PortPlan;
+
+/// The compiled programs, built by build.rs; 8-byte aligned as the ELF parser wants.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf.o"));
+
+pub const INGRESS_PROGRAM: &str = "ftp_ingress";
+pub const EGRESS_PROGRAM: &str = "ftp_egress";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Inclusive range of guarded ports.
+    pub data_ports: (u16, u16),
+    pub control_ports: Vec<u16>,
+    /// Listeners inside the guarded range that anyone may connect to.
+    pub allowed_ports: Vec<u16>,
+    pub expect_timeout_secs: u64,
+    pub flow_idle_timeout_secs: u64,
+    pub max_expectations: u32,
+    pub max_flows: u32,
+    /// Lets the programs' debug-level log lines through.
+    pub verbose: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_ports: (1024, 65535),
+            control_ports: vec![21],
+            allowed_ports: Vec::new(),
+            expect_timeout_secs: 300,
+            flow_idle_timeout_secs: 300,
+            max_expectations: 65536,
+            max_flows: 262144,
+            verbose: false,
+        }
+    }
+}
+
+impl Settings {
+    pub fn port_plan(&self) -> PortPlan<'_> {
+        PortPlan {
+            data_ports: self.data_ports,
+            control_ports: &self.control_ports,
+            allowed_ports: &self.allowed_ports,
+        }
+    }
+}
+
+/// Loads the maps and both programs into the kernel (through the verifier) without
+/// attaching anything.
+pub fn load(settings: &Settings) -> Result<Ebpf> {
+    if settings.data_ports.0 == 0 || settings.data_ports.0 > settings.data_ports.1 {
+        bail!(
+            "invalid data port range {}-{}: expected LO-HI with 1 <= LO <= HI <= 65535",
+            settings.data_ports.0,
+            settings.data_ports.1
+        );
+    }
+    let timeout_ns = settings.expect_timeout_secs.saturating_mul(1_000_000_000);
+    // aya-log's levels: 3 = info, 4 = debug.
+    let log_level: u8 = if settings.verbose { 4 } else { 3 };
+    let mut ebpf = EbpfLoader::new()
+        .override_global("EXPECT_TIMEOUT_NS", &timeout_ns, true)
+        .override_global("AYA_LOG_LEVEL", &log_level, false)
+        .map_max_entries("EXPECTATIONS", settings.max_expectations)
+        .map_max_entries("FLOWS", settings.max_flows)
+        .load(OBJECT)
+        .context("loading the eBPF maps failed")?;
+
+    let mut classes: Array<_, u8> = Array::try_from(
+        ebpf.map_mut("PORT_CLASS")
+            .context("the object has no PORT_CLASS map")?,
+    )?;
+    let plan = settings.port_plan();
+    for port in 0..=u16::MAX {
+        classes.set(u32::from(port), plan.class(port) as u8, 0)?;
+    }
+
+    let ingress: &mut Xdp = program(&mut ebpf, INGRESS_PROGRAM)?.try_into()?;
+    ingress
+        .load()
+        .with_context(|| format!("the kernel refused program {INGRESS_PROGRAM}"))?;
+    let egress: &mut SchedClassifier = program(&mut ebpf, EGRESS_PROGRAM)?.try_into()?;
+    egress
+        .load()
+        .with_context(|| format!("the kernel refused program {EGRESS_PROGRAM}"))?;
+    Ok(ebpf)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the object has no program {name}"))
+}

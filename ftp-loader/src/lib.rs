@@ -1,0 +1,20 @@
+//! ftp-loader: loads ftp-tracker's kernel programs, attaches them to interfaces and
+//! reports what they track.
+
+pub mod attach;
+pub mod ebpf;
+pub mod gc;
+pub mod pins;
+pub mod stats;
+
+/// Nanoseconds on the clock `bpf_ktime_get_ns` reads, so userspace can judge the
+/// timestamps the programs store.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,40 @@
+//! The programs' counters, summed over CPUs.
+
+use anyhow::{Context, Result};
+use aya::maps::{Map, PerCpuArray};
+use ftp_ebpf_common::stats::Counter;
+
+pub fn read(map: &Map) -> Result<Vec<(Counter, u64)>> {
+    let array: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map).context("STATS is not a per-CPU array")?;
+    Counter::ALL
+        .iter()
+        .map(|&counter| {
+            let per_cpu = array
+                .get(&(counter as u32), 0)
+                .with_context(|| format!("reading counter {}", counter.name()))?;
+            Ok((counter, per_cpu.iter().sum()))
+        })
+        .collect()
+}
+
+/// One flat JSON object of counter name to integer.
+pub fn to_json(counters: &[(Counter, u64)]) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = counters
+        .iter()
+        .map(|(c, v)| (c.name().to_owned(), (*v).into()))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+pub fn to_text(counters: &[(Counter, u64)]) -> String {
+    let width = counters
+        .iter()
+        .map(|(c, _)| c.name().len())
+        .max()
+        .unwrap_or(0);
+    counters
+        .iter()
+        .map(|(c, v)| format!("{:<width$}  {:>12}  {}\n", c.name(), v, c.help()))
+        .collect()
+}
