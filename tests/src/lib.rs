@@ -1,1 +1,14 @@
+//! Test fixtures built from real parts: a two-host lab in network namespaces running the
+//! real vsftpd and ftp-loader, and hand-made Ethernet frames for `BPF_PROG_TEST_RUN`.
 
+pub mod frame;
+pub mod lab;
+
+/// The tests attach programs and create namespaces: say so plainly when not root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "these tests load eBPF programs and create network namespaces: run them as root (`sudo cargo xtask test`)"
+    );
+}

@@ -1,0 +1,362 @@
+//! The classic two-host FTP lab: a server host running vsftpd with a passive port range and
+//! a client host, joined by a veth pair, each in a network namespace of its own. No
+//! netfilter rule or helper exists in either namespace: ftp-loader alone guards the server.
+//!
+//! Names are unique per process and lab, and `Drop` removes everything the lab made (the
+//! processes, the namespaces with their veth pair, the pin directory, the files), also when
+//! a test fails halfway.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const SERVER_IF: &str = "srv0";
+pub const CLIENT_IF: &str = "cli0";
+pub const PASSIVE_PORTS: (u16, u16) = (10000, 10500);
+/// The file every lab serves, at ftp://192.0.2.1/pub/blob.
+pub const BLOB_PATH: &str = "pub/blob";
+const BLOB_SIZE: usize = 2 << 20;
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    pub server_ns: String,
+    pub client_ns: String,
+    pub pin_dir: PathBuf,
+    dir: PathBuf,
+    loader_bin: PathBuf,
+    vsftpd: Option<Child>,
+    loader: Option<Child>,
+    others: Vec<Child>,
+}
+
+/// Runs a command, failing with its output when it fails.
+pub fn run(command: &mut Command) -> Result<Output> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    ensure!(
+        output.status.success(),
+        "{command:?} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output)
+}
+
+/// The ftp-loader binary next to the running test executable (target/<profile>/), which
+/// `cargo xtask test` builds before running the tests.
+pub fn default_loader_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("ftp-loader")
+}
+
+impl Lab {
+    /// Builds the namespaces, the veth pair and the served files.
+    pub fn new(tag: &str, loader_bin: &Path) -> Result<Self> {
+        ensure!(
+            loader_bin.exists(),
+            "{} does not exist: build it with `cargo build -p ftp-loader` (cargo xtask test does)",
+            loader_bin.display()
+        );
+        let id = format!(
+            "ftpt-{}-{}-{tag}",
+            std::process::id(),
+            LABS.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&id);
+        let mut lab = Self {
+            server_ns: format!("{id}-srv"),
+            client_ns: format!("{id}-cli"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/{id}")),
+            dir,
+            loader_bin: loader_bin.to_owned(),
+            vsftpd: None,
+            loader: None,
+            others: Vec::new(),
+        };
+        // From here on, Drop cleans up whatever part was made.
+        lab.build()?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        run(Command::new("ip").args(["netns", "add", &self.server_ns]))?;
+        run(Command::new("ip").args(["netns", "add", &self.client_ns]))?;
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            SERVER_IF,
+            "netns",
+            &self.server_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            CLIENT_IF,
+            "netns",
+            &self.client_ns,
+        ]))?;
+        for (ns, interface, ip) in [
+            (&self.server_ns, SERVER_IF, SERVER_IP),
+            (&self.client_ns, CLIENT_IF, CLIENT_IP),
+        ] {
+            run(Command::new("ip").args([
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                interface,
+            ]))?;
+            run(Command::new("ip").args(["-n", ns, "link", "set", interface, "up"]))?;
+            run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
+        }
+        let pub_dir = self.ftp_root().join("pub");
+        std::fs::create_dir_all(&pub_dir)?;
+        std::fs::write(self.ftp_root().join(BLOB_PATH), random_bytes(BLOB_SIZE))?;
+        // vsftpd refuses an anonymous root the ftp user may write to; the files must be
+        // readable by it.
+        run(Command::new("chmod")
+            .args(["-R", "a+rX,go-w"])
+            .arg(&self.dir))?;
+        Ok(())
+    }
+
+    pub fn ftp_root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    /// A path for the test's own files, removed with the lab.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn blob(&self) -> Result<Vec<u8>> {
+        Ok(std::fs::read(self.ftp_root().join(BLOB_PATH))?)
+    }
+
+    /// A command run inside the server's network namespace.
+    pub fn server(&self, program: &str) -> Command {
+        netns(&self.server_ns, program)
+    }
+
+    /// A command run inside the client's network namespace.
+    pub fn client(&self, program: &str) -> Command {
+        netns(&self.client_ns, program)
+    }
+
+    /// Starts vsftpd on the server, anonymous, passive range 10000-10500, and waits until it
+    /// answers.
+    pub fn start_vsftpd(&mut self) -> Result<()> {
+        std::fs::create_dir_all("/var/run/vsftpd/empty")?;
+        let config = self.dir.join("vsftpd.conf");
+        let mut file = std::fs::File::create(&config)?;
+        write!(
+            file,
+            "listen=YES\nlisten_address={SERVER_IP}\nanonymous_enable=YES\nlocal_enable=NO\n\
+             anon_root={}\npasv_enable=YES\npasv_min_port={}\npasv_max_port={}\n\
+             port_enable=YES\nconnect_from_port_20=NO\nseccomp_sandbox=NO\nbackground=NO\n\
+             xferlog_enable=NO\nuse_localtime=NO\n",
+            self.ftp_root().display(),
+            PASSIVE_PORTS.0,
+            PASSIVE_PORTS.1
+        )?;
+        let child = self
+            .server("/usr/sbin/vsftpd")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .spawn()
+            .context(
+                "starting /usr/sbin/vsftpd (is vsftpd installed? cargo xtask setup installs it)",
+            )?;
+        self.vsftpd = Some(child);
+        wait_for(&format!("vsftpd listening on {SERVER_IP}:21"), || {
+            self.server_listens(21)
+        })
+    }
+
+    /// Starts ftp-loader on the server's interface and waits until its maps are pinned.
+    pub fn start_loader(&mut self, extra_args: &[&str]) -> Result<()> {
+        ensure!(self.loader.is_none(), "the loader already runs");
+        let log = std::fs::File::create(self.dir.join("loader.log"))?;
+        let child = nsenter(&self.server_ns, &self.loader_bin)
+            .arg(SERVER_IF)
+            .arg("--data-ports")
+            .arg(format!("{}-65535", 1024))
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting ftp-loader")?;
+        self.loader = Some(child);
+        let stats = self.pin_dir.join("STATS");
+        let loader = &mut self.loader;
+        wait_for("ftp-loader to pin its maps", || {
+            if let Some(Ok(Some(status))) = loader.as_mut().map(Child::try_wait) {
+                return Err(anyhow::anyhow!("ftp-loader exited early ({status})"));
+            }
+            Ok(stats.exists())
+        })
+        .with_context(|| format!("ftp-loader log:\n{}", self.loader_log()))
+    }
+
+    pub fn loader_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("loader.log")).unwrap_or_default()
+    }
+
+    /// Stops the loader the way an admin does (SIGTERM) and returns how it exited.
+    pub fn stop_loader(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.loader.take().context("the loader does not run")?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("ftp-loader ignored SIGTERM for 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The running loader's counters, read as an admin would, from another process.
+    pub fn stats(&self) -> Result<BTreeMap<String, u64>> {
+        let output = run(nsenter(&self.server_ns, &self.loader_bin)
+            .args(["stats", "--json", "--pin-dir"])
+            .arg(&self.pin_dir))?;
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        json.as_object()
+            .context("stats --json is not an object")?
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.clone(),
+                    v.as_u64().context("a counter is not an integer")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Keeps a helper process (a listener, say) running until the lab is dropped.
+    pub fn spawn(&mut self, mut command: Command) -> Result<()> {
+        let child = command.stdin(Stdio::null()).spawn()?;
+        self.others.push(child);
+        Ok(())
+    }
+
+    /// Whether a TCP listener is bound to `port` on the server.
+    pub fn server_listens(&self, port: u16) -> Result<bool> {
+        let output = run(self
+            .server("ss")
+            .args(["-Hltn", &format!("sport = :{port}")]))?;
+        Ok(!output.stdout.is_empty())
+    }
+
+    /// Whether the client can open a TCP connection to the server's `port` within
+    /// `timeout` (a dropped SYN makes it time out).
+    pub fn client_connects(&self, port: u16, timeout: Duration) -> Result<bool> {
+        in_netns(&self.client_ns, || {
+            Ok(TcpStream::connect_timeout(&SocketAddr::from((SERVER_IP, port)), timeout).is_ok())
+        })
+    }
+}
+
+/// Polls `ready` for up to 10 s.
+pub fn wait_for(what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready()? {
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut loader) = self.loader.take() {
+            let _ = loader.kill();
+            let _ = loader.wait();
+        }
+        for mut child in self.vsftpd.take().into_iter().chain(self.others.drain(..)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Deleting a namespace also deletes its veth end, and with it the pair; a killed
+        // loader's links go with its interface.
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `ip netns exec`: the command also gets a fresh /sys, which is all a server or client
+/// needs.
+fn netns(ns: &str, program: &str) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, program]);
+    command
+}
+
+/// `nsenter --net`: switches only the network namespace, so the shared bpffs (and the
+/// loader's pins) stay visible.
+fn nsenter(ns: &str, program: &Path) -> Command {
+    let mut command = Command::new("nsenter");
+    command.arg(format!("--net=/run/netns/{ns}")).arg(program);
+    command
+}
+
+/// Runs `f` on a thread that has joined the namespace, so sockets it opens live there.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                // SAFETY: setns on this thread only, with a namespace fd we own.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                };
+                ensure!(rc == 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("namespace thread panicked")
+    })
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut seed = u64::from(std::process::id()) ^ 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
