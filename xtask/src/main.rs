@@ -1,1 +1,88 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands.
+//!
+//!   setup  install what building and testing need, when missing
+//!   build  the release ftp-loader with the eBPF programs embedded
+//!   test   every test: unit, BPF_PROG_TEST_RUN verdicts, end to end; then fmt and clippy
+//!   demo   the tracker in a two-host namespace lab, start to finish
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, ensure};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the packages and tools that building and testing need, when missing.
+    Setup,
+    /// Build target/release/ftp-loader, one binary with the eBPF programs embedded.
+    Build,
+    /// Run every test (installing what is missing first), then cargo fmt and clippy.
+    Test,
+    /// Show the tracker at work in a two-host lab in network namespaces.
+    Demo,
+}
+
+fn main() {
+    let result = match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::Build => setup::run().and_then(|()| build_release().map(drop)),
+        Task::Test => setup::run().and_then(|()| test()),
+        Task::Demo => setup::run()
+            .and_then(|()| build_release())
+            .and_then(|loader| demo::run(&loader)),
+    };
+    if let Err(error) = result {
+        eprintln!("xtask: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The cargo that runs this xtask (the default toolchain); the eBPF side is built by
+/// ftp-loader's build script with Debian's toolchain.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    stream(Command::new(cargo).args(args).current_dir(workspace()))
+}
+
+/// Runs a command whose output the user should see as it comes.
+pub fn stream(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    ensure!(status.success(), "{command:?} failed ({status})");
+    Ok(())
+}
+
+fn build_release() -> Result<PathBuf> {
+    cargo(&["build", "--release", "--package", "ftp-loader"])?;
+    Ok(workspace().join("target/release/ftp-loader"))
+}
+
+fn test() -> Result<()> {
+    // The end-to-end tests run the loader binary next to them.
+    cargo(&["build", "--package", "ftp-loader"])?;
+    cargo(&["test", "--no-fail-fast"])?;
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! End to end: the classic lab (vsftpd with a passive range on a server whose only guard
+//! is ftp-loader, no netfilter rule or helper anywhere) and the real curl as client.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Result;
+use tests::{
+    lab::{Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run, wait_for},
+    require_root,
+};
+
+/// Long enough for a SYN that is answered at all to be answered in the lab.
+const DROPPED: Duration = Duration::from_secs(2);
+
+fn lab(tag: &str) -> Lab {
+    require_root();
+    Lab::new(tag, &default_loader_bin()).expect("lab")
+}
+
+/// curl in the client namespace, failing after `seconds`.
+fn curl(lab: &Lab, seconds: u32, args: &[&str]) -> std::process::Output {
+    lab.client("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            &seconds.to_string(),
+        ])
+        .args(args)
+        .output()
+        .expect("running curl")
+}
+
+fn url(path: &str) -> String {
+    format!("ftp://{SERVER_IP}/{path}")
+}
+
+fn assert_download(lab: &Lab, mode: &[&str]) {
+    let target = lab.file("download");
+    let output = curl(
+        lab,
+        20,
+        &[
+            mode,
+            &["--output", target.to_str().unwrap(), &url("pub/blob")],
+        ]
+        .concat(),
+    );
+    assert!(
+        output.status.success(),
+        "curl {mode:?}: {output:?}\n{}",
+        lab.loader_log()
+    );
+    assert!(
+        std::fs::read(&target).unwrap() == lab.blob().unwrap(),
+        "the downloaded file differs from the served one"
+    );
+}
+
+fn no_netfilter_rules(lab: &Lab) -> Result<()> {
+    for ns in [&lab.server_ns, &lab.client_ns] {
+        let rules = run(Command::new("ip").args(["netns", "exec", ns, "iptables-save"]))?;
+        let text = String::from_utf8_lossy(&rules.stdout);
+        assert!(
+            !text.lines().any(|l| l.starts_with("-A")),
+            "namespace {ns} has netfilter rules:\n{text}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn passive_mode_lists_and_downloads() {
+    let mut lab = lab("pasv");
+    lab.start_vsftpd().unwrap();
+    lab.start_loader(&[]).unwrap();
+    no_netfilter_rules(&lab).unwrap();
+
+    let listing = curl(&lab, 20, &["--disable-epsv", &url("pub/")]);
+    assert!(listing.status.success(), "LIST: {listing:?}");
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("blob"));
+    assert_download(&lab, &["--disable-epsv"]);
+
+    let stats = lab.stats().unwrap();
+    assert!(stats["control_packets"] > 0);
+    assert_eq!(stats["expectations_created"], 2, "{stats:?}");
+    assert_eq!(stats["expectations_matched"], 2, "{stats:?}");
+    assert_eq!(stats["flows_tracked"], 2, "{stats:?}");
+    assert_eq!(stats["unsolicited_dropped"], 0, "{stats:?}");
+    assert_eq!(
+        stats["address_mismatch"] + stats["parse_errors"],
+        0,
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn active_mode_downloads() {
+    let mut lab = lab("port");
+    lab.start_vsftpd().unwrap();
+    lab.start_loader(&[]).unwrap();
+    assert_download(&lab, &["--ftp-port", "-", "--disable-eprt"]);
+    let stats = lab.stats().unwrap();
+    assert_eq!(stats["expectations_created"], 1, "{stats:?}");
+    // The server opens the data connection: its SYN leaves through egress and consumes
+    // the expectation there.
+    assert_eq!(stats["expectations_matched"], 1, "{stats:?}");
+}
+
+/// The classic failure's other half: without an announcement nothing in the range opens,
+/// and once the loader is gone everything passes again, with nothing left attached.
+#[test]
+fn unannounced_listener_is_unreachable_until_the_loader_exits() {
+    let mut lab = lab("listen");
+    let port = PASSIVE_PORTS.0 + 200;
+    let mut listener = lab.server("python3");
+    listener
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            &SERVER_IP.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    lab.spawn(listener).unwrap();
+    wait_for("the listener", || lab.server_listens(port)).unwrap();
+    assert!(
+        lab.client_connects(port, DROPPED).unwrap(),
+        "reachable before attach"
+    );
+
+    lab.start_loader(&[]).unwrap();
+    assert!(
+        !lab.client_connects(port, DROPPED).unwrap(),
+        "guarded while attached"
+    );
+    assert!(lab.stats().unwrap()["unsolicited_dropped"] >= 1);
+
+    let status = lab.stop_loader().unwrap();
+    assert!(
+        status.success(),
+        "ftp-loader exits cleanly on SIGTERM: {status}\n{}",
+        lab.loader_log()
+    );
+    assert!(
+        lab.loader_log()
+            .contains(&format!("detached from {SERVER_IF}"))
+    );
+    let link = run(lab.server("ip").args(["link", "show", SERVER_IF])).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "no XDP program left on {SERVER_IF}"
+    );
+    let filters = run(lab
+        .server("bpftool")
+        .args(["net", "show", "dev", SERVER_IF]))
+    .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&filters.stdout).contains("ftp_"),
+        "no program left: {}",
+        String::from_utf8_lossy(&filters.stdout)
+    );
+    assert!(!lab.pin_dir.exists(), "the pins are removed");
+    assert!(
+        lab.client_connects(port, DROPPED).unwrap(),
+        "reachable after detach"
+    );
+}
+
+/// A passive port, once used, admits no second connection (nor a connection from a port
+/// other than the first one's), as the expectation is one-shot.
+#[test]
+fn consumed_passive_port_admits_no_second_connection() {
+    let mut lab = lab("oneshot");
+    lab.start_vsftpd().unwrap();
+    lab.start_loader(&[]).unwrap();
+    let script = format!(
+        r#"
+import ftplib, socket, sys
+ftp = ftplib.FTP()
+ftp.connect("{SERVER_IP}", 21, timeout=10)
+ftp.login()
+reply = ftp.sendcmd("PASV")
+host, port = ftplib.parse227(reply)
+first = socket.create_connection((host, port), timeout=5)
+try:
+    socket.create_connection((host, port), timeout=2)
+    print("second-connected")
+except OSError:
+    print("second-refused")
+ftp.sendcmd("TYPE I")
+ftp.sendcmd("RETR pub/blob")
+received = 0
+while True:
+    chunk = first.recv(65536)
+    if not chunk:
+        break
+    received += len(chunk)
+first.close()
+print("first-received", received)
+ftp.voidresp()
+ftp.quit()
+"#
+    );
+    let output = lab
+        .client("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(text.contains("second-refused"), "{text}");
+    assert!(
+        text.contains(&format!("first-received {}", lab.blob().unwrap().len())),
+        "{text}"
+    );
+    let stats = lab.stats().unwrap();
+    assert_eq!(stats["expectations_matched"], 1, "{stats:?}");
+    assert!(stats["unsolicited_dropped"] >= 1, "{stats:?}");
+}
+
+#[test]
+fn loader_reports_bad_input_in_one_sentence() {
+    require_root();
+    let loader = default_loader_bin();
+    let cases: [(&[&str], &str); 5] = [
+        (&["no-such-if0"], "no network interface named `no-such-if0`"),
+        (
+            &["lo", "--data-ports", "2000-1000"],
+            "range 2000-1000 is empty",
+        ),
+        (&["lo", "--data-ports", "0-10"], "not a port number"),
+        (&["lo", "--xdp-mode", "fast"], "invalid value 'fast'"),
+        (
+            &[
+                "stats",
+                "--pin-dir",
+                "/sys/fs/bpf/ftp-tracker-nobody-runs-here",
+            ],
+            "no ftp-loader is running",
+        ),
+    ];
+    for (args, message) in cases {
+        let output = Command::new(&loader).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} must fail");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,120 @@
+//! Installs what is missing, saying what and why; does nothing when all is there.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Result, ensure};
+
+use crate::stream;
+
+/// Debian packages and why the project needs each.
+const PACKAGES: &[(&str, &str)] = &[
+    (
+        "rustc-web",
+        "the Rust compiler that builds the eBPF programs",
+    ),
+    ("cargo-web", "the cargo that goes with it"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "a precompiled `core` for the BPF targets",
+    ),
+    ("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
+    (
+        "libpolly-22-dev",
+        "needed to link bpf-linker against LLVM 22",
+    ),
+    ("zlib1g-dev", "needed to link bpf-linker"),
+    ("libzstd-dev", "needed to link bpf-linker"),
+    ("iproute2", "network namespaces and veth pairs for the lab"),
+    (
+        "util-linux",
+        "nsenter, to run the loader inside a lab namespace",
+    ),
+    ("vsftpd", "the FTP server of the lab"),
+    ("curl", "the FTP client of the lab"),
+    (
+        "python3",
+        "ftplib sessions and a plain TCP listener in the lab",
+    ),
+    ("iptables", "to show the lab runs without netfilter rules"),
+    (
+        "bpftool",
+        "to check nothing stays attached after the loader exits",
+    ),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+pub fn run() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "the tracker's setup, tests and demo need root (apt, eBPF, network namespaces): run them as root"
+    );
+    install_packages()?;
+    install_bpf_linker()?;
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn install_packages() -> Result<()> {
+    let missing: Vec<&(&str, &str)> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for (package, why) in &missing {
+        println!("xtask: installing {package}: {why}");
+    }
+    stream(Command::new("apt-get").args(["update", "-qq"]))?;
+    stream(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(missing.iter().map(|(p, _)| *p))
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(())
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+fn install_bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker")
+        .arg("--version")
+        .stderr(Stdio::null())
+        .output();
+    if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    println!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} from crates.io: it links the eBPF programs (builds against LLVM 22, about a minute)"
+    );
+    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    stream(
+        Command::new(cargo)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22", "--root"])
+            .arg(cargo_home())
+            .env("PATH", path),
+    )?;
+    Ok(())
+}
