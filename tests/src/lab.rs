@@ -260,11 +260,53 @@ impl Lab {
             .collect()
     }
 
-    /// Keeps a helper process (a listener, say) running until the lab is dropped.
-    pub fn spawn(&mut self, mut command: Command) -> Result<()> {
-        let child = command.stdin(Stdio::null()).spawn()?;
+    /// Starts a plain TCP listener (an HTTP server) on the server's `port`, kept until the
+    /// lab is dropped, and waits until it listens.
+    pub fn start_listener(&mut self, port: u16) -> Result<()> {
+        let child = self
+            .server("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                &SERVER_IP.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting python3 -m http.server")?;
         self.others.push(child);
-        Ok(())
+        wait_for(&format!("a listener on port {port}"), || {
+            self.server_listens(port)
+        })
+    }
+
+    /// Downloads the served file with curl from the client, `mode` selecting passive or
+    /// active, and checks it arrived intact; returns its size.
+    pub fn download(&self, mode: &[&str]) -> Result<usize> {
+        let target = self.file("download");
+        let output = self
+            .client("curl")
+            .args(["--silent", "--show-error", "--max-time", "20"])
+            .args(mode)
+            .arg("--output")
+            .arg(&target)
+            .arg(format!("ftp://{SERVER_IP}/{BLOB_PATH}"))
+            .output()
+            .context("running curl")?;
+        ensure!(
+            output.status.success(),
+            "curl {mode:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let received = std::fs::read(&target)?;
+        ensure!(
+            received == self.blob()?,
+            "the downloaded file differs from the served one"
+        );
+        Ok(received.len())
     }
 
     /// Whether a TCP listener is bound to `port` on the server.

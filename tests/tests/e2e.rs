@@ -1,14 +1,11 @@
 //! End to end: the classic lab (vsftpd with a passive range on a server whose only guard
 //! is ftp-loader, no netfilter rule or helper anywhere) and the real curl as client.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::Result;
 use tests::{
-    lab::{Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run, wait_for},
+    lab::{Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
     require_root,
 };
 
@@ -39,25 +36,14 @@ fn url(path: &str) -> String {
 }
 
 fn assert_download(lab: &Lab, mode: &[&str]) {
-    let target = lab.file("download");
-    let output = curl(
-        lab,
-        20,
-        &[
-            mode,
-            &["--output", target.to_str().unwrap(), &url("pub/blob")],
-        ]
-        .concat(),
-    );
-    assert!(
-        output.status.success(),
-        "curl {mode:?}: {output:?}\n{}",
-        lab.loader_log()
-    );
-    assert!(
-        std::fs::read(&target).unwrap() == lab.blob().unwrap(),
-        "the downloaded file differs from the served one"
-    );
+    if let Err(error) = lab.download(mode) {
+        panic!(
+            "{error:#}
+loader log:
+{}",
+            lab.loader_log()
+        );
+    }
 }
 
 fn no_netfilter_rules(lab: &Lab) -> Result<()> {
@@ -116,19 +102,7 @@ fn active_mode_downloads() {
 fn unannounced_listener_is_unreachable_until_the_loader_exits() {
     let mut lab = lab("listen");
     let port = PASSIVE_PORTS.0 + 200;
-    let mut listener = lab.server("python3");
-    listener
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            &SERVER_IP.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    lab.spawn(listener).unwrap();
-    wait_for("the listener", || lab.server_listens(port)).unwrap();
+    lab.start_listener(port).unwrap();
     assert!(
         lab.client_connects(port, DROPPED).unwrap(),
         "reachable before attach"

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::{
-    Ebpf,
+    Ebpf, TestRunResult,
     maps::HashMap,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
@@ -54,11 +54,7 @@ impl Programs {
             .unwrap()
             .try_into()
             .unwrap();
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        };
-        xdp.test_run(opts).expect("test run").return_value
+        test_run(xdp, frame)
     }
 
     fn egress(&self, frame: &[u8]) -> u32 {
@@ -68,11 +64,7 @@ impl Programs {
             .unwrap()
             .try_into()
             .unwrap();
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        };
-        tc.test_run(opts).expect("test run").return_value
+        test_run(tc, frame)
     }
 
     fn expectations(&self) -> Vec<(ExpectKey, ExpectValue)> {
@@ -96,6 +88,17 @@ impl Programs {
             .map(|(c, v)| (c.name(), v))
             .collect()
     }
+}
+
+fn test_run<'a>(
+    program: &impl TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+    frame: &'a [u8],
+) -> u32 {
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..Default::default()
+    };
+    program.test_run(opts).expect("test run").return_value
 }
 
 fn addr(ip: Ipv4Addr) -> [u8; 16] {

@@ -1,9 +1,9 @@
 //! The demo: the classic FTP lab, where a server's data ports are closed to everything an
 //! FTP control connection did not announce, with ftp-loader as the only guard.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{path::Path, time::Duration};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use tests::lab::{self, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP};
 
 fn step(text: &str) {
@@ -24,19 +24,7 @@ pub fn run(loader: &Path) -> Result<()> {
     println!("    no netfilter rule or FTP helper anywhere: ftp-loader is the only guard");
     lab.start_vsftpd()?;
     let listener_port = PASSIVE_PORTS.0 + 200;
-    let mut listener = lab.server("python3");
-    listener
-        .args([
-            "-m",
-            "http.server",
-            &listener_port.to_string(),
-            "--bind",
-            &SERVER_IP.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    lab.spawn(listener)?;
-    lab::wait_for("the listener", || lab.server_listens(listener_port))?;
+    lab.start_listener(listener_port)?;
 
     step(&format!(
         "attaching: ftp-loader {SERVER_IF} (in the server namespace)"
@@ -47,10 +35,10 @@ pub fn run(loader: &Path) -> Result<()> {
     }
 
     step("passive mode: curl --disable-epsv ftp://192.0.2.1/pub/blob");
-    download(&lab, &["--disable-epsv"])?;
+    downloaded(lab.download(&["--disable-epsv"])?);
 
     step("active mode: curl --ftp-port - --disable-eprt ftp://192.0.2.1/pub/blob");
-    download(&lab, &["--ftp-port", "-", "--disable-eprt"])?;
+    downloaded(lab.download(&["--ftp-port", "-", "--disable-eprt"])?);
 
     step(&format!(
         "unsolicited: a plain TCP connection to a listener on {SERVER_IP}:{listener_port}, inside the guarded range"
@@ -88,30 +76,6 @@ pub fn run(loader: &Path) -> Result<()> {
     Ok(())
 }
 
-fn download(lab: &Lab, mode: &[&str]) -> Result<()> {
-    let target = lab.file("download");
-    let output = lab
-        .client("curl")
-        .args(["--silent", "--show-error", "--max-time", "20"])
-        .args(mode)
-        .arg("--output")
-        .arg(&target)
-        .arg(format!("ftp://{SERVER_IP}/{}", lab::BLOB_PATH))
-        .output()
-        .context("running curl")?;
-    ensure!(
-        output.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let received = std::fs::read(&target)?;
-    ensure!(
-        received == lab.blob()?,
-        "the downloaded file differs from the served one"
-    );
-    println!(
-        "    ok: {} bytes, identical to the served file",
-        received.len()
-    );
-    Ok(())
+fn downloaded(bytes: usize) {
+    println!("    ok: {bytes} bytes, identical to the served file");
 }
