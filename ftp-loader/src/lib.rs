@@ -6,6 +6,7 @@ pub mod ebpf;
 pub mod gc;
 pub mod pins;
 pub mod stats;
+pub mod tables;
 
 /// Nanoseconds on the clock `bpf_ktime_get_ns` reads, so userspace can judge the
 /// timestamps the programs store.

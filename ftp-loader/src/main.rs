@@ -8,7 +8,7 @@ use ftp_loader::{
     ebpf::{self, Settings},
     gc, monotonic_ns,
     pins::{self, DEFAULT_PIN_DIR, PinDir},
-    stats,
+    stats, tables,
 };
 use log::{info, warn};
 use tokio::{
@@ -37,6 +37,22 @@ enum Command {
     /// Print the counters of the running instance.
     Stats {
         /// One flat JSON object of counter name to integer.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// List the live expectations (announced data connections), like `conntrack -L expect`.
+    Expectations {
+        /// A JSON array of objects.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// List the tracked data connections, like `conntrack -L`.
+    Flows {
+        /// A JSON array of objects.
         #[arg(long)]
         json: bool,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -120,6 +136,16 @@ fn main() {
         .init();
     let result = match cli.command {
         Some(Command::Stats { json, pin_dir }) => print_stats(&pin_dir, json),
+        Some(Command::Expectations { json, pin_dir }) => print_table(
+            &pin_dir,
+            "EXPECTATIONS",
+            json,
+            tables::expectations,
+            tables::expectations_text,
+        ),
+        Some(Command::Flows { json, pin_dir }) => {
+            print_table(&pin_dir, "FLOWS", json, tables::flows, tables::flows_text)
+        }
         None => run(cli.run),
     };
     if let Err(error) = result {
@@ -146,6 +172,29 @@ fn print_stats(pin_dir: &std::path::Path, json: bool) -> Result<()> {
         println!("{}", stats::to_json(&counters));
     } else {
         print!("{}", stats::to_text(&counters));
+    }
+    Ok(())
+}
+
+type Json = fn(&aya::maps::Map, u64) -> Result<Vec<serde_json::Value>>;
+type Text = fn(&aya::maps::Map, u64) -> Result<String>;
+
+fn print_table(
+    pin_dir: &std::path::Path,
+    map: &str,
+    json: bool,
+    as_json: Json,
+    as_text: Text,
+) -> Result<()> {
+    require_root()?;
+    let map = pins::open(pin_dir, map)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::Value::Array(as_json(&map, monotonic_ns())?)
+        );
+    } else {
+        print!("{}", as_text(&map, monotonic_ns())?);
     }
     Ok(())
 }

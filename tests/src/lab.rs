@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     io::Write,
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -20,6 +20,8 @@ use anyhow::{Context, Result, bail, ensure};
 
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 pub const SERVER_IF: &str = "srv0";
 pub const CLIENT_IF: &str = "cli0";
 pub const PASSIVE_PORTS: (u16, u16) = (10000, 10500);
@@ -244,11 +246,8 @@ impl Lab {
 
     /// The running loader's counters, read as an admin would, from another process.
     pub fn stats(&self) -> Result<BTreeMap<String, u64>> {
-        let output = run(nsenter(&self.server_ns, &self.loader_bin)
-            .args(["stats", "--json", "--pin-dir"])
-            .arg(&self.pin_dir))?;
-        let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-        json.as_object()
+        self.loader_json("stats")?
+            .as_object()
             .context("stats --json is not an object")?
             .iter()
             .map(|(k, v)| {
@@ -317,12 +316,25 @@ impl Lab {
         Ok(!output.stdout.is_empty())
     }
 
-    /// Whether the client can open a TCP connection to the server's `port` within
+    /// Whether the client can open a TCP connection to the server's `ip`:`port` within
     /// `timeout` (a dropped SYN makes it time out).
-    pub fn client_connects(&self, port: u16, timeout: Duration) -> Result<bool> {
+    pub fn client_connects(&self, ip: IpAddr, port: u16, timeout: Duration) -> Result<bool> {
         in_netns(&self.client_ns, || {
-            Ok(TcpStream::connect_timeout(&SocketAddr::from((SERVER_IP, port)), timeout).is_ok())
+            Ok(TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout).is_ok())
         })
+    }
+
+    /// Keeps a process running until the lab is dropped, then kills it.
+    pub fn keep(&mut self, child: Child) {
+        self.others.push(child);
+    }
+
+    /// Runs `ftp-loader <subcommand> --json` against the running loader.
+    pub fn loader_json(&self, subcommand: &str) -> Result<serde_json::Value> {
+        let output = run(nsenter(&self.server_ns, &self.loader_bin)
+            .args([subcommand, "--json", "--pin-dir"])
+            .arg(&self.pin_dir))?;
+        Ok(serde_json::from_slice(&output.stdout)?)
     }
 }
 

@@ -1,11 +1,15 @@
 //! End to end: the classic lab (vsftpd with a passive range on a server whose only guard
 //! is ftp-loader, no netfilter rule or helper anywhere) and the real curl as client.
 
-use std::{process::Command, time::Duration};
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::Result;
 use tests::{
-    lab::{Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
+    lab::{CLIENT_IP, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
     require_root,
 };
 
@@ -104,13 +108,15 @@ fn unannounced_listener_is_unreachable_until_the_loader_exits() {
     let port = PASSIVE_PORTS.0 + 200;
     lab.start_listener(port).unwrap();
     assert!(
-        lab.client_connects(port, DROPPED).unwrap(),
+        lab.client_connects(SERVER_IP.into(), port, DROPPED)
+            .unwrap(),
         "reachable before attach"
     );
 
     lab.start_loader(&[]).unwrap();
     assert!(
-        !lab.client_connects(port, DROPPED).unwrap(),
+        !lab.client_connects(SERVER_IP.into(), port, DROPPED)
+            .unwrap(),
         "guarded while attached"
     );
     assert!(lab.stats().unwrap()["unsolicited_dropped"] >= 1);
@@ -141,7 +147,8 @@ fn unannounced_listener_is_unreachable_until_the_loader_exits() {
     );
     assert!(!lab.pin_dir.exists(), "the pins are removed");
     assert!(
-        lab.client_connects(port, DROPPED).unwrap(),
+        lab.client_connects(SERVER_IP.into(), port, DROPPED)
+            .unwrap(),
         "reachable after detach"
     );
 }
@@ -225,4 +232,79 @@ fn loader_reports_bad_input_in_one_sentence() {
         assert!(!output.status.success(), "{args:?} must fail");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
+}
+
+/// What `ftp-loader expectations` and `ftp-loader flows` show during a real session: the
+/// announced data connection, then the admitted one.
+#[test]
+fn expectations_and_flows_are_listed() {
+    let mut lab = lab("list");
+    lab.start_vsftpd().unwrap();
+    lab.start_loader(&[]).unwrap();
+    let script = format!(
+        r#"
+import ftplib, socket, subprocess, sys
+ftp = ftplib.FTP()
+ftp.connect("{SERVER_IP}", 21, timeout=10)
+ftp.login()
+host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+print(port, ftp.sock.getsockname()[1])
+sys.stdout.flush()
+input()
+data = socket.create_connection((host, port), timeout=5)
+print(data.getsockname()[1])
+sys.stdout.flush()
+input()
+"#
+    );
+    let mut session = lab
+        .client("/usr/bin/python3")
+        .args(["-u", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = session.stdin.take().unwrap();
+    let mut stdout = BufReader::new(session.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let numbers: Vec<u16> = line
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let (data_port, control_port) = (numbers[0], numbers[1]);
+
+    let expectations = lab.loader_json("expectations").unwrap();
+    let list = expectations.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{expectations}");
+    let e = &list[0];
+    assert_eq!(e["family"], "ipv4");
+    assert_eq!(e["connector"], CLIENT_IP.to_string());
+    assert_eq!(e["listener"], SERVER_IP.to_string());
+    assert_eq!(e["port"], data_port);
+    let ttl = e["expires_in_secs"].as_u64().unwrap();
+    assert!((295..=300).contains(&ttl), "{e}");
+    assert_eq!(e["control"]["src"], SERVER_IP.to_string());
+    assert_eq!(e["control"]["src_port"], 21);
+    assert_eq!(e["control"]["dst_port"], control_port);
+
+    writeln!(stdin).unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let client_port: u16 = line.trim().parse().unwrap();
+    let flows = lab.loader_json("flows").unwrap();
+    assert_eq!(
+        lab.loader_json("expectations").unwrap(),
+        serde_json::json!([])
+    );
+    let list = flows.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{flows}");
+    let f = &list[0];
+    assert_eq!(f["src"], CLIENT_IP.to_string());
+    assert_eq!(f["src_port"], client_port);
+    assert_eq!(f["dst"], SERVER_IP.to_string());
+    assert_eq!(f["dst_port"], data_port);
+    assert_eq!(f["state"], "open");
+    writeln!(stdin).unwrap();
+    session.wait().unwrap();
 }

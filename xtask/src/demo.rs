@@ -43,7 +43,7 @@ pub fn run(loader: &Path) -> Result<()> {
     step(&format!(
         "unsolicited: a plain TCP connection to a listener on {SERVER_IP}:{listener_port}, inside the guarded range"
     ));
-    let connected = lab.client_connects(listener_port, Duration::from_secs(2))?;
+    let connected = lab.client_connects(SERVER_IP.into(), listener_port, Duration::from_secs(2))?;
     ensure!(!connected, "the unannounced listener was reachable");
     println!("    dropped: the SYN got no answer within 2 s");
 
@@ -64,7 +64,7 @@ pub fn run(loader: &Path) -> Result<()> {
         "    {}",
         lab.loader_log().lines().last().unwrap_or_default()
     );
-    let reachable = lab.client_connects(listener_port, Duration::from_secs(2))?;
+    let reachable = lab.client_connects(SERVER_IP.into(), listener_port, Duration::from_secs(2))?;
     ensure!(reachable, "the listener stayed unreachable after detach");
     println!(
         "    the listener on port {listener_port} is reachable again: nothing is left attached"
