@@ -9,6 +9,7 @@
 extern crate std;
 
 pub mod addr;
+pub mod control;
 pub mod expect;
 pub mod flow;
 pub mod parse;
@@ -22,4 +23,5 @@ mod pod {
     unsafe impl aya::Pod for crate::expect::ExpectValue {}
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::FlowValue {}
+    unsafe impl aya::Pod for crate::control::ControlState {}
 }

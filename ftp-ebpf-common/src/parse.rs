@@ -139,8 +139,8 @@ pub struct LineScanner {
     /// Bytes of the current line so far, saturating.
     line_len: u16,
     value: u32,
-    numbers: [u8; 6],
-    _pad: [u8; 2],
+    /// Octets read; 8 rather than 6 so an index can be masked into range.
+    numbers: [u8; 8],
     groups: [u16; 8],
 }
 
@@ -235,17 +235,25 @@ impl LineScanner {
     }
 
     fn match_verb(&mut self, byte: u8) -> Step {
-        let keywords = if self.is_server() { SERVER_CODES } else { CLIENT_VERBS };
+        let keywords = if self.is_server() {
+            SERVER_CODES
+        } else {
+            CLIENT_VERBS
+        };
         let index = self.matched as usize;
         if index == 4 {
             // Only a client verb gets here: it must be followed by a space, or it is
             // another verb (PORTS, EPRTX).
-            self.phase = if byte == b' ' { PHASE_ARGUMENT_GAP } else { PHASE_SKIP_LINE };
+            self.phase = if byte == b' ' {
+                PHASE_ARGUMENT_GAP
+            } else {
+                PHASE_SKIP_LINE
+            };
             return Step::Continue;
         }
         let lower = byte.to_ascii_lowercase();
         for (verb, keyword) in keywords.iter().enumerate() {
-            if keyword.get(index) != Some(&lower) {
+            if keyword[index & 3] != lower {
                 self.verbs &= !(1 << verb);
             }
         }
@@ -257,7 +265,11 @@ impl LineScanner {
         if self.matched == 4 {
             self.verbs = if self.verbs & 1 != 0 { 0 } else { 1 };
             if self.is_server() {
-                self.phase = if self.verbs == 0 { PHASE_SEEK_DIGIT } else { PHASE_SEEK_PAREN };
+                self.phase = if self.verbs == 0 {
+                    PHASE_SEEK_DIGIT
+                } else {
+                    PHASE_SEEK_PAREN
+                };
             }
         }
         Step::Continue
@@ -295,10 +307,10 @@ impl LineScanner {
         self.value <= max
     }
 
+    // Indices are masked, not bounds-checked: the verifier follows a mask, whereas the
+    // compiler may check one copy of an index and use another.
     fn store_octet(&mut self) {
-        if let Some(slot) = self.numbers.get_mut(self.field as usize) {
-            *slot = self.value as u8;
-        }
+        self.numbers[usize::from(self.field & 7)] = self.value as u8;
     }
 
     /// `h1,h2,h3,h4,p1,p2` of PORT and 227.
@@ -331,9 +343,18 @@ impl LineScanner {
                     return self.fail(ParseError::TrailingText);
                 }
                 self.store_octet();
-                let [h1, h2, h3, h4, p1, p2] = self.numbers;
-                let mode = if self.is_server() { Mode::Passive } else { Mode::Active };
-                self.announce(mode, FAMILY_IPV4, ipv4([h1, h2, h3, h4]), u16::from_be_bytes([p1, p2]))
+                let [h1, h2, h3, h4, p1, p2, ..] = self.numbers;
+                let mode = if self.is_server() {
+                    Mode::Passive
+                } else {
+                    Mode::Active
+                };
+                self.announce(
+                    mode,
+                    FAMILY_IPV4,
+                    ipv4([h1, h2, h3, h4]),
+                    u16::from_be_bytes([p1, p2]),
+                )
             }
         }
     }
@@ -403,15 +424,13 @@ impl LineScanner {
     }
 
     fn push_group(&mut self) -> bool {
-        match self.groups.get_mut(self.field as usize) {
-            Some(slot) => {
-                *slot = self.value as u16;
-                self.field += 1;
-                self.start_field();
-                true
-            }
-            None => false,
+        if self.field >= 8 {
+            return false;
         }
+        self.groups[usize::from(self.field & 7)] = self.value as u16;
+        self.field += 1;
+        self.start_field();
+        true
     }
 
     /// IPv6 text (RFC 4291 2.2 forms 1 and 2; the mixed form with a dotted quad is refused).
@@ -463,7 +482,11 @@ impl LineScanner {
             return self.fail(ParseError::BadAddress);
         }
         let groups = self.field;
-        let complete = if self.gap == NO_GAP { groups == 8 } else { groups <= 7 };
+        let complete = if self.gap == NO_GAP {
+            groups == 8
+        } else {
+            groups <= 7
+        };
         if !complete {
             return self.fail(ParseError::BadAddress);
         }
@@ -475,14 +498,13 @@ impl LineScanner {
         let mut expanded = [0u16; 8];
         for (i, slot) in expanded.iter_mut().enumerate() {
             let i = i as u8;
-            let source = if i < gap {
-                Some(i)
+            *slot = if i < gap {
+                self.groups[usize::from(i & 7)]
             } else if i >= 8 - tail {
-                Some(gap + i - (8 - tail))
+                self.groups[usize::from((gap + i - (8 - tail)) & 7)]
             } else {
-                None
+                0
             };
-            *slot = source.and_then(|s| self.groups.get(s as usize)).copied().unwrap_or(0);
         }
         self.groups = expanded;
         self.phase = PHASE_PORT;
@@ -747,12 +769,25 @@ mod tests {
     #[test]
     fn extended_passive_reply() {
         assert_eq!(
-            scan(Sender::Server, b"229 Entering Extended Passive Mode (|||6446|)\r\n"),
-            [extended(Mode::ExtendedPassive, FAMILY_OWN_ADDRESS, [0; 16], 6446)]
+            scan(
+                Sender::Server,
+                b"229 Entering Extended Passive Mode (|||6446|)\r\n"
+            ),
+            [extended(
+                Mode::ExtendedPassive,
+                FAMILY_OWN_ADDRESS,
+                [0; 16],
+                6446
+            )]
         );
         assert_eq!(
             scan(Sender::Server, b"229 ok (!!!65535!)\r\n"),
-            [extended(Mode::ExtendedPassive, FAMILY_OWN_ADDRESS, [0; 16], 65535)],
+            [extended(
+                Mode::ExtendedPassive,
+                FAMILY_OWN_ADDRESS,
+                [0; 16],
+                65535
+            )],
             "any printable non-digit delimiter"
         );
     }
@@ -760,7 +795,10 @@ mod tests {
     #[test]
     fn malformed_extended_passive_replies() {
         for (line, error) in [
-            (&b"229 Entering Extended Passive Mode\r\n"[..], ParseError::NoNumbers),
+            (
+                &b"229 Entering Extended Passive Mode\r\n"[..],
+                ParseError::NoNumbers,
+            ),
             (b"229 (||6446|)\r\n", ParseError::BadDelimiter),
             (b"229 (|!|6446|)\r\n", ParseError::BadDelimiter),
             (b"229 (1116446|)\r\n", ParseError::BadDelimiter),
@@ -771,7 +809,12 @@ mod tests {
             (b"229 (|||6446)\r\n", ParseError::MissingNumber),
             (b"229 (|||64a46|)\r\n", ParseError::MissingNumber),
         ] {
-            assert_eq!(scan(Sender::Server, line), [Step::Malformed(error)], "{:?}", std::str::from_utf8(line));
+            assert_eq!(
+                scan(Sender::Server, line),
+                [Step::Malformed(error)],
+                "{:?}",
+                std::str::from_utf8(line)
+            );
         }
     }
 
@@ -779,11 +822,21 @@ mod tests {
     fn extended_port_command() {
         assert_eq!(
             scan(Sender::Client, b"EPRT |1|192.0.2.2|6275|\r\n"),
-            [extended(Mode::ExtendedActive, FAMILY_IPV4, ipv4([192, 0, 2, 2]), 6275)]
+            [extended(
+                Mode::ExtendedActive,
+                FAMILY_IPV4,
+                ipv4([192, 0, 2, 2]),
+                6275
+            )]
         );
         assert_eq!(
             scan(Sender::Client, b"eprt  !2!2001:db8::2!6275!\r\n"),
-            [extended(Mode::ExtendedActive, FAMILY_IPV6, v6("2001:db8::2"), 6275)]
+            [extended(
+                Mode::ExtendedActive,
+                FAMILY_IPV6,
+                v6("2001:db8::2"),
+                6275
+            )]
         );
         for text in [
             "::",
@@ -830,7 +883,11 @@ mod tests {
             ("EPRT |1|192.0.2.2|6275", ParseError::MissingNumber),
         ] {
             let line = std::format!("{line}\r\n");
-            assert_eq!(scan(Sender::Client, line.as_bytes()), [Step::Malformed(error)], "{line:?}");
+            assert_eq!(
+                scan(Sender::Client, line.as_bytes()),
+                [Step::Malformed(error)],
+                "{line:?}"
+            );
         }
     }
 
@@ -867,7 +924,10 @@ mod tests {
         let mut line = b"227 Entering Passive Mode ".to_vec();
         line.extend(std::iter::repeat_n(b'x', MAX_LINE as usize));
         line.extend(b"(10,0,0,1,4,2)\r\n");
-        assert_eq!(scan(Sender::Server, &line), [Step::Malformed(ParseError::LineTooLong)]);
+        assert_eq!(
+            scan(Sender::Server, &line),
+            [Step::Malformed(ParseError::LineTooLong)]
+        );
         let mut other = b"200 ".to_vec();
         other.extend(std::iter::repeat_n(b'x', 2 * MAX_LINE as usize));
         other.extend(b"\r\n227 (10,0,0,1,4,2)\r\n");

@@ -1,9 +1,10 @@
 //! The decisions: which ports are guarded, and which announcements become expectations.
 
 use crate::{
-    expect::{ExpectKey, ExpectValue},
+    control::ExpectSlot,
+    expect::ExpectValue,
     flow::FlowKey,
-    parse::Announcement,
+    parse::{Announcement, FAMILY_OWN_ADDRESS, Sender},
 };
 
 /// What a local TCP port is to the programs. Stored one byte per port in an array map, so
@@ -53,40 +54,62 @@ impl PortPlan<'_> {
     }
 }
 
+/// How announcements are judged; set at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// Accept an announced address other than the announcer's own (the kernel helper's
+    /// `loose=1`): opens third-party transfers, and with them FTP bounce.
+    pub loose: bool,
+    /// Data ports below this are refused: no FTP bounce to port 25 and friends.
+    pub min_data_port: u16,
+    pub timeout_ns: u64,
+}
+
 /// Why an announcement created nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// The announced address is not the announcer's own: a third-party or bounce attempt.
     AddressMismatch,
+    /// An EPRT whose address family is not the control connection's.
+    FamilyMismatch,
+    /// A data port below `Rules::min_data_port`.
+    LowPort,
 }
 
-/// The expectation an announcement carried by a control segment creates.
+/// The expectation an announcement creates, on control connection `control` (client ->
+/// server), announced by `announcer`; `ExpectSlot::key` gives its key.
 ///
-/// Whoever announces is the segment's sender and will listen; the segment's receiver will
-/// connect. The announced address must be the sender's own (the kernel helper's rule), so
-/// a control connection can only ever open a port on the host at its own end.
-pub fn expectation(
+/// The announcer will listen, the other end of the control connection will connect. The
+/// announced address must be the announcer's own (the kernel helper's rule), so a control
+/// connection can only open a port on the host at its own end.
+pub fn judge(
     announcement: &Announcement,
     control: &FlowKey,
-    now_ns: u64,
-    timeout_ns: u64,
-) -> Result<(ExpectKey, ExpectValue), Refusal> {
-    if announcement.family != control.family || announcement.addr != control.src {
+    announcer: Sender,
+    rules: &Rules,
+) -> Result<ExpectSlot, Refusal> {
+    let own = match announcer {
+        Sender::Server => control.dst,
+        Sender::Client => control.src,
+    };
+    let listener = if announcement.family == FAMILY_OWN_ADDRESS {
+        own
+    } else if announcement.family != control.family {
+        return Err(Refusal::FamilyMismatch);
+    } else if announcement.addr != own && !rules.loose {
         return Err(Refusal::AddressMismatch);
+    } else {
+        announcement.addr
+    };
+    if announcement.port < rules.min_data_port {
+        return Err(Refusal::LowPort);
     }
-    Ok((
-        ExpectKey {
-            family: control.family,
-            _pad: 0,
-            port: announcement.port,
-            connector: control.dst,
-            listener: control.src,
-        },
-        ExpectValue {
-            expires_ns: now_ns.saturating_add(timeout_ns),
-            control: *control,
-        },
-    ))
+    Ok(ExpectSlot {
+        port: announcement.port,
+        announcer: announcer as u8,
+        _pad: 0,
+        listener,
+    })
 }
 
 /// What to do with a SYN (without ACK) to a guarded port.
@@ -116,30 +139,42 @@ mod tests {
     use super::*;
     use crate::{
         addr::{FAMILY_IPV4, FAMILY_IPV6, ipv4},
+        expect::ExpectKey,
         parse::Mode,
     };
 
     const SERVER: [u8; 16] = ipv4([192, 0, 2, 1]);
     const CLIENT: [u8; 16] = ipv4([192, 0, 2, 2]);
+    const STRANGER: [u8; 16] = ipv4([198, 51, 100, 7]);
+    const RULES: Rules = Rules {
+        loose: false,
+        min_data_port: 1024,
+        timeout_ns: 300,
+    };
 
-    fn reply(src: [u8; 16], dst: [u8; 16]) -> FlowKey {
+    /// The control connection, client -> server.
+    fn control() -> FlowKey {
         FlowKey {
             family: FAMILY_IPV4,
             _pad: [0; 3],
-            src_port: 21,
-            dst_port: 40000,
-            src,
-            dst,
+            src_port: 40000,
+            dst_port: 21,
+            src: CLIENT,
+            dst: SERVER,
         }
     }
 
-    fn passive(addr: [u8; 16], port: u16) -> Announcement {
+    fn announced(mode: Mode, family: u8, addr: [u8; 16], port: u16) -> Announcement {
         Announcement {
-            family: FAMILY_IPV4,
-            mode: Mode::Passive as u8,
+            family,
+            mode: mode as u8,
             port,
             addr,
         }
+    }
+
+    fn expect(a: Announcement, announcer: Sender, rules: &Rules) -> Result<ExpectKey, Refusal> {
+        judge(&a, &control(), announcer, rules).map(|slot| slot.key(&control()))
     }
 
     #[test]
@@ -167,14 +202,17 @@ mod tests {
     }
 
     #[test]
-    fn passive_reply_lets_the_client_connect_to_the_server() {
-        let control = reply(SERVER, CLIENT);
-        let (key, value) = expectation(&passive(SERVER, 10000), &control, 5, 300).unwrap();
-        assert_eq!(key.connector, CLIENT);
-        assert_eq!(key.listener, SERVER);
-        assert_eq!(key.port, 10000);
-        assert_eq!(value.expires_ns, 305);
-        assert_eq!(value.control, control);
+    fn passive_replies_let_the_client_connect_to_the_server() {
+        let key = expect(
+            announced(Mode::Passive, FAMILY_IPV4, SERVER, 10000),
+            Sender::Server,
+            &RULES,
+        )
+        .unwrap();
+        assert_eq!(
+            (key.connector, key.listener, key.port),
+            (CLIENT, SERVER, 10000)
+        );
         let syn = FlowKey {
             family: FAMILY_IPV4,
             _pad: [0; 3],
@@ -184,21 +222,95 @@ mod tests {
             dst: SERVER,
         };
         assert_eq!(ExpectKey::for_syn(&syn), key);
+        let epsv = expect(
+            announced(Mode::ExtendedPassive, FAMILY_OWN_ADDRESS, [0; 16], 10000),
+            Sender::Server,
+            &RULES,
+        );
+        assert_eq!(epsv, Ok(key), "229 names no address: the server's own");
     }
 
     #[test]
-    fn third_party_address_is_refused() {
-        let control = reply(SERVER, CLIENT);
-        let elsewhere = ipv4([198, 51, 100, 7]);
+    fn active_commands_let_the_server_connect_to_the_client() {
+        for mode in [Mode::Active, Mode::ExtendedActive] {
+            let key = expect(
+                announced(mode, FAMILY_IPV4, CLIENT, 5000),
+                Sender::Client,
+                &RULES,
+            )
+            .unwrap();
+            assert_eq!(
+                (key.connector, key.listener, key.port),
+                (SERVER, CLIENT, 5000)
+            );
+        }
+    }
+
+    #[test]
+    fn third_party_address_is_refused_unless_loose() {
+        let reply = announced(Mode::Passive, FAMILY_IPV4, STRANGER, 10000);
+        let command = announced(Mode::Active, FAMILY_IPV4, STRANGER, 5000);
         assert_eq!(
-            expectation(&passive(elsewhere, 10000), &control, 0, 300),
+            expect(reply, Sender::Server, &RULES),
             Err(Refusal::AddressMismatch)
         );
-        let mut other_family = passive(SERVER, 10000);
-        other_family.family = FAMILY_IPV6;
         assert_eq!(
-            expectation(&other_family, &control, 0, 300),
+            expect(command, Sender::Client, &RULES),
             Err(Refusal::AddressMismatch)
+        );
+        assert_eq!(
+            expect(
+                announced(Mode::Active, FAMILY_IPV4, SERVER, 5000),
+                Sender::Client,
+                &RULES
+            ),
+            Err(Refusal::AddressMismatch),
+            "a client may not announce the server's address either"
+        );
+        let loose = Rules {
+            loose: true,
+            ..RULES
+        };
+        let key = expect(command, Sender::Client, &loose).unwrap();
+        assert_eq!((key.connector, key.listener), (SERVER, STRANGER));
+    }
+
+    #[test]
+    fn eprt_family_must_match_the_control_connection() {
+        let v6 = announced(Mode::ExtendedActive, FAMILY_IPV6, [0x20; 16], 5000);
+        assert_eq!(
+            expect(v6, Sender::Client, &RULES),
+            Err(Refusal::FamilyMismatch)
+        );
+        let loose = Rules {
+            loose: true,
+            ..RULES
+        };
+        assert_eq!(
+            expect(v6, Sender::Client, &loose),
+            Err(Refusal::FamilyMismatch)
+        );
+    }
+
+    #[test]
+    fn privileged_data_ports_are_refused() {
+        let bounce = announced(Mode::Active, FAMILY_IPV4, CLIENT, 25);
+        assert_eq!(
+            expect(bounce, Sender::Client, &RULES),
+            Err(Refusal::LowPort)
+        );
+        let any = Rules {
+            min_data_port: 1,
+            ..RULES
+        };
+        assert!(expect(bounce, Sender::Client, &any).is_ok());
+        assert_eq!(
+            expect(
+                announced(Mode::Passive, FAMILY_IPV4, SERVER, 1023),
+                Sender::Server,
+                &RULES
+            ),
+            Err(Refusal::LowPort)
         );
     }
 
@@ -206,7 +318,7 @@ mod tests {
     fn syn_verdicts() {
         let live = ExpectValue {
             expires_ns: 100,
-            control: reply(SERVER, CLIENT),
+            control: control(),
         };
         assert_eq!(syn_verdict(true, None, 50), SynVerdict::Retransmission);
         assert_eq!(

@@ -16,8 +16,9 @@ use crate::{
     packet::Segment,
 };
 
-/// A TCP packet to or from a guarded port. Returns whether it may pass.
-#[inline(always)]
+/// A TCP packet to or from a guarded port. Returns whether it may pass. A subprogram of
+/// its own, so its locals do not count against the control scanner's stack.
+#[inline(never)]
 pub fn data_packet(segment: &Segment, to_guarded: bool, direction: Direction) -> bool {
     if to_guarded && segment.is_syn() {
         return new_connection(&segment.flow, direction);

@@ -14,9 +14,12 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use ftp_ebpf_common::{parse::Sender, policy::PortClass};
+use ftp_ebpf_common::{parse::Sender, policy::PortClass, stats::Counter};
 
-use crate::packet::{Frame, Segment};
+use crate::{
+    maps::count,
+    packet::{Frame, Parsed, Segment},
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -45,8 +48,20 @@ pub fn ftp_egress(ctx: TcContext) -> i32 {
 /// Returns whether the packet may pass.
 #[inline(always)]
 fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
-    let Some(segment) = Segment::parse(frame) else {
-        return true;
+    let segment = match Segment::parse(frame) {
+        Parsed::Tcp(segment) => segment,
+        Parsed::Other => return true,
+        Parsed::Malformed => {
+            count(Counter::MalformedPackets);
+            return true;
+        }
+        Parsed::Uninspectable => {
+            if direction == Direction::Ingress {
+                count(Counter::UninspectableDropped);
+                return false;
+            }
+            return true;
+        }
     };
     let to = maps::port_class(segment.flow.dst_port);
     let from = maps::port_class(segment.flow.src_port);

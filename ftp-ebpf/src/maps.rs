@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use ftp_ebpf_common::{
+    control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
-    policy::PortClass,
+    policy::{PortClass, Rules},
     stats::{COUNTERS, Counter},
 };
 
@@ -17,6 +18,10 @@ use crate::control::ControlScan;
 /// The loader sizes the tables at load time; these are the defaults.
 #[map]
 pub static EXPECTATIONS: HashMap<ExpectKey, ExpectValue> = HashMap::with_max_entries(65536, 0);
+
+/// Control connections, keyed client -> server.
+#[map]
+pub static CONTROLS: HashMap<FlowKey, ControlState> = HashMap::with_max_entries(65536, 0);
 
 #[map]
 pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(262144, 0);
@@ -35,6 +40,28 @@ pub static SCAN: PerCpuArray<ControlScan> = PerCpuArray::with_max_entries(2, 0);
 
 #[unsafe(no_mangle)]
 pub static EXPECT_TIMEOUT_NS: Global<u64> = Global::new(300_000_000_000);
+/// 1 accepts announced addresses other than the announcer's own.
+#[unsafe(no_mangle)]
+pub static LOOSE: Global<u8> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static MIN_DATA_PORT: Global<u16> = Global::new(1024);
+/// Expectations one control connection may hold, 1..=MAX_EXPECTED.
+#[unsafe(no_mangle)]
+pub static MAX_EXPECTED_PER_CONTROL: Global<u8> = Global::new(1);
+
+#[inline(always)]
+pub fn rules() -> Rules {
+    Rules {
+        loose: LOOSE.load() != 0,
+        min_data_port: MIN_DATA_PORT.load(),
+        timeout_ns: EXPECT_TIMEOUT_NS.load(),
+    }
+}
+
+#[inline(always)]
+pub fn max_expected() -> u8 {
+    MAX_EXPECTED_PER_CONTROL.load()
+}
 
 #[inline(always)]
 pub fn port_class(port: u16) -> PortClass {

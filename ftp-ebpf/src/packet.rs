@@ -2,16 +2,20 @@
 
 use core::mem::size_of;
 
+use bytemuck::Zeroable;
+
 use aya_ebpf::{
     EbpfContext,
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
-use ftp_ebpf_common::{addr::FAMILY_IPV4, flow::FlowKey, stats::Counter};
-
-use crate::maps::count;
+use ftp_ebpf_common::{
+    addr::{FAMILY_IPV4, FAMILY_IPV6},
+    flow::FlowKey,
+};
 
 const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
@@ -21,9 +25,9 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// Ethernet, one VLAN tag, IPv4 with options, TCP with options: the most a header parse
-/// reads directly.
-const MAX_HEADERS: u32 = 14 + 4 + 60 + 60;
+/// Ethernet, one VLAN tag, IPv6 with a few extension headers or IPv4 with options, TCP
+/// with options: what a header parse reads directly.
+const MAX_HEADERS: u32 = 256;
 
 pub trait Frame {
     fn data(&self) -> usize;
@@ -102,10 +106,29 @@ struct Ipv4Hdr {
 }
 
 #[repr(C)]
+struct Ipv6Hdr {
+    _version_class_label: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    _hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// The common start of hop-by-hop, routing, destination-options and fragment headers.
+#[repr(C)]
+struct Ipv6ExtHdr {
+    next_header: u8,
+    len: u8,
+    /// Fragment header: offset and flags.
+    frag: [u8; 2],
+}
+
+#[repr(C)]
 struct TcpHdr {
     src_port: [u8; 2],
     dst_port: [u8; 2],
-    _seq: [u8; 4],
+    seq: [u8; 4],
     _ack: [u8; 4],
     data_offset: u8,
     flags: u8,
@@ -128,9 +151,30 @@ fn header<T>(frame: &impl Frame, offset: usize) -> Option<&T> {
 pub struct Segment {
     pub flow: FlowKey,
     pub flags: u8,
+    pub seq: u32,
     pub payload_offset: u32,
     pub payload_len: u32,
 }
+
+/// What a frame is, as far as the programs care.
+pub enum Parsed {
+    Tcp(Segment),
+    /// Not TCP, not IP, or a later fragment (which cannot open a connection).
+    Other,
+    /// Truncated or inconsistent headers the stack will reject anyway: passed, counted.
+    Malformed,
+    /// A packet whose TCP flags cannot be seen although the stack would accept it: a first
+    /// fragment too short to hold them, or IPv6 extension headers deeper than we walk.
+    Uninspectable,
+}
+
+/// IPv6 extension headers walked before giving up; real traffic carries one or two.
+const MAX_IPV6_EXTENSIONS: usize = 4;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
 
 impl Segment {
     pub fn is_syn(&self) -> bool {
@@ -141,64 +185,141 @@ impl Segment {
         self.flags & (TCP_FIN | TCP_RST) != 0
     }
 
-    /// `None` for anything but an IPv4 TCP segment carrying its TCP header; a truncated
-    /// header is counted and passed.
     #[inline(always)]
-    pub fn parse(frame: &impl Frame) -> Option<Self> {
-        let eth: &EthHdr = header(frame, 0)?;
+    pub fn parse(frame: &impl Frame) -> Parsed {
+        let Some(eth) = header::<EthHdr>(frame, 0) else {
+            return Parsed::Malformed;
+        };
         let mut proto = u16::from_be_bytes(eth.proto);
         let mut offset = size_of::<EthHdr>();
         if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
             let Some(vlan) = header::<VlanHdr>(frame, offset) else {
-                count(Counter::MalformedPackets);
-                return None;
+                return Parsed::Malformed;
             };
             proto = u16::from_be_bytes(vlan.proto);
             offset += size_of::<VlanHdr>();
         }
-        if proto != ETH_P_IPV4 {
-            return None;
+        match proto {
+            ETH_P_IPV4 => Self::ipv4(frame, offset),
+            ETH_P_IPV6 => Self::ipv6(frame, offset),
+            _ => Parsed::Other,
         }
+    }
+
+    #[inline(always)]
+    fn ipv4(frame: &impl Frame, offset: usize) -> Parsed {
         let Some(ip) = header::<Ipv4Hdr>(frame, offset) else {
-            count(Counter::MalformedPackets);
-            return None;
+            return Parsed::Malformed;
         };
+        let frag = u16::from_be_bytes(ip.frag);
         // Later fragments carry no TCP header; they cannot open a connection.
-        if ip.proto != IPPROTO_TCP || u16::from_be_bytes(ip.frag) & 0x1fff != 0 {
-            return None;
+        if ip.proto != IPPROTO_TCP || frag & 0x1fff != 0 {
+            return Parsed::Other;
         }
         let ip_header_len = usize::from(ip.version_ihl & 0x0f) * 4;
-        let ip_total_len = usize::from(u16::from_be_bytes(ip.total_len));
-        let (src, dst) = (ip.src, ip.dst);
-        let tcp_offset = offset + ip_header_len;
-        let tcp = match header::<TcpHdr>(frame, tcp_offset) {
-            Some(tcp) if ip_header_len >= size_of::<Ipv4Hdr>() => tcp,
-            _ => {
-                count(Counter::MalformedPackets);
-                return None;
-            }
-        };
-        let tcp_header_len = usize::from(tcp.data_offset >> 4) * 4;
-        let headers_len = ip_header_len + tcp_header_len;
-        if tcp_header_len < size_of::<TcpHdr>() || ip_total_len < headers_len {
-            count(Counter::MalformedPackets);
-            return None;
+        if ip_header_len < size_of::<Ipv4Hdr>() {
+            return Parsed::Malformed;
         }
+        let ip_total_len = usize::from(u16::from_be_bytes(ip.total_len));
+        let Some(l4_len) = ip_total_len.checked_sub(ip_header_len) else {
+            return Parsed::Malformed;
+        };
         let mut flow = FlowKey {
             family: FAMILY_IPV4,
-            _pad: [0; 3],
-            src_port: u16::from_be_bytes(tcp.src_port),
-            dst_port: u16::from_be_bytes(tcp.dst_port),
-            src: [0; 16],
-            dst: [0; 16],
+            ..FlowKey::zeroed()
         };
-        flow.src[..4].copy_from_slice(&src);
-        flow.dst[..4].copy_from_slice(&dst);
-        Some(Self {
+        flow.src[..4].copy_from_slice(&ip.src);
+        flow.dst[..4].copy_from_slice(&ip.dst);
+        let first_fragment = frag & 0x2000 != 0;
+        Self::tcp(frame, offset + ip_header_len, l4_len, flow, first_fragment)
+    }
+
+    #[inline(always)]
+    fn ipv6(frame: &impl Frame, offset: usize) -> Parsed {
+        let Some(ip) = header::<Ipv6Hdr>(frame, offset) else {
+            return Parsed::Malformed;
+        };
+        let flow = FlowKey {
+            family: FAMILY_IPV6,
+            src: ip.src,
+            dst: ip.dst,
+            ..FlowKey::zeroed()
+        };
+        let mut next = ip.next_header;
+        let mut l4_offset = offset + size_of::<Ipv6Hdr>();
+        let mut l4_len = usize::from(u16::from_be_bytes(ip.payload_len));
+        let mut first_fragment = false;
+        for _ in 0..MAX_IPV6_EXTENSIONS {
+            let len = match next {
+                IPPROTO_TCP => {
+                    return Self::tcp(frame, l4_offset, l4_len, flow, first_fragment);
+                }
+                IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
+                    let Some(ext) = header::<Ipv6ExtHdr>(frame, l4_offset) else {
+                        return Parsed::Malformed;
+                    };
+                    if next == IPPROTO_FRAGMENT {
+                        let frag = u16::from_be_bytes(ext.frag);
+                        if frag & 0xfff8 != 0 {
+                            return Parsed::Other;
+                        }
+                        first_fragment = frag & 1 != 0;
+                        next = ext.next_header;
+                        8
+                    } else {
+                        next = ext.next_header;
+                        (usize::from(ext.len) + 1) * 8
+                    }
+                }
+                _ => return Parsed::Other,
+            };
+            let Some(rest) = l4_len.checked_sub(len) else {
+                return Parsed::Malformed;
+            };
+            l4_len = rest;
+            l4_offset += len;
+        }
+        if next == IPPROTO_TCP {
+            return Self::tcp(frame, l4_offset, l4_len, flow, first_fragment);
+        }
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
+                Parsed::Uninspectable
+            }
+            _ => Parsed::Other,
+        }
+    }
+
+    /// `l4_len`: bytes from the TCP header to the end of the IP payload, as the IP
+    /// header says (the frame may be padded).
+    #[inline(always)]
+    fn tcp(
+        frame: &impl Frame,
+        offset: usize,
+        l4_len: usize,
+        mut flow: FlowKey,
+        first_fragment: bool,
+    ) -> Parsed {
+        let Some(tcp) = header::<TcpHdr>(frame, offset) else {
+            // Reassembly would show the flags to the stack, but not to us.
+            return if first_fragment {
+                Parsed::Uninspectable
+            } else {
+                Parsed::Malformed
+            };
+        };
+        let tcp_header_len = usize::from(tcp.data_offset >> 4) * 4;
+        if tcp_header_len < size_of::<TcpHdr>() || l4_len < tcp_header_len {
+            return Parsed::Malformed;
+        }
+        flow.src_port = u16::from_be_bytes(tcp.src_port);
+        flow.dst_port = u16::from_be_bytes(tcp.dst_port);
+        Parsed::Tcp(Self {
             flow,
             flags: tcp.flags,
-            payload_offset: (tcp_offset + tcp_header_len) as u32,
-            payload_len: (ip_total_len - headers_len) as u32,
+            seq: u32::from_be_bytes(tcp.seq),
+            payload_offset: (offset + tcp_header_len) as u32,
+            payload_len: (l4_len - tcp_header_len) as u32,
         })
     }
 }

@@ -6,7 +6,7 @@ use aya::{
     maps::Array,
     programs::{SchedClassifier, Xdp},
 };
-use ftp_ebpf_common::policy::PortPlan;
+use ftp_ebpf_common::{control::MAX_EXPECTED, policy::PortPlan};
 
 /// The compiled programs, built by build.rs; 8-byte aligned as the ELF parser wants.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf.o"));
@@ -25,6 +25,14 @@ pub struct Settings {
     pub flow_idle_timeout_secs: u64,
     pub max_expectations: u32,
     pub max_flows: u32,
+    pub max_controls: u32,
+    /// Expectations one control connection may hold (1..=MAX_EXPECTED); the newest
+    /// displaces the oldest.
+    pub max_expected: u8,
+    /// Accept announced addresses other than the announcer's own.
+    pub loose: bool,
+    /// Lowest data port an announcement may name.
+    pub min_data_port: u16,
     /// Lets the programs' debug-level log lines through.
     pub verbose: bool,
 }
@@ -39,6 +47,10 @@ impl Default for Settings {
             flow_idle_timeout_secs: 300,
             max_expectations: 65536,
             max_flows: 262144,
+            max_controls: 65536,
+            max_expected: 1,
+            loose: false,
+            min_data_port: 1024,
             verbose: false,
         }
     }
@@ -64,14 +76,25 @@ pub fn load(settings: &Settings) -> Result<Ebpf> {
             settings.data_ports.1
         );
     }
+    if !(1..=MAX_EXPECTED).contains(&usize::from(settings.max_expected)) {
+        bail!(
+            "--max-expected {} is out of range: a control connection may hold 1 to {MAX_EXPECTED} expectations",
+            settings.max_expected
+        );
+    }
     let timeout_ns = settings.expect_timeout_secs.saturating_mul(1_000_000_000);
+    let loose = u8::from(settings.loose);
     // aya-log's levels: 3 = info, 4 = debug.
     let log_level: u8 = if settings.verbose { 4 } else { 3 };
     let mut ebpf = EbpfLoader::new()
         .override_global("EXPECT_TIMEOUT_NS", &timeout_ns, true)
+        .override_global("LOOSE", &loose, true)
+        .override_global("MIN_DATA_PORT", &settings.min_data_port, true)
+        .override_global("MAX_EXPECTED_PER_CONTROL", &settings.max_expected, true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries("EXPECTATIONS", settings.max_expectations)
         .map_max_entries("FLOWS", settings.max_flows)
+        .map_max_entries("CONTROLS", settings.max_controls)
         .load(OBJECT)
         .context("loading the eBPF maps failed")?;
 

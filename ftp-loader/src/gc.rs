@@ -1,8 +1,10 @@
-//! Deleting expired expectations and finished flows, which the programs leave behind.
+//! Deleting expired expectations, finished flows and idle control connections, which the
+//! programs leave behind.
 
 use anyhow::Result;
 use aya::{Ebpf, maps::HashMap};
 use ftp_ebpf_common::{
+    control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
 };
@@ -11,6 +13,7 @@ use ftp_ebpf_common::{
 pub struct Swept {
     pub expectations: usize,
     pub flows: usize,
+    pub controls: usize,
 }
 
 pub fn sweep(ebpf: &mut Ebpf, now_ns: u64, flow_idle_timeout_ns: u64) -> Result<Swept> {
@@ -41,6 +44,20 @@ pub fn sweep(ebpf: &mut Ebpf, now_ns: u64, flow_idle_timeout_ns: u64) -> Result<
         for key in finished {
             if flows.remove(&key).is_ok() {
                 swept.flows += 1;
+            }
+        }
+    }
+    if let Some(map) = ebpf.map_mut("CONTROLS") {
+        let mut controls: HashMap<_, FlowKey, ControlState> = HashMap::try_from(map)?;
+        let idle: Vec<FlowKey> = controls
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.is_idle(now_ns))
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            if controls.remove(&key).is_ok() {
+                swept.controls += 1;
             }
         }
     }

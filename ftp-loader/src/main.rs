@@ -94,6 +94,20 @@ struct RunArgs {
     /// Capacity of the tracked-flow table.
     #[arg(long, default_value = "262144", value_parser = clap::value_parser!(u32).range(1..))]
     max_flows: u32,
+    /// Capacity of the control-connection table.
+    #[arg(long, default_value = "65536", value_parser = clap::value_parser!(u32).range(1..))]
+    max_controls: u32,
+    /// Expectations one control connection may hold (1-4; the kernel helper's max_expected
+    /// is 1): the newest displaces the oldest.
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u8).range(1..=4))]
+    max_expected: u8,
+    /// Accept announced addresses other than the announcer's own, like the kernel helper's
+    /// loose=1. This opens third-party transfers and with them FTP bounce.
+    #[arg(long)]
+    loose: bool,
+    /// Refuse announcements of data ports below this (1 accepts all).
+    #[arg(long, default_value = "1024", value_parser = clap::value_parser!(u16).range(1..))]
+    min_data_port: u16,
     /// bpffs directory where the counters are pinned for `ftp-loader stats`.
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
@@ -212,6 +226,10 @@ fn run(args: RunArgs) -> Result<()> {
         flow_idle_timeout_secs: args.flow_timeout,
         max_expectations: args.max_expectations,
         max_flows: args.max_flows,
+        max_controls: args.max_controls,
+        max_expected: args.max_expected,
+        loose: args.loose,
+        min_data_port: args.min_data_port,
         verbose: args.verbose,
     };
     let pin_dir = PinDir::acquire(&args.pin_dir)?;
@@ -248,23 +266,29 @@ fn run(args: RunArgs) -> Result<()> {
 
 fn describe(settings: &Settings) -> String {
     let (lo, hi) = settings.data_ports;
-    let mut text = format!("ftp-tracker: new inbound IPv4 TCP connections to ports {lo}-{hi}");
-    let guarded_exceptions: Vec<String> = settings
+    let mut text =
+        format!("ftp-tracker: new inbound IPv4 and IPv6 TCP connections to ports {lo}-{hi}");
+    let exceptions: Vec<String> = settings
         .allowed_ports
         .iter()
         .chain(&settings.control_ports)
         .filter(|p| (lo..=hi).contains(*p))
         .map(u16::to_string)
         .collect();
-    if !guarded_exceptions.is_empty() {
-        text += &format!(" (except {})", guarded_exceptions.join(", "));
+    if !exceptions.is_empty() {
+        text += &format!(" (except {})", exceptions.join(", "));
     }
     let controls: Vec<String> = settings.control_ports.iter().map(u16::to_string).collect();
     text += &format!(
-        " need an FTP announcement on control port {} (PORT/227); announcements expire after {}s; IPv6 passes unguarded",
+        " need an FTP announcement (PORT, EPRT, 227, 229) on control port {}; announced data ports >= {}, {} per control connection, expiring after {}s",
         controls.join(", "),
+        settings.min_data_port,
+        settings.max_expected,
         settings.expect_timeout_secs
     );
+    if settings.loose {
+        text += "; LOOSE: addresses other than the announcer's are accepted (third-party transfers and FTP bounce possible)";
+    }
     text
 }
 
@@ -295,8 +319,8 @@ async fn serve(
             _ = sweep.tick() => {
                 match gc::sweep(ebpf, monotonic_ns(), idle_ns) {
                     Ok(swept) if swept != gc::Swept::default() => log::debug!(
-                        "removed {} expired expectations and {} finished flows",
-                        swept.expectations, swept.flows
+                        "removed {} expired expectations, {} finished flows, {} idle control connections",
+                        swept.expectations, swept.flows, swept.controls
                     ),
                     Ok(_) => {}
                     Err(e) => warn!("sweeping the tables failed: {e:#}"),

@@ -1,6 +1,7 @@
-//! Ethernet + IPv4 + TCP frames, as a NIC would hand them to XDP.
+//! Ethernet frames carrying IPv4 or IPv6 and TCP, as a NIC would hand them to XDP, and
+//! control sessions that number their segments as TCP does.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -8,78 +9,106 @@ pub const RST: u8 = 0x04;
 pub const PSH: u8 = 0x08;
 pub const ACK: u8 = 0x10;
 
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Tcp {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub src_port: u16,
     pub dst_port: u16,
     pub flags: u8,
+    pub seq: u32,
 }
 
 impl Tcp {
-    pub fn new(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16, flags: u8) -> Self {
+    pub fn new(
+        src: impl Into<IpAddr>,
+        src_port: u16,
+        dst: impl Into<IpAddr>,
+        dst_port: u16,
+        flags: u8,
+    ) -> Self {
         Self {
-            src,
-            dst,
+            src: src.into(),
+            dst: dst.into(),
             src_port,
             dst_port,
             flags,
+            seq: 1,
         }
     }
 
-    pub fn frame(&self, payload: &[u8]) -> Vec<u8> {
+    pub fn seq(self, seq: u32) -> Self {
+        Self { seq, ..self }
+    }
+
+    /// The TCP header and payload.
+    pub fn segment(&self, payload: &[u8]) -> Vec<u8> {
         let mut tcp = vec![0u8; 20];
         tcp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
         tcp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
-        tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+        tcp[4..8].copy_from_slice(&self.seq.to_be_bytes());
         tcp[12] = 5 << 4;
         tcp[13] = self.flags;
         tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
         tcp.extend_from_slice(payload);
-        ipv4_frame(self.src, self.dst, 6, &tcp)
+        tcp
+    }
+
+    pub fn frame(&self, payload: &[u8]) -> Vec<u8> {
+        ip_frame(self.src, self.dst, IPPROTO_TCP, &self.segment(payload))
     }
 }
 
-pub fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4: &[u8]) -> Vec<u8> {
-    let mut frame = ethernet(0x0800);
-    let total = (20 + l4.len()) as u16;
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[6] = 0x40;
-    ip[8] = 64;
-    ip[9] = protocol;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let checksum = !fold(
-        ip.chunks(2)
-            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-            .sum(),
-    );
-    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    frame.extend_from_slice(&ip);
-    frame.extend_from_slice(l4);
-    frame
+/// An IP packet in an Ethernet frame; the addresses' family picks IPv4 or IPv6.
+pub fn ip_frame(src: IpAddr, dst: IpAddr, protocol: u8, l4: &[u8]) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut ip = [0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            ip[6] = 0x40;
+            ip[8] = 64;
+            ip[9] = protocol;
+            ip[12..16].copy_from_slice(&src.octets());
+            ip[16..20].copy_from_slice(&dst.octets());
+            let sum: u32 = ip
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum();
+            ip[10..12].copy_from_slice(&(!fold(sum)).to_be_bytes());
+            [ethernet(0x0800), ip.to_vec(), l4.to_vec()].concat()
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let mut ip = [0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+            ip[6] = protocol;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&src.octets());
+            ip[24..40].copy_from_slice(&dst.octets());
+            [ethernet(0x86dd), ip.to_vec(), l4.to_vec()].concat()
+        }
+        _ => panic!("mixed address families"),
+    }
 }
 
-/// An IPv6 TCP SYN, which this version passes unguarded.
-pub fn ipv6_syn(dst_port: u16) -> Vec<u8> {
-    let mut frame = ethernet(0x86dd);
-    let mut ip = [0u8; 40];
-    ip[0] = 0x60;
-    ip[4..6].copy_from_slice(&20u16.to_be_bytes());
-    ip[6] = 6;
-    ip[7] = 64;
-    ip[23] = 2;
-    ip[39] = 1;
-    frame.extend_from_slice(&ip);
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dst_port.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = SYN;
-    frame.extend_from_slice(&tcp);
+/// An IPv6 destination-options extension header (8 bytes, padding only) in front of
+/// `next`'s bytes: `ip_frame(.., IPPROTO_DSTOPTS, &dest_options(IPPROTO_TCP, &segment))`.
+pub fn dest_options(next: u8, rest: &[u8]) -> Vec<u8> {
+    let mut header = vec![next, 0, 1, 4, 0, 0, 0, 0];
+    header.extend_from_slice(rest);
+    header
+}
+
+/// An IPv4 first fragment (more fragments follow) carrying `l4`.
+pub fn ipv4_first_fragment(src: IpAddr, dst: IpAddr, l4: &[u8]) -> Vec<u8> {
+    let mut frame = ip_frame(src, dst, IPPROTO_TCP, l4);
+    // Flags and offset: MF set, offset 0; the checksum is not checked on this path.
+    frame[14 + 6] = 0x20;
     frame
 }
 
@@ -94,4 +123,88 @@ fn fold(mut sum: u32) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     sum as u16
+}
+
+/// One FTP control connection: each call gives the next segment of one direction,
+/// numbered as TCP numbers it, so the programs see a coherent byte stream.
+pub struct ControlSession {
+    pub client: IpAddr,
+    pub server: IpAddr,
+    pub client_port: u16,
+    pub server_port: u16,
+    client_seq: u32,
+    server_seq: u32,
+}
+
+impl ControlSession {
+    pub fn new(client: impl Into<IpAddr>, server: impl Into<IpAddr>) -> Self {
+        Self {
+            client: client.into(),
+            server: server.into(),
+            client_port: 40000,
+            server_port: 21,
+            client_seq: 1000,
+            server_seq: 5000,
+        }
+    }
+
+    /// The client's next segment.
+    pub fn command(&mut self, text: &[u8]) -> Vec<u8> {
+        let frame = self.command_at(self.client_seq, text);
+        self.client_seq += text.len() as u32;
+        frame
+    }
+
+    /// The server's next segment.
+    pub fn reply(&mut self, text: &[u8]) -> Vec<u8> {
+        let frame = self.reply_at(self.server_seq, text);
+        self.server_seq += text.len() as u32;
+        frame
+    }
+
+    /// A client segment at an explicit sequence number (a retransmission, a gap).
+    pub fn command_at(&self, seq: u32, text: &[u8]) -> Vec<u8> {
+        Tcp::new(
+            self.client,
+            self.client_port,
+            self.server,
+            self.server_port,
+            PSH | ACK,
+        )
+        .seq(seq)
+        .frame(text)
+    }
+
+    pub fn reply_at(&self, seq: u32, text: &[u8]) -> Vec<u8> {
+        Tcp::new(
+            self.server,
+            self.server_port,
+            self.client,
+            self.client_port,
+            PSH | ACK,
+        )
+        .seq(seq)
+        .frame(text)
+    }
+
+    pub fn client_seq(&self) -> u32 {
+        self.client_seq
+    }
+
+    pub fn server_seq(&self) -> u32 {
+        self.server_seq
+    }
+
+    /// The client closing the control connection.
+    pub fn client_fin(&self) -> Vec<u8> {
+        Tcp::new(
+            self.client,
+            self.client_port,
+            self.server,
+            self.server_port,
+            FIN | ACK,
+        )
+        .seq(self.client_seq)
+        .frame(&[])
+    }
 }

@@ -284,9 +284,11 @@ input()
     assert_eq!(e["port"], data_port);
     let ttl = e["expires_in_secs"].as_u64().unwrap();
     assert!((295..=300).contains(&ttl), "{e}");
-    assert_eq!(e["control"]["src"], SERVER_IP.to_string());
-    assert_eq!(e["control"]["src_port"], 21);
-    assert_eq!(e["control"]["dst_port"], control_port);
+    // The control connection, as the client opened it.
+    assert_eq!(e["control"]["src"], CLIENT_IP.to_string());
+    assert_eq!(e["control"]["src_port"], control_port);
+    assert_eq!(e["control"]["dst"], SERVER_IP.to_string());
+    assert_eq!(e["control"]["dst_port"], 21);
 
     writeln!(stdin).unwrap();
     line.clear();

@@ -2,7 +2,10 @@
 //! loader's own code, run on crafted frames with `BPF_PROG_TEST_RUN`; the real maps are
 //! read back after each run.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use aya::{
     Ebpf, TestRunResult,
@@ -10,13 +13,17 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use ftp_ebpf_common::{
-    addr::{FAMILY_IPV4, ipv4},
+    addr::{FAMILY_IPV4, FAMILY_IPV6},
+    control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
 };
 use ftp_loader::ebpf::{self, EGRESS_PROGRAM, INGRESS_PROGRAM, Settings};
 use tests::{
-    frame::{ACK, FIN, PSH, SYN, Tcp, ipv4_frame, ipv6_syn},
+    frame::{
+        ACK, ControlSession, FIN, IPPROTO_DSTOPTS, IPPROTO_TCP, IPPROTO_UDP, PSH, RST, SYN, Tcp,
+        dest_options, ip_frame, ipv4_first_fragment,
+    },
     require_root,
 };
 
@@ -27,6 +34,8 @@ const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 9);
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
 struct Programs {
     ebpf: Ebpf,
@@ -73,10 +82,22 @@ impl Programs {
         map.iter().map(Result::unwrap).collect()
     }
 
+    fn expected_keys(&self) -> Vec<ExpectKey> {
+        let mut keys: Vec<ExpectKey> = self.expectations().into_iter().map(|(k, _)| k).collect();
+        keys.sort_by_key(|k| k.port);
+        keys
+    }
+
     fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
         let map: HashMap<_, FlowKey, FlowValue> =
             HashMap::try_from(self.ebpf.map("FLOWS").unwrap()).unwrap();
         map.iter().map(Result::unwrap).collect()
+    }
+
+    fn controls(&self) -> Vec<FlowKey> {
+        let map: HashMap<_, FlowKey, ControlState> =
+            HashMap::try_from(self.ebpf.map("CONTROLS").unwrap()).unwrap();
+        map.keys().map(Result::unwrap).collect()
     }
 
     /// Counters that are not zero.
@@ -101,13 +122,25 @@ fn test_run<'a>(
     program.test_run(opts).expect("test run").return_value
 }
 
-fn addr(ip: Ipv4Addr) -> [u8; 16] {
-    ipv4(ip.octets())
+fn addr(ip: impl Into<IpAddr>) -> [u8; 16] {
+    match ip.into() {
+        IpAddr::V4(v4) => ftp_ebpf_common::addr::ipv4(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
-fn expect_key(connector: Ipv4Addr, listener: Ipv4Addr, port: u16) -> ExpectKey {
+fn family(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        FAMILY_IPV4
+    } else {
+        FAMILY_IPV6
+    }
+}
+
+fn expect_key(connector: impl Into<IpAddr>, listener: impl Into<IpAddr>, port: u16) -> ExpectKey {
+    let connector = connector.into();
     ExpectKey {
-        family: FAMILY_IPV4,
+        family: family(connector),
         _pad: 0,
         port,
         connector: addr(connector),
@@ -115,9 +148,15 @@ fn expect_key(connector: Ipv4Addr, listener: Ipv4Addr, port: u16) -> ExpectKey {
     }
 }
 
-fn flow_key(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> FlowKey {
+fn flow_key(
+    src: impl Into<IpAddr>,
+    src_port: u16,
+    dst: impl Into<IpAddr>,
+    dst_port: u16,
+) -> FlowKey {
+    let src = src.into();
     FlowKey {
-        family: FAMILY_IPV4,
+        family: family(src),
         _pad: [0; 3],
         src_port,
         dst_port,
@@ -126,27 +165,24 @@ fn flow_key(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> FlowK
     }
 }
 
-/// The server's control-connection reply, as the server host's egress sees it.
-fn server_reply(text: &str) -> Vec<u8> {
-    Tcp::new(SERVER, 21, CLIENT, 40000, PSH | ACK).frame(text.as_bytes())
-}
-
-/// The client's command, as the server host's ingress sees it.
-fn client_command(text: &str) -> Vec<u8> {
-    Tcp::new(CLIENT, 40000, SERVER, 21, PSH | ACK).frame(text.as_bytes())
-}
-
-fn syn(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> Vec<u8> {
+fn syn(src: impl Into<IpAddr>, src_port: u16, dst: impl Into<IpAddr>, dst_port: u16) -> Vec<u8> {
     Tcp::new(src, src_port, dst, dst_port, SYN).frame(&[])
+}
+
+fn session() -> ControlSession {
+    ControlSession::new(CLIENT, SERVER)
+}
+
+fn session6() -> ControlSession {
+    ControlSession::new(CLIENT6, SERVER6)
 }
 
 #[test]
 fn passive_reply_on_egress_creates_an_expectation() {
     let p = Programs::new();
+    let mut s = session();
     assert_eq!(
-        p.egress(&server_reply(
-            "227 Entering Passive Mode (192,0,2,1,39,16).\r\n"
-        )),
+        p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n")),
         TC_ACT_UNSPEC,
         "egress never decides"
     );
@@ -154,12 +190,17 @@ fn passive_reply_on_egress_creates_an_expectation() {
     assert_eq!(expectations.len(), 1);
     let (key, value) = expectations[0];
     assert_eq!(key, expect_key(CLIENT, SERVER, 10000));
-    assert_eq!(value.control, flow_key(SERVER, 21, CLIENT, 40000));
+    assert_eq!(
+        value.control,
+        flow_key(CLIENT, 40000, SERVER, 21),
+        "client -> server"
+    );
     let ttl = value.expires_ns.saturating_sub(ftp_loader::monotonic_ns());
     assert!(
         (299_000_000_000..=300_000_000_000).contains(&ttl),
         "expires in 300 s, not {ttl} ns"
     );
+    assert_eq!(p.controls(), [flow_key(CLIENT, 40000, SERVER, 21)]);
     assert_eq!(
         p.stats(),
         BTreeMap::from([("control_packets", 1), ("expectations_created", 1)])
@@ -171,19 +212,17 @@ fn passive_reply_on_ingress_creates_an_expectation_for_a_client_host() {
     let p = Programs::new();
     // On a client host (or a gateway) the reply arrives on ingress.
     assert_eq!(
-        p.ingress(&server_reply(
-            "227 Entering Passive Mode (192,0,2,1,4,1)\r\n"
-        )),
+        p.ingress(&session().reply(b"227 Entering Passive Mode (192,0,2,1,4,1)\r\n")),
         XDP_PASS
     );
-    assert_eq!(p.expectations()[0].0, expect_key(CLIENT, SERVER, 1025));
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 1025)]);
 }
 
 #[test]
 fn port_command_creates_an_expectation_for_the_server_to_connect() {
     let p = Programs::new();
     assert_eq!(
-        p.ingress(&client_command("TYPE I\r\nPORT 192,0,2,2,7,138\r\n")),
+        p.ingress(&session().command(b"TYPE I\r\nPORT 192,0,2,2,7,138\r\n")),
         XDP_PASS
     );
     let expectations = p.expectations();
@@ -202,11 +241,92 @@ fn port_command_creates_an_expectation_for_the_server_to_connect() {
 }
 
 #[test]
+fn extended_passive_reply_expects_the_server_itself() {
+    let p = Programs::new();
+    p.egress(&session().reply(b"229 Entering Extended Passive Mode (|||6446|)\r\n"));
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 6446)]);
+    p.egress(&session6().reply(b"229 Entering Extended Passive Mode (!!!6447!)\r\n"));
+    assert_eq!(
+        p.expected_keys(),
+        [
+            expect_key(CLIENT, SERVER, 6446),
+            expect_key(CLIENT6, SERVER6, 6447)
+        ]
+    );
+}
+
+#[test]
+fn extended_port_commands_in_both_families() {
+    let p = Programs::new();
+    p.ingress(&session().command(b"EPRT |1|192.0.2.2|6275|\r\n"));
+    p.ingress(&session6().command(b"eprt |2|2001:db8::2|6276|\r\n"));
+    assert_eq!(
+        p.expected_keys(),
+        [
+            expect_key(SERVER, CLIENT, 6275),
+            expect_key(SERVER6, CLIENT6, 6276)
+        ]
+    );
+}
+
+#[test]
+fn eprt_of_the_other_family_is_refused() {
+    let p = Programs::new();
+    p.ingress(&session().command(b"EPRT |2|2001:db8::2|6275|\r\n"));
+    p.ingress(&session6().command(b"EPRT |1|192.0.2.2|6275|\r\n"));
+    assert!(p.expectations().is_empty());
+    assert_eq!(p.stats()["family_mismatch"], 2);
+}
+
+#[test]
+fn ipv6_data_connections_are_guarded_like_ipv4() {
+    let p = Programs::new();
+    p.egress(&session6().reply(b"229 Entering Extended Passive Mode (|||10000|)\r\n"));
+    assert_eq!(p.ingress(&syn(CLIENT6, 51000, SERVER6, 10001)), XDP_DROP);
+    assert_eq!(p.ingress(&syn(CLIENT6, 51000, SERVER6, 10000)), XDP_PASS);
+    assert_eq!(
+        p.ingress(&syn(CLIENT6, 51000, SERVER6, 10000)),
+        XDP_PASS,
+        "retransmission"
+    );
+    assert_eq!(p.ingress(&syn(CLIENT6, 51001, SERVER6, 10000)), XDP_DROP);
+    assert_eq!(p.flows()[0].0, flow_key(CLIENT6, 51000, SERVER6, 10000));
+    // An extension header in front of TCP hides nothing.
+    let hidden = ip_frame(
+        CLIENT6.into(),
+        SERVER6.into(),
+        IPPROTO_DSTOPTS,
+        &dest_options(
+            IPPROTO_TCP,
+            &Tcp::new(CLIENT6, 51002, SERVER6, 10002, SYN).segment(&[]),
+        ),
+    );
+    assert_eq!(p.ingress(&hidden), XDP_DROP);
+    assert_eq!(p.stats()["unsolicited_dropped"], 3);
+}
+
+#[test]
+fn packets_that_hide_their_tcp_flags_are_dropped_inbound() {
+    let p = Programs::new();
+    // RFC 1858's tiny fragment: the first fragment ends before the TCP flags.
+    let tcp = Tcp::new(CLIENT, 51000, SERVER, 10000, SYN).segment(&[]);
+    let tiny = ipv4_first_fragment(CLIENT.into(), SERVER.into(), &tcp[..8]);
+    assert_eq!(p.ingress(&tiny), XDP_DROP);
+    // More IPv6 extension headers than the parser walks: five, the innermost naming TCP.
+    let mut deep = dest_options(IPPROTO_TCP, &tcp);
+    for _ in 0..4 {
+        deep = dest_options(IPPROTO_DSTOPTS, &deep);
+    }
+    let deep = ip_frame(CLIENT6.into(), SERVER6.into(), IPPROTO_DSTOPTS, &deep);
+    assert_eq!(p.ingress(&deep), XDP_DROP);
+    assert_eq!(p.egress(&deep), TC_ACT_UNSPEC, "outbound is never dropped");
+    assert_eq!(p.stats()["uninspectable_dropped"], 2);
+}
+
+#[test]
 fn expected_syn_is_admitted_once_and_tracked() {
     let p = Programs::new();
-    p.egress(&server_reply(
-        "227 Entering Passive Mode (192,0,2,1,39,16)\r\n",
-    ));
+    p.egress(&session().reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n"));
 
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_PASS);
     assert!(
@@ -249,7 +369,7 @@ fn expected_syn_is_admitted_once_and_tracked() {
 #[test]
 fn admitted_flow_is_marked_closing_by_fin_from_either_side() {
     let p = Programs::new();
-    p.egress(&server_reply("227 (192,0,2,1,39,17)\r\n"));
+    p.egress(&session().reply(b"227 (192,0,2,1,39,17)\r\n"));
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10001)), XDP_PASS);
     let data = Tcp::new(CLIENT, 51000, SERVER, 10001, ACK | PSH).frame(b"data");
     assert_eq!(p.ingress(&data), XDP_PASS);
@@ -267,65 +387,241 @@ fn unsolicited_syn_is_dropped() {
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_DROP);
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 1024)), XDP_DROP);
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 65535)), XDP_DROP);
+    assert_eq!(p.ingress(&syn(CLIENT6, 51000, SERVER6, 10000)), XDP_DROP);
     assert!(p.flows().is_empty());
-    assert_eq!(p.stats(), BTreeMap::from([("unsolicited_dropped", 3)]));
+    assert_eq!(p.stats(), BTreeMap::from([("unsolicited_dropped", 4)]));
 }
 
 #[test]
-fn third_party_address_creates_nothing() {
+fn third_party_address_creates_nothing_unless_loose() {
     let p = Programs::new();
-    p.egress(&server_reply(
-        "227 Entering Passive Mode (198,51,100,9,39,16)\r\n",
-    ));
-    p.ingress(&client_command("PORT 198,51,100,9,0,25\r\n"));
+    let mut s = session();
+    p.egress(&s.reply(b"227 Entering Passive Mode (198,51,100,9,39,16)\r\n"));
+    p.ingress(&s.command(b"PORT 198,51,100,9,39,17\r\n"));
+    p.ingress(&s.command(b"EPRT |1|198.51.100.9|10002|\r\n"));
     assert!(p.expectations().is_empty());
     assert_eq!(
         p.stats(),
-        BTreeMap::from([("address_mismatch", 2), ("control_packets", 2)])
+        BTreeMap::from([("address_mismatch", 3), ("control_packets", 3)])
     );
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_DROP);
+
+    let loose = Programs::load(Settings {
+        loose: true,
+        ..Settings::default()
+    });
+    loose.ingress(&session().command(b"PORT 198,51,100,9,39,17\r\n"));
+    assert_eq!(loose.expected_keys(), [expect_key(SERVER, STRANGER, 10001)]);
+}
+
+#[test]
+fn privileged_data_ports_are_refused_by_default() {
+    let p = Programs::new();
+    let mut s = session();
+    p.ingress(&s.command(b"PORT 192,0,2,2,0,25\r\n"));
+    p.egress(&s.reply(b"229 Entering Extended Passive Mode (|||1023|)\r\n"));
+    assert!(p.expectations().is_empty());
+    assert_eq!(p.stats()["low_port_refused"], 2);
+
+    let open = Programs::load(Settings {
+        min_data_port: 1,
+        ..Settings::default()
+    });
+    open.ingress(&session().command(b"PORT 192,0,2,2,0,25\r\n"));
+    assert_eq!(open.expected_keys(), [expect_key(SERVER, CLIENT, 25)]);
 }
 
 #[test]
 fn malformed_lines_create_nothing_and_are_counted() {
     let p = Programs::new();
+    let mut s = session();
     for line in [
-        "PORT 192,0,2,2,256,22\r\n",
-        "PORT 192,0,2,2,7\r\n",
-        "PORT 192,0,2,2,7,138,1\r\n",
-        "PORT 192,0,2,2,0,0\r\n",
+        &b"PORT 192,0,2,2,256,22\r\n"[..],
+        b"PORT 192,0,2,2,7\r\n",
+        b"PORT 192,0,2,2,7,138,1\r\n",
+        b"PORT 192,0,2,2,0,0\r\n",
+        b"EPRT |3|192.0.2.2|6275|\r\n",
+        b"EPRT |1|192.0.2.2.5|6275|\r\n",
+        b"PORT 192,0\x00,2,2,7,138\r\n",
     ] {
-        assert_eq!(p.ingress(&client_command(line)), XDP_PASS, "{line:?}");
+        assert_eq!(p.ingress(&s.command(line)), XDP_PASS, "{line:?}");
     }
-    p.egress(&server_reply("227 Entering Passive Mode\r\n"));
+    p.egress(&s.reply(b"227 Entering Passive Mode\r\n"));
+    p.egress(&s.reply(b"229 Entering Extended Passive Mode (|1|6446|)\r\n"));
     // Echoed mid-line: not a reply at all.
-    p.egress(&server_reply(
-        "550 227 Entering Passive Mode (192,0,2,1,39,16)\r\n",
-    ));
+    p.egress(&s.reply(b"550 227 Entering Passive Mode (192,0,2,1,39,16)\r\n"));
+    p.ingress(&s.command(b"CWD 227 Entering Passive Mode (192,0,2,1,39,16)\r\n"));
     assert!(p.expectations().is_empty());
     assert_eq!(
         p.stats(),
-        BTreeMap::from([("control_packets", 6), ("parse_errors", 5)])
+        BTreeMap::from([("control_packets", 11), ("parse_errors", 9)])
     );
+}
+
+#[test]
+fn bare_lf_ends_a_line() {
+    let p = Programs::new();
+    p.ingress(&session().command(b"TYPE I\nPORT 192,0,2,2,7,138\n"));
+    assert_eq!(p.expected_keys(), [expect_key(SERVER, CLIENT, 1930)]);
+}
+
+#[test]
+fn a_line_split_across_segments_is_read_whole() {
+    let p = Programs::new();
+    let mut s = session();
+    assert_eq!(
+        p.ingress(&s.command(b"PORT 192,0,2,2,")),
+        XDP_PASS,
+        "never dropped"
+    );
+    assert!(p.expectations().is_empty());
+    p.ingress(&s.command(b"7,138\r\n"));
+    assert_eq!(p.expected_keys(), [expect_key(SERVER, CLIENT, 1930)]);
+    // Another control connection: one holds one expectation at a time.
+    let mut r = session();
+    r.client_port = 40001;
+    p.egress(&r.reply(b"229 Entering Extended Pass"));
+    p.egress(&r.reply(b"ive Mode (|||64"));
+    p.egress(&r.reply(b"46|)\r\n"));
+    assert_eq!(
+        p.expected_keys(),
+        [
+            expect_key(SERVER, CLIENT, 1930),
+            expect_key(CLIENT, SERVER, 6446)
+        ]
+    );
+}
+
+#[test]
+fn a_retransmitted_segment_neither_adds_nor_renews() {
+    let p = Programs::new();
+    let mut s = session();
+    let start = s.server_seq();
+    let reply = b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n";
+    p.egress(&s.reply(reply));
+    let first = p.expectations()[0].1.expires_ns;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    p.egress(&s.reply_at(start, reply));
+    // Partly new: only the new part is read.
+    let overlapping = [
+        &reply[10..],
+        b"227 (192,0,2,1,39,17)
+",
+    ]
+    .concat();
+    p.egress(&s.reply_at(start + 10, &overlapping));
+    let expectations = p.expectations();
+    assert_eq!(expectations.len(), 1, "the cap of one: the newest wins");
+    assert_eq!(expectations[0].0, expect_key(CLIENT, SERVER, 10001));
+    assert!(expectations[0].1.expires_ns > first);
+    assert_eq!(p.stats()["control_already_read"], 1);
+    assert_eq!(p.stats()["expectations_created"], 2);
+
+    // Bytes after a gap: the line under way is given up, the next one is read.
+    let q = Programs::new();
+    let mut g = session();
+    q.ingress(&g.command(b"NOOP\r\n"));
+    let after_gap = g.client_seq() + 100;
+    q.ingress(&g.command_at(after_gap, b"7,138\r\nPORT 192,0,2,2,7,139\r\n"));
+    assert_eq!(q.expected_keys(), [expect_key(SERVER, CLIENT, 1931)]);
+    assert_eq!(q.stats()["control_gaps"], 1);
+}
+
+#[test]
+fn one_expectation_per_control_connection_by_default() {
+    let p = Programs::new();
+    let mut s = session();
+    p.egress(&s.reply(b"227 (192,0,2,1,39,16)\r\n"));
+    p.egress(&s.reply(b"227 (192,0,2,1,39,17)\r\n"));
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10001)]);
+    assert_eq!(p.stats()["expectations_replaced"], 1);
+    // Another control connection's expectations are its own.
+    let mut other = ControlSession::new(STRANGER, SERVER);
+    p.egress(&other.reply(b"227 (192,0,2,1,39,18)\r\n"));
+    assert_eq!(p.expectations().len(), 2);
+
+    let two = Programs::load(Settings {
+        max_expected: 2,
+        ..Settings::default()
+    });
+    let mut s = session();
+    for port in [16u8, 17, 18] {
+        two.egress(&s.reply(format!("227 (192,0,2,1,39,{port})\r\n").as_bytes()));
+    }
+    assert_eq!(
+        two.expected_keys(),
+        [
+            expect_key(CLIENT, SERVER, 10001),
+            expect_key(CLIENT, SERVER, 10002)
+        ]
+    );
+}
+
+#[test]
+fn pipelined_announcements_beyond_four_are_not_read() {
+    let p = Programs::load(Settings {
+        max_expected: 4,
+        ..Settings::default()
+    });
+    let lines: String = (0..6)
+        .map(|i| format!("PORT 192,0,2,2,40,{i}\r\n"))
+        .collect();
+    p.ingress(&session().command(lines.as_bytes()));
+    assert_eq!(p.expectations().len(), 4);
+    assert_eq!(p.stats()["scan_truncated"], 1);
+}
+
+#[test]
+fn ending_a_control_connection_removes_what_it_announced() {
+    let p = Programs::new();
+    let mut s = session();
+    p.egress(&s.reply(b"227 (192,0,2,1,39,16)\r\n"));
+    let mut other = ControlSession::new(STRANGER, SERVER);
+    p.egress(&other.reply(b"227 (192,0,2,1,39,17)\r\n"));
+    assert_eq!(p.controls().len(), 2);
+    p.ingress(&s.client_fin());
+    assert_eq!(p.expected_keys(), [expect_key(STRANGER, SERVER, 10001)]);
+    assert_eq!(p.controls(), [flow_key(STRANGER, 40000, SERVER, 21)]);
+    let reset = Tcp::new(SERVER, 21, STRANGER, 40000, RST).frame(&[]);
+    p.egress(&reset);
+    assert!(p.expectations().is_empty() && p.controls().is_empty());
+    assert_eq!(p.stats()["expectations_removed"], 2);
 }
 
 #[test]
 fn long_control_segments_are_scanned_up_to_the_window_and_counted() {
     let p = Programs::new();
-    let mut text = "200 ".to_owned() + &"x".repeat(300) + "\r\n";
+    let mut text = "200-".to_owned() + &"x".repeat(1100) + "\r\n";
     text += "227 (192,0,2,1,39,16)\r\n";
-    p.egress(&server_reply(&text));
+    let mut s = session();
+    p.egress(&s.reply(text.as_bytes()));
     assert!(
         p.expectations().is_empty(),
         "the line past the window is not read"
     );
     assert_eq!(p.stats()["scan_truncated"], 1);
+    p.egress(&s.reply(b"227 (192,0,2,1,39,17)\r\n"));
+    assert_eq!(
+        p.expected_keys(),
+        [expect_key(CLIENT, SERVER, 10001)],
+        "the next segment is"
+    );
+    let mut long = b"227 Entering Passive Mode ".to_vec();
+    long.extend(std::iter::repeat_n(b' ', 600));
+    long.extend(b"(192,0,2,1,39,18)\r\n");
+    p.egress(&s.reply(&long));
+    assert_eq!(p.stats()["line_too_long"], 1);
 }
 
 #[test]
 fn other_traffic_passes_untouched() {
     let p = Programs::new();
-    let udp = ipv4_frame(CLIENT, SERVER, 17, &[0x9c, 0x40, 0x27, 0x10, 0, 8, 0, 0]);
+    let udp = ip_frame(
+        CLIENT.into(),
+        SERVER.into(),
+        IPPROTO_UDP,
+        &[0x9c, 0x40, 0x27, 0x10, 0, 8, 0, 0],
+    );
     assert_eq!(p.ingress(&udp), XDP_PASS, "UDP");
     assert_eq!(
         p.ingress(&syn(CLIENT, 51000, SERVER, 80)),
@@ -355,9 +651,9 @@ fn other_traffic_passes_untouched() {
         "replies to the host's own connections"
     );
     assert_eq!(
-        p.ingress(&ipv6_syn(10000)),
-        XDP_PASS,
-        "IPv6 is not guarded yet"
+        p.egress(&syn(SERVER, 40000, CLIENT, 10000)),
+        TC_ACT_UNSPEC,
+        "outbound SYN"
     );
     let arp = [vec![0xff; 12], vec![0x08, 0x06], vec![0; 28]].concat();
     assert_eq!(p.ingress(&arp), XDP_PASS, "ARP");
@@ -382,7 +678,7 @@ fn expired_expectation_admits_nothing() {
         expect_timeout_secs: 1,
         ..Settings::default()
     });
-    p.egress(&server_reply("227 (192,0,2,1,39,16)\r\n"));
+    p.egress(&session().reply(b"227 (192,0,2,1,39,16)\r\n"));
     assert_eq!(p.expectations().len(), 1);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_DROP);
@@ -397,17 +693,25 @@ fn expired_expectation_admits_nothing() {
 fn settings_shape_the_guard() {
     let p = Programs::load(Settings {
         data_ports: (10000, 10500),
-        control_ports: vec![2121],
+        control_ports: vec![2121, 2122],
         ..Settings::default()
     });
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 9999)), XDP_PASS);
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10501)), XDP_PASS);
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10500)), XDP_DROP);
-    // Port 21 is no control port here; 2121 is.
-    p.egress(&server_reply("227 (192,0,2,1,39,16)\r\n"));
+    // Port 21 is no control port here; 2121 and 2122 are.
+    p.egress(&session().reply(b"227 (192,0,2,1,39,16)\r\n"));
     assert!(p.expectations().is_empty());
-    let reply =
-        Tcp::new(SERVER, 2121, CLIENT, 40000, PSH | ACK).frame(b"227 (192,0,2,1,39,16)\r\n");
-    p.egress(&reply);
-    assert_eq!(p.expectations()[0].0, expect_key(CLIENT, SERVER, 10000));
+    for (port, data) in [(2121, 16u8), (2122, 17)] {
+        let mut s = session();
+        s.server_port = port;
+        p.egress(&s.reply(format!("227 (192,0,2,1,39,{data})\r\n").as_bytes()));
+    }
+    assert_eq!(
+        p.expected_keys(),
+        [
+            expect_key(CLIENT, SERVER, 10000),
+            expect_key(CLIENT, SERVER, 10001)
+        ]
+    );
 }
