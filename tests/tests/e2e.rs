@@ -87,6 +87,20 @@ fn passive_mode_lists_and_downloads() {
     );
 }
 
+/// curl's defaults: EPSV, and EPRT in active mode.
+#[test]
+fn extended_modes_download() {
+    let mut lab = lab("ext");
+    lab.start_vsftpd().unwrap();
+    lab.start_loader(&[]).unwrap();
+    assert_download(&lab, &[]);
+    assert_download(&lab, &["--ftp-port", "-"]);
+    let stats = lab.stats().unwrap();
+    assert_eq!(stats["expectations_created"], 2, "{stats:?}");
+    assert_eq!(stats["expectations_matched"], 2, "{stats:?}");
+    assert_eq!(stats["unsolicited_dropped"], 0, "{stats:?}");
+}
+
 #[test]
 fn active_mode_downloads() {
     let mut lab = lab("port");
