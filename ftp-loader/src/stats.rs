@@ -38,3 +38,31 @@ pub fn to_text(counters: &[(Counter, u64)]) -> String {
         .map(|(c, v)| format!("{:<width$}  {:>12}  {}\n", c.name(), v, c.help()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Admins read the README's table; it must say what the code counts.
+    #[test]
+    fn readme_lists_every_counter_as_the_code_names_and_explains_it() {
+        let readme = include_str!("../../README.md");
+        for counter in Counter::ALL {
+            let row = format!("| `{}` | {} |", counter.name(), counter.help());
+            assert!(readme.contains(&row), "README.md lacks the row {row}");
+        }
+        let rows = readme
+            .lines()
+            .filter(|l| l.starts_with("| `") && l.matches('|').count() == 3);
+        let listed = rows.filter(|l| {
+            Counter::ALL
+                .iter()
+                .any(|c| l.starts_with(&format!("| `{}`", c.name())))
+        });
+        assert_eq!(
+            listed.count(),
+            Counter::ALL.len(),
+            "README.md lists a counter twice"
+        );
+    }
+}
