@@ -8,7 +8,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
+    fmt,
+    io::{Read, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -28,6 +29,40 @@ pub const PASSIVE_PORTS: (u16, u16) = (10000, 10500);
 /// The file every lab serves, at ftp://192.0.2.1/pub/blob.
 pub const BLOB_PATH: &str = "pub/blob";
 const BLOB_SIZE: usize = 2 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Self; 2] = [Self::V4, Self::V6];
+
+    pub fn server_ip(self) -> IpAddr {
+        match self {
+            Self::V4 => SERVER_IP.into(),
+            Self::V6 => SERVER_IP6.into(),
+        }
+    }
+
+    /// The server's address as it goes into a URL's host part.
+    pub fn server_host(self) -> String {
+        match self {
+            Self::V4 => SERVER_IP.to_string(),
+            Self::V6 => format!("[{SERVER_IP6}]"),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        })
+    }
+}
 
 static LABS: AtomicU32 = AtomicU32::new(0);
 
@@ -55,6 +90,68 @@ pub fn run(command: &mut Command) -> Result<Output> {
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(output)
+}
+
+/// Runs a command to its end, or kills it after `limit` so that a peer stuck on a dropped
+/// connection cannot hang a test; its exit status is the caller's to judge.
+pub fn output_within(command: &mut Command, limit: Duration) -> Result<Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {command:?}"))?;
+    // Drained while it runs: a chatty program would otherwise block on a full pipe.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = stdout.join().expect("stdout reader panicked");
+    let stderr = stderr.join().expect("stderr reader panicked");
+    let Some(status) = status else {
+        bail!(
+            "{:?} did not finish within {limit:?}: {}",
+            command.get_program(),
+            last_lines(&stderr, 3)
+        );
+    };
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// The last `count` non-empty lines of a program's output, on one line: enough to say why
+/// it failed in a table or an assertion message.
+pub fn last_lines(output: &[u8], count: usize) -> String {
+    let text = String::from_utf8_lossy(output);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(count)..].join(" | ")
 }
 
 /// The ftp-loader binary next to the running test executable (target/<profile>/), which
@@ -114,9 +211,9 @@ impl Lab {
             "netns",
             &self.client_ns,
         ]))?;
-        for (ns, interface, ip) in [
-            (&self.server_ns, SERVER_IF, SERVER_IP),
-            (&self.client_ns, CLIENT_IF, CLIENT_IP),
+        for (ns, interface, ip, ip6) in [
+            (&self.server_ns, SERVER_IF, SERVER_IP, SERVER_IP6),
+            (&self.client_ns, CLIENT_IF, CLIENT_IP, CLIENT_IP6),
         ] {
             run(Command::new("ip").args([
                 "-n",
@@ -126,6 +223,18 @@ impl Lab {
                 &format!("{ip}/24"),
                 "dev",
                 interface,
+            ]))?;
+            // Without nodad the address stays tentative (unusable) for a second or two of
+            // duplicate address detection, on a link where no duplicate can exist.
+            run(Command::new("ip").args([
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                interface,
+                "nodad",
             ]))?;
             run(Command::new("ip").args(["-n", ns, "link", "set", interface, "up"]))?;
             run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
