@@ -1,6 +1,7 @@
-//! The classic two-host FTP lab: a server host running vsftpd with a passive port range and
-//! a client host, joined by a veth pair, each in a network namespace of its own. No
-//! netfilter rule or helper exists in either namespace: ftp-loader alone guards the server.
+//! The classic two-host FTP lab: a server host (running one of the FTP servers of
+//! [`crate::servers`], with a passive port range) and a client host, joined by a veth pair,
+//! each in a network namespace of its own, both reachable over IPv4 and IPv6. No netfilter
+//! rule or helper exists in either namespace: ftp-loader alone guards the server.
 //!
 //! Names are unique per process and lab, and `Drop` removes everything the lab made (the
 //! processes, the namespaces with their veth pair, the pin directory, the files), also when
@@ -9,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    io::{Read, Write},
+    io::Read,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -72,7 +73,6 @@ pub struct Lab {
     pub pin_dir: PathBuf,
     dir: PathBuf,
     loader_bin: PathBuf,
-    vsftpd: Option<Child>,
     loader: Option<Child>,
     others: Vec<Child>,
 }
@@ -185,7 +185,6 @@ impl Lab {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{id}")),
             dir,
             loader_bin: loader_bin.to_owned(),
-            vsftpd: None,
             loader: None,
             others: Vec::new(),
         };
@@ -271,36 +270,6 @@ impl Lab {
     /// A command run inside the client's network namespace.
     pub fn client(&self, program: &str) -> Command {
         netns(&self.client_ns, program)
-    }
-
-    /// Starts vsftpd on the server, anonymous, passive range 10000-10500, and waits until it
-    /// answers.
-    pub fn start_vsftpd(&mut self) -> Result<()> {
-        std::fs::create_dir_all("/var/run/vsftpd/empty")?;
-        let config = self.dir.join("vsftpd.conf");
-        let mut file = std::fs::File::create(&config)?;
-        write!(
-            file,
-            "listen=YES\nlisten_address={SERVER_IP}\nanonymous_enable=YES\nlocal_enable=NO\n\
-             anon_root={}\npasv_enable=YES\npasv_min_port={}\npasv_max_port={}\n\
-             port_enable=YES\nconnect_from_port_20=NO\nseccomp_sandbox=NO\nbackground=NO\n\
-             xferlog_enable=NO\nuse_localtime=NO\n",
-            self.ftp_root().display(),
-            PASSIVE_PORTS.0,
-            PASSIVE_PORTS.1
-        )?;
-        let child = self
-            .server("/usr/sbin/vsftpd")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()
-            .context(
-                "starting /usr/sbin/vsftpd (is vsftpd installed? cargo xtask setup installs it)",
-            )?;
-        self.vsftpd = Some(child);
-        wait_for(&format!("vsftpd listening on {SERVER_IP}:21"), || {
-            self.server_listens(21)
-        })
     }
 
     /// Starts ftp-loader on the server's interface and waits until its maps are pinned.
@@ -463,7 +432,7 @@ impl Drop for Lab {
             let _ = loader.kill();
             let _ = loader.wait();
         }
-        for mut child in self.vsftpd.take().into_iter().chain(self.others.drain(..)) {
+        for mut child in self.others.drain(..) {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -11,6 +11,7 @@ use anyhow::Result;
 use tests::{
     lab::{CLIENT_IP, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
     require_root,
+    servers::Server,
 };
 
 /// Long enough for a SYN that is answered at all to be answered in the lab.
@@ -65,7 +66,7 @@ fn no_netfilter_rules(lab: &Lab) -> Result<()> {
 #[test]
 fn passive_mode_lists_and_downloads() {
     let mut lab = lab("pasv");
-    lab.start_vsftpd().unwrap();
+    Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_loader(&[]).unwrap();
     no_netfilter_rules(&lab).unwrap();
 
@@ -90,7 +91,7 @@ fn passive_mode_lists_and_downloads() {
 #[test]
 fn active_mode_downloads() {
     let mut lab = lab("port");
-    lab.start_vsftpd().unwrap();
+    Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_loader(&[]).unwrap();
     assert_download(&lab, &["--ftp-port", "-", "--disable-eprt"]);
     let stats = lab.stats().unwrap();
@@ -158,7 +159,7 @@ fn unannounced_listener_is_unreachable_until_the_loader_exits() {
 #[test]
 fn consumed_passive_port_admits_no_second_connection() {
     let mut lab = lab("oneshot");
-    lab.start_vsftpd().unwrap();
+    Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_loader(&[]).unwrap();
     let script = format!(
         r#"
@@ -239,7 +240,7 @@ fn loader_reports_bad_input_in_one_sentence() {
 #[test]
 fn expectations_and_flows_are_listed() {
     let mut lab = lab("list");
-    lab.start_vsftpd().unwrap();
+    Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_loader(&[]).unwrap();
     let script = format!(
         r#"

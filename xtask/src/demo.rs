@@ -4,7 +4,10 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Result, ensure};
-use tests::lab::{self, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP};
+use tests::{
+    lab::{self, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP},
+    servers::Server,
+};
 
 fn step(text: &str) {
     println!("\n==> {text}");
@@ -22,7 +25,7 @@ pub fn run(loader: &Path) -> Result<()> {
         lab.client_ns
     );
     println!("    no netfilter rule or FTP helper anywhere: ftp-loader is the only guard");
-    lab.start_vsftpd()?;
+    Server::Vsftpd.start(&mut lab)?;
     let listener_port = PASSIVE_PORTS.0 + 200;
     lab.start_listener(listener_port)?;
 
