@@ -360,32 +360,6 @@ impl Lab {
         })
     }
 
-    /// Downloads the served file with curl from the client, `mode` selecting passive or
-    /// active, and checks it arrived intact; returns its size.
-    pub fn download(&self, mode: &[&str]) -> Result<usize> {
-        let target = self.file("download");
-        let output = self
-            .client("curl")
-            .args(["--silent", "--show-error", "--max-time", "20"])
-            .args(mode)
-            .arg("--output")
-            .arg(&target)
-            .arg(format!("ftp://{SERVER_IP}/{BLOB_PATH}"))
-            .output()
-            .context("running curl")?;
-        ensure!(
-            output.status.success(),
-            "curl {mode:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let received = std::fs::read(&target)?;
-        ensure!(
-            received == self.blob()?,
-            "the downloaded file differs from the served one"
-        );
-        Ok(received.len())
-    }
-
     /// Whether a TCP listener is bound to `port` on the server.
     pub fn server_listens(&self, port: u16) -> Result<bool> {
         let output = run(self

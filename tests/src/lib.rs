@@ -2,6 +2,7 @@
 //! FTP servers and clients and ftp-loader, and hand-made Ethernet frames for
 //! `BPF_PROG_TEST_RUN`.
 
+pub mod clients;
 pub mod frame;
 pub mod lab;
 pub mod servers;

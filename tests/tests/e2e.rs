@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::Result;
 use tests::{
-    lab::{CLIENT_IP, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
+    clients::{self, Client, Mode},
+    lab::{CLIENT_IP, Family, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
     require_root,
     servers::Server,
 };
@@ -40,8 +41,8 @@ fn url(path: &str) -> String {
     format!("ftp://{SERVER_IP}/{path}")
 }
 
-fn assert_download(lab: &Lab, mode: &[&str]) {
-    if let Err(error) = lab.download(mode) {
+fn assert_download(lab: &Lab, mode: Mode) {
+    if let Err(error) = clients::download(lab, Client::Curl, Family::V4, mode) {
         panic!(
             "{error:#}
 loader log:
@@ -73,7 +74,7 @@ fn passive_mode_lists_and_downloads() {
     let listing = curl(&lab, 20, &["--disable-epsv", &url("pub/")]);
     assert!(listing.status.success(), "LIST: {listing:?}");
     assert!(String::from_utf8_lossy(&listing.stdout).contains("blob"));
-    assert_download(&lab, &["--disable-epsv"]);
+    assert_download(&lab, Mode::Pasv);
 
     let stats = lab.stats().unwrap();
     assert!(stats["control_packets"] > 0);
@@ -93,7 +94,7 @@ fn active_mode_downloads() {
     let mut lab = lab("port");
     Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_loader(&[]).unwrap();
-    assert_download(&lab, &["--ftp-port", "-", "--disable-eprt"]);
+    assert_download(&lab, Mode::Port);
     let stats = lab.stats().unwrap();
     assert_eq!(stats["expectations_created"], 1, "{stats:?}");
     // The server opens the data connection: its SYN leaves through egress and consumes

@@ -5,7 +5,8 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Result, ensure};
 use tests::{
-    lab::{self, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP},
+    clients::{self, Client, Mode},
+    lab::{self, Family, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP},
     servers::Server,
 };
 
@@ -38,10 +39,20 @@ pub fn run(loader: &Path) -> Result<()> {
     }
 
     step("passive mode: curl --disable-epsv ftp://192.0.2.1/pub/blob");
-    downloaded(lab.download(&["--disable-epsv"])?);
+    downloaded(clients::download(
+        &lab,
+        Client::Curl,
+        Family::V4,
+        Mode::Pasv,
+    )?);
 
     step("active mode: curl --ftp-port - --disable-eprt ftp://192.0.2.1/pub/blob");
-    downloaded(lab.download(&["--ftp-port", "-", "--disable-eprt"])?);
+    downloaded(clients::download(
+        &lab,
+        Client::Curl,
+        Family::V4,
+        Mode::Port,
+    )?);
 
     step(&format!(
         "unsolicited: a plain TCP connection to a listener on {SERVER_IP}:{listener_port}, inside the guarded range"
