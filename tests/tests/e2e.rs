@@ -1,5 +1,6 @@
 //! End to end: the classic lab (vsftpd with a passive range on a server whose only guard
-//! is ftp-loader, no netfilter rule or helper anywhere) and the real curl as client.
+//! is ftp-loader, no netfilter rule or helper anywhere) and the real curl as client. The
+//! other servers and clients are in `matrix.rs`.
 
 use std::{
     io::{BufRead, BufReader, Write},
