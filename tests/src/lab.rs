@@ -12,6 +12,7 @@ use std::{
     fmt,
     io::Read,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -99,6 +100,8 @@ pub fn output_within(command: &mut Command, limit: Duration) -> Result<Output> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A group of its own, to be killed whole: whatever it starts holds its pipes too.
+        .process_group(0)
         .spawn()
         .with_context(|| format!("running {command:?}"))?;
     // Drained while it runs: a chatty program would otherwise block on a full pipe.
@@ -110,7 +113,8 @@ pub fn output_within(command: &mut Command, limit: Duration) -> Result<Output> {
             break Some(status);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            // SAFETY: signalling the process group of our own child, not yet reaped.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
             break None;
         }
