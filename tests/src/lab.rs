@@ -1,6 +1,7 @@
-//! The classic two-host FTP lab: a server host running vsftpd with a passive port range and
-//! a client host, joined by a veth pair, each in a network namespace of its own. No
-//! netfilter rule or helper exists in either namespace: ftp-loader alone guards the server.
+//! The classic two-host FTP lab: a server host (running one of the FTP servers of
+//! [`crate::servers`], with a passive port range) and a client host, joined by a veth pair,
+//! each in a network namespace of its own, both reachable over IPv4 and IPv6. No netfilter
+//! rule or helper exists in either namespace: ftp-loader alone guards the server.
 //!
 //! Names are unique per process and lab, and `Drop` removes everything the lab made (the
 //! processes, the namespaces with their veth pair, the pin directory, the files), also when
@@ -8,8 +9,10 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
+    fmt,
+    io::Read,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -29,6 +32,40 @@ pub const PASSIVE_PORTS: (u16, u16) = (10000, 10500);
 pub const BLOB_PATH: &str = "pub/blob";
 const BLOB_SIZE: usize = 2 << 20;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Self; 2] = [Self::V4, Self::V6];
+
+    pub fn server_ip(self) -> IpAddr {
+        match self {
+            Self::V4 => SERVER_IP.into(),
+            Self::V6 => SERVER_IP6.into(),
+        }
+    }
+
+    /// The server's address as it goes into a URL's host part.
+    pub fn server_host(self) -> String {
+        match self {
+            Self::V4 => SERVER_IP.to_string(),
+            Self::V6 => format!("[{SERVER_IP6}]"),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        })
+    }
+}
+
 static LABS: AtomicU32 = AtomicU32::new(0);
 
 pub struct Lab {
@@ -37,7 +74,6 @@ pub struct Lab {
     pub pin_dir: PathBuf,
     dir: PathBuf,
     loader_bin: PathBuf,
-    vsftpd: Option<Child>,
     loader: Option<Child>,
     others: Vec<Child>,
 }
@@ -55,6 +91,71 @@ pub fn run(command: &mut Command) -> Result<Output> {
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(output)
+}
+
+/// Runs a command to its end, or kills it after `limit` so that a peer stuck on a dropped
+/// connection cannot hang a test; its exit status is the caller's to judge.
+pub fn output_within(command: &mut Command, limit: Duration) -> Result<Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // A group of its own, to be killed whole: whatever it starts holds its pipes too.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("running {command:?}"))?;
+    // Drained while it runs: a chatty program would otherwise block on a full pipe.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            // SAFETY: signalling the process group of our own child, not yet reaped.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = stdout.join().expect("stdout reader panicked");
+    let stderr = stderr.join().expect("stderr reader panicked");
+    let Some(status) = status else {
+        bail!(
+            "{:?} did not finish within {limit:?}: {}",
+            command.get_program(),
+            last_lines(&stderr, 3)
+        );
+    };
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// The last `count` non-empty lines of a program's output, on one line: enough to say why
+/// it failed in a table or an assertion message.
+pub fn last_lines(output: &[u8], count: usize) -> String {
+    let text = String::from_utf8_lossy(output);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(count)..].join(" | ")
 }
 
 /// The ftp-loader binary next to the running test executable (target/<profile>/), which
@@ -88,7 +189,6 @@ impl Lab {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{id}")),
             dir,
             loader_bin: loader_bin.to_owned(),
-            vsftpd: None,
             loader: None,
             others: Vec::new(),
         };
@@ -114,9 +214,9 @@ impl Lab {
             "netns",
             &self.client_ns,
         ]))?;
-        for (ns, interface, ip) in [
-            (&self.server_ns, SERVER_IF, SERVER_IP),
-            (&self.client_ns, CLIENT_IF, CLIENT_IP),
+        for (ns, interface, ip, ip6) in [
+            (&self.server_ns, SERVER_IF, SERVER_IP, SERVER_IP6),
+            (&self.client_ns, CLIENT_IF, CLIENT_IP, CLIENT_IP6),
         ] {
             run(Command::new("ip").args([
                 "-n",
@@ -126,6 +226,18 @@ impl Lab {
                 &format!("{ip}/24"),
                 "dev",
                 interface,
+            ]))?;
+            // Without nodad the address stays tentative (unusable) for a second or two of
+            // duplicate address detection, on a link where no duplicate can exist.
+            run(Command::new("ip").args([
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                interface,
+                "nodad",
             ]))?;
             run(Command::new("ip").args(["-n", ns, "link", "set", interface, "up"]))?;
             run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
@@ -162,36 +274,6 @@ impl Lab {
     /// A command run inside the client's network namespace.
     pub fn client(&self, program: &str) -> Command {
         netns(&self.client_ns, program)
-    }
-
-    /// Starts vsftpd on the server, anonymous, passive range 10000-10500, and waits until it
-    /// answers.
-    pub fn start_vsftpd(&mut self) -> Result<()> {
-        std::fs::create_dir_all("/var/run/vsftpd/empty")?;
-        let config = self.dir.join("vsftpd.conf");
-        let mut file = std::fs::File::create(&config)?;
-        write!(
-            file,
-            "listen=YES\nlisten_address={SERVER_IP}\nanonymous_enable=YES\nlocal_enable=NO\n\
-             anon_root={}\npasv_enable=YES\npasv_min_port={}\npasv_max_port={}\n\
-             port_enable=YES\nconnect_from_port_20=NO\nseccomp_sandbox=NO\nbackground=NO\n\
-             xferlog_enable=NO\nuse_localtime=NO\n",
-            self.ftp_root().display(),
-            PASSIVE_PORTS.0,
-            PASSIVE_PORTS.1
-        )?;
-        let child = self
-            .server("/usr/sbin/vsftpd")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()
-            .context(
-                "starting /usr/sbin/vsftpd (is vsftpd installed? cargo xtask setup installs it)",
-            )?;
-        self.vsftpd = Some(child);
-        wait_for(&format!("vsftpd listening on {SERVER_IP}:21"), || {
-            self.server_listens(21)
-        })
     }
 
     /// Starts ftp-loader on the server's interface and waits until its maps are pinned.
@@ -282,32 +364,6 @@ impl Lab {
         })
     }
 
-    /// Downloads the served file with curl from the client, `mode` selecting passive or
-    /// active, and checks it arrived intact; returns its size.
-    pub fn download(&self, mode: &[&str]) -> Result<usize> {
-        let target = self.file("download");
-        let output = self
-            .client("curl")
-            .args(["--silent", "--show-error", "--max-time", "20"])
-            .args(mode)
-            .arg("--output")
-            .arg(&target)
-            .arg(format!("ftp://{SERVER_IP}/{BLOB_PATH}"))
-            .output()
-            .context("running curl")?;
-        ensure!(
-            output.status.success(),
-            "curl {mode:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let received = std::fs::read(&target)?;
-        ensure!(
-            received == self.blob()?,
-            "the downloaded file differs from the served one"
-        );
-        Ok(received.len())
-    }
-
     /// Whether a TCP listener is bound to `port` on the server.
     pub fn server_listens(&self, port: u16) -> Result<bool> {
         let output = run(self
@@ -354,7 +410,7 @@ impl Drop for Lab {
             let _ = loader.kill();
             let _ = loader.wait();
         }
-        for mut child in self.vsftpd.take().into_iter().chain(self.others.drain(..)) {
+        for mut child in self.others.drain(..) {
             let _ = child.kill();
             let _ = child.wait();
         }

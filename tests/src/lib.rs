@@ -1,8 +1,11 @@
-//! Test fixtures built from real parts: a two-host lab in network namespaces running the
-//! real vsftpd and ftp-loader, and hand-made Ethernet frames for `BPF_PROG_TEST_RUN`.
+//! Test fixtures built from real parts: a two-host lab in network namespaces running real
+//! FTP servers and clients and ftp-loader, and hand-made Ethernet frames for
+//! `BPF_PROG_TEST_RUN`.
 
+pub mod clients;
 pub mod frame;
 pub mod lab;
+pub mod servers;
 
 /// The tests attach programs and create namespaces: say so plainly when not root.
 pub fn require_root() {

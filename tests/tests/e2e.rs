@@ -1,5 +1,6 @@
 //! End to end: the classic lab (vsftpd with a passive range on a server whose only guard
-//! is ftp-loader, no netfilter rule or helper anywhere) and the real curl as client.
+//! is ftp-loader, no netfilter rule or helper anywhere) and the real curl as client. The
+//! other servers and clients are in `matrix.rs`.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -9,8 +10,10 @@ use std::{
 
 use anyhow::Result;
 use tests::{
-    lab::{CLIENT_IP, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
+    clients::{self, Client, Mode},
+    lab::{CLIENT_IP, Family, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
     require_root,
+    servers::Server,
 };
 
 /// Long enough for a SYN that is answered at all to be answered in the lab.
@@ -39,8 +42,8 @@ fn url(path: &str) -> String {
     format!("ftp://{SERVER_IP}/{path}")
 }
 
-fn assert_download(lab: &Lab, mode: &[&str]) {
-    if let Err(error) = lab.download(mode) {
+fn assert_download(lab: &Lab, mode: Mode) {
+    if let Err(error) = clients::download(lab, Client::Curl, Family::V4, mode) {
         panic!(
             "{error:#}
 loader log:
@@ -65,14 +68,14 @@ fn no_netfilter_rules(lab: &Lab) -> Result<()> {
 #[test]
 fn passive_mode_lists_and_downloads() {
     let mut lab = lab("pasv");
-    lab.start_vsftpd().unwrap();
+    Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_loader(&[]).unwrap();
     no_netfilter_rules(&lab).unwrap();
 
     let listing = curl(&lab, 20, &["--disable-epsv", &url("pub/")]);
     assert!(listing.status.success(), "LIST: {listing:?}");
     assert!(String::from_utf8_lossy(&listing.stdout).contains("blob"));
-    assert_download(&lab, &["--disable-epsv"]);
+    assert_download(&lab, Mode::Pasv);
 
     let stats = lab.stats().unwrap();
     assert!(stats["control_packets"] > 0);
@@ -104,9 +107,9 @@ fn extended_modes_download() {
 #[test]
 fn active_mode_downloads() {
     let mut lab = lab("port");
-    lab.start_vsftpd().unwrap();
+    Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_loader(&[]).unwrap();
-    assert_download(&lab, &["--ftp-port", "-", "--disable-eprt"]);
+    assert_download(&lab, Mode::Port);
     let stats = lab.stats().unwrap();
     assert_eq!(stats["expectations_created"], 1, "{stats:?}");
     // The server opens the data connection: its SYN leaves through egress and consumes
@@ -172,7 +175,7 @@ fn unannounced_listener_is_unreachable_until_the_loader_exits() {
 #[test]
 fn consumed_passive_port_admits_no_second_connection() {
     let mut lab = lab("oneshot");
-    lab.start_vsftpd().unwrap();
+    Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_loader(&[]).unwrap();
     let script = format!(
         r#"
@@ -253,7 +256,7 @@ fn loader_reports_bad_input_in_one_sentence() {
 #[test]
 fn expectations_and_flows_are_listed() {
     let mut lab = lab("list");
-    lab.start_vsftpd().unwrap();
+    Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_loader(&[]).unwrap();
     let script = format!(
         r#"

@@ -4,7 +4,11 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Result, ensure};
-use tests::lab::{self, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP};
+use tests::{
+    clients::{self, Client, Mode},
+    lab::{self, Family, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP},
+    servers::Server,
+};
 
 fn step(text: &str) {
     println!("\n==> {text}");
@@ -22,7 +26,7 @@ pub fn run(loader: &Path) -> Result<()> {
         lab.client_ns
     );
     println!("    no netfilter rule or FTP helper anywhere: ftp-loader is the only guard");
-    lab.start_vsftpd()?;
+    Server::Vsftpd.start(&mut lab)?;
     let listener_port = PASSIVE_PORTS.0 + 200;
     lab.start_listener(listener_port)?;
 
@@ -35,10 +39,20 @@ pub fn run(loader: &Path) -> Result<()> {
     }
 
     step("passive mode: curl --disable-epsv ftp://192.0.2.1/pub/blob");
-    downloaded(lab.download(&["--disable-epsv"])?);
+    downloaded(clients::download(
+        &lab,
+        Client::Curl,
+        Family::V4,
+        Mode::Pasv,
+    )?);
 
     step("active mode: curl --ftp-port - --disable-eprt ftp://192.0.2.1/pub/blob");
-    downloaded(lab.download(&["--ftp-port", "-", "--disable-eprt"])?);
+    downloaded(clients::download(
+        &lab,
+        Client::Curl,
+        Family::V4,
+        Mode::Port,
+    )?);
 
     step(&format!(
         "unsolicited: a plain TCP connection to a listener on {SERVER_IP}:{listener_port}, inside the guarded range"

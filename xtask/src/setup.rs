@@ -5,7 +5,8 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
+use tests::servers::{PEERS_DIR, UNPACKED, unpacked_path};
 
 use crate::stream;
 
@@ -32,11 +33,34 @@ const PACKAGES: &[(&str, &str)] = &[
         "util-linux",
         "nsenter, to run the loader inside a lab namespace",
     ),
-    ("vsftpd", "the FTP server of the lab"),
-    ("curl", "the FTP client of the lab"),
+    ("vsftpd", "an FTP server of the lab"),
+    ("curl", "an FTP client of the lab"),
     (
         "python3",
         "ftplib sessions and a plain TCP listener in the lab",
+    ),
+    ("lftp", "an FTP client of the interoperability matrix"),
+    ("wget", "an FTP client of the interoperability matrix"),
+    (
+        "python3-pyftpdlib",
+        "an FTP server of the interoperability matrix",
+    ),
+    // proftpd-core's libraries: unpacked rather than installed, it brings none of them.
+    (
+        "libhiredis0.14",
+        "a library the unpacked proftpd links against",
+    ),
+    (
+        "libmemcached11",
+        "a library the unpacked proftpd links against",
+    ),
+    (
+        "libmemcachedutil2",
+        "a library the unpacked proftpd links against",
+    ),
+    (
+        "libpcre2-posix3",
+        "a library the unpacked proftpd links against",
     ),
     ("iptables", "to show the lab runs without netfilter rules"),
     (
@@ -55,6 +79,7 @@ pub fn run() -> Result<()> {
         "the tracker's setup, tests and demo need root (apt, eBPF, network namespaces): run them as root"
     );
     install_packages()?;
+    unpack_peers()?;
     install_bpf_linker()?;
     Ok(())
 }
@@ -81,6 +106,61 @@ fn install_packages() -> Result<()> {
             .args(missing.iter().map(|(p, _)| *p))
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
+    Ok(())
+}
+
+/// The FTP daemons whose packages conflict with vsftpd's (all provide `ftp-server`, so
+/// installing one removes the other): unpacked side by side instead, never configured or
+/// started by the package system.
+fn unpack_peers() -> Result<()> {
+    let missing: Vec<&str> = UNPACKED
+        .iter()
+        .filter(|(package, binary)| !unpacked_path(package, binary).exists())
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for package in &missing {
+        println!(
+            "xtask: unpacking {package} into {PEERS_DIR}/{package}: an FTP server of the interoperability matrix (its package conflicts with vsftpd's)"
+        );
+    }
+    let debs = std::env::temp_dir().join(format!("ftp-tracker-debs-{}", std::process::id()));
+    std::fs::create_dir_all(&debs)?;
+    let result = download_and_unpack(&missing, &debs);
+    let _ = std::fs::remove_dir_all(&debs);
+    result
+}
+
+fn download_and_unpack(packages: &[&str], debs: &Path) -> Result<()> {
+    stream(Command::new("apt-get").args(["update", "-qq"]))?;
+    // apt's sandbox user cannot write to a root-owned temporary directory.
+    stream(
+        Command::new("apt-get")
+            .args(["download", "-qq", "-o", "APT::Sandbox::User=root"])
+            .args(packages)
+            .current_dir(debs),
+    )?;
+    for package in packages {
+        let target = Path::new(PEERS_DIR).join(package);
+        // dpkg -x creates its target directory but not the parents.
+        std::fs::create_dir_all(&target)?;
+        let deb = std::fs::read_dir(debs)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .find(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            });
+        let Some(deb) = deb else {
+            bail!(
+                "apt-get download {package} left no .deb in {}",
+                debs.display()
+            );
+        };
+        stream(Command::new("dpkg").arg("-x").arg(&deb).arg(&target))?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,247 @@
+//! The real FTP clients, each made to fetch the lab's file with exactly one way of setting
+//! up the data connection, and the checks that it used that way and nothing else (clients
+//! fall back silently: curl retries with PASV when an EPSV data connection fails) and that
+//! the file arrived intact.
+
+use std::{fmt, path::Path, process::Command, time::Duration};
+
+use anyhow::{Result, ensure};
+
+use crate::lab::{BLOB_PATH, Family, Lab, last_lines, output_within};
+
+/// The longest one transfer may take: in the lab it takes milliseconds, and a client whose
+/// connection is dropped gives up after its own [`TIMEOUT_SECS`].
+const LIMIT: Duration = Duration::from_secs(20);
+/// The clients' own connect and idle timeout: a SYN that is answered at all is answered
+/// within microseconds in the lab.
+const TIMEOUT_SECS: &str = "5";
+
+/// Every command that sets up a data connection, including the long forms (RFC 1639) that
+/// some clients fall back to when EPSV or EPRT fails.
+const DATA_COMMANDS: [&str; 6] = ["PASV", "EPSV", "PORT", "EPRT", "LPSV", "LPRT"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Client {
+    Curl,
+    Lftp,
+    Wget,
+    /// Python's ftplib, run by Debian's /usr/bin/python3.
+    Ftplib,
+}
+
+impl Client {
+    pub const ALL: [Self; 4] = [Self::Curl, Self::Lftp, Self::Wget, Self::Ftplib];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Curl => "curl",
+            Self::Lftp => "lftp",
+            Self::Wget => "wget",
+            Self::Ftplib => "ftplib",
+        }
+    }
+
+    /// What starts a line of the client's debug output that shows a command it sent.
+    fn sent_marker(self) -> &'static str {
+        match self {
+            Self::Curl => "> ",
+            Self::Lftp => "---> ",
+            Self::Wget => "--> ",
+            Self::Ftplib => "*cmd* '",
+        }
+    }
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Pasv,
+    Epsv,
+    Port,
+    Eprt,
+}
+
+impl Mode {
+    pub const ALL: [Self; 4] = [Self::Pasv, Self::Epsv, Self::Port, Self::Eprt];
+
+    /// The command that sets up the data connection.
+    pub fn command(self) -> &'static str {
+        match self {
+            Self::Pasv => "PASV",
+            Self::Epsv => "EPSV",
+            Self::Port => "PORT",
+            Self::Eprt => "EPRT",
+        }
+    }
+
+    /// Whether the client opens the data connection, to a port the server announced: the
+    /// connection a guard on the server has to admit.
+    pub fn passive(self) -> bool {
+        matches!(self, Self::Pasv | Self::Epsv)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.command())
+    }
+}
+
+/// Whether `client` can be made to use `mode` over `family`.
+pub fn supports(client: Client, family: Family, mode: Mode) -> bool {
+    match (family, mode) {
+        // PASV's reply and PORT's argument carry a 32-bit address: they exist for IPv4
+        // only (RFC 2428 made EPSV and EPRT for IPv6, and for both families).
+        (Family::V6, Mode::Pasv | Mode::Port) => false,
+        (Family::V6, Mode::Epsv | Mode::Eprt) | (Family::V4, Mode::Pasv | Mode::Port) => true,
+        // Over IPv4, wget sends PASV and PORT and ftplib sends PASV and PORT, with no option
+        // for EPSV or EPRT: both choose by the control connection's family.
+        (Family::V4, Mode::Epsv) => matches!(client, Client::Curl | Client::Lftp),
+        // lftp has ftp:prefer-epsv but nothing like it for EPRT: over IPv4 it always sends
+        // PORT (as wget and ftplib do).
+        (Family::V4, Mode::Eprt) => client == Client::Curl,
+    }
+}
+
+/// Fetches the lab's file from the server over `family` with `client` forced to `mode`,
+/// checks that the client set up its data connection with `mode` alone and that the file
+/// arrived byte for byte; returns its size. Takes at most [`LIMIT`].
+pub fn download(lab: &Lab, client: Client, family: Family, mode: Mode) -> Result<usize> {
+    ensure!(
+        supports(client, family, mode),
+        "{client} cannot be made to use {mode} over {family}"
+    );
+    let target = lab.file("download");
+    // A file left by an earlier transfer must not pass for this one's.
+    if target.exists() {
+        std::fs::remove_file(&target)?;
+    }
+    let output = output_within(&mut command(lab, client, family, mode, &target), LIMIT)?;
+    let transcript = [&output.stdout[..], &output.stderr[..]].concat();
+    let sent = data_commands(client, &transcript);
+    ensure!(
+        output.status.success(),
+        "{client} failed ({}) after sending {sent:?}: {}",
+        output.status,
+        last_lines(&output.stderr, 2)
+    );
+    ensure!(
+        sent == [mode.command()],
+        "{client} was to use {mode} alone but sent {sent:?}"
+    );
+    let received = std::fs::read(&target)?;
+    let served = lab.blob()?;
+    ensure!(
+        received == served,
+        "the downloaded file differs from the served one ({} of {} bytes received)",
+        received.len(),
+        served.len()
+    );
+    Ok(received.len())
+}
+
+/// The client's command line, in the client namespace, with its debug output on (the
+/// commands it sent are read from it).
+fn command(lab: &Lab, client: Client, family: Family, mode: Mode, target: &Path) -> Command {
+    let url = format!("ftp://{}/{BLOB_PATH}", family.server_host());
+    match client {
+        Client::Curl => {
+            let mut command = lab.client("curl");
+            command
+                // --globoff: the brackets of an IPv6 URL are no glob.
+                .args(["--silent", "--show-error", "--verbose", "--globoff"])
+                .args(["--connect-timeout", TIMEOUT_SECS])
+                .args(match mode {
+                    Mode::Pasv => &["--disable-epsv"][..],
+                    Mode::Epsv => &["--ftp-pasv"],
+                    Mode::Port => &["--ftp-port", "-", "--disable-eprt"],
+                    // curl tries EPRT first on its own.
+                    Mode::Eprt => &["--ftp-port", "-"],
+                })
+                .arg("--output")
+                .arg(target)
+                .arg(url);
+            command
+        }
+        Client::Lftp => {
+            // Over IPv6 lftp sends EPSV and EPRT whatever these say.
+            let data = match mode {
+                Mode::Pasv => "set ftp:passive-mode on; set ftp:prefer-epsv no",
+                Mode::Epsv => "set ftp:passive-mode on; set ftp:prefer-epsv yes",
+                Mode::Port | Mode::Eprt => "set ftp:passive-mode off",
+            };
+            let script = format!(
+                // lftp retries a failed transfer 1000 times and flips passive mode after a
+                // failure unless told not to; with TLS, which it tries first, nothing on
+                // the path could read the control connection.
+                "set net:timeout {TIMEOUT_SECS}; set net:max-retries 1; \
+                 set ftp:auto-passive-mode no; set ftp:ssl-allow no; set xfer:clobber on; \
+                 {data}; open ftp://{}; get {BLOB_PATH} -o \"{}\"",
+                family.server_host(),
+                target.display()
+            );
+            let mut command = lab.client("lftp");
+            command.args(["-d", "-c", &script]);
+            command
+        }
+        Client::Wget => {
+            // wget sends PASV and PORT over IPv4, EPSV and EPRT over IPv6.
+            let mut command = lab.client("wget");
+            command
+                .args(["--no-config", "--debug", "--tries=1"])
+                .arg(format!("--timeout={TIMEOUT_SECS}"));
+            if !mode.passive() {
+                command.arg("--no-passive-ftp");
+            }
+            command.arg("--output-document").arg(target).arg(url);
+            command
+        }
+        Client::Ftplib => {
+            let mut command = lab.client("/usr/bin/python3");
+            command
+                .args(["-c", FTPLIB])
+                .arg(family.server_ip().to_string())
+                .arg(if mode.passive() { "passive" } else { "active" })
+                .arg(TIMEOUT_SECS)
+                .arg(BLOB_PATH)
+                .arg(target);
+            command
+        }
+    }
+}
+
+/// ftplib sends PASV and PORT over IPv4, EPSV and EPRT over IPv6; debug level 1 prints each
+/// command sent.
+const FTPLIB: &str = r#"
+import ftplib, sys
+host, mode, timeout, path, target = sys.argv[1:]
+ftp = ftplib.FTP(timeout=float(timeout))
+ftp.set_debuglevel(1)
+ftp.connect(host, 21)
+ftp.login()
+ftp.set_pasv(mode == "passive")
+with open(target, "wb") as out:
+    ftp.retrbinary("RETR " + path, out.write)
+ftp.quit()
+"#;
+
+/// The data-connection commands the client's debug output shows it sent, in order.
+fn data_commands(client: Client, transcript: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(transcript)
+        .lines()
+        .filter_map(|line| {
+            let verb = line
+                .trim_start()
+                .strip_prefix(client.sent_marker())?
+                .split(|c: char| !c.is_ascii_alphabetic())
+                .next()?
+                .to_ascii_uppercase();
+            DATA_COMMANDS.contains(&verb.as_str()).then_some(verb)
+        })
+        .collect()
+}
