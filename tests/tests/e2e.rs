@@ -44,12 +44,7 @@ fn url(path: &str) -> String {
 
 fn assert_download(lab: &Lab, mode: Mode) {
     if let Err(error) = clients::download(lab, Client::Curl, Family::V4, mode) {
-        panic!(
-            "{error:#}
-loader log:
-{}",
-            lab.loader_log()
-        );
+        panic!("{error:#}\nloader log:\n{}", lab.loader_log());
     }
 }
 
@@ -94,10 +89,10 @@ fn passive_mode_lists_and_downloads() {
 #[test]
 fn extended_modes_download() {
     let mut lab = lab("ext");
-    lab.start_vsftpd().unwrap();
+    Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_loader(&[]).unwrap();
-    assert_download(&lab, &[]);
-    assert_download(&lab, &["--ftp-port", "-"]);
+    assert_download(&lab, Mode::Epsv);
+    assert_download(&lab, Mode::Eprt);
     let stats = lab.stats().unwrap();
     assert_eq!(stats["expectations_created"], 2, "{stats:?}");
     assert_eq!(stats["expectations_matched"], 2, "{stats:?}");
