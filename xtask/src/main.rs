@@ -4,7 +4,9 @@
 //!   build  the release ftp-loader with the eBPF programs embedded
 //!   test   every test: unit, BPF_PROG_TEST_RUN verdicts, end to end; then fmt and clippy
 //!   demo   the tracker in a two-host namespace lab, start to finish
+//!   bench  what it costs, against doing nothing and against iptables + the kernel helper
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -33,6 +35,15 @@ enum Task {
     Test,
     /// Show the tracker at work in a two-host lab in network namespaces.
     Demo,
+    /// Measure speed and memory against baselines measured in the same run; prints a table
+    /// and writes target/bench/report.json.
+    Bench {
+        /// Every measurement once and small (under a minute): checks the harness.
+        #[arg(long)]
+        quick: bool,
+        /// Sections to run (default: all).
+        sections: Vec<String>,
+    },
 }
 
 fn main() {
@@ -43,6 +54,9 @@ fn main() {
         Task::Demo => setup::run()
             .and_then(|()| build_release())
             .and_then(|loader| demo::run(&loader)),
+        Task::Bench { quick, sections } => setup::run()
+            .and_then(|()| build_release())
+            .and_then(|loader| benchmark(loader, quick, &sections)),
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");
@@ -84,5 +98,37 @@ fn test() -> Result<()> {
     cargo(&["test", "--no-fail-fast"])?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    // The benchmark harness must not rot: every figure must still be produced (timings
+    // are not judged here).
+    benchmark(build_release()?, true, &[])?;
+    Ok(())
+}
+
+fn benchmark(loader: PathBuf, quick: bool, sections: &[String]) -> Result<()> {
+    let bench = bench::Bench { quick, loader };
+    let names: Vec<&str> = if sections.is_empty() {
+        bench::sections()
+    } else {
+        sections.iter().map(String::as_str).collect()
+    };
+    let report = bench::run(&bench, &names)?;
+    println!("{}", report.table());
+    let path = workspace().join(if quick {
+        "target/bench/report-quick.json"
+    } else {
+        "target/bench/report.json"
+    });
+    report.write(&path)?;
+    println!(
+        "xtask bench: {} s; report in {}",
+        report.seconds.round(),
+        path.display()
+    );
+    let missing = report.missing();
+    ensure!(
+        missing.is_empty(),
+        "figures not produced: {}",
+        missing.join(", ")
+    );
     Ok(())
 }

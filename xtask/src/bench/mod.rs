@@ -1,0 +1,78 @@
+//! `cargo xtask bench`: what ftp-tracker costs, measured against doing nothing and against
+//! iptables with the kernel's FTP helper, in one run on this machine.
+//!
+//! Timings are noisy on a shared 2-core machine: every variant runs several times, variants
+//! alternate (A B A B ...), medians are reported, and only ratios taken in the same run are
+//! judged. `--quick` runs every measurement once, small, so the harness itself is tested.
+
+mod report;
+
+use std::{collections::BTreeMap, path::PathBuf, time::Instant};
+
+use anyhow::Result;
+
+pub use report::{Figure, Report, Section};
+
+/// What a run may use and how hard it may push.
+pub struct Bench {
+    pub quick: bool,
+    /// The release ftp-loader.
+    pub loader: PathBuf,
+}
+
+impl Bench {
+    /// How many times each variant runs.
+    pub fn rounds(&self) -> usize {
+        if self.quick { 1 } else { 5 }
+    }
+}
+
+/// Runs every variant `rounds` times, alternating (A B C A B C ...), so that slow drift of
+/// the machine affects all of them alike. Returns each variant's samples.
+pub fn alternate<T>(
+    variants: &[T],
+    rounds: usize,
+    mut measure: impl FnMut(&T) -> Result<f64>,
+) -> Result<Vec<Vec<f64>>> {
+    let mut samples = vec![Vec::with_capacity(rounds); variants.len()];
+    for _ in 0..rounds {
+        for (variant, samples) in variants.iter().zip(&mut samples) {
+            samples.push(measure(variant)?);
+        }
+    }
+    Ok(samples)
+}
+
+pub fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+type Measure = fn(&Bench) -> Result<Section>;
+
+/// Every section, in the order a full run takes them. Each lives in a module of its own.
+const REGISTRY: &[(&str, Measure)] = &[];
+
+pub fn sections() -> Vec<&'static str> {
+    REGISTRY.iter().map(|(name, _)| *name).collect()
+}
+
+pub fn run(bench: &Bench, sections: &[&str]) -> Result<Report> {
+    let started = Instant::now();
+    let mut report = Report::new(bench.quick);
+    let all: BTreeMap<&str, Measure> = REGISTRY.iter().copied().collect();
+    for name in sections {
+        let measure = all
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("no benchmark section `{name}`"))?;
+        println!("xtask bench: {name} ...");
+        report.sections.push(measure(bench)?);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
