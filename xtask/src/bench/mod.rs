@@ -5,6 +5,7 @@
 //! alternate (A B A B ...), medians are reported, and only ratios taken in the same run are
 //! judged. `--quick` runs every measurement once, small, so the harness itself is tested.
 
+pub mod guard;
 mod report;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
