@@ -88,7 +88,13 @@ fn main() {
     if !status.success() {
         panic!("building the eBPF programs failed (see the errors above)");
     }
-    let object = target_dir.join(TARGET).join("release").join("ftp-ebpf");
+    let release = target_dir.join(TARGET).join("release");
+    let object = release.join("ftp-ebpf");
     std::fs::copy(&object, out_dir.join("ftp-ebpf.o"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
+    // The benchmarks' do-nothing baseline, built alongside; the loader does not embed it.
+    println!(
+        "cargo:rustc-env=FTP_BASELINE_OBJECT={}",
+        release.join("baseline").display()
+    );
 }

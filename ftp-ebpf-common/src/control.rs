@@ -115,6 +115,15 @@ impl ControlState {
         self.streams[1].scanner = LineScanner::new(Sender::Server);
     }
 
+    /// One direction's stream: the commands' or the replies'.
+    pub fn stream(&mut self, sender: Sender) -> &mut StreamScan {
+        let [client, server] = &mut self.streams;
+        match sender {
+            Sender::Client => client,
+            Sender::Server => server,
+        }
+    }
+
     /// Remembers a new expectation of this connection; returns the one it displaces when
     /// the connection already holds `cap` (1..=MAX_EXPECTED) of them. Announcing the same
     /// expectation again displaces nothing.

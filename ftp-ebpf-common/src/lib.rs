@@ -24,4 +24,5 @@ mod pod {
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::FlowValue {}
     unsafe impl aya::Pod for crate::control::ControlState {}
+    unsafe impl aya::Pod for crate::policy::PortInfo {}
 }

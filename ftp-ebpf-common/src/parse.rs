@@ -176,6 +176,12 @@ impl LineScanner {
         }
     }
 
+    /// Whether `byte` would leave the scanner as it is: anything but a line end while the
+    /// rest of a line is being ignored. Lets a caller skip most bytes without a call.
+    pub fn ignores(&self, byte: u8) -> bool {
+        self.phase == PHASE_SKIP_LINE && byte != b'\n'
+    }
+
     /// Whether the scanner is in the middle of a line it may announce something on.
     pub fn mid_line(&self) -> bool {
         self.phase != PHASE_SKIP_LINE && !(self.phase == PHASE_VERB && self.matched == 0)
@@ -187,8 +193,11 @@ impl LineScanner {
             *self = Self::new(self.sender());
             return end;
         }
+        if self.phase == PHASE_SKIP_LINE {
+            return Step::Continue;
+        }
         self.line_len = self.line_len.saturating_add(1);
-        if self.line_len > MAX_LINE && self.phase != PHASE_SKIP_LINE && self.phase != PHASE_VERB {
+        if self.line_len > MAX_LINE && self.phase != PHASE_VERB {
             return self.fail(ParseError::LineTooLong);
         }
         match self.phase {
@@ -935,6 +944,26 @@ mod tests {
             scan(Sender::Server, &other),
             [announced(Mode::Passive, [10, 0, 0, 1], 1026)],
             "other long lines are merely skipped"
+        );
+    }
+
+    #[test]
+    fn ignored_bytes_change_nothing() {
+        let mut scanner = LineScanner::new(Sender::Server);
+        let mut ignored = 0;
+        for &byte in b"150 Opening BINARY mode (227 (1,2,3,4,5,6)).\r\n227 (192,0,2,1,39,16)\r\n" {
+            if scanner.ignores(byte) {
+                let before = scanner;
+                assert_eq!(scanner.step(byte), Step::Continue);
+                assert_eq!(scanner, before, "{}", byte as char);
+                ignored += 1;
+            } else {
+                scanner.step(byte);
+            }
+        }
+        assert!(
+            ignored > 40,
+            "most of a line that cannot announce is ignored: {ignored}"
         );
     }
 

@@ -1,5 +1,7 @@
 //! The decisions: which ports are guarded, and which announcements become expectations.
 
+use bytemuck::{Pod, Zeroable};
+
 use crate::{
     control::ExpectSlot,
     expect::ExpectValue,
@@ -27,6 +29,51 @@ impl PortClass {
             2 => Self::Control,
             _ => Self::Open,
         }
+    }
+}
+
+/// What the programs know about a local TCP port: its class, and when it was last
+/// announced and last admitted, so that a SYN to a port nothing recently announced is
+/// dropped without a hash lookup (the cheap path a flood takes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortInfo {
+    pub class: u8,
+    pub _pad: [u8; 3],
+    /// `coarse_time` of the latest announcement of this port, by anyone.
+    pub announced: u32,
+    /// `coarse_time` of the latest admission of a connection to this port.
+    pub admitted: u32,
+    pub _pad2: u32,
+}
+
+/// Time in units of 2^30 ns (about 1.07 s), enough for timeouts counted in seconds and
+/// cheap to compute (a shift).
+pub fn coarse_time(now_ns: u64) -> u32 {
+    (now_ns >> 30) as u32
+}
+
+/// How long after an admission a SYN of that connection may still arrive: Linux gives up
+/// retrying a SYN after about 127 s, other stacks sooner.
+pub const SYN_RETRY_WINDOW_NS: u64 = 130 * 1_000_000_000;
+
+impl PortInfo {
+    pub fn new(class: PortClass) -> Self {
+        Self {
+            class: class as u8,
+            ..Self::default()
+        }
+    }
+
+    /// Whether a SYN to this port could match an expectation or retransmit an admitted
+    /// SYN; when not, the SYN is unsolicited without looking further. Errs on the side of
+    /// "could" (a unit of slack either way).
+    pub fn may_be_solicited(&self, now_ns: u64, expect_timeout_ns: u64) -> bool {
+        let now = coarse_time(now_ns);
+        let within = |then: u32, window_ns: u64| {
+            u64::from(now.wrapping_sub(then)) <= u64::from(coarse_time(window_ns)) + 1
+        };
+        within(self.announced, expect_timeout_ns) || within(self.admitted, SYN_RETRY_WINDOW_NS)
     }
 }
 
@@ -175,6 +222,29 @@ mod tests {
 
     fn expect(a: Announcement, announcer: Sender, rules: &Rules) -> Result<ExpectKey, Refusal> {
         judge(&a, &control(), announcer, rules).map(|slot| slot.key(&control()))
+    }
+
+    #[test]
+    fn port_recency_short_cuts_only_what_cannot_match() {
+        const S: u64 = 1_000_000_000;
+        let timeout = 300 * S;
+        let mut info = PortInfo::new(PortClass::Guarded);
+        let now = 10_000 * S;
+        assert!(!info.may_be_solicited(now, timeout), "never announced");
+        info.announced = coarse_time(now - 299 * S);
+        assert!(info.may_be_solicited(now, timeout));
+        info.announced = coarse_time(now - 400 * S);
+        assert!(!info.may_be_solicited(now, timeout));
+        info.admitted = coarse_time(now - 100 * S);
+        assert!(
+            info.may_be_solicited(now, timeout),
+            "a SYN retry may still come"
+        );
+        info.admitted = coarse_time(now - 200 * S);
+        assert!(!info.may_be_solicited(now, timeout));
+        // Sub-unit timeouts still cover what was just announced.
+        info.announced = coarse_time(now);
+        assert!(info.may_be_solicited(now + S, S));
     }
 
     #[test]

@@ -6,45 +6,47 @@ use aya_log_ebpf::debug;
 use ftp_ebpf_common::{
     expect::ExpectKey,
     flow::{FlowKey, FlowValue},
-    policy::{SynVerdict, syn_verdict},
+    policy::{PortInfo, SynVerdict, coarse_time, syn_verdict},
     stats::Counter,
 };
 
 use crate::{
     Direction,
-    maps::{EXPECTATIONS, FLOWS, count, now_ns},
-    packet::Segment,
+    maps::{EXPECT_TIMEOUT_NS, EXPECTATIONS, FLOWS, count, now_ns},
+    packet::{Frame, Segment},
 };
 
-/// A TCP packet to or from a guarded port. Returns whether it may pass. A subprogram of
-/// its own, so its locals do not count against the control scanner's stack.
+/// A FIN, RST or sampled packet to or from a guarded port: marks or refreshes its flow.
+/// A subprogram of its own, so its locals do not count against the control scanner's
+/// stack.
 #[inline(never)]
-pub fn data_packet(segment: &Segment, to_guarded: bool, direction: Direction) -> bool {
-    if to_guarded && segment.is_syn() {
-        return new_connection(&segment.flow, direction);
-    }
+pub fn touch(flow: &FlowKey, ends_connection: bool) {
     let tracked = FLOWS
-        .get_ptr_mut(&segment.flow)
-        .or_else(|| FLOWS.get_ptr_mut(&segment.flow.reversed()));
-    if let Some(flow) = tracked {
-        // SAFETY: a valid map value pointer; racing writers only ever store timestamps.
-        let flow = unsafe { &mut *flow };
-        let now = now_ns();
-        if segment.ends_connection() {
-            if flow.closing_since_ns == 0 {
-                flow.closing_since_ns = now;
-                count(Counter::FlowsClosing);
-            }
-        } else if flow.needs_refresh(now) {
-            flow.last_seen_ns = now;
+        .get_ptr_mut(flow)
+        .or_else(|| FLOWS.get_ptr_mut(&flow.reversed()));
+    let Some(tracked) = tracked else {
+        return;
+    };
+    // SAFETY: a valid map value pointer; racing writers only ever store timestamps.
+    let tracked = unsafe { &mut *tracked };
+    let now = now_ns();
+    if ends_connection {
+        if tracked.closing_since_ns == 0 {
+            tracked.closing_since_ns = now;
+            count(Counter::FlowsClosing);
         }
+    } else if tracked.needs_refresh(now) {
+        tracked.last_seen_ns = now;
     }
-    true
 }
 
-#[inline(always)]
-fn new_connection(syn: &FlowKey, direction: Direction) -> bool {
-    let now = now_ns();
+/// A SYN (without ACK) to guarded port `port` that recent announcements or admissions of
+/// the port may cover (`PortInfo::may_be_solicited`). Returns whether it may pass.
+#[inline(never)]
+pub fn new_connection(syn: &FlowKey, port: *mut PortInfo, now: u64, direction: Direction) -> bool {
+    let inbound = direction == Direction::Ingress;
+    // SAFETY: an array map value, valid for the program's run.
+    let port = unsafe { &mut *port };
     // SAFETY: map lookups of plain data.
     let tracked = unsafe { FLOWS.get(syn) }.is_some();
     let key = ExpectKey::for_syn(syn);
@@ -54,7 +56,6 @@ fn new_connection(syn: &FlowKey, direction: Direction) -> bool {
         // SAFETY: as above.
         unsafe { EXPECTATIONS.get(&key) }
     };
-    let inbound = direction == Direction::Ingress;
     match syn_verdict(tracked, expectation, now) {
         SynVerdict::Retransmission => {
             if inbound {
@@ -66,6 +67,7 @@ fn new_connection(syn: &FlowKey, direction: Direction) -> bool {
         // whose delete succeeds admits.
         SynVerdict::Admit if EXPECTATIONS.remove(&key).is_ok() => {
             count(Counter::ExpectationsMatched);
+            port.admitted = coarse_time(now);
             if FLOWS
                 .insert(syn, &FlowValue::admitted(now), BPF_NOEXIST.into())
                 .is_ok()
@@ -77,20 +79,21 @@ fn new_connection(syn: &FlowKey, direction: Direction) -> bool {
             debug!(&(), "admitted data connection to port {}", syn.dst_port);
             true
         }
-        SynVerdict::Admit | SynVerdict::Unsolicited => refuse(inbound),
+        SynVerdict::Admit | SynVerdict::Unsolicited => refuse(direction),
         SynVerdict::Expired => {
             let _ = EXPECTATIONS.remove(&key);
             if inbound {
                 count(Counter::ExpectationsExpired);
             }
-            refuse(inbound)
+            refuse(direction)
         }
     }
 }
 
 /// Outbound SYNs are the host's own connections: never dropped.
 #[inline(always)]
-fn refuse(inbound: bool) -> bool {
+pub fn refuse(direction: Direction) -> bool {
+    let inbound = direction == Direction::Ingress;
     if inbound {
         count(Counter::UnsolicitedDropped);
     }

@@ -14,10 +14,10 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use ftp_ebpf_common::{parse::Sender, policy::PortClass, stats::Counter};
+use ftp_ebpf_common::{flow::refreshes, parse::Sender, policy::PortClass, stats::Counter};
 
 use crate::{
-    maps::count,
+    maps::{EXPECT_TIMEOUT_NS, count, now_ns},
     packet::{Frame, Parsed, Segment},
 };
 
@@ -45,7 +45,10 @@ pub fn ftp_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Returns whether the packet may pass.
+/// Returns whether the packet may pass. The common cases (not TCP, TCP between ports that
+/// are not ours, a packet of a tracked transfer) end after the header parse and two array
+/// lookups; keys are built and hash maps consulted only for SYNs to guarded ports, FIN/RST,
+/// a sample of tracked packets and control segments.
 #[inline(always)]
 fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
     let segment = match Segment::parse(frame) {
@@ -63,19 +66,44 @@ fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
             return true;
         }
     };
-    let to = maps::port_class(segment.flow.dst_port);
-    let from = maps::port_class(segment.flow.src_port);
-    if to == PortClass::Control {
-        control::scan(frame, &segment, Sender::Client, direction);
-        true
-    } else if from == PortClass::Control {
-        control::scan(frame, &segment, Sender::Server, direction);
-        true
-    } else if to == PortClass::Guarded || from == PortClass::Guarded {
-        guard::data_packet(&segment, to == PortClass::Guarded, direction)
+    let (Some(to), Some(from)) = (maps::port(segment.dst_port), maps::port(segment.src_port))
+    else {
+        return true;
+    };
+    // SAFETY: array map values, valid for the program's run.
+    let (to_class, from_class) = unsafe {
+        (
+            PortClass::from_u8((*to).class),
+            PortClass::from_u8((*from).class),
+        )
+    };
+    let sender = if to_class == PortClass::Control {
+        Sender::Client
+    } else if from_class == PortClass::Control {
+        Sender::Server
+    } else if to_class == PortClass::Guarded && segment.is_syn() {
+        let now = now_ns();
+        // SAFETY: as above.
+        if !unsafe { &*to }.may_be_solicited(now, EXPECT_TIMEOUT_NS.load()) {
+            return guard::refuse(direction);
+        }
+        return match segment.flow(frame) {
+            Some(syn) => guard::new_connection(&syn, to, now, direction),
+            None => true,
+        };
     } else {
-        true
+        let tracked_port = to_class == PortClass::Guarded || from_class == PortClass::Guarded;
+        if tracked_port && (segment.ends_connection() || refreshes(segment.seq, segment.ack)) {
+            if let Some(flow) = segment.flow(frame) {
+                guard::touch(&flow, segment.ends_connection());
+            }
+        }
+        return true;
+    };
+    if let Some(flow) = segment.flow(frame) {
+        control::scan(frame, &segment, &flow, sender, direction);
     }
+    true
 }
 
 #[cfg(not(test))]

@@ -9,7 +9,7 @@ use ftp_ebpf_common::{
     control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
-    policy::{PortClass, Rules},
+    policy::{PortInfo, Rules},
     stats::{COUNTERS, Counter},
 };
 
@@ -26,9 +26,10 @@ pub static CONTROLS: HashMap<FlowKey, ControlState> = HashMap::with_max_entries(
 #[map]
 pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(262144, 0);
 
-/// One `PortClass` per TCP port, filled by the loader.
+/// One `PortInfo` per TCP port: the class the loader gave it, and when it was last
+/// announced and admitted.
 #[map]
-pub static PORT_CLASS: Array<u8> = Array::with_max_entries(65536, 0);
+pub static PORTS: Array<PortInfo> = Array::with_max_entries(65536, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
@@ -64,11 +65,8 @@ pub fn max_expected() -> u8 {
 }
 
 #[inline(always)]
-pub fn port_class(port: u16) -> PortClass {
-    match PORT_CLASS.get(u32::from(port)) {
-        Some(class) => PortClass::from_u8(*class),
-        None => PortClass::Open,
-    }
+pub fn port(port: u16) -> Option<*mut PortInfo> {
+    PORTS.get_ptr_mut(u32::from(port))
 }
 
 #[inline(always)]
@@ -79,8 +77,10 @@ pub fn count(counter: Counter) {
     }
 }
 
+/// CLOCK_MONOTONIC, as of the last tick: every timeout here counts seconds, and the coarse
+/// clock is a memory read where the precise one reads the clock source.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: the helper has no preconditions.
-    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
 }

@@ -2,15 +2,13 @@
 
 use core::mem::size_of;
 
-use bytemuck::Zeroable;
-
 use aya_ebpf::{
     EbpfContext,
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 use ftp_ebpf_common::{
-    addr::{FAMILY_IPV4, FAMILY_IPV6},
+    addr::{Addr, FAMILY_IPV4, FAMILY_IPV6},
     flow::FlowKey,
 };
 
@@ -78,41 +76,44 @@ pub fn linearize_headers(ctx: &TcContext) {
     }
 }
 
+// Header fields wider than a byte are read as u16/u32 in network order: one load each
+// instead of a byte at a time (unaligned packet loads are fine for the verifier and JIT).
+
 #[repr(C)]
 struct EthHdr {
     _dst: [u8; 6],
     _src: [u8; 6],
-    proto: [u8; 2],
+    proto: u16,
 }
 
 #[repr(C)]
 struct VlanHdr {
-    _tci: [u8; 2],
-    proto: [u8; 2],
+    _tci: u16,
+    proto: u16,
 }
 
 #[repr(C)]
 struct Ipv4Hdr {
     version_ihl: u8,
     _tos: u8,
-    total_len: [u8; 2],
-    _id: [u8; 2],
-    frag: [u8; 2],
+    total_len: u16,
+    _id: u16,
+    frag: u16,
     _ttl: u8,
     proto: u8,
-    _csum: [u8; 2],
-    src: [u8; 4],
-    dst: [u8; 4],
+    _csum: u16,
+    src: u32,
+    dst: u32,
 }
 
 #[repr(C)]
 struct Ipv6Hdr {
-    _version_class_label: [u8; 4],
-    payload_len: [u8; 2],
+    _version_class_label: u32,
+    payload_len: u16,
     next_header: u8,
     _hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: [u32; 4],
+    dst: [u32; 4],
 }
 
 /// The common start of hop-by-hop, routing, destination-options and fragment headers.
@@ -121,20 +122,20 @@ struct Ipv6ExtHdr {
     next_header: u8,
     len: u8,
     /// Fragment header: offset and flags.
-    frag: [u8; 2],
+    frag: u16,
 }
 
 #[repr(C)]
 struct TcpHdr {
-    src_port: [u8; 2],
-    dst_port: [u8; 2],
-    seq: [u8; 4],
-    _ack: [u8; 4],
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+    ack: u32,
     data_offset: u8,
     flags: u8,
-    _window: [u8; 2],
-    _csum: [u8; 2],
-    _urgent: [u8; 2],
+    _window: u16,
+    _csum: u16,
+    _urgent: u16,
 }
 
 #[inline(always)]
@@ -147,11 +148,17 @@ fn header<T>(frame: &impl Frame, offset: usize) -> Option<&T> {
     Some(unsafe { &*(start as *const T) })
 }
 
-/// A TCP segment: its connection as it travels, its flags and where its payload lies.
+/// A TCP segment as far as the fast path needs it; `flow` reads its addresses when a
+/// slower path needs the whole connection.
 pub struct Segment {
-    pub flow: FlowKey,
+    pub family: u8,
+    /// Offset of the IP header.
+    ip_offset: usize,
+    pub src_port: u16,
+    pub dst_port: u16,
     pub flags: u8,
     pub seq: u32,
+    pub ack: u32,
     pub payload_offset: u32,
     pub payload_len: u32,
 }
@@ -176,6 +183,16 @@ const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_DSTOPTS: u8 = 60;
 
+/// An address as the maps store it, from its 32-bit words as they lie in the packet.
+#[inline(always)]
+fn addr(words: [u32; 4]) -> Addr {
+    let mut addr = [0u8; 16];
+    for (bytes, word) in addr.chunks_exact_mut(4).zip(words) {
+        bytes.copy_from_slice(&word.to_ne_bytes());
+    }
+    addr
+}
+
 impl Segment {
     pub fn is_syn(&self) -> bool {
         self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
@@ -185,18 +202,38 @@ impl Segment {
         self.flags & (TCP_FIN | TCP_RST) != 0
     }
 
+    /// The connection as this segment travels.
+    #[inline(always)]
+    pub fn flow(&self, frame: &impl Frame) -> Option<FlowKey> {
+        let (src, dst) = if self.family == FAMILY_IPV4 {
+            let ip = header::<Ipv4Hdr>(frame, self.ip_offset)?;
+            ([ip.src, 0, 0, 0], [ip.dst, 0, 0, 0])
+        } else {
+            let ip = header::<Ipv6Hdr>(frame, self.ip_offset)?;
+            (ip.src, ip.dst)
+        };
+        Some(FlowKey {
+            family: self.family,
+            _pad: [0; 3],
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            src: addr(src),
+            dst: addr(dst),
+        })
+    }
+
     #[inline(always)]
     pub fn parse(frame: &impl Frame) -> Parsed {
         let Some(eth) = header::<EthHdr>(frame, 0) else {
             return Parsed::Malformed;
         };
-        let mut proto = u16::from_be_bytes(eth.proto);
+        let mut proto = u16::from_be(eth.proto);
         let mut offset = size_of::<EthHdr>();
         if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
             let Some(vlan) = header::<VlanHdr>(frame, offset) else {
                 return Parsed::Malformed;
             };
-            proto = u16::from_be_bytes(vlan.proto);
+            proto = u16::from_be(vlan.proto);
             offset += size_of::<VlanHdr>();
         }
         match proto {
@@ -211,7 +248,7 @@ impl Segment {
         let Some(ip) = header::<Ipv4Hdr>(frame, offset) else {
             return Parsed::Malformed;
         };
-        let frag = u16::from_be_bytes(ip.frag);
+        let frag = u16::from_be(ip.frag);
         // Later fragments carry no TCP header; they cannot open a connection.
         if ip.proto != IPPROTO_TCP || frag & 0x1fff != 0 {
             return Parsed::Other;
@@ -220,18 +257,19 @@ impl Segment {
         if ip_header_len < size_of::<Ipv4Hdr>() {
             return Parsed::Malformed;
         }
-        let ip_total_len = usize::from(u16::from_be_bytes(ip.total_len));
-        let Some(l4_len) = ip_total_len.checked_sub(ip_header_len) else {
+        let Some(l4_len) = usize::from(u16::from_be(ip.total_len)).checked_sub(ip_header_len)
+        else {
             return Parsed::Malformed;
         };
-        let mut flow = FlowKey {
-            family: FAMILY_IPV4,
-            ..FlowKey::zeroed()
-        };
-        flow.src[..4].copy_from_slice(&ip.src);
-        flow.dst[..4].copy_from_slice(&ip.dst);
         let first_fragment = frag & 0x2000 != 0;
-        Self::tcp(frame, offset + ip_header_len, l4_len, flow, first_fragment)
+        Self::tcp(
+            frame,
+            FAMILY_IPV4,
+            offset,
+            offset + ip_header_len,
+            l4_len,
+            first_fragment,
+        )
     }
 
     #[inline(always)]
@@ -239,27 +277,28 @@ impl Segment {
         let Some(ip) = header::<Ipv6Hdr>(frame, offset) else {
             return Parsed::Malformed;
         };
-        let flow = FlowKey {
-            family: FAMILY_IPV6,
-            src: ip.src,
-            dst: ip.dst,
-            ..FlowKey::zeroed()
-        };
         let mut next = ip.next_header;
         let mut l4_offset = offset + size_of::<Ipv6Hdr>();
-        let mut l4_len = usize::from(u16::from_be_bytes(ip.payload_len));
+        let mut l4_len = usize::from(u16::from_be(ip.payload_len));
         let mut first_fragment = false;
         for _ in 0..MAX_IPV6_EXTENSIONS {
             let len = match next {
                 IPPROTO_TCP => {
-                    return Self::tcp(frame, l4_offset, l4_len, flow, first_fragment);
+                    return Self::tcp(
+                        frame,
+                        FAMILY_IPV6,
+                        offset,
+                        l4_offset,
+                        l4_len,
+                        first_fragment,
+                    );
                 }
                 IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
                     let Some(ext) = header::<Ipv6ExtHdr>(frame, l4_offset) else {
                         return Parsed::Malformed;
                     };
                     if next == IPPROTO_FRAGMENT {
-                        let frag = u16::from_be_bytes(ext.frag);
+                        let frag = u16::from_be(ext.frag);
                         if frag & 0xfff8 != 0 {
                             return Parsed::Other;
                         }
@@ -279,10 +318,15 @@ impl Segment {
             l4_len = rest;
             l4_offset += len;
         }
-        if next == IPPROTO_TCP {
-            return Self::tcp(frame, l4_offset, l4_len, flow, first_fragment);
-        }
         match next {
+            IPPROTO_TCP => Self::tcp(
+                frame,
+                FAMILY_IPV6,
+                offset,
+                l4_offset,
+                l4_len,
+                first_fragment,
+            ),
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
                 Parsed::Uninspectable
             }
@@ -295,9 +339,10 @@ impl Segment {
     #[inline(always)]
     fn tcp(
         frame: &impl Frame,
+        family: u8,
+        ip_offset: usize,
         offset: usize,
         l4_len: usize,
-        mut flow: FlowKey,
         first_fragment: bool,
     ) -> Parsed {
         let Some(tcp) = header::<TcpHdr>(frame, offset) else {
@@ -312,12 +357,14 @@ impl Segment {
         if tcp_header_len < size_of::<TcpHdr>() || l4_len < tcp_header_len {
             return Parsed::Malformed;
         }
-        flow.src_port = u16::from_be_bytes(tcp.src_port);
-        flow.dst_port = u16::from_be_bytes(tcp.dst_port);
         Parsed::Tcp(Self {
-            flow,
+            family,
+            ip_offset,
+            src_port: u16::from_be(tcp.src_port),
+            dst_port: u16::from_be(tcp.dst_port),
             flags: tcp.flags,
-            seq: u32::from_be_bytes(tcp.seq),
+            seq: u32::from_be(tcp.seq),
+            ack: u32::from_be(tcp.ack),
             payload_offset: (offset + tcp_header_len) as u32,
             payload_len: (l4_len - tcp_header_len) as u32,
         })

@@ -6,10 +6,16 @@ use aya::{
     maps::Array,
     programs::{SchedClassifier, Xdp},
 };
-use ftp_ebpf_common::{control::MAX_EXPECTED, policy::PortPlan};
+use ftp_ebpf_common::{
+    control::MAX_EXPECTED,
+    policy::{PortInfo, PortPlan},
+};
 
 /// The compiled programs, built by build.rs; 8-byte aligned as the ELF parser wants.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf.o"));
+
+/// Where the build left the benchmarks' do-nothing XDP program (not embedded).
+pub const BASELINE_OBJECT: &str = env!("FTP_BASELINE_OBJECT");
 
 pub const INGRESS_PROGRAM: &str = "ftp_ingress";
 pub const EGRESS_PROGRAM: &str = "ftp_egress";
@@ -98,13 +104,13 @@ pub fn load(settings: &Settings) -> Result<Ebpf> {
         .load(OBJECT)
         .context("loading the eBPF maps failed")?;
 
-    let mut classes: Array<_, u8> = Array::try_from(
-        ebpf.map_mut("PORT_CLASS")
-            .context("the object has no PORT_CLASS map")?,
+    let mut ports: Array<_, PortInfo> = Array::try_from(
+        ebpf.map_mut("PORTS")
+            .context("the object has no PORTS map")?,
     )?;
     let plan = settings.port_plan();
     for port in 0..=u16::MAX {
-        classes.set(u32::from(port), plan.class(port) as u8, 0)?;
+        ports.set(u32::from(port), PortInfo::new(plan.class(port)), 0)?;
     }
 
     let ingress: &mut Xdp = program(&mut ebpf, INGRESS_PROGRAM)?.try_into()?;

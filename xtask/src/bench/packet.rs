@@ -1,0 +1,249 @@
+//! Per-packet cost of the kernel programs, by class of packet, with `BPF_PROG_TEST_RUN`,
+//! against a do-nothing XDP program measured in the same run.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    maps::HashMap,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use ftp_ebpf_common::{
+    addr::{FAMILY_IPV4, ipv4},
+    control::ControlState,
+    expect::{ExpectKey, ExpectValue},
+    flow::{FlowKey, FlowValue},
+};
+use ftp_loader::ebpf::{self, BASELINE_OBJECT, INGRESS_PROGRAM, Settings};
+use tests::frame::{ACK, ControlSession, IPPROTO_UDP, PSH, SYN, Tcp, ip_frame};
+
+use super::{Bench, Figure, Section, alternate, median};
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+/// A class of packet and the most it may cost.
+struct Class {
+    name: &'static str,
+    frame: Vec<u8>,
+    /// At most this many times the baseline, or at most this many ns.
+    target: Target,
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Ratio(f64),
+    Nanoseconds(f64),
+    None,
+}
+
+fn classes() -> Vec<Class> {
+    let session = ControlSession::new(CLIENT, SERVER);
+    vec![
+        Class {
+            name: "non-TCP (UDP)",
+            frame: ip_frame(
+                CLIENT.into(),
+                SERVER.into(),
+                IPPROTO_UDP,
+                &[0x9c, 0x40, 0, 53, 0, 8, 0, 0],
+            ),
+            target: Target::Ratio(1.5),
+        },
+        Class {
+            name: "TCP outside the guarded range",
+            frame: Tcp::new(CLIENT, 443, SERVER, 80, ACK).frame(b"GET"),
+            target: Target::Ratio(1.5),
+        },
+        Class {
+            name: "packet of a tracked flow",
+            frame: Tcp::new(CLIENT, 51000, SERVER, 10000, ACK | PSH)
+                .seq(1 << 10)
+                .frame(&[0u8; 64]),
+            target: Target::Ratio(1.5),
+        },
+        Class {
+            name: "packet of a tracked flow, 1 in 64: refreshes the flow",
+            frame: Tcp::new(CLIENT, 51000, SERVER, 10000, ACK | PSH)
+                .seq(1 << 16)
+                .frame(&[0u8; 64]),
+            target: Target::None,
+        },
+        Class {
+            name: "unsolicited SYN (dropped)",
+            frame: Tcp::new(CLIENT, 51001, SERVER, 10001, SYN).frame(&[]),
+            target: Target::Ratio(1.5),
+        },
+        Class {
+            name: "control, nothing to parse (150)",
+            frame: session.reply_at(
+                5000,
+                b"150 Opening BINARY mode data connection for blob (2097152 bytes).\r\n",
+            ),
+            target: Target::None,
+        },
+        Class {
+            name: "227 reply",
+            frame: session.reply_at(5000, b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n"),
+            target: Target::Nanoseconds(500.0),
+        },
+        Class {
+            name: "229 reply",
+            frame: session.reply_at(5000, b"229 Entering Extended Passive Mode (|||10000|)\r\n"),
+            target: Target::None,
+        },
+        Class {
+            name: "EPRT command",
+            frame: session.command_at(1000, b"EPRT |1|192.0.2.2|6275|\r\n"),
+            target: Target::None,
+        },
+    ]
+}
+
+/// Nanoseconds per run of `program` on `frame`, `repeat` times in the kernel.
+fn ns_per_packet(ebpf: &Ebpf, program: &str, frame: &[u8], repeat: u32) -> Result<f64> {
+    let xdp: &Xdp = ebpf
+        .program(program)
+        .context("no such program")?
+        .try_into()?;
+    let result = xdp.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..Default::default()
+    })?;
+    // The kernel reports the mean time of one run.
+    Ok(result.duration.as_nanos() as f64)
+}
+
+fn addr(n: u32) -> [u8; 16] {
+    ipv4(n.to_be_bytes())
+}
+
+/// Fills the expectation and flow tables with `count` unrelated entries each, and puts in
+/// the one flow the tracked-flow class belongs to.
+fn fill(ebpf: &mut Ebpf, count: u32) -> Result<()> {
+    let now = ftp_loader::monotonic_ns();
+    let mut expectations: HashMap<_, ExpectKey, ExpectValue> =
+        HashMap::try_from(ebpf.map_mut("EXPECTATIONS").context("no EXPECTATIONS")?)?;
+    for i in 0..count {
+        let control = FlowKey {
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+            src_port: 40000,
+            dst_port: 21,
+            src: addr(0x0a00_0000 | i),
+            dst: addr(0xc000_0201),
+        };
+        let key = ExpectKey {
+            family: FAMILY_IPV4,
+            _pad: 0,
+            port: 20000 + (i % 40000) as u16,
+            connector: control.src,
+            listener: control.dst,
+        };
+        let value = ExpectValue {
+            expires_ns: now + 3_600_000_000_000,
+            control,
+        };
+        expectations.insert(key, value, 0)?;
+    }
+    let mut flows: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(ebpf.map_mut("FLOWS").context("no FLOWS")?)?;
+    for i in 0..count {
+        let key = FlowKey {
+            family: FAMILY_IPV4,
+            _pad: [0; 3],
+            src_port: 1024 + (i % 60000) as u16,
+            dst_port: 10000,
+            src: addr(0x0b00_0000 | i),
+            dst: addr(0xc000_0201),
+        };
+        flows.insert(key, FlowValue::admitted(now), 0)?;
+    }
+    let tracked = FlowKey {
+        family: FAMILY_IPV4,
+        _pad: [0; 3],
+        src_port: 51000,
+        dst_port: 10000,
+        src: addr(u32::from(CLIENT)),
+        dst: addr(u32::from(SERVER)),
+    };
+    flows.insert(tracked, FlowValue::admitted(now), 0)?;
+    // The control table holds one other connection and nothing more, so that every run of
+    // a control segment is read afresh instead of being a retransmission of the first.
+    let mut controls: HashMap<_, FlowKey, ControlState> =
+        HashMap::try_from(ebpf.map_mut("CONTROLS").context("no CONTROLS")?)?;
+    let mut other: ControlState = bytemuck::Zeroable::zeroed();
+    other.reset(now);
+    controls.insert(
+        FlowKey {
+            src_port: 1,
+            ..tracked
+        },
+        other,
+        0,
+    )?;
+    Ok(())
+}
+
+pub fn run(bench: &Bench) -> Result<Section> {
+    let (repeat, filled) = if bench.quick {
+        (10_000, 10_000)
+    } else {
+        (1_000_000, 1_000_000)
+    };
+    let mut baseline = Ebpf::load_file(BASELINE_OBJECT)
+        .with_context(|| format!("loading the baseline program {BASELINE_OBJECT}"))?;
+    let pass: &mut Xdp = baseline
+        .program_mut("xdp_pass")
+        .context("no xdp_pass")?
+        .try_into()?;
+    pass.load()?;
+
+    let mut tables = Vec::new();
+    for entries in [0u32, filled] {
+        let mut product = ebpf::load(&Settings {
+            max_expectations: entries.max(1024) + 1024,
+            max_flows: entries.max(1024) + 1024,
+            max_controls: 1,
+            ..Settings::default()
+        })?;
+        fill(&mut product, entries)?;
+        tables.push((entries, product));
+    }
+
+    let mut section = Section::new("Per-packet cost (BPF_PROG_TEST_RUN, XDP ingress)");
+    for class in classes() {
+        for (entries, product) in &tables {
+            let samples = alternate(&[false, true], bench.rounds(), |&ours| {
+                if ours {
+                    ns_per_packet(product, INGRESS_PROGRAM, &class.frame, repeat)
+                } else {
+                    ns_per_packet(&baseline, "xdp_pass", &class.frame, repeat)
+                }
+            })?;
+            let (base, cost) = (median(&samples[0]), median(&samples[1]));
+            let mut figure = Figure::new(
+                format!("{}, tables with {} entries", class.name, entries),
+                cost,
+                "ns/packet",
+            )
+            .samples(&samples[1])
+            .against("do-nothing XDP", base);
+            figure = match class.target {
+                Target::Ratio(max) => {
+                    figure.target(format!("<= {max}x baseline"), cost <= max * base)
+                }
+                Target::Nanoseconds(max) => figure.target(format!("<= {max} ns"), cost <= max),
+                Target::None => figure,
+            };
+            section.figures.push(figure);
+        }
+    }
+    section.notes.push(format!(
+        "Each figure is the kernel's mean over {repeat} runs of one frame, median of {} rounds alternating with the baseline. Control segments are measured with the control table full, so that every run reads its segment afresh (a repeated segment would otherwise be a retransmission, which is not read): that adds one failed map update to each of those figures.",
+        bench.rounds()
+    ));
+    Ok(section)
+}
