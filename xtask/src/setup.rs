@@ -38,7 +38,15 @@ const PACKAGES: &[(&str, &str)] = &[
         "python3",
         "ftplib sessions and a plain TCP listener in the lab",
     ),
-    ("iptables", "to show the lab runs without netfilter rules"),
+    (
+        "iptables",
+        "to show the lab runs without netfilter rules, and to attach the kernel's FTP helper \
+         that the differential tests compare with",
+    ),
+    (
+        "conntrack",
+        "to read the kernel FTP helper's expectations in the differential tests",
+    ),
     (
         "bpftool",
         "to check nothing stays attached after the loader exits",
