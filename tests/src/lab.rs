@@ -72,6 +72,9 @@ pub struct Lab {
     pub server_ns: String,
     pub client_ns: String,
     pub pin_dir: PathBuf,
+    id: String,
+    /// Namespaces a test added (`add_namespace`), removed with the lab's own.
+    extra_ns: Vec<String>,
     dir: PathBuf,
     loader_bin: PathBuf,
     loader: Option<Child>,
@@ -187,6 +190,8 @@ impl Lab {
             server_ns: format!("{id}-srv"),
             client_ns: format!("{id}-cli"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{id}")),
+            id,
+            extra_ns: Vec::new(),
             dir,
             loader_bin: loader_bin.to_owned(),
             loader: None,
@@ -251,6 +256,15 @@ impl Lab {
             .args(["-R", "a+rX,go-w"])
             .arg(&self.dir))?;
         Ok(())
+    }
+
+    /// Creates one more network namespace, named after the lab and `role`, which is removed
+    /// with the lab.
+    pub fn add_namespace(&mut self, role: &str) -> Result<String> {
+        let ns = format!("{}-{role}", self.id);
+        run(Command::new("ip").args(["netns", "add", &ns]))?;
+        self.extra_ns.push(ns.clone());
+        Ok(ns)
     }
 
     pub fn ftp_root(&self) -> PathBuf {
@@ -416,7 +430,10 @@ impl Drop for Lab {
         }
         // Deleting a namespace also deletes its veth end, and with it the pair; a killed
         // loader's links go with its interface.
-        for ns in [&self.server_ns, &self.client_ns] {
+        for ns in [&self.server_ns, &self.client_ns]
+            .into_iter()
+            .chain(&self.extra_ns)
+        {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
@@ -426,7 +443,7 @@ impl Drop for Lab {
 
 /// `ip netns exec`: the command also gets a fresh /sys, which is all a server or client
 /// needs.
-fn netns(ns: &str, program: &str) -> Command {
+pub fn netns(ns: &str, program: &str) -> Command {
     let mut command = Command::new("ip");
     command.args(["netns", "exec", ns, program]);
     command

@@ -1,11 +1,12 @@
 //! Test fixtures built from real parts: a two-host lab in network namespaces running real
-//! FTP servers and clients and ftp-loader, and hand-made Ethernet frames for
-//! `BPF_PROG_TEST_RUN`.
+//! FTP servers, clients and ftp-loader, crafted FTP control sessions watched by ftp-loader
+//! and the kernel's own FTP helper, and hand-made Ethernet frames for `BPF_PROG_TEST_RUN`.
 
 pub mod clients;
 pub mod frame;
 pub mod lab;
 pub mod servers;
+pub mod session;
 
 /// The tests attach programs and create namespaces: say so plainly when not root.
 pub fn require_root() {

@@ -62,7 +62,15 @@ const PACKAGES: &[(&str, &str)] = &[
         "libpcre2-posix3",
         "a library the unpacked proftpd links against",
     ),
-    ("iptables", "to show the lab runs without netfilter rules"),
+    (
+        "iptables",
+        "to show the lab runs without netfilter rules, and to attach the kernel's FTP helper \
+         that the differential tests compare with",
+    ),
+    (
+        "conntrack",
+        "to read the kernel FTP helper's expectations in the differential tests",
+    ),
     (
         "bpftool",
         "to check nothing stays attached after the loader exits",
