@@ -8,6 +8,7 @@
 pub mod guard;
 mod packet;
 mod report;
+mod scale;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
@@ -58,7 +59,7 @@ pub fn median(samples: &[f64]) -> f64 {
 type Measure = fn(&Bench) -> Result<Section>;
 
 /// Every section, in the order a full run takes them. Each lives in a module of its own.
-const REGISTRY: &[(&str, Measure)] = &[("per-packet", packet::run)];
+const REGISTRY: &[(&str, Measure)] = &[("per-packet", packet::run), ("scale", scale::run)];
 
 pub fn sections() -> Vec<&'static str> {
     REGISTRY.iter().map(|(name, _)| *name).collect()

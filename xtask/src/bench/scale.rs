@@ -1,0 +1,265 @@
+//! Scale and memory: the kernel memory of the tables at 10k, 100k and 1M entries (from the
+//! kernel's own accounting of each map), bytes per tracked FTP session against the kernel's
+//! conntrack (its slab objects), and what happens at the cap.
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
+};
+
+use anyhow::{Context, Result, ensure};
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use ftp_ebpf_common::{
+    addr::{FAMILY_IPV4, ipv4},
+    control::ControlState,
+    expect::{ExpectKey, ExpectValue},
+    flow::{FlowKey, FlowValue},
+    stats::Counter,
+};
+use ftp_loader::ebpf::{self, INGRESS_PROGRAM, Settings};
+use tests::frame::{ControlSession, SYN, Tcp};
+
+use super::{Bench, Figure, Section};
+
+const TABLES: [&str; 3] = ["CONTROLS", "EXPECTATIONS", "FLOWS"];
+
+/// The kernel's accounting of a map's memory (`memlock` in its fdinfo; exact for hash maps
+/// since 6.5).
+fn map_memory(map: &Map) -> Result<u64> {
+    let data: &MapData = match map {
+        Map::HashMap(data) => data,
+        _ => anyhow::bail!("not a hash map"),
+    };
+    let fd = data.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .context("no memlock in fdinfo")?
+        .trim()
+        .parse()
+        .context("memlock is not a number")
+}
+
+fn key(i: u32, port: u16) -> FlowKey {
+    FlowKey {
+        family: FAMILY_IPV4,
+        _pad: [0; 3],
+        src_port: 1024 + (i % 60000) as u16,
+        dst_port: port,
+        src: ipv4((0x0a00_0000 | i).to_be_bytes()),
+        dst: ipv4([192, 0, 2, 1]),
+    }
+}
+
+/// Fills every table to `count` entries, as `count` FTP sessions each with its control
+/// connection, one expectation and one data connection would.
+fn fill(ebpf: &mut Ebpf, count: u32) -> Result<()> {
+    let now = ftp_loader::monotonic_ns();
+    let mut state: ControlState = bytemuck::Zeroable::zeroed();
+    state.reset(now);
+    let mut controls: HashMap<_, FlowKey, ControlState> =
+        HashMap::try_from(ebpf.map_mut("CONTROLS").context("no CONTROLS")?)?;
+    for i in 0..count {
+        controls.insert(key(i, 21), state, 0)?;
+    }
+    let mut expectations: HashMap<_, ExpectKey, ExpectValue> =
+        HashMap::try_from(ebpf.map_mut("EXPECTATIONS").context("no EXPECTATIONS")?)?;
+    for i in 0..count {
+        let control = key(i, 21);
+        let expect = ExpectKey {
+            family: FAMILY_IPV4,
+            _pad: 0,
+            port: 10000,
+            connector: control.src,
+            listener: control.dst,
+        };
+        let value = ExpectValue {
+            expires_ns: now + 3_600_000_000_000,
+            control,
+        };
+        expectations.insert(expect, value, 0)?;
+    }
+    let mut flows: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(ebpf.map_mut("FLOWS").context("no FLOWS")?)?;
+    for i in 0..count {
+        flows.insert(key(i, 20000), FlowValue::admitted(now), 0)?;
+    }
+    Ok(())
+}
+
+fn load(count: u32) -> Result<Ebpf> {
+    ebpf::load(&Settings {
+        max_expectations: count,
+        max_flows: count,
+        max_controls: count,
+        ..Settings::default()
+    })
+}
+
+/// Bytes of slab the kernel's conntrack spends on one FTP session: two connection entries
+/// and one expectation, at the slab object sizes this kernel uses.
+fn kernel_session_bytes() -> Result<u64> {
+    let slab = |cache: &str| -> Result<u64> {
+        let path = format!("/sys/kernel/slab/{cache}/slab_size");
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| {
+                format!("reading {path} (is nf_conntrack loaded? an iptables CT rule loads it)")
+            })?
+            .trim()
+            .parse()?)
+    };
+    Ok(2 * slab("nf_conntrack")? + slab("nf_conntrack_expect")?)
+}
+
+fn counter(ebpf: &Ebpf, counter: Counter) -> Result<u64> {
+    let stats = ftp_loader::stats::read(ebpf.map("STATS").context("no STATS")?)?;
+    Ok(stats
+        .iter()
+        .find(|(c, _)| *c == counter)
+        .map_or(0, |(_, v)| *v))
+}
+
+fn entries(ebpf: &Ebpf, table: &str) -> Result<u64> {
+    let map = ebpf.map(table).context("no such table")?;
+    let count = match table {
+        "CONTROLS" => HashMap::<_, FlowKey, ControlState>::try_from(map)?
+            .keys()
+            .count(),
+        "EXPECTATIONS" => HashMap::<_, ExpectKey, ExpectValue>::try_from(map)?
+            .keys()
+            .count(),
+        _ => HashMap::<_, FlowKey, FlowValue>::try_from(map)?
+            .keys()
+            .count(),
+    };
+    Ok(count as u64)
+}
+
+fn run_ingress(ebpf: &Ebpf, frame: &[u8]) -> Result<u32> {
+    let xdp: &Xdp = ebpf
+        .program(INGRESS_PROGRAM)
+        .context("no program")?
+        .try_into()?;
+    Ok(xdp
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })?
+        .return_value)
+}
+
+/// Full tables: a new control connection, a new announcement and a new admission each find
+/// no room. Nothing already there may be evicted; each loss must be counted.
+fn at_the_cap(section: &mut Section) -> Result<()> {
+    const CAP: u32 = 1000;
+    let mut ebpf = load(CAP)?;
+    fill(&mut ebpf, CAP - 1)?;
+    let client = Ipv4Addr::new(192, 0, 2, 2);
+    let server = Ipv4Addr::new(192, 0, 2, 1);
+    // The last free expectation is taken by this announcement; the one after finds none.
+    let mut first = ControlSession::new(client, server);
+    first.client_port = 50001;
+    run_ingress(&ebpf, &first.reply(b"227 (192,0,2,1,39,16)\r\n"))?;
+    let mut flows: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(ebpf.map_mut("FLOWS").context("no FLOWS")?)?;
+    flows.insert(key(CAP, 20000), FlowValue::admitted(ftp_loader::monotonic_ns()), 0)?;
+    let before: Vec<u64> = TABLES
+        .iter()
+        .map(|t| entries(&ebpf, t))
+        .collect::<Result<_>>()?;
+    let mut second = ControlSession::new(client, server);
+    second.client_port = 50002;
+    run_ingress(&ebpf, &second.reply(b"227 (192,0,2,1,39,17)\r\n"))?;
+    // The first announcement's data connection is admitted although its flow has no room.
+    let verdict = run_ingress(
+        &ebpf,
+        &Tcp::new(client, 51000, server, 10000, SYN).frame(&[]),
+    )?;
+    let after: Vec<u64> = TABLES
+        .iter()
+        .map(|t| entries(&ebpf, t))
+        .collect::<Result<_>>()?;
+    ensure!(verdict == 2, "the expected SYN was not admitted at the cap");
+
+    let evicted = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| b.saturating_sub(*a))
+        .sum::<u64>()
+        // The admission consumed one expectation on purpose.
+        .saturating_sub(1);
+    section.figures.push(
+        Figure::new(
+            format!("entries evicted when tables of {CAP} are full"),
+            evicted as f64,
+            "entries",
+        )
+        .target(
+            "0: live control connections and admitted flows are never evicted",
+            evicted == 0,
+        ),
+    );
+    for (name, counter_kind) in [
+        (
+            "control connections not remembered at the cap (control_table_full)",
+            Counter::ControlTableFull,
+        ),
+        (
+            "announcements lost at the cap (expectation_table_full)",
+            Counter::ExpectationTableFull,
+        ),
+        (
+            "admitted connections not tracked at the cap (flow_table_full)",
+            Counter::FlowTableFull,
+        ),
+    ] {
+        let lost = counter(&ebpf, counter_kind)?;
+        section
+            .figures
+            .push(Figure::new(name, lost as f64, "events").target("counted (>= 1)", lost >= 1));
+    }
+    Ok(())
+}
+
+pub fn run(bench: &Bench) -> Result<Section> {
+    let sizes: &[u32] = if bench.quick {
+        &[10_000]
+    } else {
+        &[10_000, 100_000, 1_000_000]
+    };
+    let mut section = Section::new("Scale and kernel memory");
+    let kernel = kernel_session_bytes()? as f64;
+    for &size in sizes {
+        let mut ebpf = load(size)?;
+        fill(&mut ebpf, size)?;
+        let mut total = 0.0;
+        for table in TABLES {
+            let bytes = map_memory(ebpf.map(table).context("no such table")?)? as f64;
+            total += bytes;
+            section.figures.push(Figure::new(
+                format!("{table} at {size} entries"),
+                bytes / (1 << 20) as f64,
+                "MiB",
+            ));
+        }
+        let per_session = total / f64::from(size);
+        section.figures.push(
+            Figure::new(
+                format!("bytes per tracked FTP session, {size} sessions"),
+                per_session,
+                "bytes",
+            )
+            .against("kernel conntrack (2 entries + 1 expectation, slab)", kernel)
+            .target("<= 0.5x kernel conntrack", per_session <= 0.5 * kernel),
+        );
+    }
+    at_the_cap(&mut section)?;
+    section.notes.push(
+        "Map memory is the kernel's own accounting of each map (fdinfo `memlock`), with every table filled to the size shown; the tables are preallocated, so their memory does not depend on how full they are. The kernel's figure is its slab object sizes (`/sys/kernel/slab/*/slab_size`) for two conntrack entries and one expectation, without the helper's extension area or hash buckets, so it flatters the kernel.".to_owned(),
+    );
+    Ok(section)
+}
