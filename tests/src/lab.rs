@@ -401,10 +401,19 @@ impl Lab {
 
     /// Runs `ftp-loader <subcommand> --json` against the running loader.
     pub fn loader_json(&self, subcommand: &str) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.loader_report(&[subcommand, "--json"])?,
+        )?)
+    }
+
+    /// What `ftp-loader <args> --pin-dir <the lab's>` prints about the running loader, run
+    /// from another process as an admin would.
+    pub fn loader_report(&self, args: &[&str]) -> Result<String> {
         let output = run(nsenter(&self.server_ns, &self.loader_bin)
-            .args([subcommand, "--json", "--pin-dir"])
+            .args(args)
+            .arg("--pin-dir")
             .arg(&self.pin_dir))?;
-        Ok(serde_json::from_slice(&output.stdout)?)
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }
 

@@ -54,6 +54,25 @@ pub fn run(loader: &Path) -> Result<()> {
         Mode::Port,
     )?);
 
+    step(
+        "IPv6, extended passive and active modes: curl -g ftp://[2001:db8::1]/pub/blob (EPSV), then with --ftp-port - (EPRT)",
+    );
+    downloaded(clients::download(
+        &lab,
+        Client::Curl,
+        Family::V6,
+        Mode::Epsv,
+    )?);
+    downloaded(clients::download(
+        &lab,
+        Client::Curl,
+        Family::V6,
+        Mode::Eprt,
+    )?);
+
+    step("what the tracker holds now: ftp-loader flows (the data connections above, closing)");
+    print!("{}", lab.loader_report(&["flows"])?);
+
     step(&format!(
         "unsolicited: a plain TCP connection to a listener on {SERVER_IP}:{listener_port}, inside the guarded range"
     ));
@@ -62,14 +81,7 @@ pub fn run(loader: &Path) -> Result<()> {
     println!("    dropped: the SYN got no answer within 2 s");
 
     step("counters: ftp-loader stats (run from another shell while the loader runs)");
-    let output = lab::run(
-        std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", lab.server_ns))
-            .arg(loader)
-            .args(["stats", "--pin-dir"])
-            .arg(&lab.pin_dir),
-    )?;
-    print!("{}", String::from_utf8_lossy(&output.stdout));
+    print!("{}", lab.loader_report(&["stats"])?);
 
     step("stopping ftp-loader with SIGTERM");
     let status = lab.stop_loader()?;

@@ -166,7 +166,11 @@ fn at_the_cap(section: &mut Section) -> Result<()> {
     run_ingress(&ebpf, &first.reply(b"227 (192,0,2,1,39,16)\r\n"))?;
     let mut flows: HashMap<_, FlowKey, FlowValue> =
         HashMap::try_from(ebpf.map_mut("FLOWS").context("no FLOWS")?)?;
-    flows.insert(key(CAP, 20000), FlowValue::admitted(ftp_loader::monotonic_ns()), 0)?;
+    flows.insert(
+        key(CAP, 20000),
+        FlowValue::admitted(ftp_loader::monotonic_ns()),
+        0,
+    )?;
     let before: Vec<u64> = TABLES
         .iter()
         .map(|t| entries(&ebpf, t))
