@@ -5,12 +5,11 @@
 //! alternate (A B A B ...), medians are reported, and only ratios taken in the same run are
 //! judged. `--quick` runs every measurement once, small, so the harness itself is tested.
 
-pub mod guard;
 mod packet;
 mod report;
 mod scale;
 
-use std::{collections::BTreeMap, path::PathBuf, time::Instant};
+use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::Result;
 
@@ -19,8 +18,6 @@ pub use report::{Figure, Report, Section};
 /// What a run may use and how hard it may push.
 pub struct Bench {
     pub quick: bool,
-    /// The release ftp-loader.
-    pub loader: PathBuf,
 }
 
 impl Bench {
