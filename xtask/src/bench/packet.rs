@@ -15,7 +15,7 @@ use ftp_ebpf_common::{
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
 };
-use ftp_loader::ebpf::{self, BASELINE_OBJECT, INGRESS_PROGRAM, Settings};
+use ftp_loader::ebpf::{self, BASELINE_OBJECT, EGRESS_PROGRAM, INGRESS_PROGRAM, Settings};
 use tests::frame::{ACK, ControlSession, IPPROTO_UDP, PSH, SYN, Tcp, ip_frame};
 
 use super::{Bench, Figure, Section, alternate, median};
@@ -214,6 +214,26 @@ pub fn run(bench: &Bench) -> Result<Section> {
     }
 
     let mut section = Section::new("Per-packet cost (BPF_PROG_TEST_RUN, XDP ingress)");
+    for program in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+        let info = tables[0]
+            .1
+            .program(program)
+            .context("no such program")?
+            .info()?;
+        let verified = info
+            .verified_instruction_count()
+            .context("the kernel reports no verified_insns")?;
+        section.figures.push(Figure::new(
+            format!("{program}: instructions the verifier processed"),
+            f64::from(verified),
+            "instructions",
+        ));
+        section.figures.push(Figure::new(
+            format!("{program}: JIT-compiled size"),
+            f64::from(info.size_jitted()),
+            "bytes",
+        ));
+    }
     for class in classes() {
         for (entries, product) in &tables {
             let samples = alternate(&[false, true], bench.rounds(), |&ours| {
