@@ -322,3 +322,38 @@ input()
     writeln!(stdin).unwrap();
     session.wait().unwrap();
 }
+
+/// One invocation guards several interfaces: here the server's veth and its loopback,
+/// which carries the server's connections to its own address.
+#[test]
+fn several_interfaces_in_one_invocation() {
+    let mut lab = lab("multi");
+    let port = PASSIVE_PORTS.0 + 300;
+    lab.start_listener(port).unwrap();
+    let local = |lab: &Lab| {
+        tests::lab::in_netns(&lab.server_ns, || {
+            Ok(std::net::TcpStream::connect_timeout(&(SERVER_IP, port).into(), DROPPED).is_ok())
+        })
+        .unwrap()
+    };
+    assert!(local(&lab), "reachable over lo before attach");
+    lab.start_loader(&["lo"]).unwrap();
+    let log = lab.loader_log();
+    assert!(
+        log.contains(&format!("attached to {SERVER_IF}")) && log.contains("attached to lo"),
+        "{log}"
+    );
+    assert!(!local(&lab), "guarded on lo too");
+    assert!(
+        !lab.client_connects(SERVER_IP.into(), port, DROPPED)
+            .unwrap(),
+        "and on the veth"
+    );
+    assert!(lab.stop_loader().unwrap().success());
+    let log = lab.loader_log();
+    assert!(
+        log.contains(&format!("detached from {SERVER_IF}")) && log.contains("detached from lo"),
+        "{log}"
+    );
+    assert!(local(&lab), "reachable over lo after detach");
+}
