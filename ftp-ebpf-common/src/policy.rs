@@ -57,12 +57,23 @@ pub fn coarse_time(now_ns: u64) -> u32 {
 /// retrying a SYN after about 127 s, other stacks sooner.
 pub const SYN_RETRY_WINDOW_NS: u64 = 130 * 1_000_000_000;
 
+/// `PortInfo::announced`/`admitted` of a port that never was.
+pub const NEVER: u32 = u32::MAX;
+
 impl PortInfo {
     pub fn new(class: PortClass) -> Self {
         Self {
             class: class as u8,
+            announced: NEVER,
+            admitted: NEVER,
             ..Self::default()
         }
+    }
+
+    /// Nothing ever announced or admitted this port: a SYN to it is unsolicited, and no
+    /// clock needs reading to know it (the floods' ports, mostly).
+    pub fn never_used(&self) -> bool {
+        self.announced == NEVER && self.admitted == NEVER
     }
 
     /// Whether a SYN to this port could match an expectation or retransmit an admitted
@@ -71,7 +82,8 @@ impl PortInfo {
     pub fn may_be_solicited(&self, now_ns: u64, expect_timeout_ns: u64) -> bool {
         let now = coarse_time(now_ns);
         let within = |then: u32, window_ns: u64| {
-            u64::from(now.wrapping_sub(then)) <= u64::from(coarse_time(window_ns)) + 1
+            then != NEVER
+                && u64::from(now.wrapping_sub(then)) <= u64::from(coarse_time(window_ns)) + 1
         };
         within(self.announced, expect_timeout_ns) || within(self.admitted, SYN_RETRY_WINDOW_NS)
     }
@@ -229,6 +241,8 @@ mod tests {
         const S: u64 = 1_000_000_000;
         let timeout = 300 * S;
         let mut info = PortInfo::new(PortClass::Guarded);
+        assert!(info.never_used());
+        assert!(!info.may_be_solicited(0, timeout), "never announced, even at boot");
         let now = 10_000 * S;
         assert!(!info.may_be_solicited(now, timeout), "never announced");
         info.announced = coarse_time(now - 299 * S);

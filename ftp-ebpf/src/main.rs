@@ -82,9 +82,13 @@ fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
     } else if from_class == PortClass::Control {
         Sender::Server
     } else if to_class == PortClass::Guarded && segment.is_syn() {
-        let now = now_ns();
         // SAFETY: as above.
-        if !unsafe { &*to }.may_be_solicited(now, EXPECT_TIMEOUT_NS.load()) {
+        let port = unsafe { &*to };
+        if port.never_used() {
+            return guard::refuse(direction);
+        }
+        let now = now_ns();
+        if !port.may_be_solicited(now, EXPECT_TIMEOUT_NS.load()) {
             return guard::refuse(direction);
         }
         return match segment.flow(frame) {
