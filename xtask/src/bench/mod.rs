@@ -7,6 +7,7 @@
 
 pub mod guard;
 mod report;
+mod sessions;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
@@ -57,7 +58,7 @@ pub fn median(samples: &[f64]) -> f64 {
 type Measure = fn(&Bench) -> Result<Section>;
 
 /// Every section, in the order a full run takes them. Each lives in a module of its own.
-const REGISTRY: &[(&str, Measure)] = &[];
+const REGISTRY: &[(&str, Measure)] = &[("sessions", sessions::run)];
 
 pub fn sections() -> Vec<&'static str> {
     REGISTRY.iter().map(|(name, _)| *name).collect()
