@@ -99,7 +99,9 @@ pub fn run(bench: &Bench) -> Result<Section> {
 /// One run: the guard installed, the clients at it for `seconds`, the guard removed.
 fn measure(lab: &mut Lab, guard: Guard, duration: Duration, file: &[u8]) -> Result<Run> {
     guard.install(lab)?;
+    let server_cpu = vsftpd_cpu(lab)?;
     let result = sessions(lab, duration, file);
+    let server_cpu = vsftpd_cpu(lab).map(|now| now - server_cpu);
     let counters = match guard {
         Guard::Tracker(_) => lab.stats().map(Some),
         _ => Ok(None),
@@ -107,6 +109,7 @@ fn measure(lab: &mut Lab, guard: Guard, duration: Duration, file: &[u8]) -> Resu
     // Removed whatever happened; a failed run's error comes first.
     let removed = guard.remove(lab);
     let mut run = result?;
+    run.server_cpu = server_cpu?;
     run.counters = counters?.unwrap_or_default();
     removed?;
     ensure!(
@@ -124,8 +127,13 @@ struct Run {
     slow: u64,
     failures: BTreeMap<String, u64>,
     seconds: f64,
-    /// CPU time the clients used, user and system.
+    /// CPU time the clients used, user and system. On a veth pair, a sent packet goes
+    /// through the receiver's stack in the sender's context, so this includes the server's
+    /// ingress path: its XDP program, or conntrack with the helper reading commands.
     client_cpu: f64,
+    /// CPU time of vsftpd's finished sessions, including its egress path: the tc program,
+    /// or conntrack with the helper reading replies.
+    server_cpu: f64,
     counters: BTreeMap<String, u64>,
 }
 
@@ -138,11 +146,17 @@ impl Run {
         self.failures.values().sum()
     }
 
+    /// What a session costs the whole lab, the guard's work included.
+    fn cpu_per_session(&self) -> f64 {
+        (self.client_cpu + self.server_cpu) / (self.ok + self.failed()) as f64
+    }
+
     fn add(&mut self, other: Run) {
         self.ok += other.ok;
         self.slow += other.slow;
         self.seconds += other.seconds;
         self.client_cpu += other.client_cpu;
+        self.server_cpu += other.server_cpu;
         for (failure, count) in other.failures {
             *self.failures.entry(failure).or_default() += count;
         }
@@ -188,6 +202,35 @@ fn cpu_seconds() -> f64 {
         .iter()
         .map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6)
         .sum()
+}
+
+/// The CPU time of vsftpd's finished sessions so far: the listener reaps every session
+/// process, which reaped its own child before, so their time adds up in its cutime and
+/// cstime. Found through port 21's listeners, both families (the IPv6 one stays idle).
+fn vsftpd_cpu(lab: &Lab) -> Result<f64> {
+    let listeners = lab::run(lab.server("ss").args(["-Hltnp", "sport = :21"]))?;
+    let listeners = String::from_utf8_lossy(&listeners.stdout);
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut seconds = 0.0;
+    for user in listeners.split("pid=").skip(1) {
+        let pid = user.split(',').next().unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading vsftpd's /proc/{pid}/stat"))?;
+        // Fields 16 and 17 (cutime, cstime); the name before them may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split(' ').collect())
+            .unwrap_or_default();
+        for field in fields.get(13..15).context("a short /proc/PID/stat")? {
+            seconds += field.parse::<f64>()? / ticks;
+        }
+    }
+    ensure!(
+        listeners.contains("vsftpd"),
+        "no vsftpd listens on port 21: {listeners}"
+    );
+    Ok(seconds)
 }
 
 fn client(deadline: Instant, file: &[u8]) -> Run {
@@ -331,6 +374,12 @@ fn io_failure(step: &str) -> impl Fn(io::Error) -> String + '_ {
     }
 }
 
+fn spread(samples: &[f64]) -> f64 {
+    let max = samples.iter().copied().fold(f64::MIN, f64::max);
+    let min = samples.iter().copied().fold(f64::MAX, f64::min);
+    (max - min) / median(samples)
+}
+
 /// Bytes that a truncated or shifted transfer cannot match by accident.
 fn small_file() -> Vec<u8> {
     (0..FILE_SIZE)
@@ -353,6 +402,24 @@ fn report(rates: &[Vec<f64>], runs: &[Vec<Run>], seconds: f64) -> Section {
                 .target(">= the kernel helper's", tracker >= helper),
         };
         section.figures.push(figure);
+    }
+    let cpu: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|runs| runs.iter().map(|r| 1e6 * r.cpu_per_session()).collect())
+        .collect();
+    let [none_cpu, helper_cpu, _] = [0, 1, 2].map(|index| median(&cpu[index]));
+    for (index, guard) in VARIANTS.iter().enumerate() {
+        let figure = Figure::new(
+            format!("CPU per session, {guard}"),
+            median(&cpu[index]),
+            "us",
+        )
+        .samples(&cpu[index]);
+        section.figures.push(match guard {
+            Guard::None => figure,
+            Guard::KernelHelper => figure.against(Guard::None.to_string(), none_cpu),
+            Guard::Tracker(_) => figure.against(Guard::KernelHelper.to_string(), helper_cpu),
+        });
     }
     for (index, guard) in VARIANTS.iter().enumerate() {
         let failed: Vec<f64> = runs[index].iter().map(|r| r.failed() as f64).collect();
@@ -395,6 +462,18 @@ fn report(rates: &[Vec<f64>], runs: &[Vec<Run>], seconds: f64) -> Section {
         }
         section.notes.push(note);
     }
+    let spread: Vec<String> = VARIANTS
+        .iter()
+        .zip(rates)
+        .map(|(guard, samples)| format!("{guard} {:.0}%", 100.0 * spread(samples)))
+        .collect();
+    section.notes.push(format!(
+        "Spread of one variant's rates, (max - min) / median: {}. Most of the CPU per \
+         session is vsftpd's (two forks), the guards' share is small, and the machine is \
+         shared: rates closer than this spread are a draw, whichever side of the target \
+         they fall on.",
+        spread.join(", ")
+    ));
     section.notes.push(format!(
         "{WORKERS} parallel clients, {seconds} s per run, variants alternating; rate = \
          completed sessions / run time, failures summed over runs. {WORKERS_WHY}"
