@@ -2,7 +2,8 @@
 //! small `RETR`, `QUIT`) from parallel clients for a fixed time, with nothing, iptables +
 //! the kernel helper, or ftp-tracker guarding vsftpd. Every session opens two connections
 //! the guard must judge, and the one announced by `227` only exists for milliseconds: this
-//! is where a tracker's per-connection bookkeeping, not its per-packet cost, shows.
+//! exercises a guard's per-connection bookkeeping rather than its per-packet cost. vsftpd's
+//! own forks set the rate here; the notes say by how much.
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +23,7 @@ use super::{Bench, Figure, Section, alternate, guard::Guard, median};
 
 const VARIANTS: [Guard; 3] = [Guard::None, Guard::KernelHelper, Guard::Tracker("auto")];
 
-/// Parallel clients: enough to keep vsftpd, which forks twice per session, busy on both
+/// Parallel clients: enough to keep vsftpd, which forks for every session, busy on both
 /// cores while a session waits for its round trips; more only queue up (see WORKERS_WHY).
 const WORKERS: usize = 8;
 
@@ -96,7 +97,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
     Ok(report(&rates, &runs, seconds))
 }
 
-/// One run: the guard installed, the clients at it for `seconds`, the guard removed.
+/// One run: the guard installed, the clients at it for `duration`, the guard removed.
 fn measure(lab: &mut Lab, guard: Guard, duration: Duration, file: &[u8]) -> Result<Run> {
     guard.install(lab)?;
     let result = sessions(lab, duration, file);
