@@ -242,7 +242,10 @@ mod tests {
         let timeout = 300 * S;
         let mut info = PortInfo::new(PortClass::Guarded);
         assert!(info.never_used());
-        assert!(!info.may_be_solicited(0, timeout), "never announced, even at boot");
+        assert!(
+            !info.may_be_solicited(0, timeout),
+            "never announced, even at boot"
+        );
         let now = 10_000 * S;
         assert!(!info.may_be_solicited(now, timeout), "never announced");
         info.announced = coarse_time(now - 299 * S);

@@ -76,40 +76,7 @@ impl Server {
         let root = lab.ftp_root();
         let (low, high) = PASSIVE_PORTS;
         match self {
-            Self::Vsftpd => {
-                ensure!(
-                    Path::new(VSFTPD).exists(),
-                    "{VSFTPD} is missing: `cargo xtask setup` installs vsftpd"
-                );
-                std::fs::create_dir_all("/var/run/vsftpd/empty")?;
-                // vsftpd listens on one address family per process.
-                for family in Family::ALL {
-                    let listen = match family {
-                        Family::V4 => format!("listen=YES\nlisten_address={SERVER_IP}\n"),
-                        Family::V6 => {
-                            format!("listen=NO\nlisten_ipv6=YES\nlisten_address6={SERVER_IP6}\n")
-                        }
-                    };
-                    let config = lab.file(&format!("vsftpd-{family}.conf"));
-                    // connect_from_port_20=NO: with it, back-to-back active transfers fail
-                    // with `500 OOPS: vsf_sysutil_bind` while the last port-20 socket sits
-                    // in TIME_WAIT.
-                    std::fs::write(
-                        &config,
-                        format!(
-                            "{listen}anonymous_enable=YES\nlocal_enable=NO\nanon_root={}\n\
-                             pasv_enable=YES\npasv_min_port={low}\npasv_max_port={high}\n\
-                             port_enable=YES\nconnect_from_port_20=NO\nseccomp_sandbox=NO\n\
-                             background=NO\nxferlog_enable=NO\nuse_localtime=NO\n",
-                            root.display()
-                        ),
-                    )?;
-                    let mut command = lab.server(VSFTPD);
-                    command.arg(&config);
-                    self.spawn(lab, command, &[family])?;
-                }
-                Ok(())
-            }
+            Self::Vsftpd => Self::start_vsftpd(lab, ""),
             Self::Proftpd => {
                 let binary = unpacked(PROFTPD)?;
                 let config = lab.file("proftpd.conf");
@@ -165,6 +132,45 @@ impl Server {
                 self.spawn(lab, command, &Family::ALL)
             }
         }
+    }
+
+    /// vsftpd as [`Server::start`] starts it, with `extra` configuration lines after the
+    /// lab's own: vsftpd takes the last value given for an option, so they override.
+    pub fn start_vsftpd(lab: &mut Lab, extra: &str) -> Result<()> {
+        let root = lab.ftp_root();
+        let (low, high) = PASSIVE_PORTS;
+        ensure!(
+            Path::new(VSFTPD).exists(),
+            "{VSFTPD} is missing: `cargo xtask setup` installs vsftpd"
+        );
+        std::fs::create_dir_all("/var/run/vsftpd/empty")?;
+        // vsftpd listens on one address family per process.
+        for family in Family::ALL {
+            let listen = match family {
+                Family::V4 => format!("listen=YES\nlisten_address={SERVER_IP}\n"),
+                Family::V6 => {
+                    format!("listen=NO\nlisten_ipv6=YES\nlisten_address6={SERVER_IP6}\n")
+                }
+            };
+            let config = lab.file(&format!("vsftpd-{family}.conf"));
+            // connect_from_port_20=NO: with it, back-to-back active transfers fail
+            // with `500 OOPS: vsf_sysutil_bind` while the last port-20 socket sits
+            // in TIME_WAIT.
+            std::fs::write(
+                &config,
+                format!(
+                    "{listen}anonymous_enable=YES\nlocal_enable=NO\nanon_root={}\n\
+                     pasv_enable=YES\npasv_min_port={low}\npasv_max_port={high}\n\
+                     port_enable=YES\nconnect_from_port_20=NO\nseccomp_sandbox=NO\n\
+                     background=NO\nxferlog_enable=NO\nuse_localtime=NO\n{extra}",
+                    root.display()
+                ),
+            )?;
+            let mut command = lab.server(VSFTPD);
+            command.arg(&config);
+            Self::Vsftpd.spawn(lab, command, &[family])?;
+        }
+        Ok(())
     }
 
     /// The server's output (vsftpd says nothing; proftpd and pyftpdlib log every session).

@@ -56,7 +56,7 @@ fn main() {
             .and_then(|loader| demo::run(&loader)),
         Task::Bench { quick, sections } => setup::run()
             .and_then(|()| build_release())
-            .and_then(|_| benchmark(quick, &sections)),
+            .and_then(|loader| benchmark(loader, quick, &sections)),
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");
@@ -100,12 +100,12 @@ fn test() -> Result<()> {
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // The benchmark harness must not rot: every figure must still be produced (timings
     // are not judged here).
-    benchmark(true, &[])?;
+    benchmark(build_release()?, true, &[])?;
     Ok(())
 }
 
-fn benchmark(quick: bool, sections: &[String]) -> Result<()> {
-    let bench = bench::Bench { quick };
+fn benchmark(loader: PathBuf, quick: bool, sections: &[String]) -> Result<()> {
+    let bench = bench::Bench { quick, loader };
     let names: Vec<&str> = if sections.is_empty() {
         bench::sections()
     } else {

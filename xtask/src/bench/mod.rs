@@ -5,11 +5,13 @@
 //! alternate (A B A B ...), medians are reported, and only ratios taken in the same run are
 //! judged. `--quick` runs every measurement once, small, so the harness itself is tested.
 
+pub mod guard;
 mod packet;
 mod report;
 mod scale;
+mod sessions;
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use anyhow::Result;
 
@@ -18,6 +20,8 @@ pub use report::{Figure, Report, Section};
 /// What a run may use and how hard it may push.
 pub struct Bench {
     pub quick: bool,
+    /// The release ftp-loader, for the sections that run it in the lab.
+    pub loader: PathBuf,
 }
 
 impl Bench {
@@ -56,7 +60,11 @@ pub fn median(samples: &[f64]) -> f64 {
 type Measure = fn(&Bench) -> Result<Section>;
 
 /// Every section, in the order a full run takes them. Each lives in a module of its own.
-const REGISTRY: &[(&str, Measure)] = &[("per-packet", packet::run), ("scale", scale::run)];
+const REGISTRY: &[(&str, Measure)] = &[
+    ("per-packet", packet::run),
+    ("scale", scale::run),
+    ("sessions", sessions::run),
+];
 
 pub fn sections() -> Vec<&'static str> {
     REGISTRY.iter().map(|(name, _)| *name).collect()
