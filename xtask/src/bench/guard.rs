@@ -27,8 +27,30 @@ impl fmt::Display for Guard {
 }
 
 const CLASSIC_RULES: &[&[&str]] = &[
-    &["-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "21", "-j", "CT", "--helper", "ftp"],
-    &["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+    &[
+        "-t",
+        "raw",
+        "-A",
+        "PREROUTING",
+        "-p",
+        "tcp",
+        "--dport",
+        "21",
+        "-j",
+        "CT",
+        "--helper",
+        "ftp",
+    ],
+    &[
+        "-A",
+        "INPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    ],
     &["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
     &["-A", "INPUT", "-p", "tcp", "--dport", "21", "-j", "ACCEPT"],
     &["-A", "INPUT", "-p", "ipv6-icmp", "-j", "ACCEPT"],
@@ -60,7 +82,11 @@ impl Guard {
             Guard::None => Ok(()),
             Guard::KernelHelper => {
                 for tool in ["iptables", "ip6tables"] {
-                    for table in [&["-t", "raw", "-F"][..], &["-F"], &["-P", "INPUT", "ACCEPT"]] {
+                    for table in [
+                        &["-t", "raw", "-F"][..],
+                        &["-F"],
+                        &["-P", "INPUT", "ACCEPT"],
+                    ] {
                         run(lab.server(tool).args(table))?;
                     }
                 }
