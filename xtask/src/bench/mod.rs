@@ -5,6 +5,8 @@
 //! alternate (A B A B ...), medians are reported, and only ratios taken in the same run are
 //! judged. `--quick` runs every measurement once, small, so the harness itself is tested.
 
+mod bulk;
+mod flood;
 pub mod guard;
 mod report;
 
@@ -57,7 +59,7 @@ pub fn median(samples: &[f64]) -> f64 {
 type Measure = fn(&Bench) -> Result<Section>;
 
 /// Every section, in the order a full run takes them. Each lives in a module of its own.
-const REGISTRY: &[(&str, Measure)] = &[];
+const REGISTRY: &[(&str, Measure)] = &[("bulk", bulk::run), ("flood", flood::run)];
 
 pub fn sections() -> Vec<&'static str> {
     REGISTRY.iter().map(|(name, _)| *name).collect()
