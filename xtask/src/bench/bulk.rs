@@ -119,30 +119,36 @@ pub fn run(bench: &Bench) -> Result<Section> {
         );
     }
 
-    let up = |guard| of(guard, Direction::Upload) / of(Guard::None, Direction::Upload);
-    let (skb, native) = (up(Guard::Tracker("skb")), up(Guard::Tracker("native")));
-    let cheapest = if skb >= native { "generic" } else { "native" };
-    section.notes.push(
-        "Throughput is the payload from the first data byte to the last (to the server's 226 \
-         for uploads), with the bench's own FTP client reading into and writing from memory; \
-         vsftpd sends a sparse file from a tmpfs (its holes read from the zero page) and \
-         writes uploads into a tmpfs, deleting each after it is measured. Every guard \
-         carries both directions of a round, in turn."
-            .to_owned(),
-    );
+    let kept = |guard, direction| of(guard, direction) / of(Guard::None, direction);
+    let (skb, native) = (Guard::Tracker("skb"), Guard::Tracker("native"));
+    let cheapest = if kept(skb, Direction::Upload) >= kept(native, Direction::Upload) {
+        "generic"
+    } else {
+        "native"
+    };
+    let picked = if auto_attached.starts_with("XDP native") {
+        "native"
+    } else {
+        "generic"
+    };
     section.notes.push(format!(
         "XDP modes on a veth: uploads, where the server's ingress carries the data, keep \
-         {skb:.2}x of no filter in generic mode and {native:.2}x in native mode, so {cheapest} \
-         XDP is the cheaper here. Attaching native XDP to a veth turns TSO off on its peer \
-         (the kernel caps the peer's packets at one page for the XDP buffer), so the sender \
-         hands the veth one MSS-sized packet at a time and the server's stack, with GRO off, \
-         takes them one by one; generic XDP runs on the GSO super-packets as they come. \
-         Downloads put only ACKs through the program and hardly tell the modes apart. \
-         auto attached as: {auto_attached}; it is {} choice on a veth.",
-        if cheapest == "generic" {
-            "the right"
+         {:.2}x of no filter in generic mode and {:.2}x in native mode (downloads, only ACKs \
+         through the program: {:.2}x and {:.2}x), so {cheapest} XDP costs least here. \
+         Attaching native XDP to a veth takes the software segmentation offloads (TSO) away \
+         from its peer, because an XDP buffer is one page: the client's TCP segments are cut \
+         to MSS size before they cross the veth, and the server's veth, whose GRO is off \
+         unless an admin turns it on, hands its stack one MSS at a time. Generic XDP runs \
+         on the super-packets as they come. auto attached as `{auto_attached}`: it picked \
+         {picked}, {} on a veth.",
+        kept(skb, Direction::Upload),
+        kept(native, Direction::Upload),
+        kept(skb, Direction::Download),
+        kept(native, Direction::Download),
+        if picked == cheapest {
+            "the right choice"
         } else {
-            "NOT the right"
+            "NOT the right choice"
         }
     ));
     Ok(section)
