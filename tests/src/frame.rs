@@ -118,7 +118,8 @@ fn ethernet(ether_type: u16) -> Vec<u8> {
     frame
 }
 
-fn fold(mut sum: u32) -> u16 {
+/// Folds a sum of 16-bit words into 16 bits, ones' complement style (RFC 1071).
+pub fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

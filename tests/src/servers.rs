@@ -42,6 +42,11 @@ impl fmt::Display for Server {
 
 const VSFTPD: &str = "/usr/sbin/vsftpd";
 
+/// The directory of the FTP root where [`Server::start_with_scratch`] takes uploads.
+pub const SCRATCH_DIR: &str = "scratch";
+/// The sparse file in [`SCRATCH_DIR`], as big as the scratch directory.
+pub const ZEROS: &str = "zeros";
+
 /// pyftpdlib has no command line for an anonymous server; one process serves every address
 /// given (its servers share one I/O loop).
 const PYFTPDLIB: &str = r#"
@@ -73,10 +78,29 @@ impl Server {
     /// Starts the server in the lab's server namespace and waits until it accepts
     /// connections on port 21 of both addresses.
     pub fn start(self, lab: &mut Lab) -> Result<()> {
+        self.start_with(lab, None)
+    }
+
+    /// Starts vsftpd with a [`SCRATCH_DIR`] of `bytes` bytes: a tmpfs mounted in the
+    /// server's own mount namespace, so that uploads never reach a disk and vanish with the
+    /// server, where anonymous users may upload, overwrite and delete, and which holds
+    /// [`ZEROS`], a sparse file of `bytes` bytes to download (tmpfs reads a hole from the
+    /// zero page: neither the disk nor the page cache is involved). Each vsftpd instance
+    /// (one per address family) has a scratch directory of its own.
+    pub fn start_with_scratch(self, lab: &mut Lab, bytes: u64) -> Result<()> {
+        ensure!(
+            self == Self::Vsftpd,
+            "only vsftpd is set up to take uploads in the lab"
+        );
+        std::fs::create_dir_all(lab.ftp_root().join(SCRATCH_DIR))?;
+        self.start_with(lab, Some(bytes))
+    }
+
+    fn start_with(self, lab: &mut Lab, scratch: Option<u64>) -> Result<()> {
         let root = lab.ftp_root();
         let (low, high) = PASSIVE_PORTS;
         match self {
-            Self::Vsftpd => Self::start_vsftpd(lab, ""),
+            Self::Vsftpd => Self::start_vsftpd(lab, "", scratch),
             Self::Proftpd => {
                 let binary = unpacked(PROFTPD)?;
                 let config = lab.file("proftpd.conf");
@@ -134,9 +158,10 @@ impl Server {
         }
     }
 
-    /// vsftpd as [`Server::start`] starts it, with `extra` configuration lines after the
-    /// lab's own: vsftpd takes the last value given for an option, so they override.
-    pub fn start_vsftpd(lab: &mut Lab, extra: &str) -> Result<()> {
+    /// vsftpd, one process per address family, with `extra` configuration lines; with
+    /// `scratch`, anonymous uploads go to a tmpfs of that many bytes (see
+    /// [`Server::start_with_scratch`]).
+    pub fn start_vsftpd(lab: &mut Lab, extra: &str, scratch: Option<u64>) -> Result<()> {
         let root = lab.ftp_root();
         let (low, high) = PASSIVE_PORTS;
         ensure!(
@@ -144,6 +169,13 @@ impl Server {
             "{VSFTPD} is missing: `cargo xtask setup` installs vsftpd"
         );
         std::fs::create_dir_all("/var/run/vsftpd/empty")?;
+        let uploads = if scratch.is_some() {
+            // anon_other_write_enable: DELE, so that an upload's memory is given back as
+            // soon as it is measured.
+            "write_enable=YES\nanon_upload_enable=YES\nanon_other_write_enable=YES\n"
+        } else {
+            ""
+        };
         // vsftpd listens on one address family per process.
         for family in Family::ALL {
             let listen = match family {
@@ -162,11 +194,28 @@ impl Server {
                     "{listen}anonymous_enable=YES\nlocal_enable=NO\nanon_root={}\n\
                      pasv_enable=YES\npasv_min_port={low}\npasv_max_port={high}\n\
                      port_enable=YES\nconnect_from_port_20=NO\nseccomp_sandbox=NO\n\
-                     background=NO\nxferlog_enable=NO\nuse_localtime=NO\n{extra}",
+                     background=NO\nxferlog_enable=NO\nuse_localtime=NO\n{uploads}{extra}",
                     root.display()
                 ),
             )?;
-            let mut command = lab.server(VSFTPD);
+            let mut command = match scratch {
+                None => lab.server(VSFTPD),
+                Some(bytes) => {
+                    // `ip netns exec` gives the command a mount namespace of its own: the
+                    // tmpfs is invisible to the host and goes with vsftpd.
+                    let dir = root.join(SCRATCH_DIR);
+                    let mut command = lab.server("sh");
+                    command
+                        .arg("-c")
+                        .arg(r#"mount -t tmpfs -o "size=$1,mode=0777" tmpfs "$2" && truncate -s "$1" "$2/$3" && shift 3 && exec "$@""#)
+                        .arg("sh")
+                        .arg(bytes.to_string())
+                        .arg(&dir)
+                        .arg(ZEROS)
+                        .arg(VSFTPD);
+                    command
+                }
+            };
             command.arg(&config);
             Self::Vsftpd.spawn(lab, command, &[family])?;
         }

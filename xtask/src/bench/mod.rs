@@ -5,6 +5,8 @@
 //! alternate (A B A B ...), medians are reported, and only ratios taken in the same run are
 //! judged. `--quick` runs every measurement once, small, so the harness itself is tested.
 
+mod bulk;
+mod flood;
 pub mod guard;
 mod packet;
 mod report;
@@ -62,8 +64,10 @@ type Measure = fn(&Bench) -> Result<Section>;
 /// Every section, in the order a full run takes them. Each lives in a module of its own.
 const REGISTRY: &[(&str, Measure)] = &[
     ("per-packet", packet::run),
-    ("scale", scale::run),
+    ("bulk", bulk::run),
+    ("flood", flood::run),
     ("sessions", sessions::run),
+    ("scale", scale::run),
 ];
 
 pub fn sections() -> Vec<&'static str> {

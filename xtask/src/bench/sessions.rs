@@ -83,7 +83,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
     std::fs::write(&path, &file)?;
     // vsftpd serves anonymous users only world-readable files.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
-    Server::start_vsftpd(&mut lab, VSFTPD_TUNING)?;
+    Server::start_vsftpd(&mut lab, VSFTPD_TUNING, None)?;
 
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); VARIANTS.len()];
     let rates = alternate(&VARIANTS, bench.rounds(), |guard| {
