@@ -10,7 +10,7 @@ mod maps;
 mod packet;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -33,6 +33,18 @@ pub fn ftp_ingress(ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
+    }
+}
+
+/// The same guard on tc ingress, for interfaces where XDP costs more than it saves: on a
+/// veth, XDP (generic or native) runs before GRO, once per wire packet; tc runs after it.
+#[classifier]
+pub fn ftp_ingress_tc(ctx: TcContext) -> i32 {
+    packet::linearize_headers(&ctx);
+    if inspect(&ctx, Direction::Ingress) {
+        TC_ACT_UNSPEC
+    } else {
+        TC_ACT_SHOT
     }
 }
 

@@ -23,9 +23,13 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// Ethernet, one VLAN tag, IPv6 with a few extension headers or IPv4 with options, TCP
-/// with options: what a header parse reads directly.
+/// What a header parse reads directly when it can: Ethernet, one VLAN tag, IPv6 with a
+/// few extension headers or IPv4 with options, TCP with options.
 const MAX_HEADERS: u32 = 256;
+/// Ethernet + IPv6 + TCP without options: less than this in the linear area means the
+/// headers were not put there (a packet built in pieces); with more, they were (the stack
+/// keeps all headers of a packet it built or aggregated linear, the payload in fragments).
+const MIN_HEADERS: u32 = 14 + 40 + 20;
 
 pub trait Frame {
     fn data(&self) -> usize;
@@ -61,17 +65,18 @@ impl Frame for TcContext {
     }
 }
 
-/// Locally generated packets may carry their headers outside the linear area that direct
-/// packet access sees; pull them in (a no-op for the usual linear skb).
+/// Pulls the headers into the linear area that direct packet access sees when they are not
+/// there. Only then: a pull is a copy, and a GSO or GRO packet, whose payload lies in
+/// fragments, would otherwise pay it on every packet of a bulk transfer.
 #[inline(always)]
 pub fn linearize_headers(ctx: &TcContext) {
     let linear = (ctx.data_end() - ctx.data()) as u32;
-    let wanted = if ctx.len() < MAX_HEADERS {
-        ctx.len()
-    } else {
-        MAX_HEADERS
-    };
-    if linear < wanted {
+    if linear < MIN_HEADERS && linear < ctx.len() {
+        let wanted = if ctx.len() < MAX_HEADERS {
+            ctx.len()
+        } else {
+            MAX_HEADERS
+        };
         let _ = ctx.pull_data(wanted);
     }
 }

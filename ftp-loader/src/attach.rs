@@ -1,5 +1,6 @@
-//! Attaching to interfaces: XDP on ingress (in the mode that costs least there), tc on
-//! egress (tcx where the kernel has it, the clsact qdisc before 6.6).
+//! Attaching to interfaces: the guard on ingress, on the hook that costs least there
+//! (native XDP on a NIC whose driver runs it, tc elsewhere), and the scanner on tc egress
+//! (tcx where the kernel has it, the clsact qdisc before 6.6).
 
 use std::fmt;
 
@@ -10,35 +11,55 @@ use aya::{
     util::KernelVersion,
 };
 
-use crate::ebpf::{EGRESS_PROGRAM, INGRESS_PROGRAM};
+use crate::ebpf::{EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM};
 
 /// What `--xdp-mode` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpChoice {
-    /// Native on a physical NIC whose driver supports it, generic otherwise.
+    /// Native XDP on a physical NIC whose driver runs it, tc ingress otherwise.
     Auto,
+    /// Native XDP (in the driver).
     Native,
+    /// Generic XDP (in the stack, before GRO).
     Skb,
+    /// No XDP: the guard runs as a tc ingress program, after GRO.
+    Tc,
+}
+
+/// Where the guard ended up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngressHook {
+    XdpNative,
+    XdpGeneric,
+    Tc,
+}
+
+impl fmt::Display for IngressHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IngressHook::XdpNative => "native XDP",
+            IngressHook::XdpGeneric => "generic XDP",
+            IngressHook::Tc => "tc",
+        })
+    }
 }
 
 /// How an interface ended up attached, for the start-up line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
     pub interface: String,
-    pub native: bool,
+    pub ingress: IngressHook,
     pub reason: String,
     pub tcx: bool,
 }
 
 impl fmt::Display for Attachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tc = if self.tcx { "tcx" } else { "the clsact qdisc" };
         write!(
             f,
-            "{}: XDP {} ({}), egress via {}",
-            self.interface,
-            if self.native { "native" } else { "generic" },
-            self.reason,
-            if self.tcx { "tcx" } else { "the clsact qdisc" }
+            "{}: guard on {} ingress ({}), scanner on egress via {tc}",
+            self.interface, self.ingress, self.reason
         )
     }
 }
@@ -99,46 +120,6 @@ fn driver_info(interface: &str) -> Option<(String, String)> {
 }
 
 pub fn attach(ebpf: &mut Ebpf, interface: &str, choice: XdpChoice) -> Result<Attachment> {
-    let xdp: &mut Xdp = ebpf
-        .program_mut(INGRESS_PROGRAM)
-        .context("no ingress program")?
-        .try_into()?;
-    let info = driver_info(interface);
-    let physical_driver = match &info {
-        Some((driver, bus)) if !bus.is_empty() => Some(driver.clone()),
-        _ => None,
-    };
-    let (native, reason) = match (choice, physical_driver) {
-        (XdpChoice::Native, _) => {
-            attach_xdp(xdp, interface, XdpMode::Driver)?;
-            (true, "as requested".to_owned())
-        }
-        (XdpChoice::Skb, _) => {
-            attach_xdp(xdp, interface, XdpMode::Skb)?;
-            (false, "as requested".to_owned())
-        }
-        (XdpChoice::Auto, None) => {
-            attach_xdp(xdp, interface, XdpMode::Skb)?;
-            let kind = info.map_or_else(|| "virtual".to_owned(), |(driver, _)| driver);
-            (
-                false,
-                format!(
-                    "auto: {interface} is a {kind} device, where native XDP gives up GRO and halves ingress throughput"
-                ),
-            )
-        }
-        (XdpChoice::Auto, Some(driver)) => match xdp.attach(interface, XdpMode::Driver) {
-            Ok(_) => (true, format!("auto: driver {driver} runs XDP natively")),
-            Err(native_error) => {
-                attach_xdp(xdp, interface, XdpMode::Skb)?;
-                (
-                    false,
-                    format!("auto: driver {driver} refused native XDP ({native_error})"),
-                )
-            }
-        },
-    };
-
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     if !tcx {
         // Before tcx, a tc program needs the clsact qdisc; it may already be there.
@@ -149,19 +130,66 @@ pub fn attach(ebpf: &mut Ebpf, interface: &str, choice: XdpChoice) -> Result<Att
             }
         }
     }
-    let egress: &mut SchedClassifier = ebpf
-        .program_mut(EGRESS_PROGRAM)
-        .context("no egress program")?
+    let info = driver_info(interface);
+    let physical_driver = match &info {
+        Some((driver, bus)) if !bus.is_empty() => Some(driver.clone()),
+        _ => None,
+    };
+    let xdp: &mut Xdp = ebpf
+        .program_mut(INGRESS_PROGRAM)
+        .context("no ingress program")?
         .try_into()?;
-    egress
-        .attach(interface, TcAttachType::Egress)
-        .with_context(|| format!("attaching the egress program to {interface}"))?;
+    let (ingress, reason) = match (choice, physical_driver) {
+        (XdpChoice::Native, _) => {
+            attach_xdp(xdp, interface, XdpMode::Driver)?;
+            (IngressHook::XdpNative, "as requested".to_owned())
+        }
+        (XdpChoice::Skb, _) => {
+            attach_xdp(xdp, interface, XdpMode::Skb)?;
+            (IngressHook::XdpGeneric, "as requested".to_owned())
+        }
+        (XdpChoice::Tc, _) => (IngressHook::Tc, "as requested".to_owned()),
+        (XdpChoice::Auto, None) => {
+            let kind = info.map_or_else(|| "virtual".to_owned(), |(driver, _)| driver);
+            (
+                IngressHook::Tc,
+                format!(
+                    "auto: {interface} is a {kind} device, where XDP runs before GRO and costs bulk uploads up to half their throughput; tc runs after GRO"
+                ),
+            )
+        }
+        (XdpChoice::Auto, Some(driver)) => match xdp.attach(interface, XdpMode::Driver) {
+            Ok(_) => (
+                IngressHook::XdpNative,
+                format!("auto: driver {driver} runs XDP natively"),
+            ),
+            Err(native_error) => (
+                IngressHook::Tc,
+                format!("auto: driver {driver} refused native XDP ({native_error})"),
+            ),
+        },
+    };
+    if ingress == IngressHook::Tc {
+        attach_tc(ebpf, INGRESS_TC_PROGRAM, interface, TcAttachType::Ingress)?;
+    }
+    attach_tc(ebpf, EGRESS_PROGRAM, interface, TcAttachType::Egress)?;
     Ok(Attachment {
         interface: interface.to_owned(),
-        native,
+        ingress,
         reason,
         tcx,
     })
+}
+
+fn attach_tc(ebpf: &mut Ebpf, program: &str, interface: &str, at: TcAttachType) -> Result<()> {
+    let classifier: &mut SchedClassifier = ebpf
+        .program_mut(program)
+        .with_context(|| format!("no program {program}"))?
+        .try_into()?;
+    classifier
+        .attach(interface, at)
+        .map(drop)
+        .with_context(|| format!("attaching {program} to {interface} ({at:?})"))
 }
 
 fn attach_xdp(xdp: &mut Xdp, interface: &str, mode: XdpMode) -> Result<()> {

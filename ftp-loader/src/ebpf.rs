@@ -18,6 +18,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const BASELINE_OBJECT: &str = env!("FTP_BASELINE_OBJECT");
 
 pub const INGRESS_PROGRAM: &str = "ftp_ingress";
+/// The same guard as a tc program, for interfaces where XDP costs more.
+pub const INGRESS_TC_PROGRAM: &str = "ftp_ingress_tc";
 pub const EGRESS_PROGRAM: &str = "ftp_egress";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,10 +119,12 @@ pub fn load(settings: &Settings) -> Result<Ebpf> {
     ingress
         .load()
         .with_context(|| format!("the kernel refused program {INGRESS_PROGRAM}"))?;
-    let egress: &mut SchedClassifier = program(&mut ebpf, EGRESS_PROGRAM)?.try_into()?;
-    egress
-        .load()
-        .with_context(|| format!("the kernel refused program {EGRESS_PROGRAM}"))?;
+    for name in [INGRESS_TC_PROGRAM, EGRESS_PROGRAM] {
+        let classifier: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
+        classifier
+            .load()
+            .with_context(|| format!("the kernel refused program {name}"))?;
+    }
     Ok(ebpf)
 }
 

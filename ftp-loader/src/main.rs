@@ -76,8 +76,9 @@ struct RunArgs {
     #[arg(long = "allow-port", value_name = "PORT",
           value_parser = clap::value_parser!(u16).range(1..))]
     allowed_ports: Vec<u16>,
-    /// Where XDP runs: auto picks native on a physical NIC whose driver has it, generic
-    /// elsewhere (on a veth, native XDP gives up GRO and halves ingress throughput).
+    /// Where the ingress guard runs: auto picks native XDP on a physical NIC whose driver
+    /// has it, tc ingress elsewhere (on a veth, XDP runs before GRO and costs bulk uploads
+    /// up to half their throughput); native, skb (generic XDP) and tc force one.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpChoice,
     /// Seconds an announced data connection may take to open.

@@ -715,3 +715,33 @@ fn settings_shape_the_guard() {
         ]
     );
 }
+
+/// The tc ingress guard (what `auto` picks on virtual devices) judges SYNs as XDP does.
+#[test]
+fn tc_ingress_guard_judges_like_xdp() {
+    const TC_ACT_SHOT: u32 = 2;
+    let p = Programs::new();
+    let tc: &SchedClassifier = p
+        .ebpf
+        .program(ebpf::INGRESS_TC_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(
+        test_run(tc, &syn(CLIENT, 51000, SERVER, 10000)),
+        TC_ACT_SHOT
+    );
+    p.egress(&session().reply(b"229 Entering Extended Passive Mode (|||10000|)\r\n"));
+    assert_eq!(
+        test_run(tc, &syn(CLIENT, 51000, SERVER, 10000)),
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(
+        test_run(tc, &syn(CLIENT, 51001, SERVER, 10000)),
+        TC_ACT_SHOT
+    );
+    let data = Tcp::new(CLIENT, 51000, SERVER, 10000, ACK).frame(b"data");
+    assert_eq!(test_run(tc, &data), TC_ACT_UNSPEC);
+    assert_eq!(p.stats()["unsolicited_dropped"], 2);
+    assert_eq!(p.stats()["expectations_matched"], 1);
+}

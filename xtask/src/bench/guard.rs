@@ -21,7 +21,7 @@ impl fmt::Display for Guard {
         match self {
             Guard::None => write!(f, "no filter"),
             Guard::KernelHelper => write!(f, "iptables + kernel helper"),
-            Guard::Tracker(mode) => write!(f, "ftp-tracker (XDP {mode})"),
+            Guard::Tracker(mode) => write!(f, "ftp-tracker (--xdp-mode {mode})"),
         }
     }
 }
