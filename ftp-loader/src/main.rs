@@ -77,8 +77,9 @@ struct RunArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     allowed_ports: Vec<u16>,
     /// Where the ingress guard runs: auto picks native XDP on a physical NIC whose driver
-    /// has it, tc ingress elsewhere (on a veth, XDP runs before GRO and costs bulk uploads
-    /// up to half their throughput); native, skb (generic XDP) and tc force one.
+    /// has it, tc ingress elsewhere (on a veth, tc costs least: generic XDP runs per wire
+    /// packet, native XDP takes TSO away from the peer); native, skb (generic XDP) and tc
+    /// force one.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpChoice,
     /// Seconds an announced data connection may take to open.
