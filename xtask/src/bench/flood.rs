@@ -167,9 +167,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
          CPU = (run time of the flood - sending cost x SYNs sent) / SYNs the guard \
          counted as dropped (ftp-tracker: unsolicited_dropped; iptables: the INPUT \
          policy's packet counter). It covers the veth's delivery, the guard's work and \
-         freeing the packet; for ftp-tracker that includes what generic XDP costs any \
-         program on a veth (queueing to the backlog, making room in front of the packet), \
-         which a do-nothing XDP program pays too."
+         freeing the packet, on the hook ftp-tracker's auto mode picks (tc ingress on a veth)."
             .to_owned(),
     );
     section.notes.push(format!(
