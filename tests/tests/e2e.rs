@@ -24,6 +24,28 @@ fn lab(tag: &str) -> Lab {
     Lab::new(tag, &default_loader_bin()).expect("lab")
 }
 
+/// The classic lab: vsftpd on the server, guarded by ftp-loader alone.
+fn guarded_lab(tag: &str) -> Lab {
+    let mut lab = lab(tag);
+    Server::Vsftpd.start(&mut lab).unwrap();
+    lab.start_loader(&[]).unwrap();
+    lab
+}
+
+/// The start of a Python ftplib session that logged in anonymously and sent PASV: `ftp`
+/// is the session, `host` and `port` the announced data port.
+fn ftplib_after_pasv() -> String {
+    format!(
+        r#"
+import ftplib, socket, sys
+ftp = ftplib.FTP()
+ftp.connect("{SERVER_IP}", 21, timeout=10)
+ftp.login()
+host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+"#
+    )
+}
+
 /// curl in the client namespace, failing after `seconds`.
 fn curl(lab: &Lab, seconds: u32, args: &[&str]) -> std::process::Output {
     lab.client("curl")
@@ -62,9 +84,7 @@ fn no_netfilter_rules(lab: &Lab) -> Result<()> {
 
 #[test]
 fn passive_mode_lists_and_downloads() {
-    let mut lab = lab("pasv");
-    Server::Vsftpd.start(&mut lab).unwrap();
-    lab.start_loader(&[]).unwrap();
+    let lab = guarded_lab("pasv");
     no_netfilter_rules(&lab).unwrap();
 
     let listing = curl(&lab, 20, &["--disable-epsv", &url("pub/")]);
@@ -88,9 +108,7 @@ fn passive_mode_lists_and_downloads() {
 /// curl's defaults: EPSV, and EPRT in active mode.
 #[test]
 fn extended_modes_download() {
-    let mut lab = lab("ext");
-    Server::Vsftpd.start(&mut lab).unwrap();
-    lab.start_loader(&[]).unwrap();
+    let lab = guarded_lab("ext");
     assert_download(&lab, Mode::Epsv);
     assert_download(&lab, Mode::Eprt);
     let stats = lab.stats().unwrap();
@@ -101,9 +119,7 @@ fn extended_modes_download() {
 
 #[test]
 fn active_mode_downloads() {
-    let mut lab = lab("port");
-    Server::Vsftpd.start(&mut lab).unwrap();
-    lab.start_loader(&[]).unwrap();
+    let lab = guarded_lab("port");
     assert_download(&lab, Mode::Port);
     let stats = lab.stats().unwrap();
     assert_eq!(stats["expectations_created"], 1, "{stats:?}");
@@ -169,17 +185,9 @@ fn unannounced_listener_is_unreachable_until_the_loader_exits() {
 /// other than the first one's), as the expectation is one-shot.
 #[test]
 fn consumed_passive_port_admits_no_second_connection() {
-    let mut lab = lab("oneshot");
-    Server::Vsftpd.start(&mut lab).unwrap();
-    lab.start_loader(&[]).unwrap();
-    let script = format!(
-        r#"
-import ftplib, socket, sys
-ftp = ftplib.FTP()
-ftp.connect("{SERVER_IP}", 21, timeout=10)
-ftp.login()
-reply = ftp.sendcmd("PASV")
-host, port = ftplib.parse227(reply)
+    let lab = guarded_lab("oneshot");
+    let script = ftplib_after_pasv()
+        + r#"
 first = socket.create_connection((host, port), timeout=5)
 try:
     socket.create_connection((host, port), timeout=2)
@@ -198,8 +206,7 @@ first.close()
 print("first-received", received)
 ftp.voidresp()
 ftp.quit()
-"#
-    );
+"#;
     let output = lab
         .client("/usr/bin/python3")
         .args(["-c", &script])
@@ -250,16 +257,9 @@ fn loader_reports_bad_input_in_one_sentence() {
 /// announced data connection, then the admitted one.
 #[test]
 fn expectations_and_flows_are_listed() {
-    let mut lab = lab("list");
-    Server::Vsftpd.start(&mut lab).unwrap();
-    lab.start_loader(&[]).unwrap();
-    let script = format!(
-        r#"
-import ftplib, socket, subprocess, sys
-ftp = ftplib.FTP()
-ftp.connect("{SERVER_IP}", 21, timeout=10)
-ftp.login()
-host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+    let lab = guarded_lab("list");
+    let script = ftplib_after_pasv()
+        + r#"
 print(port, ftp.sock.getsockname()[1])
 sys.stdout.flush()
 input()
@@ -267,8 +267,7 @@ data = socket.create_connection((host, port), timeout=5)
 print(data.getsockname()[1])
 sys.stdout.flush()
 input()
-"#
-    );
+"#;
     let mut session = lab
         .client("/usr/bin/python3")
         .args(["-u", "-c", &script])

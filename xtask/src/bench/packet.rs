@@ -12,13 +12,12 @@ use aya::{
 use ftp_ebpf_common::{
     addr::{FAMILY_IPV4, ipv4},
     control::ControlState,
-    expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
 };
 use ftp_loader::ebpf::{self, BASELINE_OBJECT, EGRESS_PROGRAM, INGRESS_PROGRAM, Settings};
 use tests::frame::{ACK, ControlSession, IPPROTO_UDP, PSH, SYN, Tcp, ip_frame};
 
-use super::{Bench, Figure, Section, alternate, median};
+use super::{Bench, Figure, Section, alternate, median, scale};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -124,43 +123,10 @@ fn addr(n: u32) -> [u8; 16] {
 /// the one flow the tracked-flow class belongs to.
 fn fill(ebpf: &mut Ebpf, count: u32) -> Result<()> {
     let now = ftp_loader::monotonic_ns();
-    let mut expectations: HashMap<_, ExpectKey, ExpectValue> =
-        HashMap::try_from(ebpf.map_mut("EXPECTATIONS").context("no EXPECTATIONS")?)?;
-    for i in 0..count {
-        let control = FlowKey {
-            family: FAMILY_IPV4,
-            _pad: [0; 3],
-            src_port: 40000,
-            dst_port: 21,
-            src: addr(0x0a00_0000 | i),
-            dst: addr(0xc000_0201),
-        };
-        let key = ExpectKey {
-            family: FAMILY_IPV4,
-            _pad: 0,
-            port: 20000 + (i % 40000) as u16,
-            connector: control.src,
-            listener: control.dst,
-        };
-        let value = ExpectValue {
-            expires_ns: now + 3_600_000_000_000,
-            control,
-        };
-        expectations.insert(key, value, 0)?;
-    }
+    scale::fill_expectations(ebpf, count, now)?;
+    scale::fill_flows(ebpf, count, now)?;
     let mut flows: HashMap<_, FlowKey, FlowValue> =
         HashMap::try_from(ebpf.map_mut("FLOWS").context("no FLOWS")?)?;
-    for i in 0..count {
-        let key = FlowKey {
-            family: FAMILY_IPV4,
-            _pad: [0; 3],
-            src_port: 1024 + (i % 60000) as u16,
-            dst_port: 10000,
-            src: addr(0x0b00_0000 | i),
-            dst: addr(0xc000_0201),
-        };
-        flows.insert(key, FlowValue::admitted(now), 0)?;
-    }
     let tracked = FlowKey {
         family: FAMILY_IPV4,
         _pad: [0; 3],

@@ -66,6 +66,12 @@ fn fill(ebpf: &mut Ebpf, count: u32) -> Result<()> {
     for i in 0..count {
         controls.insert(key(i, 21), state, 0)?;
     }
+    fill_expectations(ebpf, count, now)?;
+    fill_flows(ebpf, count, now)
+}
+
+/// `count` expectations of sessions from 10.0.0.0/8 to 192.0.2.1, none of the lab's hosts.
+pub(super) fn fill_expectations(ebpf: &mut Ebpf, count: u32, now: u64) -> Result<()> {
     let mut expectations: HashMap<_, ExpectKey, ExpectValue> =
         HashMap::try_from(ebpf.map_mut("EXPECTATIONS").context("no EXPECTATIONS")?)?;
     for i in 0..count {
@@ -83,6 +89,11 @@ fn fill(ebpf: &mut Ebpf, count: u32) -> Result<()> {
         };
         expectations.insert(expect, value, 0)?;
     }
+    Ok(())
+}
+
+/// `count` admitted data connections from 10.0.0.0/8, none of the lab's hosts.
+pub(super) fn fill_flows(ebpf: &mut Ebpf, count: u32, now: u64) -> Result<()> {
     let mut flows: HashMap<_, FlowKey, FlowValue> =
         HashMap::try_from(ebpf.map_mut("FLOWS").context("no FLOWS")?)?;
     for i in 0..count {
