@@ -286,7 +286,8 @@ impl Segment {
         let mut l4_offset = offset + size_of::<Ipv6Hdr>();
         let mut l4_len = usize::from(u16::from_be(ip.payload_len));
         let mut first_fragment = false;
-        for _ in 0..MAX_IPV6_EXTENSIONS {
+        // One pass more than the headers walked: it can only find TCP.
+        for _ in 0..=MAX_IPV6_EXTENSIONS {
             let len = match next {
                 IPPROTO_TCP => {
                     return Self::tcp(
@@ -323,20 +324,7 @@ impl Segment {
             l4_len = rest;
             l4_offset += len;
         }
-        match next {
-            IPPROTO_TCP => Self::tcp(
-                frame,
-                FAMILY_IPV6,
-                offset,
-                l4_offset,
-                l4_len,
-                first_fragment,
-            ),
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
-                Parsed::Uninspectable
-            }
-            _ => Parsed::Other,
-        }
+        Parsed::Uninspectable
     }
 
     /// `l4_len`: bytes from the TCP header to the end of the IP payload, as the IP

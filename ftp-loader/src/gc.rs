@@ -2,7 +2,7 @@
 //! programs leave behind.
 
 use anyhow::Result;
-use aya::{Ebpf, maps::HashMap};
+use aya::{Ebpf, Pod, maps::HashMap};
 use ftp_ebpf_common::{
     control::ControlState,
     expect::{ExpectKey, ExpectValue},
@@ -17,49 +17,38 @@ pub struct Swept {
 }
 
 pub fn sweep(ebpf: &mut Ebpf, now_ns: u64, flow_idle_timeout_ns: u64) -> Result<Swept> {
-    let mut swept = Swept::default();
-    if let Some(map) = ebpf.map_mut("EXPECTATIONS") {
-        let mut expectations: HashMap<_, ExpectKey, ExpectValue> = HashMap::try_from(map)?;
-        let expired: Vec<ExpectKey> = expectations
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| !v.is_live(now_ns))
-            .map(|(k, _)| k)
-            .collect();
-        for key in expired {
-            // The programs may have consumed it meanwhile.
-            if expectations.remove(&key).is_ok() {
-                swept.expectations += 1;
-            }
-        }
-    }
-    if let Some(map) = ebpf.map_mut("FLOWS") {
-        let mut flows: HashMap<_, FlowKey, FlowValue> = HashMap::try_from(map)?;
-        let finished: Vec<FlowKey> = flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.is_finished(now_ns, flow_idle_timeout_ns))
-            .map(|(k, _)| k)
-            .collect();
-        for key in finished {
-            if flows.remove(&key).is_ok() {
-                swept.flows += 1;
-            }
-        }
-    }
-    if let Some(map) = ebpf.map_mut("CONTROLS") {
-        let mut controls: HashMap<_, FlowKey, ControlState> = HashMap::try_from(map)?;
-        let idle: Vec<FlowKey> = controls
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.is_idle(now_ns))
-            .map(|(k, _)| k)
-            .collect();
-        for key in idle {
-            if controls.remove(&key).is_ok() {
-                swept.controls += 1;
-            }
-        }
-    }
-    Ok(swept)
+    Ok(Swept {
+        expectations: remove_where(ebpf, "EXPECTATIONS", |_: &ExpectKey, v: &ExpectValue| {
+            !v.is_live(now_ns)
+        })?,
+        flows: remove_where(ebpf, "FLOWS", |_: &FlowKey, v: &FlowValue| {
+            v.is_finished(now_ns, flow_idle_timeout_ns)
+        })?,
+        controls: remove_where(ebpf, "CONTROLS", |_: &FlowKey, v: &ControlState| {
+            v.is_idle(now_ns)
+        })?,
+    })
+}
+
+/// Removes the entries of table `name` that `done` picks; returns how many went (the
+/// programs may have removed some meanwhile).
+fn remove_where<K: Pod, V: Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    done: impl Fn(&K, &V) -> bool,
+) -> Result<usize> {
+    let Some(map) = ebpf.map_mut(name) else {
+        return Ok(0);
+    };
+    let mut table: HashMap<_, K, V> = HashMap::try_from(map)?;
+    let finished: Vec<K> = table
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| done(k, v))
+        .map(|(k, _)| k)
+        .collect();
+    Ok(finished
+        .iter()
+        .filter(|key| table.remove(key).is_ok())
+        .count())
 }
