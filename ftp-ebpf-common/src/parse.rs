@@ -182,11 +182,6 @@ impl LineScanner {
         self.phase == PHASE_SKIP_LINE && byte != b'\n'
     }
 
-    /// Whether the scanner is in the middle of a line it may announce something on.
-    pub fn mid_line(&self) -> bool {
-        self.phase != PHASE_SKIP_LINE && !(self.phase == PHASE_VERB && self.matched == 0)
-    }
-
     pub fn step(&mut self, byte: u8) -> Step {
         if byte == b'\n' {
             let end = self.end_of_line();
@@ -965,24 +960,6 @@ mod tests {
             ignored > 40,
             "most of a line that cannot announce is ignored: {ignored}"
         );
-    }
-
-    #[test]
-    fn mid_line_tells_whether_a_line_is_under_way() {
-        let mut scanner = LineScanner::new(Sender::Client);
-        assert!(!scanner.mid_line());
-        scanner.step(b'P');
-        assert!(scanner.mid_line());
-        for &b in b"ORT 1,2" {
-            scanner.step(b);
-        }
-        assert!(scanner.mid_line());
-        scanner.step(b'\n');
-        assert!(!scanner.mid_line());
-        for &b in b"NOOP" {
-            scanner.step(b);
-        }
-        assert!(!scanner.mid_line(), "a line that cannot announce anything");
     }
 
     /// Arbitrary bytes never panic and never announce a port outside 1..=65535 or more

@@ -84,9 +84,6 @@ pub fn scan(
     sender: Sender,
     direction: Direction,
 ) {
-    if segment.payload_len == 0 && !segment.ends_connection() {
-        return;
-    }
     let Some(work) = SCAN.get_ptr_mut(direction as u32) else {
         return;
     };

@@ -116,8 +116,11 @@ fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
         }
         return true;
     };
-    if let Some(flow) = segment.flow(frame) {
-        control::scan(frame, &segment, &flow, sender, direction);
+    // A control segment matters for its bytes, or for ending the connection.
+    if segment.payload_len > 0 || segment.ends_connection() {
+        if let Some(flow) = segment.flow(frame) {
+            control::scan(frame, &segment, &flow, sender, direction);
+        }
     }
     true
 }
