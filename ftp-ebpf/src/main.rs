@@ -1,6 +1,7 @@
-//! ftp-tracker's kernel programs: an XDP program on each interface's ingress and a tc
-//! program on its egress. Both scan FTP control segments in whichever direction they
-//! travel; the XDP program also guards the data ports.
+//! ftp-tracker's kernel programs: on each interface's ingress the guard, as XDP or as a tc
+//! program (the loader attaches whichever costs less there), and a tc program on its
+//! egress. All of them scan FTP control segments in whichever direction they travel; the
+//! ingress ones also guard the data ports.
 #![no_std]
 #![no_main]
 

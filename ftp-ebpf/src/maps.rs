@@ -34,8 +34,8 @@ pub static PORTS: Array<PortInfo> = Array::with_max_entries(65536, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
-/// One scan buffer per CPU and direction: a tc egress program and the XDP program never
-/// share a buffer, whatever runs on that CPU when.
+/// One scan buffer per CPU and direction: an egress program and an ingress program (XDP or
+/// tc) never share a buffer, whatever runs on that CPU when.
 #[map]
 pub static SCAN: PerCpuArray<ControlScan> = PerCpuArray::with_max_entries(2, 0);
 
