@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: what ftp-tracker costs, measured against doing nothing and against
-//! iptables with the kernel's FTP helper, in one run on this machine.
+//! `cargo xtask bench` runs this after set-up and the release build: what ftp-tracker
+//! costs, measured against doing nothing and against iptables with the kernel's FTP helper,
+//! in one run on this machine. Prints the table and writes the JSON report.
 //!
 //! Timings are noisy on a shared 2-core machine: every variant runs several times, variants
 //! alternate (A B A B ...), medians are reported, and only ratios taken in the same run are
@@ -15,9 +16,62 @@ mod sessions;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
+use clap::Parser;
 
 pub use report::{Figure, Report, Section};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask bench")]
+struct Cli {
+    /// Every measurement once and small (under a minute): checks the harness.
+    #[arg(long)]
+    quick: bool,
+    /// The release ftp-loader to run in the lab.
+    #[arg(long)]
+    loader: PathBuf,
+    /// Where the JSON report goes.
+    #[arg(long)]
+    report: PathBuf,
+    /// Sections to run (default: all).
+    sections: Vec<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = benchmark(cli) {
+        eprintln!("xtask bench: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn benchmark(cli: Cli) -> Result<()> {
+    let bench = Bench {
+        quick: cli.quick,
+        loader: cli.loader,
+    };
+    let names: Vec<&str> = if cli.sections.is_empty() {
+        sections()
+    } else {
+        cli.sections.iter().map(String::as_str).collect()
+    };
+    let report = run(&bench, &names)?;
+    println!("{}", report.table());
+    report.write(&cli.report)?;
+    println!(
+        "xtask bench: {} s; report in {}",
+        report.seconds.round(),
+        cli.report.display()
+    );
+    let missing = report.missing();
+    ensure!(
+        missing.is_empty(),
+        "figures not produced: {}",
+        missing.join(", ")
+    );
+    Ok(())
+}
+
 
 /// What a run may use and how hard it may push.
 pub struct Bench {
