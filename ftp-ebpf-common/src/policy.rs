@@ -53,6 +53,11 @@ pub fn coarse_time(now_ns: u64) -> u32 {
     (now_ns >> 30) as u32
 }
 
+/// The longest expectation timeout the programs can judge (2^62 ns, about 146 years): in
+/// `coarse_time` units it must fit a u32, or `may_be_solicited` would take it for a short
+/// one and drop the SYNs of announcements older than that.
+pub const MAX_EXPECT_TIMEOUT_NS: u64 = (1 << 62) - 1;
+
 /// How long after an admission a SYN of that connection may still arrive: Linux gives up
 /// retrying a SYN after about 127 s, other stacks sooner.
 pub const SYN_RETRY_WINDOW_NS: u64 = 130 * 1_000_000_000;
@@ -262,6 +267,18 @@ mod tests {
         // Sub-unit timeouts still cover what was just announced.
         info.announced = coarse_time(now);
         assert!(info.may_be_solicited(now + S, S));
+    }
+
+    #[test]
+    fn the_longest_expectation_timeout_still_covers_old_announcements() {
+        let mut info = PortInfo::new(PortClass::Guarded);
+        let now = u64::MAX / 2;
+        info.announced = coarse_time(now - (MAX_EXPECT_TIMEOUT_NS - (1 << 31)));
+        assert!(info.may_be_solicited(now, MAX_EXPECT_TIMEOUT_NS));
+        // A nanosecond longer and the window wraps to nothing: a port announced 20 minutes
+        // ago would look unannounced.
+        info.announced = coarse_time(now - (1 << 40));
+        assert!(!info.may_be_solicited(now, MAX_EXPECT_TIMEOUT_NS + 1));
     }
 
     #[test]

@@ -1,15 +1,14 @@
 //! The embedded kernel object and how it is loaded with an instance's settings.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::Array,
     programs::{SchedClassifier, Xdp},
 };
-use ftp_ebpf_common::{
-    control::MAX_EXPECTED,
-    policy::{PortInfo, PortPlan},
-};
+use ftp_ebpf_common::policy::{PortInfo, PortPlan};
+
+use crate::checks;
 
 /// The compiled programs, built by build.rs; 8-byte aligned as the ELF parser wants.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf.o"));
@@ -65,6 +64,15 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The tables an option sizes: (map, option, entries).
+    pub fn table_sizes(&self) -> [(&'static str, &'static str, u32); 3] {
+        [
+            ("EXPECTATIONS", "--max-expectations", self.max_expectations),
+            ("FLOWS", "--max-flows", self.max_flows),
+            ("CONTROLS", "--max-controls", self.max_controls),
+        ]
+    }
+
     pub fn port_plan(&self) -> PortPlan<'_> {
         PortPlan {
             data_ports: self.data_ports,
@@ -77,34 +85,24 @@ impl Settings {
 /// Loads the maps and both programs into the kernel (through the verifier) without
 /// attaching anything.
 pub fn load(settings: &Settings) -> Result<Ebpf> {
-    if settings.data_ports.0 == 0 || settings.data_ports.0 > settings.data_ports.1 {
-        bail!(
-            "invalid data port range {}-{}: expected LO-HI with 1 <= LO <= HI <= 65535",
-            settings.data_ports.0,
-            settings.data_ports.1
-        );
-    }
-    if !(1..=MAX_EXPECTED).contains(&usize::from(settings.max_expected)) {
-        bail!(
-            "--max-expected {} is out of range: a control connection may hold 1 to {MAX_EXPECTED} expectations",
-            settings.max_expected
-        );
-    }
+    checks::settings(settings)?;
     let timeout_ns = settings.expect_timeout_secs.saturating_mul(1_000_000_000);
     let loose = u8::from(settings.loose);
     // aya-log's levels: 3 = info, 4 = debug.
     let log_level: u8 = if settings.verbose { 4 } else { 3 };
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("EXPECT_TIMEOUT_NS", &timeout_ns, true)
         .override_global("LOOSE", &loose, true)
         .override_global("MIN_DATA_PORT", &settings.min_data_port, true)
         .override_global("MAX_EXPECTED_PER_CONTROL", &settings.max_expected, true)
-        .override_global("AYA_LOG_LEVEL", &log_level, false)
-        .map_max_entries("EXPECTATIONS", settings.max_expectations)
-        .map_max_entries("FLOWS", settings.max_flows)
-        .map_max_entries("CONTROLS", settings.max_controls)
+        .override_global("AYA_LOG_LEVEL", &log_level, false);
+    for (map, _, entries) in settings.table_sizes() {
+        loader.map_max_entries(map, entries);
+    }
+    let mut ebpf = loader
         .load(OBJECT)
-        .context("loading the eBPF maps failed")?;
+        .map_err(|error| checks::map_creation(error, settings))?;
 
     let mut ports: Array<_, PortInfo> = Array::try_from(
         ebpf.map_mut("PORTS")

@@ -2,6 +2,7 @@
 //! reports what they track.
 
 pub mod attach;
+pub mod checks;
 pub mod ebpf;
 pub mod gc;
 pub mod pins;

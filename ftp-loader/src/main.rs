@@ -1,10 +1,11 @@
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aya::Ebpf;
 use clap::{Args, Parser, Subcommand};
 use ftp_loader::{
     attach::{self, Attachment, XdpChoice},
+    checks::{self, Task},
     ebpf::{self, Settings},
     gc, monotonic_ns,
     pins::{self, DEFAULT_PIN_DIR, PinDir},
@@ -150,6 +151,12 @@ fn main() {
         .format_target(false)
         .format_timestamp(None)
         .init();
+    if cli.command.is_some() {
+        // A listing piped into `head` ends when the pipe closes, as other tools' listings
+        // do, rather than panicking on the failed write (Rust ignores SIGPIPE by default).
+        // SAFETY: restoring the default disposition, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Some(Command::Stats { json, pin_dir }) => print_stats(&pin_dir, json),
         Some(Command::Expectations { json, pin_dir }) => print_table(
@@ -170,18 +177,9 @@ fn main() {
     }
 }
 
-fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "ftp-loader needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach eBPF programs: run it with sudo"
-        );
-    }
-    Ok(())
-}
-
 fn print_stats(pin_dir: &std::path::Path, json: bool) -> Result<()> {
-    require_root()?;
+    checks::capabilities(Task::Read)?;
+    checks::pin_readable(pin_dir, "STATS")?;
     let map = pins::open(pin_dir, "STATS")?;
     let counters = stats::read(&map)?;
     if json {
@@ -202,7 +200,8 @@ fn print_table(
     as_json: Json,
     as_text: Text,
 ) -> Result<()> {
-    require_root()?;
+    checks::capabilities(Task::Read)?;
+    checks::pin_readable(pin_dir, map)?;
     let map = pins::open(pin_dir, map)?;
     if json {
         println!(
@@ -216,10 +215,8 @@ fn print_table(
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    require_root()?;
-    for interface in &args.interfaces {
-        attach::check_interface(interface)?;
-    }
+    checks::capabilities(Task::Run)?;
+    checks::interfaces(&args.interfaces)?;
     let settings = Settings {
         data_ports: args.data_ports,
         control_ports: args.control_ports,
@@ -234,6 +231,10 @@ fn run(args: RunArgs) -> Result<()> {
         min_data_port: args.min_data_port,
         verbose: args.verbose,
     };
+    // Refused before the pin directory is taken or bpffs mounted; `ebpf::load` checks the
+    // settings again for callers other than this one.
+    checks::settings(&settings)?;
+    checks::pin_dir_writable(&args.pin_dir)?;
     let pin_dir = PinDir::acquire(&args.pin_dir)?;
     let mut ebpf = ebpf::load(&settings)?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the eBPF log reader")?;

@@ -33,9 +33,13 @@ fn mount_bpffs() -> Result<()> {
         )
     };
     if rc != 0 {
+        let why = if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+            "this user may not mount it (that takes CAP_SYS_ADMIN)"
+        } else {
+            "mounting it failed"
+        };
         bail!(
-            "the BPF filesystem is not mounted at {BPF_FS} and mounting it failed ({}): mount it with `mount -t bpf bpf {BPF_FS}`",
-            std::io::Error::last_os_error()
+            "the BPF filesystem is not mounted at {BPF_FS} and {why}: mount it with `sudo mount -t bpf bpf {BPF_FS}`"
         );
     }
     log::info!("mounted the BPF filesystem at {BPF_FS} (it was not mounted)");
@@ -67,8 +71,8 @@ impl PinDir {
         }
         if !is_bpffs(parent) {
             bail!(
-                "{} is not a BPF filesystem, so the counters cannot be shared: mount it with `mount -t bpf bpf {}`",
-                parent.display(),
+                "--pin-dir {} must lie inside a BPF filesystem (such as {BPF_FS}), and {} is not one: give a --pin-dir under {BPF_FS}",
+                dir.display(),
                 parent.display()
             );
         }

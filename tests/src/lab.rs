@@ -75,6 +75,8 @@ pub struct Lab {
     id: String,
     /// Namespaces a test added (`add_namespace`), removed with the lab's own.
     extra_ns: Vec<String>,
+    /// BPF filesystems a test mounted (`mount_bpffs`), unmounted with the lab.
+    mounts: Vec<PathBuf>,
     dir: PathBuf,
     loader_bin: PathBuf,
     loader: Option<Child>,
@@ -192,6 +194,7 @@ impl Lab {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{id}")),
             id,
             extra_ns: Vec::new(),
+            mounts: Vec::new(),
             dir,
             loader_bin: loader_bin.to_owned(),
             loader: None,
@@ -265,6 +268,18 @@ impl Lab {
         run(Command::new("ip").args(["netns", "add", &ns]))?;
         self.extra_ns.push(ns.clone());
         Ok(ns)
+    }
+
+    /// Mounts a BPF filesystem of its own at the lab's `name`, open to every user (mode
+    /// 0755) unlike the usual /sys/fs/bpf, and unmounted with the lab.
+    pub fn mount_bpffs(&mut self, name: &str) -> Result<PathBuf> {
+        let dir = self.file(name);
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("mount")
+            .args(["-t", "bpf", "-o", "mode=0755", "bpf"])
+            .arg(&dir))?;
+        self.mounts.push(dir.clone());
+        Ok(dir)
     }
 
     pub fn ftp_root(&self) -> PathBuf {
@@ -445,6 +460,9 @@ impl Drop for Lab {
         {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        for mount in &self.mounts {
+            let _ = Command::new("umount").arg(mount).status();
+        }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -460,7 +478,7 @@ pub fn netns(ns: &str, program: &str) -> Command {
 
 /// `nsenter --net`: switches only the network namespace, so the shared bpffs (and the
 /// loader's pins) stay visible.
-fn nsenter(ns: &str, program: &Path) -> Command {
+pub fn nsenter(ns: &str, program: &Path) -> Command {
     let mut command = Command::new("nsenter");
     command.arg(format!("--net=/run/netns/{ns}")).arg(program);
     command
