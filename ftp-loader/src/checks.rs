@@ -173,7 +173,10 @@ pub fn pin_dir_writable(dir: &Path) -> Result<()> {
             closed.display()
         );
     }
-    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(Path::new("/"));
+    let existing = dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"));
     if access(existing, libc::W_OK | libc::X_OK).is_err() {
         bail!(
             "user {user} may not write to {}, so it cannot keep its pins in {}: create that directory for it with `{create}` (once the BPF filesystem is mounted)",

@@ -28,8 +28,11 @@ fn lab(tag: &str) -> Lab {
 
 /// ftp-loader with `args`, in the lab's server namespace, as root.
 fn loader(lab: &Lab, args: &[&str]) -> Output {
-    output_within(nsenter(&lab.server_ns, &default_loader_bin()).args(args), LIMIT)
-        .expect("running ftp-loader")
+    output_within(
+        nsenter(&lab.server_ns, &default_loader_bin()).args(args),
+        LIMIT,
+    )
+    .expect("running ftp-loader")
 }
 
 /// The one sentence a refused command printed, after checking that it is one: exit
@@ -73,7 +76,10 @@ fn refused_run(lab: &Lab, args: &[&str]) -> String {
 fn an_interface_named_twice_is_refused() {
     let lab = lab("twice");
     let sentence = refused_run(&lab, &[SERVER_IF]);
-    assert_mentions(&sentence, &["`srv0` is named twice", "name each interface once"]);
+    assert_mentions(
+        &sentence,
+        &["`srv0` is named twice", "name each interface once"],
+    );
 
     // An alternative name is the same interface too.
     run(Command::new("ip").args([
@@ -110,13 +116,18 @@ fn upper_bound(sentence: &str) -> u64 {
         .1;
     let rest = rest.strip_prefix("about ").unwrap_or(rest);
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().unwrap_or_else(|_| panic!("no bound in: {sentence}"))
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no bound in: {sentence}"))
 }
 
 #[test]
 fn a_table_larger_than_the_kernel_holds_names_its_option_and_the_sizes_that_work() {
     let lab = lab("e2big");
-    for (option, entries) in [("--max-flows", "4000000000"), ("--max-expectations", "2147483649")] {
+    for (option, entries) in [
+        ("--max-flows", "4000000000"),
+        ("--max-expectations", "2147483649"),
+    ] {
         let sentence = refused_run(&lab, &[option, entries]);
         assert_mentions(
             &sentence,
@@ -147,7 +158,8 @@ impl MemoryCgroup {
         };
         let path = own
             .lines()
-            .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+            // hierarchy-id:controllers:path
+            .filter_map(|l| l.split_once(':')?.1.split_once(':'))
             .find(|(controllers, _)| {
                 if v2 {
                     controllers.is_empty()
@@ -198,10 +210,13 @@ fn a_table_larger_than_memory_allows_names_its_option_and_a_size_that_fits() {
     let pin_dir = lab.pin_dir.to_str().unwrap();
     let attempt = |entries: &str| {
         output_within(
-            &mut cgroup.wrap(
-                nsenter(&lab.server_ns, &default_loader_bin())
-                    .args([SERVER_IF, "--pin-dir", pin_dir, "--max-flows", entries]),
-            ),
+            &mut cgroup.wrap(nsenter(&lab.server_ns, &default_loader_bin()).args([
+                SERVER_IF,
+                "--pin-dir",
+                pin_dir,
+                "--max-flows",
+                entries,
+            ])),
             LIMIT,
         )
         .unwrap()
@@ -209,7 +224,11 @@ fn a_table_larger_than_memory_allows_names_its_option_and_a_size_that_fits() {
     let sentence = refusal(&attempt("20000000"));
     assert_mentions(
         &sentence,
-        &["--max-flows 20000000", "more kernel memory", "MiB are available"],
+        &[
+            "--max-flows 20000000",
+            "more kernel memory",
+            "MiB are available",
+        ],
     );
     let fits = upper_bound(&sentence);
     assert!(fits < 20_000_000, "{sentence}");
@@ -240,10 +259,7 @@ fn a_table_larger_than_memory_allows_names_its_option_and_a_size_that_fits() {
 fn a_pin_dir_outside_bpffs_must_lie_inside_one() {
     let lab = lab("pin-tmp");
     let outside = lab.file("pins");
-    let output = loader(
-        &lab,
-        &[SERVER_IF, "--pin-dir", outside.to_str().unwrap()],
-    );
+    let output = loader(&lab, &[SERVER_IF, "--pin-dir", outside.to_str().unwrap()]);
     let sentence = refusal(&output);
     assert_mentions(
         &sentence,
@@ -252,7 +268,10 @@ fn a_pin_dir_outside_bpffs_must_lie_inside_one() {
             "give a --pin-dir under /sys/fs/bpf",
         ],
     );
-    assert!(!sentence.contains("mount"), "no mount over /tmp: {sentence}");
+    assert!(
+        !sentence.contains("mount"),
+        "no mount over /tmp: {sentence}"
+    );
     assert!(!outside.exists());
 }
 
@@ -262,7 +281,10 @@ fn contradictory_options_are_refused() {
     for (args, expected) in [
         (
             &["--data-ports", "1024-1500", "--min-data-port", "2000"][..],
-            &["--min-data-port 2000 is above the top of --data-ports 1024-1500", "at most 1500"][..],
+            &[
+                "--min-data-port 2000 is above the top of --data-ports 1024-1500",
+                "at most 1500",
+            ][..],
         ),
         (
             &["--allow-port", "80"],
@@ -270,11 +292,17 @@ fn contradictory_options_are_refused() {
         ),
         (
             &["--control-port", "2121", "--allow-port", "2121"],
-            &["--allow-port 2121 is also a --control-port", "drop --allow-port 2121"],
+            &[
+                "--allow-port 2121 is also a --control-port",
+                "drop --allow-port 2121",
+            ],
         ),
         (
             &["--expect-timeout", "5000000000"],
-            &["--expect-timeout 5000000000 is longer", "give 1 to 4611686018 seconds"],
+            &[
+                "--expect-timeout 5000000000 is longer",
+                "give 1 to 4611686018 seconds",
+            ],
         ),
     ] {
         let sentence = refused_run(&lab, args);
@@ -394,7 +422,10 @@ fn a_user_with_the_capabilities_attaches_and_reads_without_root() {
         String::from_utf8_lossy(&output.stderr)
     );
     let counters: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(counters["unsolicited_dropped"].as_u64().unwrap() >= 1, "{counters}");
+    assert!(
+        counters["unsolicited_dropped"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
     let unprivileged_bpf = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
         .unwrap()
         .trim()
@@ -412,7 +443,11 @@ fn a_user_with_the_capabilities_attaches_and_reads_without_root() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(loader.0.id() as i32, libc::SIGTERM) };
     let status = loader.0.wait().unwrap();
-    assert!(status.success(), "the loader ended with {status}: {}", log());
+    assert!(
+        status.success(),
+        "the loader ended with {status}: {}",
+        log()
+    );
     assert!(!pin_dir.join("STATS").exists(), "pins left behind");
 }
 
