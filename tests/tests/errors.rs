@@ -310,6 +310,31 @@ fn contradictory_options_are_refused() {
     }
 }
 
+#[test]
+fn a_second_instance_and_a_listing_without_an_instance_are_refused() {
+    let mut lab = lab("second");
+    let pin_dir = lab.pin_dir.to_str().unwrap().to_owned();
+    let sentence = refusal(&loader(&lab, &["stats", "--pin-dir", &pin_dir]));
+    assert_mentions(
+        &sentence,
+        &[
+            "no ftp-loader is running with pin directory",
+            "ftp-loader <interface>",
+        ],
+    );
+    lab.start_loader(&[]).unwrap();
+    let sentence = refusal(&loader(&lab, &[SERVER_IF, "--pin-dir", &pin_dir]));
+    assert_mentions(
+        &sentence,
+        &[
+            "another ftp-loader is running with pin directory",
+            "--pin-dir",
+        ],
+    );
+    // The first one still runs and still has its pins.
+    assert!(lab.stats().is_ok(), "{}", lab.loader_log());
+}
+
 /// `command` as user nobody with exactly the capabilities `caps` (setpriv's names).
 fn as_nobody(caps: &[&str], command: &Command) -> Command {
     let set = caps
