@@ -144,7 +144,8 @@ pub fn attach(
 ) -> Result<Attached> {
     // The tc programs need the clsact qdisc; it may already be there.
     if let Err(e) = tc::qdisc_add_clsact(interface) {
-        let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        let exists =
+            matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
         if !exists {
             return Err(e).with_context(|| format!("adding the clsact qdisc to {interface}"));
         }
@@ -270,15 +271,10 @@ fn attach_tc(ebpf: &mut Ebpf, interface: &str, at: TcAttachType, old: Option<Hoo
     // The predecessor's filter is replaced in place. It may have gone meanwhile (removed by
     // hand): then it is created below.
     if old == Some(Hook::Clsact) {
-        let replaced = SchedClassifierLink::attached(
-            interface,
-            at,
-            CLSACT_PRIORITY,
-            CLSACT_HANDLE,
-            None,
-        )
-        .ok()
-        .and_then(|link| classifier.attach_to_link(link).ok());
+        let replaced =
+            SchedClassifierLink::attached(interface, at, CLSACT_PRIORITY, CLSACT_HANDLE, None)
+                .ok()
+                .and_then(|link| classifier.attach_to_link(link).ok());
         if let Some(id) = replaced {
             // Dropping the handle would delete the filter: it is meant to outlive us.
             std::mem::forget(classifier.take_link(id)?);
@@ -342,7 +338,12 @@ enum XdpMode {
 /// Sets (or with `None` removes) the XDP program of `interface` through rtnetlink, where
 /// the attachment belongs to the interface rather than to a descriptor of ours. Unless
 /// `replace`, it fails when a program is already attached.
-fn set_xdp(interface: &str, program: Option<RawFd>, mode: XdpMode, replace: bool) -> io::Result<()> {
+fn set_xdp(
+    interface: &str,
+    program: Option<RawFd>,
+    mode: XdpMode,
+    replace: bool,
+) -> io::Result<()> {
     const RTM_SETLINK: u16 = 19;
     const IFLA_XDP: u16 = 43;
     const NLA_F_NESTED: u16 = 1 << 15;
@@ -365,7 +366,11 @@ fn set_xdp(interface: &str, program: Option<RawFd>, mode: XdpMode, replace: bool
         flags |= XDP_FLAGS_UPDATE_IF_NOEXIST;
     }
     let mut attributes = Vec::new();
-    attribute(&mut attributes, IFLA_XDP_FD, &program.unwrap_or(-1).to_ne_bytes());
+    attribute(
+        &mut attributes,
+        IFLA_XDP_FD,
+        &program.unwrap_or(-1).to_ne_bytes(),
+    );
     attribute(&mut attributes, IFLA_XDP_FLAGS, &flags.to_ne_bytes());
     let mut body = vec![0u8; 16]; // struct ifinfomsg, AF_UNSPEC
     body[4..8].copy_from_slice(&(index as i32).to_ne_bytes());

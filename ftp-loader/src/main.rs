@@ -639,8 +639,7 @@ impl Instance {
     fn interface_event(&mut self, event: LinkEvent) -> Result<()> {
         match event {
             LinkEvent::Deleted(name) => {
-                let Some(index) = self.attached.iter().position(|a| a.record.name == name)
-                else {
+                let Some(index) = self.attached.iter().position(|a| a.record.name == name) else {
                     return Ok(());
                 };
                 // Its attachments went with it.
@@ -649,17 +648,16 @@ impl Instance {
                 self.record.set(gone);
                 self.record.write()?;
                 if self.exit_on_interface_loss {
-                    bail!("interface {name} was deleted, and its guard with it (--exit-on-interface-loss)");
+                    bail!(
+                        "interface {name} was deleted, and its guard with it (--exit-on-interface-loss)"
+                    );
                 }
                 warn!(
                     "interface {name} was deleted, and its guard with it; it will be attached again when an interface of that name appears"
                 );
             }
             LinkEvent::New(name) => {
-                let returns = self
-                    .record
-                    .interface(&name)
-                    .is_some_and(|i| !i.present);
+                let returns = self.record.interface(&name).is_some_and(|i| !i.present);
                 if !returns {
                     return Ok(());
                 }

@@ -154,8 +154,7 @@ impl PinDir {
                 parent.display()
             );
         }
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let Some(lock) = lock(dir, libc::LOCK_EX)? else {
             bail!(
                 "another ftp-loader is running with pin directory {}: stop it first, or give this one its own --pin-dir",
@@ -277,8 +276,7 @@ fn migrate(ebpf: &mut Ebpf, name: &str, old: MapData) -> Result<bool> {
 
 fn copy<K: Pod, V: Pod>(old: MapData, new: &mut Map) -> Result<bool> {
     let info = old.info()?;
-    if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>()
-    {
+    if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>() {
         return Ok(false);
     }
     let old = match info.map_type()? {

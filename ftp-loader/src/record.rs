@@ -117,8 +117,7 @@ impl Record {
     }
 
     pub fn write(&self) -> Result<()> {
-        std::fs::create_dir_all(RECORD_DIR)
-            .with_context(|| format!("creating {RECORD_DIR}"))?;
+        std::fs::create_dir_all(RECORD_DIR).with_context(|| format!("creating {RECORD_DIR}"))?;
         let path = path_for(&self.pin_dir);
         // Written whole and renamed, so that a reader never sees half of it.
         let partial = path.with_extension("json.partial");

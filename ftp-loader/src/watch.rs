@@ -132,14 +132,20 @@ pub fn request(kind: u16, body: &[u8]) -> io::Result<()> {
     }
     let mut reply = [0u8; 4096];
     // SAFETY: reading into a buffer we own, of its length.
-    let n = unsafe { libc::recv(socket.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            reply.as_mut_ptr().cast(),
+            reply.len(),
+            0,
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
     let reply = &reply[..n as usize];
     // An acknowledgement is an error message whose code is 0.
-    if reply.len() >= NLMSG_HDRLEN + 4 && u16::from_ne_bytes([reply[4], reply[5]]) == NLMSG_ERROR
-    {
+    if reply.len() >= NLMSG_HDRLEN + 4 && u16::from_ne_bytes([reply[4], reply[5]]) == NLMSG_ERROR {
         let code = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
         return if code == 0 {
             Ok(())

@@ -310,8 +310,9 @@ impl Lab {
         let log = self.dir.join("loader.log");
         let loader = &mut self.loader;
         // Its tables may be pinned already (by a predecessor): it is ready once it has
-        // attached to its interface and says how to stop it.
-        wait_for("ftp-loader to attach", || {
+        // attached to its interface and says how to stop it. Verifying the programs takes
+        // seconds, more on a loaded machine running tests in parallel.
+        wait_within("ftp-loader to attach", Duration::from_secs(60), || {
             if let Some(Ok(Some(status))) = loader.as_mut().map(Child::try_wait) {
                 return Err(anyhow::anyhow!("ftp-loader exited early ({status})"));
             }
@@ -466,8 +467,17 @@ impl Lab {
 }
 
 /// Polls `ready` for up to 10 s.
-pub fn wait_for(what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub fn wait_for(what: &str, ready: impl FnMut() -> Result<bool>) -> Result<()> {
+    wait_within(what, Duration::from_secs(10), ready)
+}
+
+/// Polls `ready` for up to `limit`.
+pub fn wait_within(
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
     while !ready()? {
         ensure!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));

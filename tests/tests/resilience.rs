@@ -164,7 +164,11 @@ fn signals_reload_nothing_or_leave_the_guard_for_unload() {
         Ok(lab.loader_log().contains("nothing to reload"))
     })
     .unwrap();
-    assert!(lab.loader_report(&["status"]).unwrap().contains("running for"));
+    assert!(
+        lab.loader_report(&["status"])
+            .unwrap()
+            .contains("running for")
+    );
 
     lab.signal_loader(libc::SIGUSR1).unwrap();
     assert!(lab.wait_loader().unwrap().success());
