@@ -19,9 +19,6 @@ use crate::{
 /// be masked into range.
 pub const MAX_EXPECTED: usize = 4;
 
-/// Control connections idle longer than this are forgotten (their lines start afresh).
-pub const CONTROL_IDLE_NS: u64 = 3600 * 1_000_000_000;
-
 /// The key of the control connection a segment belongs to.
 pub fn control_key(segment: &FlowKey, sender: Sender) -> FlowKey {
     match sender {
@@ -150,10 +147,6 @@ impl ControlState {
         self.expected_next = if index + 1 < cap { index + 1 } else { 0 };
         self.expected_count = (held + 1).min(cap);
         displaced
-    }
-
-    pub fn is_idle(&self, now_ns: u64) -> bool {
-        now_ns.saturating_sub(self.last_seen_ns) >= CONTROL_IDLE_NS
     }
 }
 

@@ -69,7 +69,7 @@ impl FlowValue {
         now_ns.saturating_sub(self.last_seen_ns) >= LAST_SEEN_GRANULARITY_NS
     }
 
-    /// Whether the garbage collector may delete the flow.
+    /// Whether the flow is over: closed for the grace time, or idle for the timeout.
     pub fn is_finished(&self, now_ns: u64, idle_timeout_ns: u64) -> bool {
         let closed = self.closing_since_ns != 0
             && now_ns.saturating_sub(self.closing_since_ns) >= CLOSE_GRACE_NS;

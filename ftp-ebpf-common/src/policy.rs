@@ -126,7 +126,6 @@ pub struct Rules {
     pub loose: bool,
     /// Data ports below this are refused: no FTP bounce to port 25 and friends.
     pub min_data_port: u16,
-    pub timeout_ns: u64,
 }
 
 /// Why an announcement created nothing.
@@ -213,7 +212,6 @@ mod tests {
     const RULES: Rules = Rules {
         loose: false,
         min_data_port: 1024,
-        timeout_ns: 300,
     };
 
     /// The control connection, client -> server.

@@ -12,7 +12,7 @@ use ftp_ebpf_common::{
 
 use crate::{
     Direction,
-    maps::{EXPECT_TIMEOUT_NS, EXPECTATIONS, FLOWS, count, now_ns},
+    maps::{EXPECTATIONS, FLOW_IDLE_TIMEOUT_NS, FLOWS, count, now_ns},
     packet::{Frame, Segment},
 };
 
@@ -48,7 +48,15 @@ pub fn new_connection(syn: &FlowKey, port: *mut PortInfo, now: u64, direction: D
     // SAFETY: an array map value, valid for the program's run.
     let port = unsafe { &mut *port };
     // SAFETY: map lookups of plain data.
-    let tracked = unsafe { FLOWS.get(syn) }.is_some();
+    let tracked = match unsafe { FLOWS.get(syn) } {
+        // Nothing sweeps the table: a finished flow is judged here, so that a new
+        // connection reusing its 5-tuple needs an announcement of its own.
+        Some(flow) if flow.is_finished(now, FLOW_IDLE_TIMEOUT_NS.load()) => {
+            let _ = FLOWS.remove(syn);
+            false
+        }
+        found => found.is_some(),
+    };
     let key = ExpectKey::for_syn(syn);
     let expectation = if tracked {
         None

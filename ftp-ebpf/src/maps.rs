@@ -3,7 +3,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use ftp_ebpf_common::{
     control::ControlState,
@@ -15,16 +15,22 @@ use ftp_ebpf_common::{
 
 use crate::control::ControlScan;
 
-/// The loader sizes the tables at load time; these are the defaults.
+// The loader sizes the tables at load time; these are the defaults. The three tables are
+// LRU maps so that nothing has to sweep them: what is stale is judged when it is looked up
+// (an expired expectation, a finished flow), and the kernel reuses the least recently used
+// entries when a table is full. All expectations live equally long, so the least recently
+// used one is the first to expire; a flow or control connection evicted while still in use
+// loses nothing the guard needs, as only SYNs are judged.
 #[map]
-pub static EXPECTATIONS: HashMap<ExpectKey, ExpectValue> = HashMap::with_max_entries(65536, 0);
+pub static EXPECTATIONS: LruHashMap<ExpectKey, ExpectValue> =
+    LruHashMap::with_max_entries(65536, 0);
 
 /// Control connections, keyed client -> server.
 #[map]
-pub static CONTROLS: HashMap<FlowKey, ControlState> = HashMap::with_max_entries(65536, 0);
+pub static CONTROLS: LruHashMap<FlowKey, ControlState> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
-pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(262144, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(262144, 0);
 
 /// One `PortInfo` per TCP port: the class the loader gave it, and when it was last
 /// announced and admitted.
@@ -41,6 +47,9 @@ pub static SCAN: PerCpuArray<ControlScan> = PerCpuArray::with_max_entries(2, 0);
 
 #[unsafe(no_mangle)]
 pub static EXPECT_TIMEOUT_NS: Global<u64> = Global::new(300_000_000_000);
+/// Silence after which a tracked data connection is forgotten.
+#[unsafe(no_mangle)]
+pub static FLOW_IDLE_TIMEOUT_NS: Global<u64> = Global::new(300_000_000_000);
 /// 1 accepts announced addresses other than the announcer's own.
 #[unsafe(no_mangle)]
 pub static LOOSE: Global<u8> = Global::new(0);
@@ -55,7 +64,6 @@ pub fn rules() -> Rules {
     Rules {
         loose: LOOSE.load() != 0,
         min_data_port: MIN_DATA_PORT.load(),
-        timeout_ns: EXPECT_TIMEOUT_NS.load(),
     }
 }
 

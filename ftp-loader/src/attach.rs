@@ -1,17 +1,25 @@
 //! Attaching to interfaces: the guard on ingress, on the hook that costs least there
-//! (native XDP on a NIC whose driver runs it, tc elsewhere), and the scanner on tc egress
-//! (tcx where the kernel has it, the clsact qdisc before 6.6).
+//! (native XDP on a NIC whose driver runs it, tc elsewhere), and the scanner on tc egress.
 
-use std::fmt;
+use std::{
+    fmt, io,
+    os::fd::{AsFd, AsRawFd, RawFd},
+};
 
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
-    util::KernelVersion,
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp,
+        links::Link,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+    },
 };
 
-use crate::ebpf::{EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM};
+use crate::{
+    ebpf::{EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
+    record::{Hook, Interface, now_unix},
+};
 
 /// What `--xdp-mode` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -24,44 +32,6 @@ pub enum XdpChoice {
     Skb,
     /// No XDP: the guard runs as a tc ingress program, after GRO.
     Tc,
-}
-
-/// Where the guard ended up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IngressHook {
-    XdpNative,
-    XdpGeneric,
-    Tc,
-}
-
-impl fmt::Display for IngressHook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            IngressHook::XdpNative => "native XDP",
-            IngressHook::XdpGeneric => "generic XDP",
-            IngressHook::Tc => "tc",
-        })
-    }
-}
-
-/// How an interface ended up attached, for the start-up line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attachment {
-    pub interface: String,
-    pub ingress: IngressHook,
-    pub reason: String,
-    pub tcx: bool,
-}
-
-impl fmt::Display for Attachment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tc = if self.tcx { "tcx" } else { "the clsact qdisc" };
-        write!(
-            f,
-            "{}: guard on {} ingress ({}), scanner on egress via {tc}",
-            self.interface, self.ingress, self.reason
-        )
-    }
 }
 
 pub fn check_interface(name: &str) -> Result<()> {
@@ -119,83 +89,299 @@ fn driver_info(interface: &str) -> Option<(String, String)> {
     ok.then(|| (text(&info.driver), text(&info.bus_info)))
 }
 
-pub fn attach(ebpf: &mut Ebpf, interface: &str, choice: XdpChoice) -> Result<Attachment> {
-    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    if !tcx {
-        // Before tcx, a tc program needs the clsact qdisc; it may already be there.
-        if let Err(e) = tc::qdisc_add_clsact(interface) {
-            let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
-            if !exists {
-                return Err(e).with_context(|| format!("adding the clsact qdisc to {interface}"));
-            }
+/// The clsact filters of an instance sit at this fixed priority and handle, so that a
+/// loader taking over finds its predecessor's filter and replaces it in place, and
+/// `unload` finds it after a crash.
+const CLSACT_PRIORITY: u16 = 21;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 0xf7f);
+
+/// An interface as attached by this loader.
+///
+/// Every attachment is one that outlives the process: a clsact filter, or XDP set through
+/// rtnetlink. (tcx and XDP links would go with the loader unless pinned, and pinning a
+/// link is refused on some kernels, this project's own machines among them.) A killed
+/// loader therefore leaves the guard working.
+pub struct Attached {
+    pub record: Interface,
+    pub reason: String,
+    /// Whether the programs replaced those of a previous instance in place.
+    pub took_over: bool,
+}
+
+impl fmt::Display for Attached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: guard on {} ingress ({}), scanner on egress via {}",
+            self.record.name,
+            self.record.ingress.name(),
+            self.reason,
+            self.record.egress.name()
+        )?;
+        if self.took_over {
+            f.write_str("; the previous instance's programs were replaced in place")?;
+        }
+        Ok(())
+    }
+}
+
+impl Attached {
+    /// Takes the programs off the interface.
+    pub fn detach(&self) -> Result<()> {
+        detach(&self.record)
+    }
+}
+
+/// Attaches the programs to `interface`. `previous` is what the last instance with this
+/// pin directory attached there: where the hook is the same, its program is replaced in
+/// place (no moment unguarded); where it differs, the new hook is attached before the old
+/// one is removed.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    interface: &str,
+    choice: XdpChoice,
+    previous: Option<&Interface>,
+) -> Result<Attached> {
+    // The tc programs need the clsact qdisc; it may already be there.
+    if let Err(e) = tc::qdisc_add_clsact(interface) {
+        let exists =
+            matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(e).with_context(|| format!("adding the clsact qdisc to {interface}"));
         }
     }
+    let previous = previous.filter(|p| p.present);
+    let old_ingress = previous.map(|p| p.ingress);
+    let (wanted, mut reason, fall_back) = choose(interface, choice);
+    let ingress = if wanted.is_xdp() {
+        match attach_xdp(ebpf, interface, wanted, old_ingress) {
+            Ok(()) => {
+                if fall_back {
+                    reason = format!("auto: {reason} runs XDP natively");
+                }
+                wanted
+            }
+            Err(error) if fall_back => {
+                reason = format!("auto: {reason} refused native XDP ({error:#})");
+                attach_tc(ebpf, interface, TcAttachType::Ingress, old_ingress)?;
+                Hook::Clsact
+            }
+            Err(error) => return Err(error),
+        }
+    } else {
+        attach_tc(ebpf, interface, TcAttachType::Ingress, old_ingress)?;
+        Hook::Clsact
+    };
+    // The old ingress hook goes only once the new one guards.
+    if let Some(old) = old_ingress.filter(|&old| old != ingress) {
+        detach_ingress(interface, old)?;
+    }
+    let old_egress = previous.map(|p| p.egress);
+    attach_tc(ebpf, interface, TcAttachType::Egress, old_egress)?;
+    Ok(Attached {
+        record: Interface {
+            name: interface.to_owned(),
+            ingress,
+            egress: Hook::Clsact,
+            since: previous.map_or_else(now_unix, |p| p.since),
+            present: true,
+        },
+        reason,
+        took_over: old_ingress == Some(ingress) && old_egress == Some(Hook::Clsact),
+    })
+}
+
+/// The ingress hook `choice` asks for on `interface`: (hook, why, whether to fall back to
+/// tc if native XDP is refused). For `auto` on a NIC, "why" names the driver.
+fn choose(interface: &str, choice: XdpChoice) -> (Hook, String, bool) {
     let info = driver_info(interface);
     let physical_driver = match &info {
         Some((driver, bus)) if !bus.is_empty() => Some(driver.clone()),
         _ => None,
     };
+    let requested = "as requested".to_owned();
+    match (choice, physical_driver) {
+        (XdpChoice::Native, _) => (Hook::XdpNative, requested, false),
+        (XdpChoice::Skb, _) => (Hook::XdpGeneric, requested, false),
+        (XdpChoice::Tc, _) => (Hook::Clsact, requested, false),
+        (XdpChoice::Auto, None) => {
+            let kind = info.map_or_else(|| "virtual".to_owned(), |(driver, _)| driver);
+            (
+                Hook::Clsact,
+                format!(
+                    "auto: {interface} is a {kind} device; there tc costs least: it runs once per GRO-aggregated packet, generic XDP once per wire packet, and native XDP takes TSO away from the peer (half the upload throughput on a veth)"
+                ),
+                false,
+            )
+        }
+        (XdpChoice::Auto, Some(driver)) => (Hook::XdpNative, format!("driver {driver}"), true),
+    }
+}
+
+fn xdp_mode(hook: Hook) -> XdpMode {
+    if hook == Hook::XdpNative {
+        XdpMode::Native
+    } else {
+        XdpMode::Generic
+    }
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, interface: &str, hook: Hook, old: Option<Hook>) -> Result<()> {
     let xdp: &mut Xdp = ebpf
         .program_mut(INGRESS_PROGRAM)
         .context("no ingress program")?
         .try_into()?;
-    let (ingress, reason) = match (choice, physical_driver) {
-        (XdpChoice::Native, _) => {
-            attach_xdp(xdp, interface, XdpMode::Driver)?;
-            (IngressHook::XdpNative, "as requested".to_owned())
+    let program = xdp.fd()?.as_fd().as_raw_fd();
+    let replace = match old {
+        Some(old) if old == hook => true,
+        // An interface runs one XDP program at most: one of another mode must go first.
+        Some(old) if old.is_xdp() => {
+            set_xdp(interface, None, xdp_mode(old), true)?;
+            false
         }
-        (XdpChoice::Skb, _) => {
-            attach_xdp(xdp, interface, XdpMode::Skb)?;
-            (IngressHook::XdpGeneric, "as requested".to_owned())
-        }
-        (XdpChoice::Tc, _) => (IngressHook::Tc, "as requested".to_owned()),
-        (XdpChoice::Auto, None) => {
-            let kind = info.map_or_else(|| "virtual".to_owned(), |(driver, _)| driver);
-            (
-                IngressHook::Tc,
-                format!(
-                    "auto: {interface} is a {kind} device; there tc costs least: it runs once per GRO-aggregated packet, generic XDP once per wire packet, and native XDP takes TSO away from the peer (half the upload throughput on a veth)"
-                ),
-            )
-        }
-        (XdpChoice::Auto, Some(driver)) => match xdp.attach(interface, XdpMode::Driver) {
-            Ok(_) => (
-                IngressHook::XdpNative,
-                format!("auto: driver {driver} runs XDP natively"),
-            ),
-            Err(native_error) => (
-                IngressHook::Tc,
-                format!("auto: driver {driver} refused native XDP ({native_error})"),
-            ),
-        },
+        _ => false,
     };
-    if ingress == IngressHook::Tc {
-        attach_tc(ebpf, INGRESS_TC_PROGRAM, interface, TcAttachType::Ingress)?;
-    }
-    attach_tc(ebpf, EGRESS_PROGRAM, interface, TcAttachType::Egress)?;
-    Ok(Attachment {
-        interface: interface.to_owned(),
-        ingress,
-        reason,
-        tcx,
+    set_xdp(interface, Some(program), xdp_mode(hook), replace).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EEXIST) {
+            anyhow::anyhow!(
+                "{interface} already runs another XDP program: detach it first (see `ip link show {interface}`), or use --xdp-mode tc"
+            )
+        } else {
+            anyhow::Error::from(e)
+                .context(format!("attaching XDP ({} mode) to {interface}", hook.name()))
+        }
     })
 }
 
-fn attach_tc(ebpf: &mut Ebpf, program: &str, interface: &str, at: TcAttachType) -> Result<()> {
+fn attach_tc(ebpf: &mut Ebpf, interface: &str, at: TcAttachType, old: Option<Hook>) -> Result<()> {
+    let program = if at == TcAttachType::Egress {
+        EGRESS_PROGRAM
+    } else {
+        INGRESS_TC_PROGRAM
+    };
+    let direction = if at == TcAttachType::Egress {
+        "egress"
+    } else {
+        "ingress"
+    };
     let classifier: &mut SchedClassifier = ebpf
         .program_mut(program)
         .with_context(|| format!("no program {program}"))?
         .try_into()?;
-    classifier
-        .attach(interface, at)
-        .map(drop)
-        .with_context(|| format!("attaching {program} to {interface} ({at:?})"))
+    // The predecessor's filter is replaced in place. It may have gone meanwhile (removed by
+    // hand): then it is created below.
+    if old == Some(Hook::Clsact) {
+        let replaced =
+            SchedClassifierLink::attached(interface, at, CLSACT_PRIORITY, CLSACT_HANDLE, None)
+                .ok()
+                .and_then(|link| classifier.attach_to_link(link).ok());
+        if let Some(id) = replaced {
+            // Dropping the handle would delete the filter: it is meant to outlive us.
+            std::mem::forget(classifier.take_link(id)?);
+            return Ok(());
+        }
+    }
+    let options = TcAttachOptions::Netlink(NlOptions {
+        priority: CLSACT_PRIORITY,
+        handle: CLSACT_HANDLE,
+        ..NlOptions::default()
+    });
+    let id = classifier
+        .attach_with_options(interface, at, options)
+        .map_err(|e| {
+            let exists = matches!(&e, ProgramError::TcError(tc::TcError::NetlinkError(n)) if n.raw_os_error() == Some(libc::EEXIST));
+            if exists {
+                anyhow::anyhow!(
+                    "{interface} is already guarded by another ftp-tracker instance (its filter is on the clsact {direction} hook): stop it, or remove it with `ftp-loader unload {interface}` and its --pin-dir"
+                )
+            } else {
+                anyhow::Error::from(e).context(format!(
+                    "attaching {program} to {interface} ({direction})"
+                ))
+            }
+        })?;
+    std::mem::forget(classifier.take_link(id)?);
+    Ok(())
 }
 
-fn attach_xdp(xdp: &mut Xdp, interface: &str, mode: XdpMode) -> Result<()> {
-    xdp.attach(interface, mode).map(drop).with_context(|| {
-        format!(
-            "attaching XDP ({mode:?} mode) to {interface} failed; if another XDP program is attached there, detach it first (see `ip link show {interface}`)"
-        )
-    })
+fn detach_filter(interface: &str, at: TcAttachType) -> Result<()> {
+    let filter =
+        SchedClassifierLink::attached(interface, at, CLSACT_PRIORITY, CLSACT_HANDLE, None)?;
+    filter
+        .detach()
+        .with_context(|| format!("removing the tc filter from {interface}"))
+}
+
+fn detach_ingress(interface: &str, hook: Hook) -> Result<()> {
+    if hook.is_xdp() {
+        set_xdp(interface, None, xdp_mode(hook), true)
+            .with_context(|| format!("removing XDP from {interface}"))
+    } else {
+        detach_filter(interface, TcAttachType::Ingress)
+    }
+}
+
+/// Takes an instance's programs off `interface` (its loader stopping, or `ftp-loader
+/// unload` after it is gone).
+pub fn detach(interface: &Interface) -> Result<()> {
+    detach_ingress(&interface.name, interface.ingress)?;
+    detach_filter(&interface.name, TcAttachType::Egress)
+}
+
+/// XDP mode for rtnetlink.
+#[derive(Clone, Copy)]
+enum XdpMode {
+    Native,
+    Generic,
+}
+
+/// Sets (or with `None` removes) the XDP program of `interface` through rtnetlink, where
+/// the attachment belongs to the interface rather than to a descriptor of ours. Unless
+/// `replace`, it fails when a program is already attached.
+fn set_xdp(
+    interface: &str,
+    program: Option<RawFd>,
+    mode: XdpMode,
+    replace: bool,
+) -> io::Result<()> {
+    const RTM_SETLINK: u16 = 19;
+    const IFLA_XDP: u16 = 43;
+    const NLA_F_NESTED: u16 = 1 << 15;
+    const IFLA_XDP_FD: u16 = 1;
+    const IFLA_XDP_FLAGS: u16 = 3;
+    const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1;
+    const XDP_FLAGS_SKB_MODE: u32 = 2;
+    const XDP_FLAGS_DRV_MODE: u32 = 4;
+    let index = std::ffi::CString::new(interface)
+        .ok()
+        // SAFETY: a valid NUL-terminated name.
+        .map(|name| unsafe { libc::if_nametoindex(name.as_ptr()) })
+        .filter(|&i| i != 0)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+    let mut flags = match mode {
+        XdpMode::Native => XDP_FLAGS_DRV_MODE,
+        XdpMode::Generic => XDP_FLAGS_SKB_MODE,
+    };
+    if !replace && program.is_some() {
+        flags |= XDP_FLAGS_UPDATE_IF_NOEXIST;
+    }
+    let mut attributes = Vec::new();
+    attribute(
+        &mut attributes,
+        IFLA_XDP_FD,
+        &program.unwrap_or(-1).to_ne_bytes(),
+    );
+    attribute(&mut attributes, IFLA_XDP_FLAGS, &flags.to_ne_bytes());
+    let mut body = vec![0u8; 16]; // struct ifinfomsg, AF_UNSPEC
+    body[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
+    attribute(&mut body, IFLA_XDP | NLA_F_NESTED, &attributes);
+    crate::watch::request(RTM_SETLINK, &body)
+}
+
+/// Appends one netlink attribute, padded to 4 bytes.
+fn attribute(buffer: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    buffer.extend(((4 + value.len()) as u16).to_ne_bytes());
+    buffer.extend(kind.to_ne_bytes());
+    buffer.extend(value);
+    buffer.resize(buffer.len().next_multiple_of(4), 0);
 }

@@ -10,12 +10,13 @@ use std::{
 
 use anyhow::{Result, anyhow, bail};
 use aya::{EbpfError, maps::MapError};
-use aya_obj::generated::{BPF_F_NO_PREALLOC, bpf_attr, bpf_cmd};
+use aya_obj::generated::{BPF_F_NO_PREALLOC, bpf_attr, bpf_cmd, bpf_map_type};
 use ftp_ebpf_common::{control::MAX_EXPECTED, policy::MAX_EXPECT_TIMEOUT_NS};
 
 use crate::{
     attach,
     ebpf::{OBJECT, Settings},
+    record::RECORD_DIR,
 };
 
 /// A capability the kernel checks on the way: its number and name.
@@ -39,6 +40,8 @@ pub enum Task {
     Run,
     /// Read the maps a running instance pinned (`stats`, `expectations`, `flows`).
     Read,
+    /// Detach what an instance left attached, through rtnetlink (`unload`).
+    Detach,
 }
 
 /// The capabilities in this process's effective set, or None if the kernel would not say
@@ -93,6 +96,7 @@ pub fn capabilities(task: Task) -> Result<()> {
         ],
         Task::Read if unprivileged_bpf_allowed() => &[],
         Task::Read => &[(CAP_BPF, "to open the running instance's maps")],
+        Task::Detach => &[(CAP_NET_ADMIN, "to detach from interfaces")],
     };
     let missing: Vec<String> = needed
         .iter()
@@ -160,14 +164,25 @@ fn closed_ancestor(path: &Path) -> Option<PathBuf> {
         .map(Path::to_owned)
 }
 
-/// The pin directory must be one this user can create (or has) and write to: the maps are
-/// pinned there as that user, after everything is attached.
-pub fn pin_dir_writable(dir: &Path) -> Result<()> {
+/// The directories a running instance writes, the pin directory and the record
+/// directory, must be ones this user can create (or has) and write to: the loader writes
+/// them as that user, after everything is attached.
+pub fn dirs_writable(pin_dir: &Path) -> Result<()> {
+    writable(pin_dir, "its pins", "once the BPF filesystem is mounted")?;
+    let record_dir = Path::new(RECORD_DIR);
+    let unit = format!(
+        "in a systemd unit: RuntimeDirectory={}",
+        record_dir.file_name().unwrap_or_default().to_string_lossy()
+    );
+    writable(record_dir, "its record of what it attached", &unit)
+}
+
+fn writable(dir: &Path, what: &str, note: &str) -> Result<()> {
     let user = effective_user();
     let create = format!("sudo install -d -o {user} {}", dir.display());
     if let Some(closed) = closed_ancestor(dir) {
         bail!(
-            "user {user} cannot reach the pin directory {} because {} is closed to it: open the way with `sudo chmod o+x {}` and create the directory for it with `{create}`",
+            "user {user} cannot reach {}, where it keeps {what}, because {} is closed to it: open the way with `sudo chmod o+x {}` and create the directory for it with `{create}`",
             dir.display(),
             closed.display(),
             closed.display()
@@ -179,7 +194,7 @@ pub fn pin_dir_writable(dir: &Path) -> Result<()> {
         .unwrap_or(Path::new("/"));
     if access(existing, libc::W_OK | libc::X_OK).is_err() {
         bail!(
-            "user {user} may not write to {}, so it cannot keep its pins in {}: create that directory for it with `{create}` (once the BPF filesystem is mounted)",
+            "user {user} may not write to {}, so it cannot keep {what} in {}: create that directory for it with `{create}` ({note})",
             existing.display(),
             dir.display()
         );
@@ -320,10 +335,14 @@ fn map_layout(map: &str) -> Option<(u32, u32, u32, u32)> {
     ))
 }
 
-/// Creates a throwaway map of `map`'s layout with `entries` entries.
-fn create_like(map: &str, entries: u32, extra_flags: u32) -> std::io::Result<OwnedFd> {
-    let (map_type, key_size, value_size, flags) =
-        map_layout(map).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+/// Creates a throwaway map.
+fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    entries: u32,
+    flags: u32,
+) -> std::io::Result<OwnedFd> {
     // SAFETY: all-zero is a valid bpf_attr (every field unset).
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // SAFETY: writing the map-creation member of the union, the one BPF_MAP_CREATE reads.
@@ -332,7 +351,7 @@ fn create_like(map: &str, entries: u32, extra_flags: u32) -> std::io::Result<Own
     create.key_size = key_size;
     create.value_size = value_size;
     create.max_entries = entries;
-    create.map_flags = flags | extra_flags;
+    create.map_flags = flags;
     // SAFETY: attr is a valid bpf_attr of the size passed.
     let fd = unsafe {
         libc::syscall(
@@ -350,15 +369,24 @@ fn create_like(map: &str, entries: u32, extra_flags: u32) -> std::io::Result<Own
 }
 
 /// The largest size below `refused` this kernel takes for `map`, asked of the kernel
-/// itself. It rounds a hash table's entries up to a power of two buckets and refuses
-/// (E2BIG) a bucket array whose size overflows, so only powers of two need asking, largest
-/// first. A refused size allocates nothing; the first accepted one allocates its bucket
-/// array for a moment (2 GiB at 2^27, a few seconds), but no entries (BPF_F_NO_PREALLOC).
+/// itself. A hash table (LRU or not) gets its entries rounded up to a power of two buckets,
+/// and the kernel refuses (E2BIG) a bucket array whose size overflows, so only powers of
+/// two need asking, largest first. The throwaway maps are plain hash maps of the same key
+/// and value sizes without preallocated entries (BPF_F_NO_PREALLOC, which LRU maps do not
+/// take): a refused size allocates nothing, the first accepted one its bucket array for a
+/// moment (2 GiB at 2^27, a few seconds).
 fn largest_accepted(map: &str, refused: u32) -> Option<u32> {
+    let (_, key_size, value_size, _) = map_layout(map)?;
     let mut size = u64::from(refused).next_power_of_two() / 2;
     while size >= 1 {
         let entries = u32::try_from(size).ok()?;
-        match create_like(map, entries, BPF_F_NO_PREALLOC) {
+        match create_map(
+            bpf_map_type::BPF_MAP_TYPE_HASH as u32,
+            key_size,
+            value_size,
+            entries,
+            BPF_F_NO_PREALLOC,
+        ) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL)) => size /= 2,
             // Created, or refused for memory only: the size itself is one the kernel takes.
             _ => return Some(entries),
@@ -371,7 +399,8 @@ fn largest_accepted(map: &str, refused: u32) -> Option<u32> {
 /// (the kernel reports a map's memory as `memlock` in its fdinfo).
 fn bytes_per_entry(map: &str) -> Option<u64> {
     const SAMPLE: u32 = 4096;
-    let fd = create_like(map, SAMPLE, 0).ok()?;
+    let (map_type, key_size, value_size, flags) = map_layout(map)?;
+    let fd = create_map(map_type, key_size, value_size, SAMPLE, flags).ok()?;
     let fdinfo = std::fs::read_to_string(format!(
         "/proc/self/fdinfo/{}",
         std::os::fd::AsRawFd::as_raw_fd(&fd)

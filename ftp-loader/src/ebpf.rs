@@ -8,7 +8,10 @@ use aya::{
 };
 use ftp_ebpf_common::policy::{PortInfo, PortPlan};
 
-use crate::checks;
+use crate::{
+    checks,
+    pins::{PinDir, STATE_MAP_NAMES},
+};
 
 /// The compiled programs, built by build.rs; 8-byte aligned as the ELF parser wants.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf.o"));
@@ -82,17 +85,42 @@ impl Settings {
     }
 }
 
-/// Loads the maps and both programs into the kernel (through the verifier) without
-/// attaching anything.
+/// Loads the maps and the programs into the kernel (through the verifier) without
+/// attaching anything; the tables are this process's own.
 pub fn load(settings: &Settings) -> Result<Ebpf> {
+    load_with(settings, None)
+}
+
+/// As `load`, with the tables pinned in `pins`: those a previous instance left there (and
+/// `PinDir::prepare` found fitting) are reused as they are.
+pub fn load_pinned(settings: &Settings, pins: &PinDir) -> Result<Ebpf> {
+    load_with(settings, Some(pins))
+}
+
+fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
     checks::settings(settings)?;
     let timeout_ns = settings.expect_timeout_secs.saturating_mul(1_000_000_000);
+    let flow_idle_ns = settings
+        .flow_idle_timeout_secs
+        .saturating_mul(1_000_000_000);
     let loose = u8::from(settings.loose);
     // aya-log's levels: 3 = info, 4 = debug.
     let log_level: u8 = if settings.verbose { 4 } else { 3 };
     let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, std::path::PathBuf)> = pins
+        .map(|pins| {
+            STATE_MAP_NAMES
+                .iter()
+                .map(|&name| (name, pins.map_path(name)))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
     loader
         .override_global("EXPECT_TIMEOUT_NS", &timeout_ns, true)
+        .override_global("FLOW_IDLE_TIMEOUT_NS", &flow_idle_ns, true)
         .override_global("LOOSE", &loose, true)
         .override_global("MIN_DATA_PORT", &settings.min_data_port, true)
         .override_global("MAX_EXPECTED_PER_CONTROL", &settings.max_expected, true)
@@ -110,7 +138,18 @@ pub fn load(settings: &Settings) -> Result<Ebpf> {
     )?;
     let plan = settings.port_plan();
     for port in 0..=u16::MAX {
-        ports.set(u32::from(port), PortInfo::new(plan.class(port)), 0)?;
+        // A table inherited from a previous instance keeps when each port was last
+        // announced and admitted: its expectations depend on them. A new table is all
+        // zeros; an initialised entry holds NEVER or a time since boot.
+        let class = plan.class(port);
+        let info = match ports.get(&u32::from(port), 0) {
+            Ok(old) if old.announced != 0 => PortInfo {
+                class: class as u8,
+                ..old
+            },
+            _ => PortInfo::new(class),
+        };
+        ports.set(u32::from(port), info, 0)?;
     }
 
     let ingress: &mut Xdp = program(&mut ebpf, INGRESS_PROGRAM)?.try_into()?;

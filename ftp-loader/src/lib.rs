@@ -4,10 +4,11 @@
 pub mod attach;
 pub mod checks;
 pub mod ebpf;
-pub mod gc;
 pub mod pins;
+pub mod record;
 pub mod stats;
 pub mod tables;
+pub mod watch;
 
 /// Nanoseconds on the clock `bpf_ktime_get_ns` reads, so userspace can judge the
 /// timestamps the programs store.

@@ -1,15 +1,17 @@
-use std::{path::PathBuf, time::Duration};
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aya::Ebpf;
 use clap::{Args, Parser, Subcommand};
 use ftp_loader::{
-    attach::{self, Attachment, XdpChoice},
+    attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     ebpf::{self, Settings},
-    gc, monotonic_ns,
-    pins::{self, DEFAULT_PIN_DIR, PinDir},
+    monotonic_ns,
+    pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
+    record::{Record, current_netns, now_unix},
     stats, tables,
+    watch::{LinkEvent, LinkWatch},
 };
 use log::{info, warn};
 use tokio::{
@@ -56,6 +58,27 @@ enum Command {
         /// A JSON array of objects.
         #[arg(long)]
         json: bool,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Show what is attached where, since when, by which build, and whether a loader
+    /// process is alive.
+    Status {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Detach what an instance left attached (after a crash, or a stop that left the guard
+    /// in place) and remove its pins.
+    Unload {
+        /// Interfaces to detach from (default: all of them).
+        #[arg(value_name = "INTERFACE", conflicts_with = "all")]
+        interfaces: Vec<String>,
+        /// Every interface (the default when none is named).
+        #[arg(long)]
+        all: bool,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
@@ -117,7 +140,15 @@ struct RunArgs {
     /// Log every admitted data connection.
     #[arg(short, long)]
     verbose: bool,
+    /// Exit (status 1) when an interface is deleted, instead of waiting for it to come
+    /// back and attaching again.
+    #[arg(long)]
+    exit_on_interface_loss: bool,
 }
+
+/// `stats`, the listings and `status` exit with this when what they read is there but no
+/// loader process is alive.
+const NO_LOADER: i32 = 3;
 
 fn parse_range(text: &str) -> Result<(u16, u16), String> {
     let (lo, hi) = text
@@ -151,7 +182,16 @@ fn main() {
         .format_target(false)
         .format_timestamp(None)
         .init();
-    if cli.command.is_some() {
+    let listing = matches!(
+        cli.command,
+        Some(
+            Command::Stats { .. }
+                | Command::Expectations { .. }
+                | Command::Flows { .. }
+                | Command::Status { .. }
+        )
+    );
+    if listing {
         // A listing piped into `head` ends when the pipe closes, as other tools' listings
         // do, rather than panicking on the failed write (Rust ignores SIGPIPE by default).
         // SAFETY: restoring the default disposition, before any thread starts.
@@ -169,6 +209,12 @@ fn main() {
         Some(Command::Flows { json, pin_dir }) => {
             print_table(&pin_dir, "FLOWS", json, tables::flows, tables::flows_text)
         }
+        Some(Command::Status { json, pin_dir }) => status(&pin_dir, json),
+        Some(Command::Unload {
+            interfaces,
+            all: _,
+            pin_dir,
+        }) => unload(&pin_dir, &interfaces),
         None => run(cli.run),
     };
     if let Err(error) = result {
@@ -187,7 +233,29 @@ fn print_stats(pin_dir: &std::path::Path, json: bool) -> Result<()> {
     } else {
         print!("{}", stats::to_text(&counters));
     }
+    require_live_loader(pin_dir);
     Ok(())
+}
+
+/// After printing what a dead instance left: says so, and exits NO_LOADER.
+fn require_live_loader(pin_dir: &Path) {
+    if pins::loader_alive(pin_dir) {
+        return;
+    }
+    let attached = Record::read(pin_dir).is_some_and(|r| r.interfaces.iter().any(|i| i.present));
+    if attached {
+        eprintln!(
+            "ftp-loader: no loader process is alive for {}: the guard it left attached is still working and counting; start `ftp-loader` with this --pin-dir to take it over, or remove it with `ftp-loader unload` (see `ftp-loader status`)",
+            pin_dir.display()
+        );
+    } else {
+        eprintln!(
+            "ftp-loader: no loader process is alive for {} and nothing is attached: these are left-over pins; remove them with `ftp-loader unload --pin-dir {}`",
+            pin_dir.display(),
+            pin_dir.display()
+        );
+    }
+    std::process::exit(NO_LOADER);
 }
 
 type Json = fn(&aya::maps::Map, u64) -> Result<Vec<serde_json::Value>>;
@@ -211,6 +279,7 @@ fn print_table(
     } else {
         print!("{}", as_text(&map, monotonic_ns())?);
     }
+    require_live_loader(pin_dir);
     Ok(())
 }
 
@@ -219,8 +288,8 @@ fn run(args: RunArgs) -> Result<()> {
     checks::interfaces(&args.interfaces)?;
     let settings = Settings {
         data_ports: args.data_ports,
-        control_ports: args.control_ports,
-        allowed_ports: args.allowed_ports,
+        control_ports: args.control_ports.clone(),
+        allowed_ports: args.allowed_ports.clone(),
         expect_timeout_secs: args.expect_timeout,
         flow_idle_timeout_secs: args.flow_timeout,
         max_expectations: args.max_expectations,
@@ -234,35 +303,256 @@ fn run(args: RunArgs) -> Result<()> {
     // Refused before the pin directory is taken or bpffs mounted; `ebpf::load` checks the
     // settings again for callers other than this one.
     checks::settings(&settings)?;
-    checks::pin_dir_writable(&args.pin_dir)?;
+    checks::dirs_writable(&args.pin_dir)?;
+    refuse_guarded_elsewhere(&args.interfaces, &args.pin_dir)?;
     let pin_dir = PinDir::acquire(&args.pin_dir)?;
-    let mut ebpf = ebpf::load(&settings)?;
+    // What the previous instance with this pin directory attached: taken over in place.
+    let previous = Record::read(&args.pin_dir).filter(|r| r.netns == current_netns());
+    let had_state = pin_dir.has_state();
+    let set_aside = pin_dir.prepare(&settings)?;
+    let mut ebpf = ebpf::load_pinned(&settings, &pin_dir).inspect_err(|_| {
+        // A first start refused here (a table too large, say) leaves no half-made pins.
+        if !had_state {
+            pin_dir.remove_all();
+        }
+    })?;
+    let inherited = pin_dir.inherit(&mut ebpf, had_state, &set_aside);
     let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the eBPF log reader")?;
-    let attachments: Vec<Attachment> = args
-        .interfaces
-        .iter()
-        .map(|interface| attach::attach(&mut ebpf, interface, args.xdp_mode))
-        .collect::<Result<_>>()?;
-    pin_dir.pin(&ebpf)?;
+
+    let mut record = Record::new(&args.pin_dir);
+    let mut attached: Vec<Attached> = Vec::new();
+    for interface in &args.interfaces {
+        let before = previous.as_ref().and_then(|r| r.interface(interface));
+        match attach::attach(&mut ebpf, interface, args.xdp_mode, before) {
+            Ok(done) => {
+                record.set(done.record.clone());
+                attached.push(done);
+            }
+            Err(error) => {
+                // A first start leaves nothing behind; a takeover leaves the guard as it
+                // is, running (so never opening the range).
+                if previous.is_none() {
+                    for done in &attached {
+                        let _ = done.detach();
+                    }
+                    drop(ebpf);
+                    pin_dir.remove_all();
+                }
+                return Err(error);
+            }
+        }
+    }
+    // Interfaces the previous instance guarded and this one was not given.
+    for old in previous.iter().flat_map(|r| &r.interfaces) {
+        if record.interface(&old.name).is_none() {
+            attach::detach(old)?;
+            info!(
+                "detached from {} (guarded by the previous instance, not named this time)",
+                old.name
+            );
+        }
+    }
+    record.write()?;
 
     info!("{}", describe(&settings));
-    for attachment in &attachments {
-        info!("attached to {attachment}");
+    info!(
+        "{}",
+        match inherited {
+            Inherited::Nothing => "state: new tables",
+            Inherited::Kept => "state: the previous instance's tables, kept as they were",
+            Inherited::Migrated =>
+                "state: the previous instance's tables, copied into tables of the new size",
+            Inherited::Dropped =>
+                "state: the previous instance's tables had another layout; some start empty",
+        }
+    );
+    for done in &attached {
+        info!("attached to {done}");
     }
     info!(
-        "counters: `ftp-loader stats --pin-dir {}`; stop with Ctrl-C or SIGTERM",
+        "counters: `ftp-loader stats --pin-dir {}`; stop with Ctrl-C or SIGTERM (detaches), or SIGUSR1 (leaves the guard attached for the next loader to take over)",
         args.pin_dir.display()
     );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(&mut ebpf, logger, &settings))?;
+    let mut instance = Instance {
+        ebpf,
+        pins: pin_dir,
+        record,
+        attached,
+        choice: args.xdp_mode,
+        exit_on_interface_loss: args.exit_on_interface_loss,
+    };
+    let exit = runtime.block_on(serve(&mut instance, logger));
+    let Instance {
+        ebpf,
+        pins,
+        attached,
+        ..
+    } = instance;
+    match exit {
+        Ok(Exit::Detach) => {
+            let names: Vec<String> = attached.iter().map(|a| a.record.name.clone()).collect();
+            for done in &attached {
+                done.detach()?;
+            }
+            drop(ebpf);
+            pins.remove_all();
+            Record::remove(&args.pin_dir);
+            for name in names {
+                info!("detached from {name}");
+            }
+            Ok(())
+        }
+        Ok(Exit::Leave) => {
+            info!(
+                "left the guard attached with its tables pinned in {}: the next ftp-loader with this --pin-dir takes it over, `ftp-loader unload` removes it",
+                args.pin_dir.display()
+            );
+            Ok(())
+        }
+        // Failing here is the loader's problem, not the guard's: it stays attached.
+        Err(error) => Err(error),
+    }
+}
 
-    drop(ebpf);
-    drop(pin_dir);
-    for attachment in &attachments {
-        info!("detached from {}", attachment.interface);
+/// Refuses interfaces that another instance (another pin directory) guards.
+fn refuse_guarded_elsewhere(interfaces: &[String], pin_dir: &Path) -> Result<()> {
+    let netns = current_netns();
+    for other in Record::all() {
+        if other.pin_dir == pin_dir || other.netns != netns {
+            continue;
+        }
+        for interface in interfaces {
+            if other.interface(interface).is_some_and(|i| i.present) {
+                let state = if pins::loader_alive(&other.pin_dir) {
+                    format!("ftp-loader pid {}", other.pid)
+                } else {
+                    "a guard whose loader has exited".to_owned()
+                };
+                bail!(
+                    "{interface} is already guarded by {state} with pin directory {}: stop it (or `ftp-loader unload {interface} --pin-dir {}`), or run this one with that --pin-dir to take it over",
+                    other.pin_dir.display(),
+                    other.pin_dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn status(pin_dir: &Path, json: bool) -> Result<()> {
+    let Some(record) = Record::read(pin_dir) else {
+        bail!(
+            "no ftp-loader has run with pin directory {} since boot (nothing recorded): start one with `ftp-loader <interface>`",
+            pin_dir.display()
+        );
+    };
+    let alive = pins::loader_alive(pin_dir);
+    let now = now_unix();
+    let exists = |name: &str| attach::check_interface(name).is_ok();
+    if json {
+        let mut value = record.to_json();
+        value["alive"] = alive.into();
+        for interface in value["interfaces"].as_array_mut().into_iter().flatten() {
+            let name = interface["name"].as_str().unwrap_or_default().to_owned();
+            interface["exists"] = exists(&name).into();
+        }
+        println!("{value}");
+    } else {
+        if alive {
+            println!(
+                "ftp-loader {} (pid {}) running for {}s with pin directory {}",
+                record.version,
+                record.pid,
+                now.saturating_sub(record.started),
+                pin_dir.display()
+            );
+        } else {
+            println!(
+                "no loader process is alive for pin directory {} (the last was ftp-loader {}, pid {}); what it attached stays attached and keeps guarding",
+                pin_dir.display(),
+                record.version,
+                record.pid
+            );
+        }
+        for i in &record.interfaces {
+            if i.present && exists(&i.name) {
+                println!(
+                    "{}: guard on {} ingress, scanner on egress via {}, attached for {}s",
+                    i.name,
+                    i.ingress.name(),
+                    i.egress.name(),
+                    now.saturating_sub(i.since)
+                );
+            } else {
+                println!(
+                    "{}: deleted; nothing guards it until it comes back and a loader attaches again",
+                    i.name
+                );
+            }
+        }
+    }
+    if !alive {
+        std::process::exit(NO_LOADER);
+    }
+    Ok(())
+}
+
+fn unload(pin_dir: &Path, names: &[String]) -> Result<()> {
+    checks::capabilities(Task::Detach)?;
+    let record = Record::read(pin_dir);
+    if pins::loader_alive(pin_dir) {
+        let pid = record.map_or_else(|| "?".to_owned(), |r| r.pid.to_string());
+        bail!(
+            "an ftp-loader (pid {pid}) is running with pin directory {}: stop it with `kill -TERM {pid}`, which detaches everything",
+            pin_dir.display()
+        );
+    }
+    let Some(mut record) = record else {
+        if pin_dir.exists() {
+            pins::remove_pins(pin_dir);
+            println!("removed the left-over pins in {}", pin_dir.display());
+            return Ok(());
+        }
+        bail!(
+            "nothing to unload: no ftp-loader has run with pin directory {}",
+            pin_dir.display()
+        );
+    };
+    if record.netns != current_netns() {
+        bail!(
+            "the interfaces of pin directory {} are in another network namespace: run `ftp-loader unload` there (e.g. with `nsenter --net=...`)",
+            pin_dir.display()
+        );
+    }
+    for name in names {
+        if record.interface(name).is_none() {
+            bail!(
+                "{name} is not attached by the instance with pin directory {} (see `ftp-loader status`)",
+                pin_dir.display()
+            );
+        }
+    }
+    let pins = PinDir::acquire(pin_dir)?;
+    let chosen: Vec<_> = record
+        .interfaces
+        .iter()
+        .filter(|i| names.is_empty() || names.contains(&i.name))
+        .cloned()
+        .collect();
+    for interface in &chosen {
+        attach::detach(interface)?;
+        record.interfaces.retain(|i| i.name != interface.name);
+        println!("detached from {}", interface.name);
+    }
+    if record.interfaces.is_empty() {
+        pins.remove_all();
+        Record::remove(pin_dir);
+    } else {
+        record.write()?;
     }
     Ok(())
 }
@@ -295,42 +585,105 @@ fn describe(settings: &Settings) -> String {
     text
 }
 
+/// A running instance: what `serve` works on.
+struct Instance {
+    ebpf: Ebpf,
+    pins: PinDir,
+    record: Record,
+    attached: Vec<Attached>,
+    choice: XdpChoice,
+    exit_on_interface_loss: bool,
+}
+
+/// How the loader stops.
+enum Exit {
+    /// SIGTERM, SIGINT: take everything off and remove the pins.
+    Detach,
+    /// SIGUSR1: leave the guard and its tables for the next loader.
+    Leave,
+}
+
+/// Waits for signals, the programs' log lines and interfaces coming and going. Nothing here
+/// walks the tables (the programs expire entries themselves), so a signal is served at
+/// once whatever their size.
 async fn serve(
-    ebpf: &mut Ebpf,
+    instance: &mut Instance,
     logger: aya_log::EbpfLogger<&'static dyn log::Log>,
-    settings: &Settings,
-) -> Result<()> {
+) -> Result<Exit> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut leave = signal(SignalKind::user_defined1())?;
     // SAFETY: the logger owns its ring buffer descriptor, which outlives the registration
     // (both are dropped together with `logs`).
     let mut logs = unsafe { AsyncFd::register(logger) }
         .map_err(|e| anyhow::anyhow!("watching the eBPF log buffer: {}", e.into_parts().1))?;
-    let mut sweep = tokio::time::interval(Duration::from_secs(2));
-    let idle_ns = settings
-        .flow_idle_timeout_secs
-        .saturating_mul(1_000_000_000);
-    loop {
+    let watch = LinkWatch::open().context("watching interfaces (rtnetlink)")?;
+    // SAFETY: the watch owns its socket, which outlives the registration (both are dropped
+    // together with `links`).
+    let mut links = unsafe { AsyncFd::register(watch) }
+        .map_err(|e| anyhow::anyhow!("watching interfaces: {}", e.into_parts().1))?;
+    let exit = loop {
         tokio::select! {
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break Exit::Detach,
+            _ = terminate.recv() => break Exit::Detach,
+            _ = leave.recv() => break Exit::Leave,
+            _ = hangup.recv() => info!(
+                "SIGHUP: nothing to reload; ftp-loader has no configuration file yet, its settings are its command line"
+            ),
             guard = logs.readable_mut() => {
                 let mut guard = guard?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            _ = sweep.tick() => {
-                match gc::sweep(ebpf, monotonic_ns(), idle_ns) {
-                    Ok(swept) if swept != gc::Swept::default() => log::debug!(
-                        "removed {} expired expectations, {} finished flows, {} idle control connections",
-                        swept.expectations, swept.flows, swept.controls
-                    ),
-                    Ok(_) => {}
-                    Err(e) => warn!("sweeping the tables failed: {e:#}"),
+            guard = links.readable_mut() => {
+                let mut guard = guard?;
+                let events = guard.get_inner().read()?;
+                guard.clear_ready();
+                for event in events {
+                    instance.interface_event(event)?;
                 }
             }
         }
-    }
+    };
     logs.get_mut().flush();
-    Ok(())
+    Ok(exit)
+}
+
+impl Instance {
+    fn interface_event(&mut self, event: LinkEvent) -> Result<()> {
+        match event {
+            LinkEvent::Deleted(name) => {
+                let Some(index) = self.attached.iter().position(|a| a.record.name == name) else {
+                    return Ok(());
+                };
+                // Its attachments went with it.
+                let mut gone = self.attached.remove(index).record;
+                gone.present = false;
+                self.record.set(gone);
+                self.record.write()?;
+                if self.exit_on_interface_loss {
+                    bail!(
+                        "interface {name} was deleted, and its guard with it (--exit-on-interface-loss)"
+                    );
+                }
+                warn!(
+                    "interface {name} was deleted, and its guard with it; it will be attached again when an interface of that name appears"
+                );
+            }
+            LinkEvent::New(name) => {
+                let returns = self.record.interface(&name).is_some_and(|i| !i.present);
+                if !returns {
+                    return Ok(());
+                }
+                let done = attach::attach(&mut self.ebpf, &name, self.choice, None)
+                    .with_context(|| format!("attaching again to {name}, which came back"))?;
+                info!("interface {name} is back: attached to {done}");
+                self.record.set(done.record.clone());
+                self.record.write()?;
+                self.attached.push(done);
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,5 +1,6 @@
-//! The bpffs directory where a running instance pins its maps, so that `ftp-loader stats`
-//! (another process) can read them.
+//! The bpffs directory that holds an instance's tables. Pinned, they outlive the loader (as
+//! do the programs' attachments): a killed loader leaves the guard working, and the next
+//! loader with the same directory takes over the tables where they stood.
 
 use std::{
     fs::File,
@@ -9,16 +10,86 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf,
-    maps::{Map, MapData},
+    Ebpf, Pod,
+    maps::{HashMap, Map, MapData, MapType},
+};
+use ftp_ebpf_common::{
+    control::ControlState,
+    expect::{ExpectKey, ExpectValue},
+    flow::{FlowKey, FlowValue},
+    policy::PortInfo,
+    stats::COUNTERS,
 };
 
+use crate::ebpf::Settings;
+
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftp-tracker";
-/// The maps another process reads.
-pub const PINNED_MAPS: [&str; 3] = ["STATS", "EXPECTATIONS", "FLOWS"];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_FS: &str = "/sys/fs/bpf";
+/// Suffix of a map pin set aside while its successor is loaded, for migration.
+const OLD: &str = ".old";
+
+/// A map of the instance's state, as the programs declare it.
+struct StateMap {
+    name: &'static str,
+    kind: MapType,
+    key_size: usize,
+    value_size: usize,
+}
+
+const fn state_map<K, V>(name: &'static str, kind: MapType) -> StateMap {
+    StateMap {
+        name,
+        kind,
+        key_size: size_of::<K>(),
+        value_size: size_of::<V>(),
+    }
+}
+
+/// Every map whose contents must survive a restart. The scan buffers are scratch space,
+/// and the log buffer belongs to one loader.
+const STATE_MAPS: [StateMap; 5] = [
+    state_map::<u32, u64>("STATS", MapType::PerCpuArray),
+    state_map::<u32, PortInfo>("PORTS", MapType::Array),
+    state_map::<ExpectKey, ExpectValue>("EXPECTATIONS", MapType::LruHash),
+    state_map::<FlowKey, FlowValue>("FLOWS", MapType::LruHash),
+    state_map::<FlowKey, ControlState>("CONTROLS", MapType::LruHash),
+];
+
+/// The names of the tables pinned for the next instance.
+pub const STATE_MAP_NAMES: [&str; STATE_MAPS.len()] = {
+    let mut names = [""; STATE_MAPS.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = STATE_MAPS[i].name;
+        i += 1;
+    }
+    names
+};
+
+fn max_entries(name: &str, settings: &Settings) -> u32 {
+    match name {
+        "STATS" => COUNTERS,
+        "PORTS" => u32::from(u16::MAX) + 1,
+        "EXPECTATIONS" => settings.max_expectations,
+        "FLOWS" => settings.max_flows,
+        _ => settings.max_controls,
+    }
+}
+
+/// What became of the previous instance's tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inherited {
+    /// Nothing was pinned: a first start.
+    Nothing,
+    /// Every table was reused as it was.
+    Kept,
+    /// Some tables had another size or type: their entries were copied into new ones.
+    Migrated,
+    /// Some tables had another layout: they start empty.
+    Dropped,
+}
 
 /// Mounts bpffs where every BPF tool expects it, as bpftool does when it is missing.
 fn mount_bpffs() -> Result<()> {
@@ -56,8 +127,19 @@ fn is_bpffs(path: &Path) -> bool {
     (unsafe { libc::statfs(c_path.as_ptr(), &mut fs) }) == 0 && fs.f_type as i64 == BPF_FS_MAGIC
 }
 
-/// Holds the pin directory for one running instance: locked against a second instance,
-/// emptied again when dropped.
+fn lock(dir: &Path, how: libc::c_int) -> Result<Option<File>> {
+    let file = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0;
+    Ok(locked.then_some(file))
+}
+
+/// Whether a loader process holds `dir` (it keeps an exclusive lock on it while it runs).
+pub fn loader_alive(dir: &Path) -> bool {
+    dir.exists() && !matches!(lock(dir, libc::LOCK_SH), Ok(Some(_)))
+}
+
+/// The pin directory of the running instance: locked against a second loader.
 pub struct PinDir {
     dir: PathBuf,
     _lock: File,
@@ -77,43 +159,142 @@ impl PinDir {
             );
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let lock = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let Some(lock) = lock(dir, libc::LOCK_EX)? else {
             bail!(
                 "another ftp-loader is running with pin directory {}: stop it first, or give this one its own --pin-dir",
                 dir.display()
             );
-        }
-        // Pins left by an instance that was killed: nobody holds them any more.
-        for name in PINNED_MAPS {
-            let _ = std::fs::remove_file(dir.join(name));
-        }
+        };
         Ok(Self {
             dir: dir.to_owned(),
             _lock: lock,
         })
     }
 
-    pub fn pin(&self, ebpf: &Ebpf) -> Result<()> {
-        for name in PINNED_MAPS {
-            let map = ebpf
-                .map(name)
-                .with_context(|| format!("the object has no map {name}"))?;
-            map.pin(self.dir.join(name))
-                .with_context(|| format!("pinning {name} in {}", self.dir.display()))?;
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Checks the tables a previous instance pinned against what this one would create.
+    /// Those that differ are set aside (to be migrated after the load, by `inherit`), so
+    /// that the load only reuses tables that fit.
+    pub fn prepare(&self, settings: &Settings) -> Result<Vec<&'static str>> {
+        let mut set_aside = Vec::new();
+        for map in &STATE_MAPS {
+            let path = self.map_path(map.name);
+            if !path.exists() {
+                continue;
+            }
+            let info = MapData::from_pin(&path)
+                .and_then(|data| data.info())
+                .with_context(|| format!("reading the pinned table {}", path.display()))?;
+            let fits = info.map_type().ok() == Some(map.kind)
+                && info.key_size() as usize == map.key_size
+                && info.value_size() as usize == map.value_size
+                && info.max_entries() == max_entries(map.name, settings);
+            if !fits {
+                let old = self.map_path(&format!("{}{OLD}", map.name));
+                let _ = std::fs::remove_file(&old);
+                std::fs::rename(&path, &old)
+                    .with_context(|| format!("setting {} aside", path.display()))?;
+                set_aside.push(map.name);
+            }
         }
-        Ok(())
+        Ok(set_aside)
+    }
+
+    /// Copies the entries of the tables `prepare` set aside into the new ones and removes
+    /// the old; says what the instance inherited.
+    pub fn inherit(&self, ebpf: &mut Ebpf, had_state: bool, set_aside: &[&str]) -> Inherited {
+        let mut outcome = if had_state {
+            Inherited::Kept
+        } else {
+            Inherited::Nothing
+        };
+        for name in set_aside {
+            let old = self.map_path(&format!("{name}{OLD}"));
+            let copied = MapData::from_pin(&old)
+                .map_err(anyhow::Error::from)
+                .and_then(|old| migrate(ebpf, name, old));
+            match copied {
+                Ok(true) => {
+                    log::info!("table {name} had another size or type: its entries were copied");
+                    if outcome != Inherited::Dropped {
+                        outcome = Inherited::Migrated;
+                    }
+                }
+                Ok(false) => {
+                    log::warn!(
+                        "table {name} of the previous instance has another layout: it starts empty"
+                    );
+                    outcome = Inherited::Dropped;
+                }
+                Err(e) => {
+                    log::warn!("table {name} could not be migrated ({e:#}): it starts empty");
+                    outcome = Inherited::Dropped;
+                }
+            }
+            let _ = std::fs::remove_file(&old);
+        }
+        outcome
+    }
+
+    /// Whether a previous instance left tables behind.
+    pub fn has_state(&self) -> bool {
+        STATE_MAPS.iter().any(|m| self.map_path(m.name).exists())
+    }
+
+    /// Removes every pin and the directory: the maps go once no program uses them.
+    pub fn remove_all(&self) {
+        remove_pins(&self.dir);
     }
 }
 
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        for name in PINNED_MAPS {
-            let _ = std::fs::remove_file(self.dir.join(name));
-        }
-        let _ = std::fs::remove_dir(&self.dir);
+/// Removes everything an instance pinned in `dir`, and the directory.
+pub fn remove_pins(dir: &Path) {
+    for map in &STATE_MAPS {
+        let _ = std::fs::remove_file(dir.join(map.name));
     }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Copies what fits of an older table into the new one of the same name; false when the
+/// layouts differ (nothing to copy).
+fn migrate(ebpf: &mut Ebpf, name: &str, old: MapData) -> Result<bool> {
+    let map = ebpf
+        .map_mut(name)
+        .with_context(|| format!("the object has no map {name}"))?;
+    match name {
+        "EXPECTATIONS" => copy::<ExpectKey, ExpectValue>(old, map),
+        "FLOWS" => copy::<FlowKey, FlowValue>(old, map),
+        "CONTROLS" => copy::<FlowKey, ControlState>(old, map),
+        // Counters and port classes are laid out by index: a different size means a
+        // different layout.
+        _ => Ok(false),
+    }
+}
+
+fn copy<K: Pod, V: Pod>(old: MapData, new: &mut Map) -> Result<bool> {
+    let info = old.info()?;
+    if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>() {
+        return Ok(false);
+    }
+    let old = match info.map_type()? {
+        MapType::LruHash => Map::LruHashMap(old),
+        MapType::Hash => Map::HashMap(old),
+        _ => return Ok(false),
+    };
+    let old: HashMap<_, K, V> = HashMap::try_from(old)?;
+    let mut new: HashMap<_, K, V> = HashMap::try_from(new)?;
+    for (key, value) in old.iter().filter_map(Result::ok) {
+        // A smaller table keeps what fits.
+        let _ = new.insert(key, value, 0);
+    }
+    Ok(true)
 }
 
 /// Opens a map a running instance pinned.

@@ -322,15 +322,64 @@ impl Lab {
             .spawn()
             .context("starting ftp-loader")?;
         self.loader = Some(child);
-        let stats = self.pin_dir.join("STATS");
+        let log = self.dir.join("loader.log");
         let loader = &mut self.loader;
-        wait_for("ftp-loader to pin its maps", || {
+        // Its tables may be pinned already (by a predecessor): it is ready once it has
+        // attached to its interface and says how to stop it. Verifying the programs takes
+        // seconds, more on a loaded machine running tests in parallel.
+        wait_within("ftp-loader to attach", Duration::from_secs(60), || {
             if let Some(Ok(Some(status))) = loader.as_mut().map(Child::try_wait) {
                 return Err(anyhow::anyhow!("ftp-loader exited early ({status})"));
             }
-            Ok(stats.exists())
+            Ok(std::fs::read_to_string(&log).is_ok_and(|l| l.contains("stop with Ctrl-C")))
         })
         .with_context(|| format!("ftp-loader log:\n{}", self.loader_log()))
+    }
+
+    /// Kills the loader as a crash would (SIGKILL): nothing of it runs any more.
+    pub fn kill_loader(&mut self) -> Result<()> {
+        let mut child = self.loader.take().context("the loader does not run")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Signals the running loader.
+    pub fn signal_loader(&self, signal: i32) -> Result<()> {
+        let child = self.loader.as_ref().context("the loader does not run")?;
+        // SAFETY: signalling our own child.
+        ensure!(
+            unsafe { libc::kill(child.id() as i32, signal) } == 0,
+            "signalling ftp-loader: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
+    /// Waits for the loader to exit by itself and returns how it did.
+    pub fn wait_loader(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.loader.take().context("the loader does not run")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("ftp-loader did not exit within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `ftp-loader <args> --pin-dir <the lab's>` run from another process as an admin
+    /// would, whatever its exit status.
+    pub fn loader_command(&self, args: &[&str]) -> Result<Output> {
+        Ok(nsenter(&self.server_ns, &self.loader_bin)
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output()?)
     }
 
     pub fn loader_log(&self) -> String {
@@ -433,8 +482,17 @@ impl Lab {
 }
 
 /// Polls `ready` for up to 10 s.
-pub fn wait_for(what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub fn wait_for(what: &str, ready: impl FnMut() -> Result<bool>) -> Result<()> {
+    wait_within(what, Duration::from_secs(10), ready)
+}
+
+/// Polls `ready` for up to `limit`.
+pub fn wait_within(
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
     while !ready()? {
         ensure!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -452,6 +510,14 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A killed loader leaves its guard attached and its record behind: unload removes
+        // both (the attachments would go with the namespace, the record would not).
+        let _ = nsenter(&self.server_ns, &self.loader_bin)
+            .args(["unload", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         // Deleting a namespace also deletes its veth end, and with it the pair; a killed
         // loader's links go with its interface.
         for ns in [&self.server_ns, &self.client_ns]

@@ -12,8 +12,12 @@ use std::{
     time::Duration,
 };
 
+use ftp_loader::record::RECORD_DIR;
 use tests::{
-    lab::{Lab, SERVER_IF, SERVER_IP, default_loader_bin, nsenter, output_within, run, wait_for},
+    lab::{
+        Lab, SERVER_IF, SERVER_IP, default_loader_bin, nsenter, output_within, run, wait_for,
+        wait_within,
+    },
     require_root,
 };
 
@@ -359,6 +363,21 @@ fn in_server(lab: &Lab, command: &Command) -> Command {
     wrapped
 }
 
+/// `command` in a mount namespace of its own where the record directory is a fresh tmpfs
+/// owned by nobody, as a systemd unit's RuntimeDirectory= makes it for its user.
+fn with_record_dir_for_nobody(command: &Command) -> Command {
+    // The mount point; the loader creates it as root anyway.
+    std::fs::create_dir_all(RECORD_DIR).unwrap();
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o mode=0755 tmpfs "$0" && chown nobody "$0" && exec "$@""#)
+        .arg(RECORD_DIR)
+        .arg(command.get_program())
+        .args(command.get_args());
+    wrapped
+}
+
 /// A copy of the loader that user nobody may run wherever the build left it.
 fn loader_for_nobody(lab: &Lab) -> PathBuf {
     let copy = lab.file("ftp-loader");
@@ -395,7 +414,7 @@ fn a_user_with_the_capabilities_attaches_and_reads_without_root() {
     lab.start_listener(5000).unwrap();
     let log = std::fs::File::create(lab.file("nobody.log")).unwrap();
     let mut loader = Running(
-        in_server(
+        with_record_dir_for_nobody(&in_server(
             &lab,
             &as_nobody(
                 &RUN_CAPS,
@@ -404,7 +423,7 @@ fn a_user_with_the_capabilities_attaches_and_reads_without_root() {
                     .arg("--pin-dir")
                     .arg(&pin_dir),
             ),
-        )
+        ))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -412,11 +431,12 @@ fn a_user_with_the_capabilities_attaches_and_reads_without_root() {
         .unwrap(),
     );
     let log = || std::fs::read_to_string(lab.file("nobody.log")).unwrap_or_default();
-    wait_for("the loader to pin its maps", || {
+    // Verifying the programs takes seconds, more on a machine running tests in parallel.
+    wait_within("the loader to attach", LIMIT, || {
         if let Some(status) = loader.0.try_wait()? {
             anyhow::bail!("the loader exited ({status}): {}", log());
         }
-        Ok(pin_dir.join("STATS").exists())
+        Ok(log().contains("attached to srv0"))
     })
     .unwrap();
     // It guards: an unannounced connection to a guarded port is dropped.
@@ -546,6 +566,39 @@ fn a_pin_dir_the_user_cannot_write_says_how_to_create_it() {
     assert!(!pin_dir.exists());
 }
 
+#[test]
+fn a_record_dir_the_user_cannot_write_says_how_to_create_it() {
+    let mut lab = lab("record-perm");
+    let bin = loader_for_nobody(&lab);
+    let pin_dir = pin_dir_for_nobody(&mut lab);
+    // As the loader makes it when root runs it: root's.
+    std::fs::create_dir_all(RECORD_DIR).unwrap();
+    let output = output_within(
+        &mut in_server(
+            &lab,
+            &as_nobody(
+                &RUN_CAPS,
+                Command::new(&bin)
+                    .arg(SERVER_IF)
+                    .arg("--pin-dir")
+                    .arg(&pin_dir),
+            ),
+        ),
+        LIMIT,
+    )
+    .unwrap();
+    let sentence = refusal(&output);
+    assert_mentions(
+        &sentence,
+        &[
+            "user nobody",
+            &format!("`sudo install -d -o nobody {RECORD_DIR}`"),
+            "RuntimeDirectory=ftp-tracker",
+        ],
+    );
+    assert!(!pin_dir.join("STATS").exists(), "a refused run pinned maps");
+}
+
 /// Runs `args` with stdout a pipe whose reading end is already closed: the first write
 /// fails, as it does when `head` has read enough and gone.
 fn into_closed_pipe(args: &[&str]) -> Output {
@@ -570,7 +623,7 @@ fn a_closed_pipe_ends_a_listing_quietly() {
     let mut lab = lab("pipe");
     lab.start_loader(&[]).unwrap();
     let pin_dir = lab.pin_dir.to_str().unwrap();
-    for listing in ["stats", "expectations", "flows"] {
+    for listing in ["stats", "expectations", "flows", "status"] {
         for json in [false, true] {
             let mut args = vec![listing, "--pin-dir", pin_dir];
             if json {

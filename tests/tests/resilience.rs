@@ -1,0 +1,259 @@
+//! Failures never open the guarded range: a killed loader leaves the guard working, a new
+//! loader takes it over with every expectation, signals do what they say, a deleted
+//! interface is guarded again when it returns, and a second loader cannot stack.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
+    time::Duration,
+};
+
+use tests::{
+    lab::{Lab, SERVER_IF, SERVER_IP, default_loader_bin, in_netns, run, wait_for},
+    require_root,
+    servers::Server,
+};
+
+/// A port in the guarded range where a plain listener waits: nothing announced it.
+const LISTENER: u16 = 10250;
+/// No loader process alive: what `stats` and `status` exit with then.
+const NO_LOADER: i32 = 3;
+
+fn guarded_lab(tag: &str) -> Lab {
+    require_root();
+    let mut lab = Lab::new(tag, &default_loader_bin()).expect("lab");
+    Server::Vsftpd.start(&mut lab).unwrap();
+    lab.start_listener(LISTENER).unwrap();
+    lab.start_loader(&[]).unwrap();
+    lab
+}
+
+fn listener_reachable(lab: &Lab) -> bool {
+    lab.client_connects(SERVER_IP.into(), LISTENER, Duration::from_millis(500))
+        .unwrap()
+}
+
+fn filters(lab: &Lab, direction: &str) -> String {
+    let output = run(lab
+        .server("tc")
+        .args(["filter", "show", "dev", SERVER_IF, direction]))
+    .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// SIGKILL, then a new loader: the range stays closed throughout, and a data connection
+/// announced before the kill is admitted after the restart.
+#[test]
+fn a_killed_loader_leaves_the_guard_and_a_new_one_takes_over() {
+    let mut lab = guarded_lab("takeover");
+    let blob = lab.blob().unwrap();
+    // An ftplib session that sends PASV now and uses the port when told to.
+    let script = format!(
+        r#"
+import ftplib, hashlib, socket, sys
+ftp = ftplib.FTP()
+ftp.connect("{SERVER_IP}", 21, timeout=10)
+ftp.login()
+host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+print("announced", port, flush=True)
+sys.stdin.readline()
+data = socket.create_connection((host, port), timeout=5)
+ftp.sendcmd("TYPE I")
+ftp.sendcmd("RETR pub/blob")
+digest, received = hashlib.sha256(), 0
+while True:
+    chunk = data.recv(65536)
+    if not chunk:
+        break
+    digest.update(chunk)
+    received += len(chunk)
+data.close()
+ftp.voidresp()
+ftp.quit()
+print("received", received, digest.hexdigest(), flush=True)
+"#
+    );
+    let mut client = lab
+        .client("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let announced = lines.next().unwrap().unwrap();
+    assert!(announced.starts_with("announced"), "{announced}");
+    assert!(!listener_reachable(&lab));
+
+    lab.kill_loader().unwrap();
+    // From the kill until the new loader has attached, someone keeps knocking.
+    let stop = AtomicBool::new(false);
+    let (attempts, admitted) = (AtomicU32::new(0), AtomicU32::new(0));
+    let client_ns = lab.client_ns.clone();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                let connected = in_netns(&client_ns, || {
+                    let to = SocketAddr::from((SERVER_IP, LISTENER));
+                    Ok(TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok())
+                })
+                .unwrap();
+                if connected {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        // With no loader alive, the guard still stands, and the tools say so.
+        std::thread::sleep(Duration::from_millis(500));
+        let stats = lab.loader_command(&["stats"]).unwrap();
+        assert_eq!(stats.status.code(), Some(NO_LOADER), "{stats:?}");
+        assert!(
+            String::from_utf8_lossy(&stats.stderr).contains("no loader process is alive"),
+            "{stats:?}"
+        );
+        let status = lab.loader_command(&["status"]).unwrap();
+        assert_eq!(status.status.code(), Some(NO_LOADER), "{status:?}");
+        assert!(String::from_utf8_lossy(&status.stdout).contains("srv0: guard on tc ingress"));
+        lab.start_loader(&[]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(attempts.load(Ordering::Relaxed) >= 2);
+    assert_eq!(
+        admitted.load(Ordering::Relaxed),
+        0,
+        "the listener was reachable during the restart"
+    );
+    let log = lab.loader_log();
+    assert!(log.contains("tables, kept as they were"), "{log}");
+    assert!(log.contains("replaced in place"), "{log}");
+
+    // The PASV answered before the kill works after the restart.
+    writeln!(client.stdin.take().unwrap(), "go").unwrap();
+    let received = lines.next().unwrap().unwrap();
+    assert!(client.wait().unwrap().success());
+    let expected = format!("received {} ", blob.len());
+    assert!(received.starts_with(&expected), "{received}");
+    let stats = lab.stats().unwrap();
+    assert_eq!(stats["expectations_matched"], 1);
+    assert!(!listener_reachable(&lab));
+    assert!(
+        lab.loader_report(&["status"])
+            .unwrap()
+            .contains("running for")
+    );
+
+    // SIGTERM takes everything off.
+    assert!(lab.stop_loader().unwrap().success());
+    assert!(!filters(&lab, "ingress").contains("ftp_"));
+    assert!(!filters(&lab, "egress").contains("ftp_"));
+    assert!(!lab.pin_dir.exists());
+    assert!(listener_reachable(&lab));
+}
+
+/// SIGHUP keeps the loader running; SIGUSR1 stops it and leaves the guard, which `unload`
+/// then removes.
+#[test]
+fn signals_reload_nothing_or_leave_the_guard_for_unload() {
+    let mut lab = guarded_lab("signals");
+    lab.signal_loader(libc::SIGHUP).unwrap();
+    wait_for("the loader to answer SIGHUP", || {
+        Ok(lab.loader_log().contains("nothing to reload"))
+    })
+    .unwrap();
+    assert!(
+        lab.loader_report(&["status"])
+            .unwrap()
+            .contains("running for")
+    );
+
+    lab.signal_loader(libc::SIGUSR1).unwrap();
+    assert!(lab.wait_loader().unwrap().success());
+    assert!(lab.loader_log().contains("left the guard attached"));
+    assert!(!listener_reachable(&lab));
+    assert!(filters(&lab, "ingress").contains("ftp_ingress_tc"));
+
+    let unload = lab.loader_command(&["unload"]).unwrap();
+    assert!(unload.status.success(), "{unload:?}");
+    assert!(!filters(&lab, "ingress").contains("ftp_"));
+    assert!(!filters(&lab, "egress").contains("ftp_"));
+    assert!(!lab.pin_dir.exists());
+    assert!(listener_reachable(&lab));
+    let status = lab.loader_command(&["status"]).unwrap();
+    assert_eq!(status.status.code(), Some(1), "{status:?}");
+}
+
+fn recreate_server_interface(lab: &Lab) {
+    run(lab.server("ip").args(["link", "del", SERVER_IF])).unwrap();
+    run(Command::new("ip").args([
+        "link",
+        "add",
+        SERVER_IF,
+        "netns",
+        &lab.server_ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        tests::lab::CLIENT_IF,
+        "netns",
+        &lab.client_ns,
+    ]))
+    .unwrap();
+}
+
+/// A deleted interface is noticed; one created under its name is guarded again.
+#[test]
+fn a_recreated_interface_is_guarded_again() {
+    let lab = guarded_lab("recreate");
+    recreate_server_interface(&lab);
+    wait_for("the loader to attach again", || {
+        Ok(lab.loader_log().contains("interface srv0 is back"))
+    })
+    .unwrap();
+    let log = lab.loader_log();
+    assert!(log.contains("interface srv0 was deleted"), "{log}");
+    assert!(filters(&lab, "ingress").contains("ftp_ingress_tc"));
+    assert!(filters(&lab, "egress").contains("ftp_egress"));
+    let status = lab.loader_report(&["status"]).unwrap();
+    assert!(status.contains("srv0: guard on tc ingress"), "{status}");
+}
+
+/// With --exit-on-interface-loss, the loader exits non-zero instead of waiting.
+#[test]
+fn interface_loss_can_end_the_loader() {
+    require_root();
+    let mut lab = Lab::new("ifloss", &default_loader_bin()).unwrap();
+    lab.start_loader(&["--exit-on-interface-loss"]).unwrap();
+    recreate_server_interface(&lab);
+    let status = lab.wait_loader().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(lab.loader_log().contains("srv0 was deleted"));
+}
+
+/// A second loader, with a pin directory of its own, cannot stack on a guarded interface.
+#[test]
+fn a_second_loader_on_a_guarded_interface_is_refused() {
+    let lab = guarded_lab("second");
+    let other = format!("{}-other", lab.pin_dir.display());
+    let output = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.server_ns))
+        .arg(default_loader_bin())
+        .args([SERVER_IF, "--pin-dir", &other])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("srv0 is already guarded by ftp-loader pid")
+            && stderr.contains(&lab.pin_dir.display().to_string()),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!std::path::Path::new(&other).exists());
+    // The first one still guards.
+    assert!(!listener_reachable(&lab));
+}
