@@ -316,7 +316,7 @@ fn run(args: RunArgs) -> Result<()> {
             pin_dir.remove_all();
         }
     })?;
-    let inherited = pin_dir.inherit(&mut ebpf, had_state, &set_aside);
+    let inherited = pin_dir.inherit(&mut ebpf, had_state, set_aside);
     let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the eBPF log reader")?;
 
     let mut record = Record::new(&args.pin_dir);
@@ -544,9 +544,12 @@ fn unload(pin_dir: &Path, names: &[String]) -> Result<()> {
         .cloned()
         .collect();
     for interface in &chosen {
-        attach::detach(interface)?;
+        // A deleted interface took its attachments with it.
+        if interface.present {
+            attach::detach(interface)?;
+            println!("detached from {}", interface.name);
+        }
         record.interfaces.retain(|i| i.name != interface.name);
-        println!("detached from {}", interface.name);
     }
     if record.interfaces.is_empty() {
         pins.remove_all();

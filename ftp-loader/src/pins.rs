@@ -27,8 +27,6 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftp-tracker";
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_FS: &str = "/sys/fs/bpf";
-/// Suffix of a map pin set aside while its successor is loaded, for migration.
-const OLD: &str = ".old";
 
 /// A map of the instance's state, as the programs declare it.
 struct StateMap {
@@ -180,46 +178,48 @@ impl PinDir {
     }
 
     /// Checks the tables a previous instance pinned against what this one would create.
-    /// Those that differ are set aside (to be migrated after the load, by `inherit`), so
-    /// that the load only reuses tables that fit.
-    pub fn prepare(&self, settings: &Settings) -> Result<Vec<&'static str>> {
+    /// Those that differ are unpinned but held open (to be migrated after the load, by
+    /// `inherit`), so that the load only reuses tables that fit. (bpffs cannot rename.)
+    pub fn prepare(&self, settings: &Settings) -> Result<Vec<(&'static str, MapData)>> {
         let mut set_aside = Vec::new();
         for map in &STATE_MAPS {
             let path = self.map_path(map.name);
             if !path.exists() {
                 continue;
             }
-            let info = MapData::from_pin(&path)
-                .and_then(|data| data.info())
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening the pinned table {}", path.display()))?;
+            let info = data
+                .info()
                 .with_context(|| format!("reading the pinned table {}", path.display()))?;
             let fits = info.map_type().ok() == Some(map.kind)
                 && info.key_size() as usize == map.key_size
                 && info.value_size() as usize == map.value_size
                 && info.max_entries() == max_entries(map.name, settings);
             if !fits {
-                let old = self.map_path(&format!("{}{OLD}", map.name));
-                let _ = std::fs::remove_file(&old);
-                std::fs::rename(&path, &old)
-                    .with_context(|| format!("setting {} aside", path.display()))?;
-                set_aside.push(map.name);
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("unpinning {}", path.display()))?;
+                set_aside.push((map.name, data));
             }
         }
         Ok(set_aside)
     }
 
-    /// Copies the entries of the tables `prepare` set aside into the new ones and removes
-    /// the old; says what the instance inherited.
-    pub fn inherit(&self, ebpf: &mut Ebpf, had_state: bool, set_aside: &[&str]) -> Inherited {
+    /// Copies the entries of the tables `prepare` set aside into the new ones (the old go
+    /// when their last user lets go); says what the instance inherited.
+    pub fn inherit(
+        &self,
+        ebpf: &mut Ebpf,
+        had_state: bool,
+        set_aside: Vec<(&'static str, MapData)>,
+    ) -> Inherited {
         let mut outcome = if had_state {
             Inherited::Kept
         } else {
             Inherited::Nothing
         };
-        for name in set_aside {
-            let old = self.map_path(&format!("{name}{OLD}"));
-            let copied = MapData::from_pin(&old)
-                .map_err(anyhow::Error::from)
-                .and_then(|old| migrate(ebpf, name, old));
+        for (name, old) in set_aside {
+            let copied = migrate(ebpf, name, old);
             match copied {
                 Ok(true) => {
                     log::info!("table {name} had another size or type: its entries were copied");
@@ -238,7 +238,6 @@ impl PinDir {
                     outcome = Inherited::Dropped;
                 }
             }
-            let _ = std::fs::remove_file(&old);
         }
         outcome
     }
