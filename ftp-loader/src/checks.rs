@@ -165,8 +165,8 @@ fn closed_ancestor(path: &Path) -> Option<PathBuf> {
 }
 
 /// The directories a running instance writes, the pin directory and the record
-/// directory, must be ones this user can create (or has) and write to: the loader writes
-/// them as that user, after everything is attached.
+/// directory, must be ones this user can create (or has) and write to. Checked up front:
+/// the kernel's refusal would come only after the programs were loaded or attached.
 pub fn dirs_writable(pin_dir: &Path) -> Result<()> {
     writable(pin_dir, "its pins", "once the BPF filesystem is mounted")?;
     let record_dir = Path::new(RECORD_DIR);
