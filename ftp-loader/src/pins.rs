@@ -66,13 +66,17 @@ pub const STATE_MAP_NAMES: [&str; STATE_MAPS.len()] = {
     names
 };
 
+/// The size the loader gives table `name`: the sized tables from the settings, the others
+/// as the programs declare them.
 fn max_entries(name: &str, settings: &Settings) -> u32 {
     match name {
         "STATS" => COUNTERS,
         "PORTS" => u32::from(u16::MAX) + 1,
-        "EXPECTATIONS" => settings.max_expectations,
-        "FLOWS" => settings.max_flows,
-        _ => settings.max_controls,
+        _ => settings
+            .table_sizes()
+            .into_iter()
+            .find(|(table, _, _)| *table == name)
+            .map_or(0, |(_, _, size)| size),
     }
 }
 
