@@ -682,11 +682,18 @@ fn expired_expectation_admits_nothing() {
     assert_eq!(p.expectations().len(), 1);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_DROP);
-    assert!(
-        p.expectations().is_empty(),
-        "the expired expectation is deleted"
-    );
-    assert_eq!(p.stats()["expectations_expired"], 1);
+    // The port's own record (kept in ~1.07 s units) may already say that nothing recent
+    // announced it: then the SYN is refused before any lookup, and the expired entry stays
+    // for the LRU table to reuse. Otherwise the lookup finds it expired and deletes it.
+    let stats = p.stats();
+    if stats.get("expectations_expired") == Some(&1) {
+        assert!(
+            p.expectations().is_empty(),
+            "the expired expectation is deleted"
+        );
+    } else {
+        assert_eq!(stats["unsolicited_dropped"], 1, "{stats:?}");
+    }
 }
 
 #[test]
