@@ -65,6 +65,17 @@ pub struct Record {
     pub interfaces: Vec<Interface>,
 }
 
+/// The loader's version and a digest of the programs it embeds (FNV-1a): two builds of one
+/// version with different programs tell apart.
+pub fn build() -> String {
+    let digest = crate::ebpf::OBJECT
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{}+programs.{:08x}", env!("CARGO_PKG_VERSION"), digest as u32)
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -93,7 +104,7 @@ impl Record {
             pin_dir: pin_dir.to_owned(),
             netns: current_netns(),
             pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: build(),
             started: now_unix(),
             interfaces: Vec::new(),
         }
