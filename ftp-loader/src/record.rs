@@ -73,7 +73,11 @@ pub fn build() -> String {
         .fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
         });
-    format!("{}+programs.{:08x}", env!("CARGO_PKG_VERSION"), digest as u32)
+    format!(
+        "{}+programs.{:08x}",
+        env!("CARGO_PKG_VERSION"),
+        digest as u32
+    )
 }
 
 pub fn now_unix() -> u64 {
