@@ -72,7 +72,6 @@ fn benchmark(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-
 /// What a run may use and how hard it may push.
 pub struct Bench {
     pub quick: bool,

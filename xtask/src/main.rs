@@ -100,7 +100,14 @@ fn test() -> Result<()> {
     cargo(&["build", "--package", "ftp-loader"])?;
     cargo(&[&["test", "--no-fail-fast"], HOST_PACKAGES].concat())?;
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&[&["clippy", "--all-targets"], HOST_PACKAGES, &["--", "-D", "warnings"]].concat())?;
+    cargo(
+        &[
+            &["clippy", "--all-targets"],
+            HOST_PACKAGES,
+            &["--", "-D", "warnings"],
+        ]
+        .concat(),
+    )?;
     // The benchmark harness must not rot: every figure must still be produced (timings
     // are not judged here).
     benchmark(build_release()?, true, &[])?;
