@@ -132,12 +132,7 @@ pub fn scan(
 /// copies them, with the scanner and what `finish` needs, into `work`. False when there is
 /// nothing to read.
 #[inline(always)]
-fn prepare(
-    frame: &impl Frame,
-    segment: &Segment,
-    sender: Sender,
-    work: &mut ControlScan,
-) -> bool {
+fn prepare(frame: &impl Frame, segment: &Segment, sender: Sender, work: &mut ControlScan) -> bool {
     count(Counter::ControlPackets);
     let now = now_ns();
     work.now_ns = now;
