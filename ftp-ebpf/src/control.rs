@@ -34,14 +34,25 @@ pub const SCAN_WINDOW: usize = 1024;
 /// left unread (`scan_truncated`). A power of two, so that an index can be masked.
 const MAX_ANNOUNCEMENTS: usize = 4;
 
+/// What scanning needs of a segment.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SegmentBytes {
+    seq: u32,
+    /// Packet offset of the payload.
+    offset: u32,
+    len: u32,
+    ends_connection: u8,
+}
+
 /// This CPU's workspace for one segment.
 ///
-/// Everything the scanning loop and the work after it need is kept here, in a map value
-/// whose contents the verifier does not track, rather than in registers or on the stack:
-/// so every path through the header parse (VLAN or not, IPv4 options, IPv6 extension
-/// headers) and through the connection's lookup reaches `bpf_loop` in the same state.
-/// Kernels before 6.7 verify the callback anew for each distinct state the call is
-/// reached in, and verifying it costs tens of thousands of instructions.
+/// `scan` passes the segment through here, a map value whose contents the verifier does
+/// not track, before anything else: from then on nothing the verifier knows of how the
+/// headers were parsed (VLAN or not, IPv4 options, which IPv6 extension headers) is left,
+/// and it checks the scanning once rather than once per parse path. That matters on 6.1,
+/// whose verifier, when a subprogram needs one number precise, marks every number of the
+/// path precise, which keeps all the parse paths apart down to the end of the program.
 #[repr(C)]
 pub struct ControlScan {
     buf: [u8; SCAN_WINDOW],
@@ -52,11 +63,8 @@ pub struct ControlScan {
     /// whichever table holds the state.
     scanner: LineScanner,
     control: FlowKey,
+    segment: SegmentBytes,
     now_ns: u64,
-    seq: u32,
-    payload_len: u32,
-    /// Packet offset of the segment's last byte.
-    last_byte: u32,
     sender: u8,
     /// Announcements found by the callback, recorded after the loop: recording needs more
     /// stack than the callback's frame can have on top of its callers'.
@@ -107,14 +115,23 @@ pub fn scan(
     // SAFETY: this CPU's slot for this direction; nothing else uses it meanwhile.
     let work = unsafe { &mut *work };
     work.control = control_key(flow, sender);
-    if segment.ends_connection() {
+    work.sender = sender as u8;
+    work.segment = SegmentBytes {
+        seq: segment.seq,
+        offset: segment.payload_offset,
+        len: segment.payload_len,
+        ends_connection: u8::from(segment.ends_connection()),
+    };
+    // Read back, so that the verifier sees numbers it knows nothing of (see `ControlScan`).
+    // SAFETY: a field of a valid map value.
+    let segment = unsafe { core::ptr::read_volatile(&work.segment) };
+    if segment.ends_connection != 0 {
         close(work);
         return;
     }
-    if !prepare(frame, segment, sender, work) {
+    if !prepare(frame, &segment, work) {
         return;
     }
-    // From here on, `work` and the packet are all there is (see `ControlScan`).
     let mut context: *mut ControlScan = work;
     // SAFETY: the callback only touches the map value the context points to.
     unsafe {
@@ -125,18 +142,18 @@ pub fn scan(
             0,
         )
     };
-    finish(frame, work);
+    finish(frame, &segment, work);
 }
 
 /// Finds or makes the connection's state, decides which bytes of the segment to read and
 /// copies them, with the scanner and what `finish` needs, into `work`. False when there is
 /// nothing to read.
 #[inline(always)]
-fn prepare(frame: &impl Frame, segment: &Segment, sender: Sender, work: &mut ControlScan) -> bool {
+fn prepare(frame: &impl Frame, segment: &SegmentBytes, work: &mut ControlScan) -> bool {
     count(Counter::ControlPackets);
     let now = now_ns();
     work.now_ns = now;
-    work.sender = sender as u8;
+    let sender = work.sender();
     if CONTROLS.get_ptr_mut(&work.control).is_none() {
         work.spare.reset(now);
         if CONTROLS
@@ -149,7 +166,7 @@ fn prepare(frame: &impl Frame, segment: &Segment, sender: Sender, work: &mut Con
     // SAFETY: a map value, valid for the program's run; on another CPU, only a segment of
     // the same connection at the same moment could touch it.
     let stream = unsafe { &mut *work.state() }.stream(sender);
-    let skip = match stream.plan(segment.seq, segment.payload_len) {
+    let skip = match stream.plan(segment.seq, segment.len) {
         SegmentPlan::AlreadyRead => {
             count(Counter::ControlAlreadyRead);
             return false;
@@ -164,7 +181,7 @@ fn prepare(frame: &impl Frame, segment: &Segment, sender: Sender, work: &mut Con
             skip
         }
     };
-    let unread = segment.payload_len - skip;
+    let unread = segment.len - skip;
     let window = if unread as usize > SCAN_WINDOW {
         SCAN_WINDOW as u32
     } else {
@@ -172,22 +189,19 @@ fn prepare(frame: &impl Frame, segment: &Segment, sender: Sender, work: &mut Con
     };
     // The verifier needs to see 1 <= len <= SCAN_WINDOW; the mask proves it.
     let len = ((window - 1) & (SCAN_WINDOW as u32 - 1)) + 1;
-    if frame.load_bytes(segment.payload_offset + skip, work.buf.as_mut_ptr(), len) != 0 {
+    if frame.load_bytes(segment.offset + skip, work.buf.as_mut_ptr(), len) != 0 {
         return false;
     }
     work.announced = 0;
     work.stopped = 0;
     work.truncated = u8::from(unread > len);
     work.len = len;
-    work.seq = segment.seq;
-    work.payload_len = segment.payload_len;
-    work.last_byte = segment.payload_offset + segment.payload_len - 1;
     true
 }
 
 /// Records what the loop found and where the stream now stands.
 #[inline(always)]
-fn finish(frame: &impl Frame, work: &mut ControlScan) {
+fn finish(frame: &impl Frame, segment: &SegmentBytes, work: &mut ControlScan) {
     // SAFETY: as in `prepare`.
     let state = unsafe { &mut *work.state() };
     for index in 0..MAX_ANNOUNCEMENTS {
@@ -201,15 +215,16 @@ fn finish(frame: &impl Frame, work: &mut ControlScan) {
         count(Counter::ScanTruncated);
         // The next segment starts a line if this one ended one; otherwise its first
         // line is unknown ground.
+        let last = segment.offset + segment.len - 1;
         let mut byte = 0u8;
-        let ends_line = frame.load_bytes(work.last_byte, &mut byte, 1) == 0 && byte == b'\n';
+        let ends_line = frame.load_bytes(last, &mut byte, 1) == 0 && byte == b'\n';
         stream.scanner = if ends_line {
             LineScanner::new(work.sender())
         } else {
             LineScanner::resync(work.sender())
         };
     }
-    stream.advance(work.seq, work.payload_len);
+    stream.advance(segment.seq, segment.len);
     state.last_seen_ns = work.now_ns;
 }
 
