@@ -5,15 +5,15 @@
 //! directory it may write to, since `vng` exits 255 whatever the guest's command did.
 
 use std::{
-    fs,
+    fs::{self, File},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
 
-use crate::{cargo, setup, stream, workspace};
+use crate::{cargo, cargo_command, setup, stream, workspace};
 
 /// The kernels users run: Debian 12's own and bookworm-backports'.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -70,6 +70,7 @@ pub fn run(kernel: Kernel) -> Result<()> {
     fs::create_dir_all(&results)?;
     let log = results.join("guest.log");
     let status = results.join("status");
+    let console = results.join("console.log");
     let script = format!(
         "uname -r > {release_file}; {e2e} --exact --test-threads=1 --nocapture {tests} > {log} 2>&1; echo $? > {status}",
         release_file = results.join("release").display(),
@@ -87,14 +88,22 @@ pub fn run(kernel: Kernel) -> Result<()> {
         .arg(&image)
         .args(["--exec", &script])
         .current_dir(workspace())
+        // Its console output (terminal control sequences included) is no test result.
+        .stdin(Stdio::null())
+        .stdout(File::create(&console)?)
+        .stderr(File::create(&console)?)
         .status()
         .context("running vng")?;
 
     let booted = fs::read_to_string(results.join("release")).unwrap_or_default();
     let output = fs::read_to_string(&log).unwrap_or_default();
     let code = fs::read_to_string(&status).unwrap_or_default();
-    for line in output.lines().filter(|l| l.starts_with("verified ")) {
-        println!("xtask: {release}: {line}");
+    // libtest prints a test's own output after its name, on the same line.
+    for count in output
+        .lines()
+        .filter_map(|line| line.find("verified ").map(|at| &line[at..]))
+    {
+        println!("xtask: {release}: {count}");
     }
     if booted.trim() == release && code.trim() == "0" {
         println!(
@@ -108,10 +117,11 @@ pub fn run(kernel: Kernel) -> Result<()> {
         println!("{line}");
     }
     bail!(
-        "FAIL on kernel {release}: the guest booted {:?} and its tests exited with {:?} (full output in {})",
+        "FAIL on kernel {release}: the guest booted {:?} and its tests exited with {:?} (their output is in {}, the guest's console in {})",
         booted.trim(),
         code.trim(),
-        log.display()
+        log.display(),
+        console.display()
     )
 }
 
@@ -190,13 +200,17 @@ fn release_of(root: &Path) -> Option<String> {
 
 /// Builds the e2e tests without running them, and says where their binary is.
 fn e2e_binary() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let build = Command::new(cargo)
-        .args(["test", "--package", "tests", "--test", "e2e", "--no-run"])
-        .arg("--message-format=json")
-        .current_dir(workspace())
-        .output()
-        .context("building the e2e tests")?;
+    let build = cargo_command(&[
+        "test",
+        "--package",
+        "tests",
+        "--test",
+        "e2e",
+        "--no-run",
+        "--message-format=json",
+    ])
+    .output()
+    .context("building the e2e tests")?;
     ensure!(
         build.status.success(),
         "building the e2e tests failed:\n{}",

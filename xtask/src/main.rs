@@ -84,8 +84,14 @@ pub fn workspace() -> PathBuf {
 /// The cargo that runs this xtask (the default toolchain); the eBPF side is built by
 /// ftp-loader's build script with Debian's toolchain.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    stream(&mut cargo_command(args))
+}
+
+pub fn cargo_command(args: &[&str]) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    stream(Command::new(cargo).args(args).current_dir(workspace()))
+    let mut command = Command::new(cargo);
+    command.args(args).current_dir(workspace());
+    command
 }
 
 /// Runs a command whose output the user should see as it comes.
