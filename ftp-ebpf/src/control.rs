@@ -34,13 +34,36 @@ pub const SCAN_WINDOW: usize = 1024;
 /// left unread (`scan_truncated`). A power of two, so that an index can be masked.
 const MAX_ANNOUNCEMENTS: usize = 4;
 
+/// What scanning needs of a segment.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SegmentBytes {
+    seq: u32,
+    /// Packet offset of the payload.
+    offset: u32,
+    len: u32,
+    ends_connection: u8,
+}
+
 /// This CPU's workspace for one segment.
+///
+/// `scan` passes the segment through here, a map value whose contents the verifier does
+/// not track, before anything else: from then on nothing the verifier knows of how the
+/// headers were parsed (VLAN or not, IPv4 options, which IPv6 extension headers) is left,
+/// and it checks the scanning once rather than once per parse path. That matters on 6.1,
+/// whose verifier, when a subprogram needs one number precise, marks every number of the
+/// path precise, which keeps all the parse paths apart down to the end of the program.
 #[repr(C)]
 pub struct ControlScan {
     buf: [u8; SCAN_WINDOW],
     /// The state of a connection the full table has no room for: used for one segment.
     spare: ControlState,
+    /// The scanner of the stream being read, stepped here by the callback and stored back
+    /// into the connection's state after the loop: the callback reaches this one map value,
+    /// whichever table holds the state.
+    scanner: LineScanner,
     control: FlowKey,
+    segment: SegmentBytes,
     now_ns: u64,
     sender: u8,
     /// Announcements found by the callback, recorded after the loop: recording needs more
@@ -48,6 +71,8 @@ pub struct ControlScan {
     announced: u8,
     /// Set when the callback stopped before the end (too many announcements).
     stopped: u8,
+    /// Set when the segment has more unread bytes than the window holds.
+    truncated: u8,
     /// Bytes of `buf` to scan.
     len: u32,
     pending: [Announcement; MAX_ANNOUNCEMENTS],
@@ -64,14 +89,14 @@ impl ControlScan {
             Sender::Client
         }
     }
-}
 
-/// What the bpf_loop callback gets, on the stack (the only place bpf_loop takes a context
-/// from): the scratch space and the connection's state, both map values.
-#[repr(C)]
-struct LoopContext {
-    work: *mut ControlScan,
-    state: *mut ControlState,
+    /// The connection's state: its CONTROLS entry, or `spare` when the table had no room.
+    fn state(&mut self) -> *mut ControlState {
+        match CONTROLS.get_ptr_mut(&self.control) {
+            Some(state) => state,
+            None => &mut self.spare,
+        }
+    }
 }
 
 /// A subprogram of its own: its locals and the callback's must not add up with the
@@ -90,47 +115,73 @@ pub fn scan(
     // SAFETY: this CPU's slot for this direction; nothing else uses it meanwhile.
     let work = unsafe { &mut *work };
     work.control = control_key(flow, sender);
-    if segment.ends_connection() {
+    work.sender = sender as u8;
+    work.segment = SegmentBytes {
+        seq: segment.seq,
+        offset: segment.payload_offset,
+        len: segment.payload_len,
+        ends_connection: u8::from(segment.ends_connection()),
+    };
+    // Read back, so that the verifier sees numbers it knows nothing of (see `ControlScan`).
+    // SAFETY: a field of a valid map value.
+    let segment = unsafe { core::ptr::read_volatile(&work.segment) };
+    if segment.ends_connection != 0 {
         close(work);
         return;
     }
+    if !prepare(frame, &segment, work) {
+        return;
+    }
+    let mut context: *mut ControlScan = work;
+    // SAFETY: the callback only touches the map value the context points to.
+    unsafe {
+        bpf_loop(
+            work.len.div_ceil(CHUNK as u32),
+            scan_chunk as *mut c_void,
+            (&mut context as *mut *mut ControlScan).cast(),
+            0,
+        )
+    };
+    finish(frame, &segment, work);
+}
+
+/// Finds or makes the connection's state, decides which bytes of the segment to read and
+/// copies them, with the scanner and what `finish` needs, into `work`. False when there is
+/// nothing to read.
+#[inline(always)]
+fn prepare(frame: &impl Frame, segment: &SegmentBytes, work: &mut ControlScan) -> bool {
     count(Counter::ControlPackets);
     let now = now_ns();
     work.now_ns = now;
-    work.sender = sender as u8;
-    let state: *mut ControlState = match CONTROLS.get_ptr_mut(&work.control) {
-        Some(state) => state,
-        None => {
-            work.spare.reset(now);
-            let inserted = CONTROLS
-                .insert(&work.control, &work.spare, BPF_NOEXIST.into())
-                .is_ok();
-            match CONTROLS.get_ptr_mut(&work.control) {
-                Some(state) if inserted => state,
-                _ => {
-                    count(Counter::ControlTableFull);
-                    &mut work.spare
-                }
-            }
+    let sender = work.sender();
+    if CONTROLS.get_ptr_mut(&work.control).is_none() {
+        work.spare.reset(now);
+        if CONTROLS
+            .insert(&work.control, &work.spare, BPF_NOEXIST.into())
+            .is_err()
+        {
+            count(Counter::ControlTableFull);
         }
-    };
+    }
     // SAFETY: a map value, valid for the program's run; on another CPU, only a segment of
     // the same connection at the same moment could touch it.
-    let state = unsafe { &mut *state };
-
-    let skip = match state.stream(sender).plan(segment.seq, segment.payload_len) {
+    let stream = unsafe { &mut *work.state() }.stream(sender);
+    let skip = match stream.plan(segment.seq, segment.len) {
         SegmentPlan::AlreadyRead => {
             count(Counter::ControlAlreadyRead);
-            return;
+            return false;
         }
         SegmentPlan::ReadAfterGap => {
             count(Counter::ControlGaps);
-            state.stream(sender).scanner = LineScanner::resync(sender);
+            work.scanner = LineScanner::resync(sender);
             0
         }
-        SegmentPlan::Read { skip } => skip,
+        SegmentPlan::Read { skip } => {
+            work.scanner = stream.scanner;
+            skip
+        }
     };
-    let unread = segment.payload_len - skip;
+    let unread = segment.len - skip;
     let window = if unread as usize > SCAN_WINDOW {
         SCAN_WINDOW as u32
     } else {
@@ -138,44 +189,43 @@ pub fn scan(
     };
     // The verifier needs to see 1 <= len <= SCAN_WINDOW; the mask proves it.
     let len = ((window - 1) & (SCAN_WINDOW as u32 - 1)) + 1;
-    if frame.load_bytes(segment.payload_offset + skip, work.buf.as_mut_ptr(), len) != 0 {
-        return;
+    if frame.load_bytes(segment.offset + skip, work.buf.as_mut_ptr(), len) != 0 {
+        return false;
     }
     work.announced = 0;
     work.stopped = 0;
+    work.truncated = u8::from(unread > len);
     work.len = len;
-    let mut context = LoopContext { work, state };
-    // SAFETY: the callback only touches the two map values the context points to.
-    unsafe {
-        bpf_loop(
-            len.div_ceil(CHUNK as u32),
-            scan_chunk as *mut c_void,
-            (&mut context as *mut LoopContext).cast(),
-            0,
-        )
-    };
+    true
+}
+
+/// Records what the loop found and where the stream now stands.
+#[inline(always)]
+fn finish(frame: &impl Frame, segment: &SegmentBytes, work: &mut ControlScan) {
+    // SAFETY: as in `prepare`.
+    let state = unsafe { &mut *work.state() };
     for index in 0..MAX_ANNOUNCEMENTS {
         if index < usize::from(work.announced) {
             record(work, state, index);
         }
     }
-    if unread > len || work.stopped != 0 {
+    let stream = state.stream(work.sender());
+    stream.scanner = work.scanner;
+    if work.truncated != 0 || work.stopped != 0 {
         count(Counter::ScanTruncated);
         // The next segment starts a line if this one ended one; otherwise its first
         // line is unknown ground.
-        let last = segment.payload_offset + segment.payload_len - 1;
+        let last = segment.offset + segment.len - 1;
         let mut byte = 0u8;
         let ends_line = frame.load_bytes(last, &mut byte, 1) == 0 && byte == b'\n';
-        state.stream(sender).scanner = if ends_line {
-            LineScanner::new(sender)
+        stream.scanner = if ends_line {
+            LineScanner::new(work.sender())
         } else {
-            LineScanner::resync(sender)
+            LineScanner::resync(work.sender())
         };
     }
-    state
-        .stream(sender)
-        .advance(segment.seq, segment.payload_len);
-    state.last_seen_ns = now;
+    stream.advance(segment.seq, segment.len);
+    state.last_seen_ns = work.now_ns;
 }
 
 /// Bytes one callback scans: each bpf_loop iteration is an indirect call, which costs as
@@ -183,11 +233,9 @@ pub fn scan(
 const CHUNK: usize = 4;
 
 unsafe extern "C" fn scan_chunk(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the LoopContext given in `scan`.
-    let context = unsafe { &*ctx.cast::<LoopContext>() };
-    // SAFETY: both point to map values, valid for the program's run.
-    let (work, state) = unsafe { (&mut *context.work, &mut *context.state) };
-    let sender = work.sender();
+    // SAFETY: bpf_loop hands back the pointer given in `scan`, to a map value valid for
+    // the program's run.
+    let work = unsafe { &mut **ctx.cast::<*mut ControlScan>() };
     let start = index as usize * CHUNK;
     for offset in 0..CHUNK {
         let position = start + offset;
@@ -195,11 +243,10 @@ unsafe extern "C" fn scan_chunk(index: u64, ctx: *mut c_void) -> i64 {
             return 1;
         }
         let byte = work.buf[position & (SCAN_WINDOW - 1)];
-        let scanner = &mut state.stream(sender).scanner;
-        if scanner.ignores(byte) {
+        if work.scanner.ignores(byte) {
             continue;
         }
-        if scan_byte(work, scanner, byte) {
+        if scan_byte(work, byte) {
             work.stopped = 1;
             return 1;
         }
@@ -209,8 +256,8 @@ unsafe extern "C" fn scan_chunk(index: u64, ctx: *mut c_void) -> i64 {
 
 /// Steps the scanner over one byte; true when no more announcements fit.
 #[inline(never)]
-fn scan_byte(work: &mut ControlScan, scanner: &mut LineScanner, byte: u8) -> bool {
-    match scanner.step(byte) {
+fn scan_byte(work: &mut ControlScan, byte: u8) -> bool {
+    match work.scanner.step(byte) {
         Step::Continue => false,
         Step::Malformed(ParseError::LineTooLong) => {
             count(Counter::LineTooLong);

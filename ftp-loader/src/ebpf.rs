@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::Array,
-    programs::{SchedClassifier, Xdp},
+    programs::{ProgramError, SchedClassifier, Xdp},
 };
 use ftp_ebpf_common::policy::{PortInfo, PortPlan};
 
@@ -153,16 +153,50 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
     }
 
     let ingress: &mut Xdp = program(&mut ebpf, INGRESS_PROGRAM)?.try_into()?;
-    ingress
-        .load()
-        .with_context(|| format!("the kernel refused program {INGRESS_PROGRAM}"))?;
+    verified(INGRESS_PROGRAM, ingress.load())?;
     for name in [INGRESS_TC_PROGRAM, EGRESS_PROGRAM] {
         let classifier: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
-        classifier
-            .load()
-            .with_context(|| format!("the kernel refused program {name}"))?;
+        verified(name, classifier.load())?;
     }
     Ok(ebpf)
+}
+
+/// A verifier's refusal in one sentence: its log runs to thousands of lines, so it goes to
+/// a file the sentence names.
+fn verified(name: &str, loaded: Result<(), ProgramError>) -> Result<()> {
+    let Err(ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    }) = loaded
+    else {
+        return loaded.with_context(|| format!("loading program {name} failed"));
+    };
+    let kernel = kernel_release();
+    let path = std::env::temp_dir().join(format!("ftp-tracker-verifier-{name}.log"));
+    match std::fs::write(&path, verifier_log.to_string()) {
+        Ok(()) => bail!(
+            "the verifier of kernel {kernel} refused program {name} ({io_error}); its log is in {}",
+            path.display()
+        ),
+        Err(e) => bail!(
+            "the verifier of kernel {kernel} refused program {name} ({io_error}); its log could not be written to {} ({e})",
+            path.display()
+        ),
+    }
+}
+
+/// What `uname -r` prints.
+fn kernel_release() -> String {
+    // SAFETY: utsname is plain data, filled in by uname.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uts is a valid utsname to write to.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return "(unknown release)".to_owned();
+    }
+    // SAFETY: uname NUL-terminates release.
+    unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {

@@ -16,3 +16,17 @@ pub fn require_root() {
         "these tests load eBPF programs and create network namespaces: run them as root (`sudo cargo xtask test`)"
     );
 }
+
+/// The executable cargo built for the integration test `name`, found in the output of
+/// `cargo test --no-run --message-format=json` (one JSON message a line).
+pub fn test_executable(cargo_messages: &str, name: &str) -> Option<std::path::PathBuf> {
+    cargo_messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| {
+            message["reason"] == "compiler-artifact"
+                && message["target"]["name"] == name
+                && message["target"]["kind"][0] == "test"
+        })
+        .find_map(|message| message["executable"].as_str().map(Into::into))
+}

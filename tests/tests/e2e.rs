@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
+use ftp_loader::ebpf::{self, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, Settings};
 use tests::{
     clients::{self, Client, Mode},
     lab::{CLIENT_IP, Family, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
@@ -80,6 +81,30 @@ fn no_netfilter_rules(lab: &Lab) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Instructions the verifier may explore per program: half its limit of 1M, so that a
+/// change that doubles the exploration fails here, on every kernel this runs on, before a
+/// kernel with a less thorough pruning refuses the programs outright.
+const VERIFIER_BUDGET: u32 = 500_000;
+
+/// Every program passes the verifier with room to spare. The counts are printed for
+/// `cargo xtask test --kernel`, which runs this test on older kernels under qemu.
+#[test]
+fn programs_verify_within_budget() {
+    require_root();
+    let ebpf = ebpf::load(&Settings::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    for name in [INGRESS_PROGRAM, INGRESS_TC_PROGRAM, EGRESS_PROGRAM] {
+        let info = ebpf.program(name).unwrap().info().unwrap();
+        let count = info
+            .verified_instruction_count()
+            .expect("kernels >= 5.16 report the verified instruction count");
+        println!("verified {name}: {count} instructions");
+        assert!(
+            count <= VERIFIER_BUDGET,
+            "{name}: {count} instructions verified"
+        );
+    }
 }
 
 #[test]

@@ -2,11 +2,13 @@
 //!
 //!   setup  install what building and testing need, when missing
 //!   build  the release ftp-loader with the eBPF programs embedded
-//!   test   every test: unit, BPF_PROG_TEST_RUN verdicts, end to end; then fmt and clippy
+//!   test   every test: unit, BPF_PROG_TEST_RUN verdicts, end to end; then fmt and clippy;
+//!          with --kernel 6.1|6.12, the end-to-end essentials on that Debian kernel under qemu
 //!   demo   the tracker in a two-host namespace lab, start to finish
 //!   bench  what it costs, against doing nothing and against iptables + the kernel helper
 
 mod demo;
+mod kernel;
 mod setup;
 
 use std::{
@@ -31,7 +33,13 @@ enum Task {
     /// Build target/release/ftp-loader, one binary with the eBPF programs embedded.
     Build,
     /// Run every test (installing what is missing first), then cargo fmt and clippy.
-    Test,
+    Test {
+        /// Instead, boot this Debian kernel under qemu and run the end-to-end essentials
+        /// there: the programs verify, passive and active transfers, an unannounced
+        /// connection dropped, a clean detach.
+        #[arg(long, value_name = "VERSION")]
+        kernel: Option<kernel::Kernel>,
+    },
     /// Show the tracker at work in a two-host lab in network namespaces.
     Demo,
     /// Measure speed and memory against baselines measured in the same run; prints a table
@@ -49,7 +57,10 @@ fn main() {
     let result = match Cli::parse().command {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build_release().map(drop)),
-        Task::Test => setup::run().and_then(|()| test()),
+        Task::Test { kernel: None } => setup::run().and_then(|()| test()),
+        Task::Test {
+            kernel: Some(kernel),
+        } => setup::run().and_then(|()| kernel::run(kernel)),
         Task::Demo => setup::run()
             .and_then(|()| build_release())
             .and_then(|loader| demo::run(&loader)),
@@ -72,9 +83,15 @@ pub fn workspace() -> PathBuf {
 
 /// The cargo that runs this xtask (the default toolchain); the eBPF side is built by
 /// ftp-loader's build script with Debian's toolchain.
-fn cargo(args: &[&str]) -> Result<()> {
+pub fn cargo(args: &[&str]) -> Result<()> {
+    stream(&mut cargo_command(args))
+}
+
+pub fn cargo_command(args: &[&str]) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    stream(Command::new(cargo).args(args).current_dir(workspace()))
+    let mut command = Command::new(cargo);
+    command.args(args).current_dir(workspace());
+    command
 }
 
 /// Runs a command whose output the user should see as it comes.

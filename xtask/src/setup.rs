@@ -86,7 +86,7 @@ pub fn run() -> Result<()> {
         unsafe { libc::geteuid() } == 0,
         "the tracker's setup, tests and demo need root (apt, eBPF, network namespaces): run them as root"
     );
-    install_packages()?;
+    install(PACKAGES)?;
     unpack_peers()?;
     install_bpf_linker()?;
     Ok(())
@@ -99,8 +99,9 @@ fn installed(package: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn install_packages() -> Result<()> {
-    let missing: Vec<&(&str, &str)> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
+/// Installs those of `packages` (name, why) that are missing, saying why.
+pub fn install(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&(&str, &str)> = packages.iter().filter(|(p, _)| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -134,14 +135,20 @@ fn unpack_peers() -> Result<()> {
             "xtask: unpacking {package} into {PEERS_DIR}/{package}: an FTP server of the interoperability matrix (its package conflicts with vsftpd's)"
         );
     }
+    unpack(&missing, Path::new(PEERS_DIR))
+}
+
+/// Downloads Debian packages and unpacks each into `into/<package>`, never configuring or
+/// installing them.
+pub fn unpack(packages: &[&str], into: &Path) -> Result<()> {
     let debs = std::env::temp_dir().join(format!("ftp-tracker-debs-{}", std::process::id()));
     std::fs::create_dir_all(&debs)?;
-    let result = download_and_unpack(&missing, &debs);
+    let result = download_and_unpack(packages, &debs, into);
     let _ = std::fs::remove_dir_all(&debs);
     result
 }
 
-fn download_and_unpack(packages: &[&str], debs: &Path) -> Result<()> {
+fn download_and_unpack(packages: &[&str], debs: &Path, into: &Path) -> Result<()> {
     stream(Command::new("apt-get").args(["update", "-qq"]))?;
     // apt's sandbox user cannot write to a root-owned temporary directory.
     stream(
@@ -151,7 +158,7 @@ fn download_and_unpack(packages: &[&str], debs: &Path) -> Result<()> {
             .current_dir(debs),
     )?;
     for package in packages {
-        let target = Path::new(PEERS_DIR).join(package);
+        let target = into.join(package);
         // dpkg -x creates its target directory but not the parents.
         std::fs::create_dir_all(&target)?;
         let deb = std::fs::read_dir(debs)?
