@@ -1,6 +1,6 @@
 //! The embedded kernel object and how it is loaded with an instance's settings.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::Array,
