@@ -146,8 +146,7 @@ pub fn scan(
 }
 
 /// Finds or makes the connection's state, decides which bytes of the segment to read and
-/// copies them, with the scanner and what `finish` needs, into `work`. False when there is
-/// nothing to read.
+/// copies them and the stream's scanner into `work`. False when there is nothing to read.
 #[inline(always)]
 fn prepare(frame: &impl Frame, segment: &SegmentBytes, work: &mut ControlScan) -> bool {
     count(Counter::ControlPackets);

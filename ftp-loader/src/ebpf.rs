@@ -1,5 +1,7 @@
 //! The embedded kernel object and how it is loaded with an instance's settings.
 
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -171,15 +173,26 @@ fn verified(name: &str, loaded: Result<(), ProgramError>) -> Result<()> {
     else {
         return loaded.with_context(|| format!("loading program {name} failed"));
     };
+    bail!(
+        "{}",
+        refusal(
+            name,
+            &io_error,
+            &verifier_log.to_string(),
+            &std::env::temp_dir()
+        )
+    )
+}
+
+/// The sentence for program `name` refused with `error`, after writing `log` into `dir`.
+fn refusal(name: &str, error: &std::io::Error, log: &str, dir: &Path) -> String {
     let kernel = kernel_release();
-    let path = std::env::temp_dir().join(format!("ftp-tracker-verifier-{name}.log"));
-    match std::fs::write(&path, verifier_log.to_string()) {
-        Ok(()) => bail!(
-            "the verifier of kernel {kernel} refused program {name} ({io_error}); its log is in {}",
-            path.display()
-        ),
-        Err(e) => bail!(
-            "the verifier of kernel {kernel} refused program {name} ({io_error}); its log could not be written to {} ({e})",
+    let path = dir.join(format!("ftp-tracker-verifier-{name}.log"));
+    let refused = format!("the verifier of kernel {kernel} refused program {name} ({error})");
+    match std::fs::write(&path, log) {
+        Ok(()) => format!("{refused}; its log is in {}", path.display()),
+        Err(e) => format!(
+            "{refused}; its log could not be written to {} ({e})",
             path.display()
         ),
     }
@@ -202,4 +215,42 @@ fn kernel_release() -> String {
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("the object has no program {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_one_sentence_naming_program_kernel_and_log_file() {
+        let dir = std::env::temp_dir().join(format!("ftp-loader-refusal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = "0: R1=ctx() R10=fp0\nprocessed 1000001 insns (limit 1000000)\n";
+        let e2big = std::io::Error::from_raw_os_error(libc::E2BIG);
+        let sentence = refusal("ftp_ingress", &e2big, log, &dir);
+        let path = dir.join("ftp-tracker-verifier-ftp_ingress.log");
+        assert_eq!(
+            sentence,
+            format!(
+                "the verifier of kernel {} refused program ftp_ingress ({e2big}); its log is in {}",
+                kernel_release(),
+                path.display()
+            )
+        );
+        assert!(!kernel_release().is_empty() && !kernel_release().contains('('));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), log);
+
+        let missing = dir.join("missing");
+        let sentence = refusal("ftp_egress", &e2big, log, &missing);
+        assert!(
+            sentence.ends_with(&format!(
+                "its log could not be written to {} (No such file or directory (os error 2))",
+                missing
+                    .join("ftp-tracker-verifier-ftp_egress.log")
+                    .display()
+            )),
+            "{sentence}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
