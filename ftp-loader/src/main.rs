@@ -394,16 +394,23 @@ fn run(args: RunArgs) -> Result<()> {
     } = instance;
     match exit {
         Ok(Exit::Detach) => {
-            let names: Vec<String> = attached.iter().map(|a| a.record.name.clone()).collect();
+            // Every interface is tried; one that cannot be detached keeps the pins and the
+            // record, so that `ftp-loader unload` can finish the job.
+            let mut failed = None;
             for done in &attached {
-                done.detach()?;
+                match done.detach() {
+                    Ok(()) => info!("detached from {}", done.record.name),
+                    Err(error) => failed = Some(error),
+                }
             }
             drop(ebpf);
+            if let Some(error) = failed {
+                return Err(error.context(
+                    "detaching failed; `ftp-loader unload` with this --pin-dir removes what is left",
+                ));
+            }
             pins.remove_all();
             Record::remove(&args.pin_dir);
-            for name in names {
-                info!("detached from {name}");
-            }
             Ok(())
         }
         Ok(Exit::Leave) => {
