@@ -35,18 +35,7 @@ impl AsRawFd for LinkWatch {
 
 impl LinkWatch {
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket calls; the descriptor is owned right away.
-        let socket = unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            );
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            OwnedFd::from_raw_fd(fd)
-        };
+        let socket = rtnetlink_socket(libc::SOCK_NONBLOCK)?;
         // SAFETY: an all-zero sockaddr_nl is valid; it is filled in before use.
         let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         address.nl_family = libc::AF_NETLINK as u16;
@@ -94,23 +83,27 @@ impl LinkWatch {
     }
 }
 
-/// Sends one rtnetlink request and waits for its acknowledgement.
-pub fn request(kind: u16, body: &[u8]) -> io::Result<()> {
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_ACK: u16 = 4;
-    const NLMSG_ERROR: u16 = 2;
-    // SAFETY: plain socket call; the descriptor is owned right away.
-    let socket = unsafe {
+fn rtnetlink_socket(flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: a plain socket call; the descriptor is owned right away.
+    unsafe {
         let fd = libc::socket(
             libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
             libc::NETLINK_ROUTE,
         );
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        OwnedFd::from_raw_fd(fd)
-    };
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Sends one rtnetlink request and waits for its acknowledgement.
+pub fn request(kind: u16, body: &[u8]) -> io::Result<()> {
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_ACK: u16 = 4;
+    const NLMSG_ERROR: u16 = 2;
+    let socket = rtnetlink_socket(0)?;
     let mut message = Vec::with_capacity(NLMSG_HDRLEN + body.len());
     message.extend(((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
     message.extend(kind.to_ne_bytes());

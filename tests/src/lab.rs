@@ -388,20 +388,8 @@ impl Lab {
 
     /// Stops the loader the way an admin does (SIGTERM) and returns how it exited.
     pub fn stop_loader(&mut self) -> Result<std::process::ExitStatus> {
-        let mut child = self.loader.take().context("the loader does not run")?;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("ftp-loader ignored SIGTERM for 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.signal_loader(libc::SIGTERM)?;
+        self.wait_loader()
     }
 
     /// The running loader's counters, read as an admin would, from another process.

@@ -1,7 +1,7 @@
 //! `cargo xtask test --kernel 6.1`: the end-to-end essentials on a Debian kernel booted
 //! under qemu with virtme-ng, the guest seeing this machine's root filesystem (read-only,
-//! with writable overlays on /tmp, /var and /run). The loader and the e2e test binary are
-//! built here; the guest runs a few of the e2e tests and writes what happened into a
+//! with writable overlays on /tmp, /var and /run). The loader and the test binaries are
+//! built here; the guest runs a few of their tests and writes what happened into a
 //! directory it may write to, since `vng` exits 255 whatever the guest's command did.
 
 use std::{
@@ -44,14 +44,24 @@ const TOOLS: &[(&str, &str)] = &[
     ("bc", "virtme-ng's guest set-up uses it"),
 ];
 
-/// The e2e tests run in the guest: the programs verify (each prints its verified
-/// instruction count), a passive and an active transfer, an unannounced connection
-/// dropped and a clean detach. Software emulation is slow: this is all.
-const GUEST_TESTS: &[&str] = &[
-    "programs_verify_within_budget",
-    "passive_mode_lists_and_downloads",
-    "active_mode_downloads",
-    "unannounced_listener_is_unreachable_until_the_loader_exits",
+/// The tests run in the guest, by test target: the programs verify (each prints its
+/// verified instruction count), a passive and an active transfer, an unannounced
+/// connection dropped and a clean detach; and a killed loader taken over with the range
+/// closed throughout. Software emulation is slow: this is all.
+const GUEST_TESTS: &[(&str, &[&str])] = &[
+    (
+        "e2e",
+        &[
+            "programs_verify_within_budget",
+            "passive_mode_lists_and_downloads",
+            "active_mode_downloads",
+            "unannounced_listener_is_unreachable_until_the_loader_exits",
+        ],
+    ),
+    (
+        "resilience",
+        &["a_killed_loader_leaves_the_guard_and_a_new_one_takes_over"],
+    ),
 ];
 
 /// How long the guest may take: it boots in about a minute and runs the tests in a few.
@@ -63,7 +73,14 @@ pub fn run(kernel: Kernel) -> Result<()> {
     let package = newest_package(kernel)?;
     let (image, release) = unpacked_kernel(&package)?;
     cargo(&["build", "--package", "ftp-loader"])?;
-    let e2e = e2e_binary()?;
+    let mut runs = Vec::new();
+    for (target, names) in GUEST_TESTS {
+        runs.push(format!(
+            "{} --exact --test-threads=1 --nocapture {}",
+            test_binary(target)?.display(),
+            names.join(" ")
+        ));
+    }
 
     let results = workspace().join("target/kernels/results").join(&package);
     let _ = fs::remove_dir_all(&results);
@@ -71,11 +88,15 @@ pub fn run(kernel: Kernel) -> Result<()> {
     let log = results.join("guest.log");
     let status = results.join("status");
     let console = results.join("console.log");
+    // Every target runs; the status is the first failure's, or 0.
     let script = format!(
-        "uname -r > {release_file}; {e2e} --exact --test-threads=1 --nocapture {tests} > {log} 2>&1; echo $? > {status}",
+        "uname -r > {release_file}; failed=0; for run in {runs}; do $run >> {log} 2>&1 || failed=$?; done; echo $failed > {status}",
         release_file = results.join("release").display(),
-        e2e = e2e.display(),
-        tests = GUEST_TESTS.join(" "),
+        runs = runs
+            .iter()
+            .map(|r| format!("'{r}'"))
+            .collect::<Vec<_>>()
+            .join(" "),
         log = log.display(),
         status = status.display(),
     );
@@ -108,7 +129,11 @@ pub fn run(kernel: Kernel) -> Result<()> {
     if booted.trim() == release && code.trim() == "0" {
         println!(
             "xtask: PASS on kernel {release}: {}",
-            GUEST_TESTS.join(", ")
+            GUEST_TESTS
+                .iter()
+                .flat_map(|(_, names)| names.iter().copied())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         return Ok(());
     }
@@ -198,24 +223,24 @@ fn release_of(root: &Path) -> Option<String> {
         .next()
 }
 
-/// Builds the e2e tests without running them, and says where their binary is.
-fn e2e_binary() -> Result<PathBuf> {
+/// Builds the test target `target` without running it, and says where its binary is.
+fn test_binary(target: &str) -> Result<PathBuf> {
     let build = cargo_command(&[
         "test",
         "--package",
         "tests",
         "--test",
-        "e2e",
+        target,
         "--no-run",
         "--message-format=json",
     ])
     .output()
-    .context("building the e2e tests")?;
+    .with_context(|| format!("building the {target} tests"))?;
     ensure!(
         build.status.success(),
-        "building the e2e tests failed:\n{}",
+        "building the {target} tests failed:\n{}",
         String::from_utf8_lossy(&build.stderr)
     );
-    tests::test_executable(&String::from_utf8_lossy(&build.stdout), "e2e")
-        .context("cargo built no e2e test binary")
+    tests::test_executable(&String::from_utf8_lossy(&build.stdout), target)
+        .with_context(|| format!("cargo built no {target} test binary"))
 }
