@@ -535,26 +535,31 @@ fn a_missing_capability_is_named_with_how_to_grant_it() {
     }
 }
 
+/// The loader on the lab's server interface, run as nobody with the capabilities it needs.
+fn loader_as_nobody(lab: &Lab, bin: &Path, pin_dir: &Path) -> Output {
+    output_within(
+        &mut in_server(
+            lab,
+            &as_nobody(
+                &RUN_CAPS,
+                Command::new(bin)
+                    .arg(SERVER_IF)
+                    .arg("--pin-dir")
+                    .arg(pin_dir),
+            ),
+        ),
+        LIMIT,
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_pin_dir_the_user_cannot_write_says_how_to_create_it() {
     let mut lab = lab("pin-perm");
     let bin = loader_for_nobody(&lab);
     let bpffs = lab.mount_bpffs("bpf").unwrap();
     let pin_dir = bpffs.join("pins");
-    let output = output_within(
-        &mut in_server(
-            &lab,
-            &as_nobody(
-                &RUN_CAPS,
-                Command::new(&bin)
-                    .arg(SERVER_IF)
-                    .arg("--pin-dir")
-                    .arg(&pin_dir),
-            ),
-        ),
-        LIMIT,
-    )
-    .unwrap();
+    let output = loader_as_nobody(&lab, &bin, &pin_dir);
     let sentence = refusal(&output);
     assert_mentions(
         &sentence,
@@ -573,20 +578,7 @@ fn a_record_dir_the_user_cannot_write_says_how_to_create_it() {
     let pin_dir = pin_dir_for_nobody(&mut lab);
     // As the loader makes it when root runs it: root's.
     std::fs::create_dir_all(RECORD_DIR).unwrap();
-    let output = output_within(
-        &mut in_server(
-            &lab,
-            &as_nobody(
-                &RUN_CAPS,
-                Command::new(&bin)
-                    .arg(SERVER_IF)
-                    .arg("--pin-dir")
-                    .arg(&pin_dir),
-            ),
-        ),
-        LIMIT,
-    )
-    .unwrap();
+    let output = loader_as_nobody(&lab, &bin, &pin_dir);
     let sentence = refusal(&output);
     assert_mentions(
         &sentence,
