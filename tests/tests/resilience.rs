@@ -11,7 +11,10 @@ use std::{
 };
 
 use tests::{
-    lab::{Lab, SERVER_IF, SERVER_IP, default_loader_bin, in_netns, run, wait_for},
+    lab::{
+        CLIENT_IF, CLIENT_IP, Lab, SERVER_IF, SERVER_IP, default_loader_bin, in_netns, run,
+        wait_for,
+    },
     require_root,
     servers::Server,
 };
@@ -198,11 +201,28 @@ fn recreate_server_interface(lab: &Lab) {
         "veth",
         "peer",
         "name",
-        tests::lab::CLIENT_IF,
+        CLIENT_IF,
         "netns",
         &lab.client_ns,
     ]))
     .unwrap();
+    // The pair as the lab made it: addressed and up, so that traffic crosses it again.
+    for (ns, interface, ip) in [
+        (&lab.server_ns, SERVER_IF, SERVER_IP),
+        (&lab.client_ns, CLIENT_IF, CLIENT_IP),
+    ] {
+        run(Command::new("ip").args([
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            interface,
+        ]))
+        .unwrap();
+        run(Command::new("ip").args(["-n", ns, "link", "set", interface, "up"])).unwrap();
+    }
 }
 
 /// A deleted interface is noticed; one created under its name is guarded again.
@@ -220,6 +240,12 @@ fn a_recreated_interface_is_guarded_again() {
     assert!(filters(&lab, "egress").contains("ftp_egress"));
     let status = lab.loader_report(&["status"]).unwrap();
     assert!(status.contains("srv0: guard on tc ingress"), "{status}");
+    // The new interface carries traffic again, and the guard stands on it.
+    wait_for("the client to reach the FTP server again", || {
+        lab.client_connects(SERVER_IP.into(), 21, Duration::from_millis(500))
+    })
+    .unwrap();
+    assert!(!listener_reachable(&lab));
 }
 
 /// With --exit-on-interface-loss, the loader exits non-zero instead of waiting.
