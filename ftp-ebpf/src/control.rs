@@ -153,18 +153,24 @@ fn prepare(frame: &impl Frame, segment: &SegmentBytes, work: &mut ControlScan) -
     let now = now_ns();
     work.now_ns = now;
     let sender = work.sender();
-    if CONTROLS.get_ptr_mut(&work.control).is_none() {
-        work.spare.reset(now);
-        if CONTROLS
-            .insert(&work.control, &work.spare, BPF_NOEXIST.into())
-            .is_err()
-        {
-            count(Counter::ControlTableFull);
+    // One lookup for a connection already known (nearly every segment); a new one is
+    // inserted and looked up again.
+    let state = match CONTROLS.get_ptr_mut(&work.control) {
+        Some(state) => state,
+        None => {
+            work.spare.reset(now);
+            if CONTROLS
+                .insert(&work.control, &work.spare, BPF_NOEXIST.into())
+                .is_err()
+            {
+                count(Counter::ControlTableFull);
+            }
+            work.state()
         }
-    }
+    };
     // SAFETY: a map value, valid for the program's run; on another CPU, only a segment of
     // the same connection at the same moment could touch it.
-    let stream = unsafe { &mut *work.state() }.stream(sender);
+    let stream = unsafe { &mut *state }.stream(sender);
     let skip = match stream.plan(segment.seq, segment.len) {
         SegmentPlan::AlreadyRead => {
             count(Counter::ControlAlreadyRead);

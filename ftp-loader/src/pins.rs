@@ -173,10 +173,6 @@ impl PinDir {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn map_path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
