@@ -16,7 +16,7 @@ use ftp_loader::{
 use log::{info, warn};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
 };
 
 /// FTP connection tracking in eBPF: admits a data connection only when an FTP control
@@ -306,6 +306,16 @@ fn run(args: RunArgs) -> Result<()> {
     checks::dirs_writable(&args.pin_dir)?;
     refuse_guarded_elsewhere(&args.interfaces, &args.pin_dir)?;
     let pin_dir = PinDir::acquire(&args.pin_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Before anything is attached: a signal that arrives while the programs load is served
+    // once they are attached, instead of killing the loader half-way (SIGHUP's and SIGUSR1's
+    // default action is to terminate).
+    let signals = {
+        let _entered = runtime.enter();
+        Signals::install()?
+    };
     // What the previous instance with this pin directory attached: taken over in place.
     let previous = Record::read(&args.pin_dir).filter(|r| r.netns == current_netns());
     let had_state = pin_dir.has_state();
@@ -374,9 +384,6 @@ fn run(args: RunArgs) -> Result<()> {
         args.pin_dir.display()
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let mut instance = Instance {
         ebpf,
         pins: pin_dir,
@@ -385,7 +392,7 @@ fn run(args: RunArgs) -> Result<()> {
         choice: args.xdp_mode,
         exit_on_interface_loss: args.exit_on_interface_loss,
     };
-    let exit = runtime.block_on(serve(&mut instance, logger));
+    let exit = runtime.block_on(serve(&mut instance, signals, logger));
     let Instance {
         ebpf,
         pins,
@@ -613,17 +620,35 @@ enum Exit {
     Leave,
 }
 
+/// The signals the loader answers.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+    leave: Signal,
+}
+
+impl Signals {
+    /// Must run inside the runtime that will serve them.
+    fn install() -> Result<Signals> {
+        let install = |kind: SignalKind| signal(kind).context("installing signal handlers");
+        Ok(Signals {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+            hangup: install(SignalKind::hangup())?,
+            leave: install(SignalKind::user_defined1())?,
+        })
+    }
+}
+
 /// Waits for signals, the programs' log lines and interfaces coming and going. Nothing here
 /// walks the tables (the programs expire entries themselves), so a signal is served at
 /// once whatever their size.
 async fn serve(
     instance: &mut Instance,
+    mut signals: Signals,
     logger: aya_log::EbpfLogger<&'static dyn log::Log>,
 ) -> Result<Exit> {
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut leave = signal(SignalKind::user_defined1())?;
     // SAFETY: the logger owns its ring buffer descriptor, which outlives the registration
     // (both are dropped together with `logs`).
     let mut logs = unsafe { AsyncFd::register(logger) }
@@ -635,10 +660,10 @@ async fn serve(
         .map_err(|e| anyhow::anyhow!("watching interfaces: {}", e.into_parts().1))?;
     let exit = loop {
         tokio::select! {
-            _ = interrupt.recv() => break Exit::Detach,
-            _ = terminate.recv() => break Exit::Detach,
-            _ = leave.recv() => break Exit::Leave,
-            _ = hangup.recv() => info!(
+            _ = signals.interrupt.recv() => break Exit::Detach,
+            _ = signals.terminate.recv() => break Exit::Detach,
+            _ = signals.leave.recv() => break Exit::Leave,
+            _ = signals.hangup.recv() => info!(
                 "SIGHUP: nothing to reload; ftp-loader has no configuration file yet, its settings are its command line"
             ),
             guard = logs.readable_mut() => {
