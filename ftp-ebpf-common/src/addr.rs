@@ -6,6 +6,25 @@ pub const FAMILY_IPV6: u8 = 6;
 
 pub type Addr = [u8; 16];
 
+/// An address with its family, as a map key (this host's own addresses, clients' shares).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AddrKey {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: Addr,
+}
+
+impl AddrKey {
+    pub fn new(family: u8, addr: Addr) -> Self {
+        Self {
+            family,
+            _pad: [0; 3],
+            addr,
+        }
+    }
+}
+
 pub const fn ipv4(octets: [u8; 4]) -> Addr {
     let mut addr = [0u8; 16];
     addr[0] = octets[0];

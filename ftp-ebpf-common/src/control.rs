@@ -1,9 +1,12 @@
-//! What the programs remember per FTP control connection: where each direction's byte
+//! What the programs remember per FTP control connection: its TCP windows (so that only
+//! segments the real ends could have sent are believed), where each direction's byte
 //! stream stands (so a line split across segments is read whole and a retransmitted
 //! segment is not read twice) and which expectations the connection made (so they can be
 //! capped, as the kernel helper's `max_expected`, and removed when it ends).
 //!
 //! A control connection is keyed client -> server, whichever direction a segment travels.
+//! It is remembered from the client's SYN on; a connection whose opening was not seen is
+//! believed only when the loader adopted it from the host's own sockets at start.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -12,6 +15,7 @@ use crate::{
     expect::ExpectKey,
     flow::FlowKey,
     parse::{LineScanner, Sender},
+    window::{Numbers, Side, TCP_FIN, TCP_RST, TcpDirection, TcpWindows},
 };
 
 /// Most expectations one control connection may hold at once; `--max-expected` picks the
@@ -89,27 +93,149 @@ pub struct ExpectSlot {
     pub listener: Addr,
 }
 
+/// The side of the TCP connection a control segment's sender is: the client opened it.
+pub fn side(sender: Sender) -> Side {
+    match sender {
+        Sender::Client => Side::Initiator,
+        Sender::Server => Side::Responder,
+    }
+}
+
+/// `ControlState::flags`: the loader adopted the connection from the host's sockets; each
+/// direction's window is picked up from its first segment.
+pub const ADOPTED: u8 = 1;
+/// `ControlState::flags`: a SYN came for the open connection's addresses and ports;
+/// `reopening` holds it.
+pub const REOPENING: u8 = 2;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct ControlState {
-    pub last_seen_ns: u64,
+    /// Indexed by `Side` (the client is the initiator).
+    pub windows: TcpWindows,
+    /// The client direction a new SYN would open, when `REOPENING`: the old connection
+    /// ended unseen and its addresses and ports are used again. It takes over only when
+    /// the server's SYN-ACK acknowledges it, as conntrack's "ignored SYN" does: a forged
+    /// SYN changes nothing.
+    pub reopening: TcpDirection,
     /// Indexed by `Sender`.
     pub streams: [StreamScan; 2],
     pub expected: [ExpectSlot; MAX_EXPECTED],
     pub expected_count: u8,
     /// Where the next expectation goes; when full, the oldest is there.
     pub expected_next: u8,
-    pub _pad: [u8; 6],
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// What a control segment's TCP numbers make of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracked {
+    /// In window: its bytes (if any) are the real stream's.
+    InWindow,
+    /// In window, and it ends the connection (FIN or RST).
+    Ends,
+    /// Part of the handshake, or the first segment of a picked-up direction: it sets the
+    /// window and is believed for nothing else.
+    Learned,
+    /// Outside the window, or of a direction whose window is not known: it changes nothing.
+    OutOfWindow,
+    /// The server acknowledged a SYN that reuses the connection's addresses and ports: the
+    /// old connection is over (what it announced must go) and the new one starts, which
+    /// `restart` records.
+    Reopened,
 }
 
 impl ControlState {
-    /// The state of a connection not seen before, written in place: the BPF stack (512
+    /// A connection as its client's SYN opens it, written in place: the BPF stack (512
     /// bytes) has no room for a temporary copy.
-    pub fn reset(&mut self, now_ns: u64) {
+    pub fn open(&mut self, syn: &Numbers) {
+        self.clear();
+        self.windows = TcpWindows::open(syn);
+    }
+
+    /// A connection open before the programs were attached, as the loader adopts it from
+    /// the host's socket: each direction's window scale is known (from the socket), its
+    /// numbers are picked up from its first segment.
+    pub fn adopted(client_scale: u8, server_scale: u8) -> Self {
+        let mut state = Self::zeroed();
+        state.clear();
+        state.flags = ADOPTED;
+        state.windows.directions[Side::Initiator as usize].scale = client_scale;
+        state.windows.directions[Side::Responder as usize].scale = server_scale;
+        state
+    }
+
+    fn clear(&mut self) {
         bytemuck::bytes_of_mut(self).fill(0);
-        self.last_seen_ns = now_ns;
         self.streams[0].scanner = LineScanner::new(Sender::Client);
         self.streams[1].scanner = LineScanner::new(Sender::Server);
+    }
+
+    /// After `Tracked::Reopened` (and the old expectations' removal): the new connection,
+    /// from the SYN kept in `reopening` and the server's SYN-ACK.
+    pub fn restart(&mut self, syn_ack: &Numbers) {
+        let client = self.reopening;
+        self.clear();
+        self.windows.directions[Side::Initiator as usize] = client;
+        self.windows.accept(syn_ack);
+    }
+
+    /// Judges a segment of this connection by its TCP numbers, and moves the windows when
+    /// it is in them. A client SYN for a connection not yet answered starts it over (a
+    /// retransmission, or a new attempt); one for an open connection waits in `reopening`.
+    pub fn track(&mut self, sender: Sender, segment: &Numbers) -> Tracked {
+        let from = side(sender);
+        let syn = segment.flags & crate::window::TCP_SYN != 0;
+        let ack = segment.flags & crate::window::TCP_ACK != 0;
+        if syn && !ack {
+            if from != Side::Initiator {
+                return Tracked::OutOfWindow;
+            }
+            if self.windows.is_open() {
+                self.reopening = TcpDirection::opened_by(segment);
+                self.flags |= REOPENING;
+            } else if self.flags & ADOPTED == 0 {
+                self.open(segment);
+            } else {
+                return Tracked::OutOfWindow;
+            }
+            return Tracked::Learned;
+        }
+        if syn {
+            if from != Side::Responder {
+                return Tracked::OutOfWindow;
+            }
+            if !self.windows.is_open() {
+                return if self.windows.accept(segment) {
+                    Tracked::Learned
+                } else {
+                    Tracked::OutOfWindow
+                };
+            }
+            if self.flags & REOPENING != 0 && segment.ack == self.reopening.end {
+                return Tracked::Reopened;
+            }
+            // A retransmitted SYN-ACK.
+            return if self.windows.admit(from, segment, 0) {
+                Tracked::Learned
+            } else {
+                Tracked::OutOfWindow
+            };
+        }
+        if self.flags & ADOPTED != 0 && !self.windows.directions[from as usize].is_known() {
+            let scale = self.windows.directions[from as usize].scale;
+            self.windows.pick_up(from, segment, scale);
+            return Tracked::Learned;
+        }
+        if !self.windows.is_open() || !self.windows.admit(from, segment, 0) {
+            return Tracked::OutOfWindow;
+        }
+        if segment.flags & (TCP_FIN | TCP_RST) != 0 {
+            Tracked::Ends
+        } else {
+            Tracked::InWindow
+        }
     }
 
     /// One direction's stream: the commands' or the replies'.
@@ -171,7 +297,10 @@ impl ExpectSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::{FAMILY_IPV4, ipv4};
+    use crate::{
+        addr::{FAMILY_IPV4, ipv4},
+        window::{TCP_ACK, TCP_SYN},
+    };
 
     fn stream_at(next_seq: u32) -> StreamScan {
         StreamScan {
@@ -218,20 +347,108 @@ mod tests {
 
     fn new_state() -> ControlState {
         let mut state = ControlState::zeroed();
-        state.reset(0);
+        state.open(&numbers(1000, 0, 0, TCP_SYN, 64240));
+        state
+    }
+
+    fn numbers(seq: u32, ack: u32, len: u32, flags: u8, window: u16) -> Numbers {
+        Numbers {
+            seq,
+            ack,
+            payload_len: len,
+            flags,
+            window,
+            window_scale: None,
+        }
+    }
+
+    /// The handshake seen: client ISN 1000, server ISN 5000.
+    fn open_state() -> ControlState {
+        let mut state = ControlState::zeroed();
+        let syn = numbers(1000, 0, 0, TCP_SYN, 64240);
+        state.open(&syn);
+        assert_eq!(
+            state.track(Sender::Client, &syn),
+            Tracked::Learned,
+            "retransmitted"
+        );
+        let syn_ack = numbers(5000, 1001, 0, TCP_SYN | TCP_ACK, 65160);
+        assert_eq!(state.track(Sender::Server, &syn_ack), Tracked::Learned);
         state
     }
 
     #[test]
-    fn reset_state_reads_both_directions_from_a_line_start() {
+    fn an_opened_state_reads_both_directions_from_a_line_start() {
         let mut state = ControlState::zeroed();
         state.expected_count = 3;
-        state.reset(7);
-        assert_eq!(state.last_seen_ns, 7);
+        state.open(&numbers(1000, 0, 0, TCP_SYN, 64240));
         assert_eq!(state.expected_count, 0);
         assert_eq!(state.streams[0].scanner, LineScanner::new(Sender::Client));
         assert_eq!(state.streams[1].scanner, LineScanner::new(Sender::Server));
         assert_eq!(state.streams[1].started, 0);
+        assert!(!state.windows.is_open());
+    }
+
+    #[test]
+    fn only_in_window_segments_of_seen_connections_count() {
+        let mut state = new_state();
+        let reply = numbers(5001, 1001, 30, TCP_ACK, 500);
+        assert_eq!(
+            state.track(Sender::Server, &reply),
+            Tracked::OutOfWindow,
+            "the server's SYN-ACK was not seen"
+        );
+        let mut state = open_state();
+        assert_eq!(state.track(Sender::Server, &reply), Tracked::InWindow);
+        let before_forgery = state;
+        let forged = numbers(5031 + 100_000, 1001, 30, TCP_ACK, 500);
+        assert_eq!(state.track(Sender::Server, &forged), Tracked::OutOfWindow);
+        let reset = numbers(0xdead_beef, 0, 0, TCP_RST, 0);
+        assert_eq!(state.track(Sender::Client, &reset), Tracked::OutOfWindow);
+        assert_eq!(state.track(Sender::Server, &reset), Tracked::OutOfWindow);
+        assert_eq!(state, before_forgery, "nothing moved");
+        let fin = numbers(1001, 5031, 0, TCP_FIN | TCP_ACK, 500);
+        assert_eq!(state.track(Sender::Client, &fin), Tracked::Ends);
+        // A SYN-ACK from the client's side, a SYN from the server's: not a handshake.
+        let mut state = new_state();
+        let wrong = numbers(5000, 1001, 0, TCP_SYN | TCP_ACK, 100);
+        assert_eq!(state.track(Sender::Client, &wrong), Tracked::OutOfWindow);
+        let wrong = numbers(5000, 0, 0, TCP_SYN, 100);
+        assert_eq!(state.track(Sender::Server, &wrong), Tracked::OutOfWindow);
+    }
+
+    #[test]
+    fn a_reused_connection_starts_over_only_when_the_server_answers() {
+        let mut state = open_state();
+        state.expected_count = 1;
+        let syn = numbers(900_000, 0, 0, TCP_SYN, 64240);
+        assert_eq!(state.track(Sender::Client, &syn), Tracked::Learned);
+        assert_eq!(state.expected_count, 1, "a SYN alone changes nothing");
+        let reply = numbers(5001, 1001, 10, TCP_ACK, 500);
+        let mut probe = state;
+        assert_eq!(probe.track(Sender::Server, &reply), Tracked::InWindow);
+        let stale = numbers(5000, 1001, 0, TCP_SYN | TCP_ACK, 65160);
+        assert_eq!(state.track(Sender::Server, &stale), Tracked::Learned);
+        let syn_ack = numbers(70_000, 900_001, 0, TCP_SYN | TCP_ACK, 65160);
+        assert_eq!(state.track(Sender::Server, &syn_ack), Tracked::Reopened);
+        state.restart(&syn_ack);
+        assert_eq!(state.expected_count, 0);
+        assert!(state.windows.is_open());
+        let command = numbers(900_001, 70_001, 6, TCP_ACK, 500);
+        assert_eq!(state.track(Sender::Client, &command), Tracked::InWindow);
+    }
+
+    #[test]
+    fn adopted_connections_learn_each_direction_from_its_first_segment() {
+        let mut state = ControlState::adopted(7, 7);
+        let command = numbers(1_000_000, 9_000_000, 6, TCP_ACK, 500);
+        assert_eq!(state.track(Sender::Client, &command), Tracked::Learned);
+        let reply = numbers(9_000_000, 1_000_006, 40, TCP_ACK, 501);
+        assert_eq!(state.track(Sender::Server, &reply), Tracked::Learned);
+        let next = numbers(9_000_040, 1_000_006, 30, TCP_ACK, 501);
+        assert_eq!(state.track(Sender::Server, &next), Tracked::InWindow);
+        let forged = numbers(9_000_040 + (1 << 28), 1_000_006, 30, TCP_ACK, 501);
+        assert_eq!(state.track(Sender::Server, &forged), Tracked::OutOfWindow);
     }
 
     #[test]

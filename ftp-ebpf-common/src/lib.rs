@@ -14,7 +14,9 @@ pub mod expect;
 pub mod flow;
 pub mod parse;
 pub mod policy;
+pub mod share;
 pub mod stats;
+pub mod window;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -25,4 +27,6 @@ mod pod {
     unsafe impl aya::Pod for crate::flow::FlowValue {}
     unsafe impl aya::Pod for crate::control::ControlState {}
     unsafe impl aya::Pod for crate::policy::PortInfo {}
+    unsafe impl aya::Pod for crate::addr::AddrKey {}
+    unsafe impl aya::Pod for crate::share::ClientShare {}
 }

@@ -3,13 +3,15 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use ftp_ebpf_common::{
+    addr::AddrKey,
     control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
     policy::{PortInfo, Rules},
+    share::{ClientShare, DEFAULT_MAX_PER_CLIENT},
     stats::{COUNTERS, Counter},
 };
 
@@ -31,6 +33,15 @@ pub static CONTROLS: LruHashMap<FlowKey, ControlState> = LruHashMap::with_max_en
 
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(262144, 0);
+
+/// Each client address's (an IPv6 client's /64's) share of EXPECTATIONS.
+#[map]
+pub static CLIENTS: LruHashMap<AddrKey, ClientShare> = LruHashMap::with_max_entries(65536, 0);
+
+/// This host's own addresses, kept current by the loader: a segment from one of them
+/// cannot arrive from outside, so one that does is spoofed.
+#[map]
+pub static LOCAL_ADDRS: HashMap<AddrKey, u8> = HashMap::with_max_entries(4096, 0);
 
 /// One `PortInfo` per TCP port: the class the loader gave it, and when it was last
 /// announced and admitted.
@@ -58,6 +69,9 @@ pub static MIN_DATA_PORT: Global<u16> = Global::new(1024);
 /// Expectations one control connection may hold, 1..=MAX_EXPECTED.
 #[unsafe(no_mangle)]
 pub static MAX_EXPECTED_PER_CONTROL: Global<u8> = Global::new(1);
+/// Expectations one client address may hold (`ftp_ebpf_common::share`).
+#[unsafe(no_mangle)]
+pub static MAX_PER_CLIENT: Global<u32> = Global::new(DEFAULT_MAX_PER_CLIENT);
 
 #[inline(always)]
 pub fn rules() -> Rules {

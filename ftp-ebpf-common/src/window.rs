@@ -1,0 +1,496 @@
+//! TCP window tracking, after the rules of the kernel's `tcp_in_window`
+//! (nf_conntrack_proto_tcp.c): a segment counts only when its sequence numbers fall within
+//! what its receiver could accept and its acknowledgement within what was sent. Somebody
+//! who cannot see a connection's traffic cannot guess numbers that pass, so a forged
+//! segment changes nothing.
+//!
+//! Per direction the sender's highest sequence sent (`end`), the highest the other side
+//! allowed it (`max_end`: that side's acknowledgement plus window) and the largest window
+//! it announced (`max_window`, scaled) are kept; window scaling (RFC 7323) is applied from
+//! the SYN options, as conntrack does.
+
+use bytemuck::{Pod, Zeroable};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The largest window scale a SYN may announce (RFC 7323 2.3).
+pub const MAX_WINDOW_SCALE: u8 = 14;
+
+/// Bytes of TCP options a header can hold.
+pub const MAX_TCP_OPTIONS: usize = 40;
+
+/// conntrack's MAXACKWINCONST: how far behind an acknowledgement may lag before the
+/// sender's window is known to be larger.
+const MIN_ACK_WINDOW: u32 = 66000;
+
+/// What window tracking needs of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Numbers {
+    pub seq: u32,
+    pub ack: u32,
+    pub payload_len: u32,
+    pub flags: u8,
+    /// The window field as sent, unscaled.
+    pub window: u16,
+    /// The window scale option, on a SYN that carried one.
+    pub window_scale: Option<u8>,
+}
+
+impl Numbers {
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// One past the last sequence number the segment occupies (SYN and FIN count one).
+    pub fn end(&self) -> u32 {
+        self.seq
+            .wrapping_add(self.payload_len)
+            .wrapping_add(u32::from(self.has(TCP_SYN)))
+            .wrapping_add(u32::from(self.has(TCP_FIN)))
+    }
+}
+
+/// `a` comes after `b` in sequence space (RFC 1982 arithmetic, as the kernel's `after`).
+pub fn after(a: u32, b: u32) -> bool {
+    (b.wrapping_sub(a) as i32) < 0
+}
+
+/// `a` comes before `b` in sequence space.
+pub fn before(a: u32, b: u32) -> bool {
+    after(b, a)
+}
+
+/// `TcpDirection::flags`: the sender's SYN carried a window scale option.
+const SCALE_OFFERED: u8 = 1;
+
+/// One direction of a connection, as its sender is known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TcpDirection {
+    /// One past the highest sequence number sent (conntrack's `td_end`).
+    pub end: u32,
+    /// The highest sequence number the other side allowed: its acknowledgement plus its
+    /// window (`td_maxend`).
+    pub max_end: u32,
+    /// The largest window the sender announced, scaled (`td_maxwin`); 0 while nothing of
+    /// this direction is known.
+    pub max_window: u32,
+    /// The window scale the sender announced on its SYN, applied to its windows after it.
+    pub scale: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+impl TcpDirection {
+    /// The direction as its SYN (or SYN-ACK) opens it.
+    pub fn opened_by(syn: &Numbers) -> Self {
+        let end = syn.end();
+        Self {
+            end,
+            max_end: end,
+            // A SYN's window is never scaled.
+            max_window: u32::from(syn.window).max(1),
+            scale: syn.window_scale.unwrap_or(0).min(MAX_WINDOW_SCALE),
+            flags: if syn.window_scale.is_some() {
+                SCALE_OFFERED
+            } else {
+                0
+            },
+            _pad: [0; 2],
+        }
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.max_window != 0
+    }
+}
+
+/// Both directions of a connection, indexed by `Side`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TcpWindows {
+    pub directions: [TcpDirection; 2],
+}
+
+/// Which end sent a segment: the connection's initiator (the SYN's sender) or responder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Initiator = 0,
+    Responder = 1,
+}
+
+impl TcpWindows {
+    /// A connection its initiator's SYN opens.
+    pub fn open(syn: &Numbers) -> Self {
+        Self {
+            directions: [TcpDirection::opened_by(syn), TcpDirection::zeroed()],
+        }
+    }
+
+    /// Whether both directions' windows are known: the handshake was seen, or traffic of
+    /// both directions was picked up.
+    pub fn is_open(&self) -> bool {
+        self.directions[0].is_known() && self.directions[1].is_known()
+    }
+
+    fn split(&mut self, from: Side) -> (&mut TcpDirection, &mut TcpDirection) {
+        let [initiator, responder] = &mut self.directions;
+        match from {
+            Side::Initiator => (initiator, responder),
+            Side::Responder => (responder, initiator),
+        }
+    }
+
+    /// The responder's SYN-ACK, seen for the first time. False, and nothing changes, when
+    /// it does not acknowledge the initiator's SYN.
+    pub fn accept(&mut self, syn_ack: &Numbers) -> bool {
+        let initiator = self.directions[0];
+        if !initiator.is_known() || syn_ack.ack != initiator.end {
+            return false;
+        }
+        let mut responder = TcpDirection::opened_by(syn_ack);
+        let mut initiator = initiator;
+        // RFC 7323: scaling applies only when both ends offered it.
+        if initiator.flags & responder.flags & SCALE_OFFERED == 0 {
+            initiator.scale = 0;
+            responder.scale = 0;
+        }
+        // What the responder allows the initiator to send.
+        initiator.max_end = syn_ack.ack.wrapping_add(u32::from(syn_ack.window).max(1));
+        self.directions = [initiator, responder];
+        true
+    }
+
+    /// Picks up one direction of a connection whose opening was not seen, from its first
+    /// segment (conntrack's mid-stream case): the segment itself is believed for nothing
+    /// but the numbers. `scale` is the direction's window scale, when known otherwise.
+    pub fn pick_up(&mut self, from: Side, segment: &Numbers, scale: u8) {
+        let (sender, receiver) = self.split(from);
+        let end = segment.end();
+        let window = (u32::from(segment.window) << scale.min(MAX_WINDOW_SCALE)).max(1);
+        *sender = TcpDirection {
+            end,
+            max_end: end.wrapping_add(window),
+            max_window: window,
+            scale: scale.min(MAX_WINDOW_SCALE),
+            flags: sender.flags,
+            _pad: [0; 2],
+        };
+        if segment.has(TCP_ACK) && !receiver.is_known() {
+            receiver.end = segment.ack;
+            receiver.max_end = segment.ack;
+        }
+    }
+
+    /// conntrack's `tcp_in_window`: whether `segment`, sent by `from`, falls within the
+    /// connection's windows; if it does, the windows move with it. `slack` widens every
+    /// bound, for a caller that sees only a sample of the segments (0: conntrack's rule).
+    ///
+    /// A direction not yet known admits nothing: its numbers are not believed.
+    pub fn admit(&mut self, from: Side, segment: &Numbers, slack: u32) -> bool {
+        let (sender, receiver) = self.split(from);
+        if !sender.is_known() {
+            return false;
+        }
+        let seq = segment.seq;
+        let end = segment.end();
+        // A segment without ACK, or a RST carrying ACK 0 (broken stacks), acknowledges
+        // nothing: judge it as acknowledging what the receiver sent.
+        let ack = if !segment.has(TCP_ACK) || (segment.has(TCP_RST) && segment.ack == 0) {
+            receiver.end
+        } else {
+            segment.ack
+        };
+        let window = if segment.has(TCP_SYN) {
+            u32::from(segment.window)
+        } else {
+            u32::from(segment.window) << sender.scale
+        };
+        let in_receive_window = !receiver.is_known()
+            || after(
+                end,
+                sender
+                    .end
+                    .wrapping_sub(receiver.max_window)
+                    .wrapping_sub(1)
+                    .wrapping_sub(slack),
+            );
+        let ack_window = sender.max_window.max(MIN_ACK_WINDOW);
+        let in_window = before(seq, sender.max_end.wrapping_add(1).wrapping_add(slack))
+            && in_receive_window
+            && before(ack, receiver.end.wrapping_add(1).wrapping_add(slack))
+            && after(
+                ack,
+                receiver
+                    .end
+                    .wrapping_sub(ack_window)
+                    .wrapping_sub(1)
+                    .wrapping_sub(slack),
+            );
+        if !in_window {
+            return false;
+        }
+        if sender.max_window < window {
+            sender.max_window = window;
+        }
+        if after(end, sender.end) {
+            sender.end = end;
+        }
+        if receiver.is_known() && after(end, sender.max_end) {
+            receiver.max_window = receiver
+                .max_window
+                .wrapping_add(end.wrapping_sub(sender.max_end));
+        }
+        if segment.has(TCP_ACK) {
+            let allowed = ack.wrapping_add(window);
+            if after(allowed, receiver.max_end.wrapping_sub(1)) {
+                receiver.max_end = if window == 0 {
+                    allowed.wrapping_add(1)
+                } else {
+                    allowed
+                };
+            }
+        }
+        true
+    }
+}
+
+/// The window scale option among a SYN's TCP options (`options`, at most
+/// `MAX_TCP_OPTIONS` bytes, of which the first `len` are the header's), if present.
+/// Malformed options end the walk: the stack would ignore what follows them too.
+pub fn window_scale(options: &[u8; MAX_TCP_OPTIONS], len: usize) -> Option<u8> {
+    const END: u8 = 0;
+    const NOP: u8 = 1;
+    const WINDOW_SCALE: u8 = 3;
+    let len = len.min(MAX_TCP_OPTIONS);
+    let mut at = 0;
+    // Each pass consumes at least one byte.
+    for _ in 0..MAX_TCP_OPTIONS {
+        if at >= len {
+            return None;
+        }
+        let kind = options[at % MAX_TCP_OPTIONS];
+        match kind {
+            END => return None,
+            NOP => at += 1,
+            _ => {
+                if at + 1 >= len {
+                    return None;
+                }
+                let size = usize::from(options[(at + 1) % MAX_TCP_OPTIONS]);
+                if size < 2 || at + size > len {
+                    return None;
+                }
+                if kind == WINDOW_SCALE {
+                    return (size == 3)
+                        .then(|| options[(at + 2) % MAX_TCP_OPTIONS].min(MAX_WINDOW_SCALE));
+                }
+                at += size;
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(seq: u32, ack: u32, len: u32, flags: u8, window: u16) -> Numbers {
+        Numbers {
+            seq,
+            ack,
+            payload_len: len,
+            flags,
+            window,
+            window_scale: None,
+        }
+    }
+
+    /// A handshake: initiator ISN 1000, responder ISN 5000, both offering `scale`.
+    fn handshake(scale: Option<u8>) -> TcpWindows {
+        let mut syn = numbers(1000, 0, 0, TCP_SYN, 64240);
+        syn.window_scale = scale;
+        let mut windows = TcpWindows::open(&syn);
+        assert!(!windows.is_open());
+        let mut syn_ack = numbers(5000, 1001, 0, TCP_SYN | TCP_ACK, 65160);
+        syn_ack.window_scale = scale;
+        assert!(windows.accept(&syn_ack));
+        assert!(windows.is_open());
+        // The initiator's ACK completes it.
+        assert!(windows.admit(Side::Initiator, &numbers(1001, 5001, 0, TCP_ACK, 502), 0));
+        windows
+    }
+
+    #[test]
+    fn a_conversation_stays_in_window() {
+        let mut w = handshake(Some(7));
+        let data = TCP_ACK | 0x08;
+        assert!(w.admit(Side::Responder, &numbers(5001, 1001, 20, data, 510), 0));
+        assert!(w.admit(Side::Initiator, &numbers(1001, 5021, 6, data, 502), 0));
+        assert!(w.admit(Side::Responder, &numbers(5021, 1007, 48, data, 510), 0));
+        // A retransmission of what was sent is in window.
+        assert!(w.admit(Side::Responder, &numbers(5021, 1007, 48, data, 510), 0));
+        // A window-full ahead with scaling (502 << 7 = 64256 bytes) is still in window.
+        assert!(w.admit(
+            Side::Responder,
+            &numbers(5069 + 60000, 1007, 100, data, 510),
+            0
+        ));
+    }
+
+    #[test]
+    fn forged_sequence_numbers_are_out_of_window() {
+        let mut w = handshake(Some(7));
+        let before_forgery = w;
+        for ahead in [
+            100_000u32,
+            1 << 20,
+            (1 << 31) - 1,
+            1 << 31,
+            u32::MAX - 1_000_000,
+        ] {
+            let forged = numbers(5001u32.wrapping_add(ahead), 1001, 50, TCP_ACK | 0x08, 510);
+            assert!(!w.admit(Side::Responder, &forged, 0), "{ahead} ahead");
+            assert_eq!(w, before_forgery, "an out-of-window segment moves nothing");
+        }
+        // The right sequence number with an acknowledgement of data never sent.
+        let forged = numbers(5001, 1001 + 1_000_000, 50, TCP_ACK, 510);
+        assert!(!w.admit(Side::Responder, &forged, 0));
+        assert_eq!(w, before_forgery);
+    }
+
+    #[test]
+    fn random_resets_are_out_of_window_in_either_direction() {
+        let mut w = handshake(None);
+        let before_forgery = w;
+        for seq in [3_000_000u32, 500_000_000, 0x8000_0000, 0xdead_beef] {
+            assert!(!w.admit(Side::Initiator, &numbers(seq, 0, 0, TCP_RST, 0), 0));
+            assert!(!w.admit(Side::Responder, &numbers(seq, 0, 0, TCP_RST, 0), 0));
+        }
+        assert_eq!(w, before_forgery);
+        // The real ones count.
+        assert!(w.admit(Side::Initiator, &numbers(1001, 0, 0, TCP_RST, 0), 0));
+        assert!(w.admit(
+            Side::Responder,
+            &numbers(5001, 1001, 0, TCP_RST | TCP_ACK, 0),
+            0
+        ));
+    }
+
+    #[test]
+    fn scaling_applies_only_when_both_ends_offer_it() {
+        let w = handshake(Some(7));
+        assert_eq!(w.directions[0].scale, 7);
+        let mut syn = numbers(1000, 0, 0, TCP_SYN, 64240);
+        syn.window_scale = Some(7);
+        let mut w = TcpWindows::open(&syn);
+        assert!(w.accept(&numbers(5000, 1001, 0, TCP_SYN | TCP_ACK, 65160)));
+        assert_eq!(w.directions[0].scale, 0);
+        assert_eq!(w.directions[1].scale, 0);
+        // Without scaling a window-full ahead is 502 bytes, not 64256.
+        let mut w = handshake(None);
+        assert!(!w.admit(
+            Side::Responder,
+            &numbers(5001 + 70000, 1001, 10, TCP_ACK, 502),
+            0
+        ));
+    }
+
+    #[test]
+    fn a_syn_ack_must_acknowledge_the_syn() {
+        let mut w = TcpWindows::open(&numbers(1000, 0, 0, TCP_SYN, 64240));
+        let opened = w;
+        assert!(!w.accept(&numbers(7, 4242, 0, TCP_SYN | TCP_ACK, 65160)));
+        assert_eq!(w, opened);
+        assert!(!TcpWindows::zeroed().accept(&numbers(7, 1, 0, TCP_SYN | TCP_ACK, 1)));
+    }
+
+    #[test]
+    fn unknown_directions_admit_nothing() {
+        let mut w = TcpWindows::open(&numbers(1000, 0, 0, TCP_SYN, 64240));
+        assert!(!w.admit(Side::Responder, &numbers(5001, 1001, 10, TCP_ACK, 100), 0));
+        assert!(!TcpWindows::zeroed().admit(Side::Initiator, &numbers(1, 1, 1, TCP_ACK, 1), 0));
+    }
+
+    #[test]
+    fn picked_up_connections_are_judged_once_both_directions_are_known() {
+        let mut w = TcpWindows::zeroed();
+        w.pick_up(
+            Side::Initiator,
+            &numbers(1_000_000, 9_000_000, 6, TCP_ACK, 500),
+            7,
+        );
+        assert!(!w.is_open());
+        // The other direction's first segment, acknowledging what the first one sent.
+        w.pick_up(
+            Side::Responder,
+            &numbers(9_000_000, 1_000_006, 40, TCP_ACK, 501),
+            7,
+        );
+        assert!(w.is_open());
+        assert!(w.admit(
+            Side::Responder,
+            &numbers(9_000_040, 1_000_006, 30, TCP_ACK, 501),
+            0
+        ));
+        assert!(!w.admit(
+            Side::Responder,
+            &numbers(9_000_040 + (1 << 24), 1_000_006, 30, TCP_ACK, 501),
+            0
+        ));
+    }
+
+    #[test]
+    fn slack_widens_every_bound() {
+        let mut w = handshake(None);
+        let late = numbers(5001 + 100_000, 1001, 10, TCP_ACK, 502);
+        assert!(!w.admit(Side::Responder, &late, 0));
+        assert!(w.admit(Side::Responder, &late, 1 << 20));
+    }
+
+    #[test]
+    fn sequence_comparisons_wrap() {
+        assert!(after(5, u32::MAX - 5));
+        assert!(before(u32::MAX - 5, 5));
+        assert!(!after(5, 5));
+        let mut w = TcpWindows::open(&numbers(u32::MAX - 1, 0, 0, TCP_SYN, 1000));
+        assert!(w.accept(&numbers(5000, u32::MAX, 0, TCP_SYN | TCP_ACK, 1000)));
+        assert!(w.admit(
+            Side::Initiator,
+            &numbers(u32::MAX, 5001, 100, TCP_ACK, 1000),
+            0
+        ));
+        assert_eq!(w.directions[0].end, 99);
+    }
+
+    #[test]
+    fn window_scale_options() {
+        let mut options = [0u8; MAX_TCP_OPTIONS];
+        // Linux's SYN: MSS, SACK permitted, timestamps, NOP, window scale 7.
+        let linux = [
+            2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        options[..20].copy_from_slice(&linux);
+        assert_eq!(window_scale(&options, 20), Some(7));
+        assert_eq!(window_scale(&options, 19), None, "cut short");
+        options[19] = 200;
+        assert_eq!(window_scale(&options, 20), Some(MAX_WINDOW_SCALE));
+        let mut nops = [1u8; MAX_TCP_OPTIONS];
+        assert_eq!(window_scale(&nops, 40), None);
+        nops[37..40].copy_from_slice(&[3, 3, 2]);
+        assert_eq!(window_scale(&nops, 40), Some(2));
+        let mut bad = [0u8; MAX_TCP_OPTIONS];
+        bad[..4].copy_from_slice(&[2, 0, 3, 3]);
+        assert_eq!(window_scale(&bad, 8), None, "a zero length ends the walk");
+        bad[..4].copy_from_slice(&[3, 4, 5, 0]);
+        assert_eq!(
+            window_scale(&bad, 8),
+            None,
+            "a window scale of the wrong size"
+        );
+    }
+}
