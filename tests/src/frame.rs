@@ -181,7 +181,8 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// One FTP control connection: each call gives the next segment of one direction,
+/// One FTP control connection (or any TCP connection, given other ports: a data connection
+/// is numbered the same way): each call gives the next segment of one direction,
 /// numbered and acknowledged as TCP does, so the programs see a coherent connection. Its
 /// `handshake` must be shown to the programs first: they believe only connections they saw
 /// open. Both ends offer window scale 7 and announce windows of 512 << 7 bytes.
@@ -206,6 +207,17 @@ impl ControlSession {
             server_port: 21,
             client_seq: 1000,
             server_seq: 5000,
+        }
+    }
+
+    /// The same connection numbered from other initial sequence numbers: `client_seq` and
+    /// `server_seq` are each end's first byte (one past its SYN), as a new connection
+    /// reusing the addresses and ports would pick them.
+    pub fn numbered(self, client_seq: u32, server_seq: u32) -> Self {
+        Self {
+            client_seq,
+            server_seq,
+            ..self
         }
     }
 
@@ -289,9 +301,21 @@ impl ControlSession {
         self.server_seq
     }
 
-    /// The client closing the control connection.
+    /// The client closing the connection.
     pub fn client_fin(&self) -> Vec<u8> {
         self.from_client(FIN | ACK, self.client_seq, self.server_seq)
+            .frame(&[])
+    }
+
+    /// The server closing the connection.
+    pub fn server_fin(&self) -> Vec<u8> {
+        self.from_server(FIN | ACK, self.server_seq, self.client_seq)
+            .frame(&[])
+    }
+
+    /// The server resetting the connection, at its own next sequence number.
+    pub fn server_rst(&self) -> Vec<u8> {
+        self.from_server(RST | ACK, self.server_seq, self.client_seq)
             .frame(&[])
     }
 }

@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    hash::{BuildHasher, Hasher, RandomState},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -13,10 +14,11 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use ftp_ebpf_common::{
-    addr::{FAMILY_IPV4, FAMILY_IPV6},
+    addr::{AddrKey, FAMILY_IPV4, FAMILY_IPV6},
     control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
+    parse::Sender,
 };
 use ftp_loader::ebpf::{self, EGRESS_PROGRAM, INGRESS_PROGRAM, Settings};
 use tests::{
@@ -30,6 +32,7 @@ use tests::{
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+const TC_ACT_SHOT: u32 = 2;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -39,6 +42,18 @@ const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
 struct Programs {
     ebpf: Ebpf,
+}
+
+/// Where the programs run, which decides the hook each end's segments pass through.
+#[derive(Clone, Copy, Debug)]
+enum Host {
+    /// The FTP server's host: the client's segments arrive (ingress), the server's leave
+    /// (egress).
+    Server,
+    /// The FTP client's host: the other way round.
+    Client,
+    /// A router between them: both ends' segments arrive, each on its own interface.
+    Gateway,
 }
 
 impl Programs {
@@ -67,13 +82,64 @@ impl Programs {
     }
 
     fn egress(&self, frame: &[u8]) -> u32 {
-        let tc: &SchedClassifier = self
-            .ebpf
-            .program(EGRESS_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        self.tc(EGRESS_PROGRAM, frame)
+    }
+
+    /// The tc ingress guard, what `auto` picks on virtual devices.
+    fn ingress_tc(&self, frame: &[u8]) -> u32 {
+        self.tc(ebpf::INGRESS_TC_PROGRAM, frame)
+    }
+
+    fn tc(&self, program: &str, frame: &[u8]) -> u32 {
+        let tc: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
         test_run(tc, frame)
+    }
+
+    /// Runs a segment that `sender`'s end sent where `host` sees it; whether it passed.
+    fn deliver(&self, host: Host, sender: Sender, frame: &[u8]) -> bool {
+        let inbound = match (host, sender) {
+            (Host::Server, Sender::Client)
+            | (Host::Client, Sender::Server)
+            | (Host::Gateway, _) => true,
+            (Host::Server, Sender::Server) | (Host::Client, Sender::Client) => false,
+        };
+        if inbound {
+            self.ingress(frame) == XDP_PASS
+        } else {
+            self.egress(frame) == TC_ACT_UNSPEC
+        }
+    }
+
+    /// Shows the programs the handshake of `session` as `host` sees it, and gives the
+    /// session back: they believe only control connections they saw open.
+    fn open_at(&self, host: Host, session: ControlSession) -> ControlSession {
+        let [syn, syn_ack, ack] = session.handshake();
+        for (sender, frame) in [
+            (Sender::Client, syn),
+            (Sender::Server, syn_ack),
+            (Sender::Client, ack),
+        ] {
+            assert!(
+                self.deliver(host, sender, &frame),
+                "a handshake segment of the {sender:?} was dropped"
+            );
+        }
+        session
+    }
+
+    /// `open_at` on the FTP server's host, where most tests stand.
+    fn open(&self, session: ControlSession) -> ControlSession {
+        self.open_at(Host::Server, session)
+    }
+
+    /// Tells the programs this host's own addresses, as the loader keeps them.
+    fn set_local_addrs(&mut self, addrs: &[IpAddr]) {
+        let mut map: HashMap<_, AddrKey, u8> =
+            HashMap::try_from(self.ebpf.map_mut("LOCAL_ADDRS").unwrap()).unwrap();
+        for &ip in addrs {
+            map.insert(AddrKey::new(family(ip), addr(ip)), 1, 0)
+                .unwrap();
+        }
     }
 
     fn expectations(&self) -> Vec<(ExpectKey, ExpectValue)> {
@@ -177,10 +243,36 @@ fn session6() -> ControlSession {
     ControlSession::new(CLIENT6, SERVER6)
 }
 
+/// A passive data connection from the client's port 51000 to `port` of the server,
+/// numbered as TCP does: its FIN and RST are judged by its window.
+fn data_connection(port: u16) -> ControlSession {
+    let mut data = ControlSession::new(CLIENT, SERVER).numbered(300_000, 7_000_000);
+    data.client_port = 51000;
+    data.server_port = port;
+    data
+}
+
+/// A number nobody chose, as a forger who cannot see the traffic must use.
+fn random_u32() -> u32 {
+    RandomState::new().build_hasher().finish() as u32
+}
+
+/// A random sequence number at least 2^24 away from `seq` either way: far outside any
+/// window of these tests' connections (at most a few hundred KiB), so that a test never
+/// fails by the forger's one-in-thousands luck.
+fn far_from(seq: u32) -> u32 {
+    loop {
+        let guess = random_u32();
+        if (guess.wrapping_sub(seq) as i32).unsigned_abs() >= 1 << 24 {
+            return guess;
+        }
+    }
+}
+
 #[test]
 fn passive_reply_on_egress_creates_an_expectation() {
     let p = Programs::new();
-    let mut s = session();
+    let mut s = p.open(session());
     assert_eq!(
         p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n")),
         TC_ACT_UNSPEC,
@@ -212,7 +304,10 @@ fn passive_reply_on_ingress_creates_an_expectation_for_a_client_host() {
     let p = Programs::new();
     // On a client host (or a gateway) the reply arrives on ingress.
     assert_eq!(
-        p.ingress(&session().reply(b"227 Entering Passive Mode (192,0,2,1,4,1)\r\n")),
+        p.ingress(
+            &p.open_at(Host::Client, session())
+                .reply(b"227 Entering Passive Mode (192,0,2,1,4,1)\r\n")
+        ),
         XDP_PASS
     );
     assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 1025)]);
@@ -222,7 +317,10 @@ fn passive_reply_on_ingress_creates_an_expectation_for_a_client_host() {
 fn port_command_creates_an_expectation_for_the_server_to_connect() {
     let p = Programs::new();
     assert_eq!(
-        p.ingress(&session().command(b"TYPE I\r\nPORT 192,0,2,2,7,138\r\n")),
+        p.ingress(
+            &p.open(session())
+                .command(b"TYPE I\r\nPORT 192,0,2,2,7,138\r\n")
+        ),
         XDP_PASS
     );
     let expectations = p.expectations();
@@ -243,9 +341,15 @@ fn port_command_creates_an_expectation_for_the_server_to_connect() {
 #[test]
 fn extended_passive_reply_expects_the_server_itself() {
     let p = Programs::new();
-    p.egress(&session().reply(b"229 Entering Extended Passive Mode (|||6446|)\r\n"));
+    p.egress(
+        &p.open(session())
+            .reply(b"229 Entering Extended Passive Mode (|||6446|)\r\n"),
+    );
     assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 6446)]);
-    p.egress(&session6().reply(b"229 Entering Extended Passive Mode (!!!6447!)\r\n"));
+    p.egress(
+        &p.open(session6())
+            .reply(b"229 Entering Extended Passive Mode (!!!6447!)\r\n"),
+    );
     assert_eq!(
         p.expected_keys(),
         [
@@ -258,8 +362,8 @@ fn extended_passive_reply_expects_the_server_itself() {
 #[test]
 fn extended_port_commands_in_both_families() {
     let p = Programs::new();
-    p.ingress(&session().command(b"EPRT |1|192.0.2.2|6275|\r\n"));
-    p.ingress(&session6().command(b"eprt |2|2001:db8::2|6276|\r\n"));
+    p.ingress(&p.open(session()).command(b"EPRT |1|192.0.2.2|6275|\r\n"));
+    p.ingress(&p.open(session6()).command(b"eprt |2|2001:db8::2|6276|\r\n"));
     assert_eq!(
         p.expected_keys(),
         [
@@ -272,8 +376,8 @@ fn extended_port_commands_in_both_families() {
 #[test]
 fn eprt_of_the_other_family_is_refused() {
     let p = Programs::new();
-    p.ingress(&session().command(b"EPRT |2|2001:db8::2|6275|\r\n"));
-    p.ingress(&session6().command(b"EPRT |1|192.0.2.2|6275|\r\n"));
+    p.ingress(&p.open(session()).command(b"EPRT |2|2001:db8::2|6275|\r\n"));
+    p.ingress(&p.open(session6()).command(b"EPRT |1|192.0.2.2|6275|\r\n"));
     assert!(p.expectations().is_empty());
     assert_eq!(p.stats()["family_mismatch"], 2);
 }
@@ -281,7 +385,10 @@ fn eprt_of_the_other_family_is_refused() {
 #[test]
 fn ipv6_data_connections_are_guarded_like_ipv4() {
     let p = Programs::new();
-    p.egress(&session6().reply(b"229 Entering Extended Passive Mode (|||10000|)\r\n"));
+    p.egress(
+        &p.open(session6())
+            .reply(b"229 Entering Extended Passive Mode (|||10000|)\r\n"),
+    );
     assert_eq!(p.ingress(&syn(CLIENT6, 51000, SERVER6, 10001)), XDP_DROP);
     assert_eq!(p.ingress(&syn(CLIENT6, 51000, SERVER6, 10000)), XDP_PASS);
     assert_eq!(
@@ -326,7 +433,10 @@ fn packets_that_hide_their_tcp_flags_are_dropped_inbound() {
 #[test]
 fn expected_syn_is_admitted_once_and_tracked() {
     let p = Programs::new();
-    p.egress(&session().reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n"));
+    p.egress(
+        &p.open(session())
+            .reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n"),
+    );
 
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_PASS);
     assert!(
@@ -369,14 +479,13 @@ fn expected_syn_is_admitted_once_and_tracked() {
 #[test]
 fn admitted_flow_is_marked_closing_by_fin_from_either_side() {
     let p = Programs::new();
-    p.egress(&session().reply(b"227 (192,0,2,1,39,17)\r\n"));
-    assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10001)), XDP_PASS);
-    let data = Tcp::new(CLIENT, 51000, SERVER, 10001, ACK | PSH).frame(b"data");
-    assert_eq!(p.ingress(&data), XDP_PASS);
+    p.egress(&p.open(session()).reply(b"227 (192,0,2,1,39,17)\r\n"));
+    // `open` asserts that the client's SYN passed.
+    let mut d = p.open(data_connection(10001));
+    assert_eq!(p.ingress(&d.command(b"data")), XDP_PASS);
     assert_eq!(p.flows()[0].1.closing_since_ns, 0);
     // The server closes: its FIN leaves through egress, in the reverse direction.
-    let fin = Tcp::new(SERVER, 10001, CLIENT, 51000, FIN | ACK).frame(&[]);
-    assert_eq!(p.egress(&fin), TC_ACT_UNSPEC);
+    assert_eq!(p.egress(&d.server_fin()), TC_ACT_UNSPEC);
     assert_ne!(p.flows()[0].1.closing_since_ns, 0);
     assert_eq!(p.stats()["flows_closing"], 1);
 }
@@ -395,7 +504,7 @@ fn unsolicited_syn_is_dropped() {
 #[test]
 fn third_party_address_creates_nothing_unless_loose() {
     let p = Programs::new();
-    let mut s = session();
+    let mut s = p.open(session());
     p.egress(&s.reply(b"227 Entering Passive Mode (198,51,100,9,39,16)\r\n"));
     p.ingress(&s.command(b"PORT 198,51,100,9,39,17\r\n"));
     p.ingress(&s.command(b"EPRT |1|198.51.100.9|10002|\r\n"));
@@ -410,14 +519,18 @@ fn third_party_address_creates_nothing_unless_loose() {
         loose: true,
         ..Settings::default()
     });
-    loose.ingress(&session().command(b"PORT 198,51,100,9,39,17\r\n"));
+    loose.ingress(
+        &loose
+            .open(session())
+            .command(b"PORT 198,51,100,9,39,17\r\n"),
+    );
     assert_eq!(loose.expected_keys(), [expect_key(SERVER, STRANGER, 10001)]);
 }
 
 #[test]
 fn privileged_data_ports_are_refused_by_default() {
     let p = Programs::new();
-    let mut s = session();
+    let mut s = p.open(session());
     p.ingress(&s.command(b"PORT 192,0,2,2,0,25\r\n"));
     p.egress(&s.reply(b"229 Entering Extended Passive Mode (|||1023|)\r\n"));
     assert!(p.expectations().is_empty());
@@ -427,14 +540,14 @@ fn privileged_data_ports_are_refused_by_default() {
         min_data_port: 1,
         ..Settings::default()
     });
-    open.ingress(&session().command(b"PORT 192,0,2,2,0,25\r\n"));
+    open.ingress(&open.open(session()).command(b"PORT 192,0,2,2,0,25\r\n"));
     assert_eq!(open.expected_keys(), [expect_key(SERVER, CLIENT, 25)]);
 }
 
 #[test]
 fn malformed_lines_create_nothing_and_are_counted() {
     let p = Programs::new();
-    let mut s = session();
+    let mut s = p.open(session());
     for line in [
         &b"PORT 192,0,2,2,256,22\r\n"[..],
         b"PORT 192,0,2,2,7\r\n",
@@ -461,14 +574,14 @@ fn malformed_lines_create_nothing_and_are_counted() {
 #[test]
 fn bare_lf_ends_a_line() {
     let p = Programs::new();
-    p.ingress(&session().command(b"TYPE I\nPORT 192,0,2,2,7,138\n"));
+    p.ingress(&p.open(session()).command(b"TYPE I\nPORT 192,0,2,2,7,138\n"));
     assert_eq!(p.expected_keys(), [expect_key(SERVER, CLIENT, 1930)]);
 }
 
 #[test]
 fn a_line_split_across_segments_is_read_whole() {
     let p = Programs::new();
-    let mut s = session();
+    let mut s = p.open(session());
     assert_eq!(
         p.ingress(&s.command(b"PORT 192,0,2,2,")),
         XDP_PASS,
@@ -480,6 +593,7 @@ fn a_line_split_across_segments_is_read_whole() {
     // Another control connection: one holds one expectation at a time.
     let mut r = session();
     r.client_port = 40001;
+    let mut r = p.open(r);
     p.egress(&r.reply(b"229 Entering Extended Pass"));
     p.egress(&r.reply(b"ive Mode (|||64"));
     p.egress(&r.reply(b"46|)\r\n"));
@@ -495,7 +609,7 @@ fn a_line_split_across_segments_is_read_whole() {
 #[test]
 fn a_retransmitted_segment_neither_adds_nor_renews() {
     let p = Programs::new();
-    let mut s = session();
+    let mut s = p.open(session());
     let start = s.server_seq();
     let reply = b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n";
     p.egress(&s.reply(reply));
@@ -519,7 +633,7 @@ fn a_retransmitted_segment_neither_adds_nor_renews() {
 
     // Bytes after a gap: the line under way is given up, the next one is read.
     let q = Programs::new();
-    let mut g = session();
+    let mut g = q.open(session());
     q.ingress(&g.command(b"NOOP\r\n"));
     let after_gap = g.client_seq() + 100;
     q.ingress(&g.command_at(after_gap, b"7,138\r\nPORT 192,0,2,2,7,139\r\n"));
@@ -530,13 +644,13 @@ fn a_retransmitted_segment_neither_adds_nor_renews() {
 #[test]
 fn one_expectation_per_control_connection_by_default() {
     let p = Programs::new();
-    let mut s = session();
+    let mut s = p.open(session());
     p.egress(&s.reply(b"227 (192,0,2,1,39,16)\r\n"));
     p.egress(&s.reply(b"227 (192,0,2,1,39,17)\r\n"));
     assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10001)]);
     assert_eq!(p.stats()["expectations_replaced"], 1);
     // Another control connection's expectations are its own.
-    let mut other = ControlSession::new(STRANGER, SERVER);
+    let mut other = p.open(ControlSession::new(STRANGER, SERVER));
     p.egress(&other.reply(b"227 (192,0,2,1,39,18)\r\n"));
     assert_eq!(p.expectations().len(), 2);
 
@@ -544,7 +658,7 @@ fn one_expectation_per_control_connection_by_default() {
         max_expected: 2,
         ..Settings::default()
     });
-    let mut s = session();
+    let mut s = two.open(session());
     for port in [16u8, 17, 18] {
         two.egress(&s.reply(format!("227 (192,0,2,1,39,{port})\r\n").as_bytes()));
     }
@@ -566,7 +680,7 @@ fn pipelined_announcements_beyond_four_are_not_read() {
     let lines: String = (0..6)
         .map(|i| format!("PORT 192,0,2,2,40,{i}\r\n"))
         .collect();
-    p.ingress(&session().command(lines.as_bytes()));
+    p.ingress(&p.open(session()).command(lines.as_bytes()));
     assert_eq!(p.expectations().len(), 4);
     assert_eq!(p.stats()["scan_truncated"], 1);
 }
@@ -574,16 +688,15 @@ fn pipelined_announcements_beyond_four_are_not_read() {
 #[test]
 fn ending_a_control_connection_removes_what_it_announced() {
     let p = Programs::new();
-    let mut s = session();
+    let mut s = p.open(session());
     p.egress(&s.reply(b"227 (192,0,2,1,39,16)\r\n"));
-    let mut other = ControlSession::new(STRANGER, SERVER);
+    let mut other = p.open(ControlSession::new(STRANGER, SERVER));
     p.egress(&other.reply(b"227 (192,0,2,1,39,17)\r\n"));
     assert_eq!(p.controls().len(), 2);
     p.ingress(&s.client_fin());
     assert_eq!(p.expected_keys(), [expect_key(STRANGER, SERVER, 10001)]);
     assert_eq!(p.controls(), [flow_key(STRANGER, 40000, SERVER, 21)]);
-    let reset = Tcp::new(SERVER, 21, STRANGER, 40000, RST).frame(&[]);
-    p.egress(&reset);
+    p.egress(&other.server_rst());
     assert!(p.expectations().is_empty() && p.controls().is_empty());
     assert_eq!(p.stats()["expectations_removed"], 2);
 }
@@ -593,7 +706,7 @@ fn long_control_segments_are_scanned_up_to_the_window_and_counted() {
     let p = Programs::new();
     let mut text = "200-".to_owned() + &"x".repeat(1100) + "\r\n";
     text += "227 (192,0,2,1,39,16)\r\n";
-    let mut s = session();
+    let mut s = p.open(session());
     p.egress(&s.reply(text.as_bytes()));
     assert!(
         p.expectations().is_empty(),
@@ -678,13 +791,16 @@ fn expired_expectation_admits_nothing() {
         expect_timeout_secs: 1,
         ..Settings::default()
     });
-    p.egress(&session().reply(b"227 (192,0,2,1,39,16)\r\n"));
+    p.egress(&p.open(session()).reply(b"227 (192,0,2,1,39,16)\r\n"));
     assert_eq!(p.expectations().len(), 1);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     // Another client is given the same port now, so the port's own record says it was
     // announced recently and the SYN reaches the lookup, which finds the client's
     // expectation expired. (Nothing sweeps the table: the lookup is what removes it.)
-    p.egress(&ControlSession::new(STRANGER, SERVER).reply(b"227 (192,0,2,1,39,16)\r\n"));
+    p.egress(
+        &p.open(ControlSession::new(STRANGER, SERVER))
+            .reply(b"227 (192,0,2,1,39,16)\r\n"),
+    );
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_DROP);
     assert_eq!(
         p.expected_keys(),
@@ -705,11 +821,12 @@ fn settings_shape_the_guard() {
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10501)), XDP_PASS);
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10500)), XDP_DROP);
     // Port 21 is no control port here; 2121 and 2122 are.
-    p.egress(&session().reply(b"227 (192,0,2,1,39,16)\r\n"));
+    p.egress(&p.open(session()).reply(b"227 (192,0,2,1,39,16)\r\n"));
     assert!(p.expectations().is_empty());
     for (port, data) in [(2121, 16u8), (2122, 17)] {
         let mut s = session();
         s.server_port = port;
+        let mut s = p.open(s);
         p.egress(&s.reply(format!("227 (192,0,2,1,39,{data})\r\n").as_bytes()));
     }
     assert_eq!(
@@ -724,29 +841,25 @@ fn settings_shape_the_guard() {
 /// The tc ingress guard (what `auto` picks on virtual devices) judges SYNs as XDP does.
 #[test]
 fn tc_ingress_guard_judges_like_xdp() {
-    const TC_ACT_SHOT: u32 = 2;
     let p = Programs::new();
-    let tc: &SchedClassifier = p
-        .ebpf
-        .program(ebpf::INGRESS_TC_PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
     assert_eq!(
-        test_run(tc, &syn(CLIENT, 51000, SERVER, 10000)),
+        p.ingress_tc(&syn(CLIENT, 51000, SERVER, 10000)),
         TC_ACT_SHOT
     );
-    p.egress(&session().reply(b"229 Entering Extended Passive Mode (|||10000|)\r\n"));
+    p.egress(
+        &p.open(session())
+            .reply(b"229 Entering Extended Passive Mode (|||10000|)\r\n"),
+    );
     assert_eq!(
-        test_run(tc, &syn(CLIENT, 51000, SERVER, 10000)),
+        p.ingress_tc(&syn(CLIENT, 51000, SERVER, 10000)),
         TC_ACT_UNSPEC
     );
     assert_eq!(
-        test_run(tc, &syn(CLIENT, 51001, SERVER, 10000)),
+        p.ingress_tc(&syn(CLIENT, 51001, SERVER, 10000)),
         TC_ACT_SHOT
     );
     let data = Tcp::new(CLIENT, 51000, SERVER, 10000, ACK).frame(b"data");
-    assert_eq!(test_run(tc, &data), TC_ACT_UNSPEC);
+    assert_eq!(p.ingress_tc(&data), TC_ACT_UNSPEC);
     assert_eq!(p.stats()["unsolicited_dropped"], 2);
     assert_eq!(p.stats()["expectations_matched"], 1);
 }
@@ -759,7 +872,7 @@ fn a_finished_flow_admits_nothing_more() {
         flow_idle_timeout_secs: 1,
         ..Settings::default()
     });
-    p.egress(&session().reply(b"227 (192,0,2,1,39,16)\r\n"));
+    p.egress(&p.open(session()).reply(b"227 (192,0,2,1,39,16)\r\n"));
     assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_PASS);
     assert_eq!(p.flows().len(), 1);
     // A retransmitted SYN of the tracked connection still passes.
@@ -771,4 +884,310 @@ fn a_finished_flow_admits_nothing_more() {
     assert!(p.flows().is_empty(), "the finished flow was removed");
     assert_eq!(p.stats()["syn_retransmissions"], 1);
     assert_eq!(p.stats()["unsolicited_dropped"], 1);
+}
+
+// Issue 8: forged control traffic never opens a port. A forger who cannot see a control
+// connection's traffic must guess its sequence numbers; one who can send from this host's
+// own address must come from outside to do it.
+
+/// A 227 forged ahead of the server's stream, as far as a guess may land, is out of window:
+/// it creates nothing and moves nothing, so the real 227 after it is read.
+#[test]
+fn forged_passive_reply_out_of_window_opens_nothing() {
+    let p = Programs::new();
+    // A gateway in front of the server: both ends' segments arrive on ingress, as a
+    // forger's do, and the guard judges the client's SYNs there.
+    let mut s = p.open_at(Host::Gateway, session());
+    p.ingress(&s.command(b"PASV\r\n"));
+    // Opening with a line end, so that a reader which takes the forgery for the bytes after
+    // a gap still reads its 227 line.
+    let forged = b"\r\n227 Entering Passive Mode (192,0,2,1,40,10)\r\n";
+    for (count, ahead) in (1..).zip([100_000u32, 1 << 20, (1 << 31) - 1]) {
+        let frame = s.reply_at(s.server_seq().wrapping_add(ahead), forged);
+        assert_eq!(
+            p.ingress(&frame),
+            XDP_PASS,
+            "{ahead} ahead: judged, not dropped"
+        );
+        assert!(p.expectations().is_empty(), "{ahead} ahead");
+        assert_eq!(p.stats()["control_out_of_window"], count, "{ahead} ahead");
+    }
+    p.ingress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n"));
+    assert_eq!(
+        p.expected_keys(),
+        [expect_key(CLIENT, SERVER, 10000)],
+        "the stream position did not move"
+    );
+    assert_eq!(
+        p.ingress(&syn(CLIENT, 51000, SERVER, 40 * 256 + 10)),
+        XDP_DROP
+    );
+    assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_PASS);
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([
+            ("control_out_of_window", 3),
+            ("control_packets", 2),
+            ("expectations_created", 1),
+            ("expectations_matched", 1),
+            ("flows_tracked", 1),
+            ("unsolicited_dropped", 1),
+        ])
+    );
+}
+
+/// The same forgery for a control connection nobody opened: nothing in it is believed.
+#[test]
+fn forged_announcements_of_unknown_connections_open_nothing() {
+    let p = Programs::new();
+    for _ in 0..3 {
+        let client_port = 1024 + (random_u32() % 64000) as u16;
+        let reply = Tcp::new(SERVER, 21, CLIENT, client_port, PSH | ACK)
+            .seq(random_u32())
+            .ack(random_u32())
+            .frame(b"227 Entering Passive Mode (192,0,2,1,40,10)\r\n");
+        let command = Tcp::new(CLIENT, client_port, SERVER, 21, PSH | ACK)
+            .seq(random_u32())
+            .ack(random_u32())
+            .frame(b"PORT 192,0,2,2,40,11\r\n");
+        assert_eq!(p.ingress(&reply), XDP_PASS);
+        assert_eq!(p.egress(&reply), TC_ACT_UNSPEC);
+        assert_eq!(p.ingress(&command), XDP_PASS);
+    }
+    assert!(p.expectations().is_empty());
+    assert!(p.controls().is_empty(), "nothing remembered either");
+    assert_eq!(
+        p.ingress(&syn(CLIENT, 51000, SERVER, 40 * 256 + 10)),
+        XDP_DROP
+    );
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([("control_unknown", 9), ("unsolicited_dropped", 1)])
+    );
+}
+
+/// Resets with guessed sequence numbers, from either end, do not end a control connection
+/// nor take its expectation; the real end's reset does.
+#[test]
+fn forged_resets_leave_the_control_connection_and_its_expectation() {
+    let p = Programs::new();
+    let mut s = p.open(session());
+    p.ingress(&s.command(b"PASV\r\n"));
+    p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n"));
+    for _ in 0..3 {
+        let (client_seq, server_seq) = (far_from(s.client_seq()), far_from(s.server_seq()));
+        let from_client = Tcp::new(CLIENT, 40000, SERVER, 21, RST).seq(client_seq);
+        let from_server = Tcp::new(SERVER, 21, CLIENT, 40000, RST).seq(server_seq);
+        // From outside, both: with no local address known, a forged source is not told.
+        for forged in [from_client, from_server] {
+            assert_eq!(p.ingress(&forged.frame(&[])), XDP_PASS, "{forged:?}");
+        }
+        assert_eq!(
+            p.expected_keys(),
+            [expect_key(CLIENT, SERVER, 10000)],
+            "after RSTs at {client_seq} and {server_seq}"
+        );
+    }
+    assert_eq!(p.controls(), [flow_key(CLIENT, 40000, SERVER, 21)]);
+    assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_PASS);
+    // The next transfer's expectation goes with the server's own reset.
+    p.ingress(&s.command(b"PASV\r\n"));
+    p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,17)\r\n"));
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10001)]);
+    p.egress(&s.server_rst());
+    assert!(p.expectations().is_empty() && p.controls().is_empty());
+    assert_eq!(p.ingress(&syn(CLIENT, 51001, SERVER, 10001)), XDP_DROP);
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([
+            ("control_out_of_window", 6),
+            ("control_packets", 4),
+            ("expectations_created", 2),
+            ("expectations_matched", 1),
+            ("expectations_removed", 1),
+            ("flows_tracked", 1),
+            ("unsolicited_dropped", 1),
+        ])
+    );
+}
+
+/// A segment from this host's own address cannot arrive from outside: a reply of the
+/// server's arriving at the server is dropped, sequence numbers right or not; the server's
+/// real reply leaves on egress and is read.
+#[test]
+fn replies_from_this_hosts_own_address_are_dropped_inbound() {
+    let mut p = Programs::new();
+    p.set_local_addrs(&[SERVER.into()]);
+    let mut s = p.open(session());
+    p.ingress(&s.command(b"PASV\r\n"));
+    let reply = s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n");
+    assert_eq!(p.ingress(&reply), XDP_DROP);
+    assert_eq!(p.ingress_tc(&reply), TC_ACT_SHOT);
+    assert!(p.expectations().is_empty());
+    assert_eq!(p.egress(&reply), TC_ACT_UNSPEC);
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10000)]);
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([
+            ("control_packets", 2),
+            ("expectations_created", 1),
+            ("spoofed_source_dropped", 2),
+        ])
+    );
+
+    // Where the server's replies do arrive, they are read: on the client's host (which
+    // knows its own address only) and on a gateway (which knows none of either end's).
+    for (host, local) in [(Host::Client, vec![CLIENT.into()]), (Host::Gateway, vec![])] {
+        let mut q = Programs::new();
+        q.set_local_addrs(&local);
+        let mut s = q.open_at(host, session());
+        assert!(q.deliver(host, Sender::Client, &s.command(b"PASV\r\n")));
+        let reply = s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n");
+        assert_eq!(q.ingress(&reply), XDP_PASS, "{host:?}");
+        assert_eq!(
+            q.expected_keys(),
+            [expect_key(CLIENT, SERVER, 10000)],
+            "{host:?}"
+        );
+        assert!(
+            !q.stats().contains_key("spoofed_source_dropped"),
+            "{host:?}"
+        );
+    }
+}
+
+/// One client address holds at most its share of the expectation table; an expectation
+/// consumed is given back.
+#[test]
+fn each_client_holds_at_most_its_share() {
+    let p = Programs::load(Settings {
+        max_per_client: 2,
+        ..Settings::default()
+    });
+    let mut sessions: Vec<ControlSession> = (0..3)
+        .map(|i| {
+            let mut s = session();
+            s.client_port = 40000 + i;
+            p.open(s)
+        })
+        .collect();
+    for (s, port) in sessions.iter_mut().zip([16u8, 17, 18]) {
+        p.egress(
+            &s.reply(format!("227 Entering Passive Mode (192,0,2,1,39,{port})\r\n").as_bytes()),
+        );
+    }
+    assert_eq!(
+        p.expected_keys(),
+        [
+            expect_key(CLIENT, SERVER, 10000),
+            expect_key(CLIENT, SERVER, 10001)
+        ]
+    );
+    assert_eq!(p.stats()["client_share_refused"], 1);
+    assert_eq!(p.ingress(&syn(CLIENT, 51002, SERVER, 10002)), XDP_DROP);
+    // Another client's share is its own.
+    p.egress(
+        &p.open(ControlSession::new(STRANGER, SERVER))
+            .reply(b"227 (192,0,2,1,39,19)\r\n"),
+    );
+    assert_eq!(p.expectations().len(), 3);
+    // A transfer consumes one: the client may announce again.
+    assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_PASS);
+    p.egress(&sessions[2].reply(b"227 Entering Passive Mode (192,0,2,1,39,18)\r\n"));
+    assert_eq!(
+        p.expected_keys(),
+        [
+            expect_key(CLIENT, SERVER, 10001),
+            expect_key(CLIENT, SERVER, 10002),
+            expect_key(STRANGER, SERVER, 10003)
+        ]
+    );
+    assert_eq!(p.ingress(&syn(CLIENT, 51002, SERVER, 10002)), XDP_PASS);
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([
+            ("client_share_refused", 1),
+            ("control_packets", 5),
+            ("expectations_created", 4),
+            ("expectations_matched", 2),
+            ("flows_tracked", 2),
+            ("unsolicited_dropped", 1),
+        ])
+    );
+}
+
+/// A FIN or RST of an admitted data connection that falls outside its window (forged) does
+/// not mark it closing; the real FIN does.
+#[test]
+fn forged_resets_of_a_data_connection_are_ignored() {
+    let p = Programs::new();
+    p.egress(&p.open(session()).reply(b"227 (192,0,2,1,39,17)\r\n"));
+    let mut d = p.open(data_connection(10001));
+    assert_eq!(p.ingress(&d.command(b"data")), XDP_PASS);
+    // The flow's numbers are sampled, so it is judged with slack: the forgeries sit as far
+    // from the real numbers as sequence space allows, and halfway there.
+    let (client_seq, server_seq) = (d.client_seq(), d.server_seq());
+    let forged = [
+        Tcp::new(CLIENT, 51000, SERVER, 10001, RST).seq(client_seq.wrapping_add(1 << 31)),
+        Tcp::new(CLIENT, 51000, SERVER, 10001, RST).seq(client_seq.wrapping_add(1 << 30)),
+        Tcp::new(CLIENT, 51000, SERVER, 10001, FIN | ACK)
+            .seq(client_seq.wrapping_sub(1 << 30))
+            .ack(server_seq),
+        Tcp::new(SERVER, 10001, CLIENT, 51000, RST).seq(server_seq.wrapping_add(1 << 31)),
+    ];
+    for segment in forged {
+        assert_eq!(p.ingress(&segment.frame(&[])), XDP_PASS, "{segment:?}");
+        assert_eq!(p.flows()[0].1.closing_since_ns, 0, "{segment:?}");
+    }
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([
+            ("control_packets", 1),
+            ("expectations_created", 1),
+            ("expectations_matched", 1),
+            ("flow_out_of_window", 4),
+            ("flows_tracked", 1),
+        ])
+    );
+    assert_eq!(p.egress(&d.server_fin()), TC_ACT_UNSPEC);
+    assert_ne!(p.flows()[0].1.closing_since_ns, 0);
+}
+
+/// A control connection reusing an open one's addresses and ports starts over once the
+/// server's SYN-ACK acknowledges the new SYN: what the old one announced goes, and the new
+/// one is read from its first byte. A SYN alone, which anyone can send, changes nothing.
+#[test]
+fn a_reused_control_connection_starts_over_only_when_the_server_answers() {
+    let p = Programs::new();
+    let mut s = p.open(session());
+    p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n"));
+    let lone = Tcp::new(CLIENT, 40000, SERVER, 21, SYN)
+        .seq(far_from(s.client_seq()))
+        .window(64240)
+        .window_scale(7);
+    assert_eq!(p.ingress(&lone.frame(&[])), XDP_PASS);
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10000)]);
+    // The old connection goes on, read where it stands.
+    p.ingress(&s.command(b"PASV\r\n"));
+    p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,17)\r\n"));
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10001)]);
+
+    // The old connection ended unseen; the client's next one has the same port.
+    let mut again = p.open(session().numbered(900_000, 70_000));
+    assert!(
+        p.expectations().is_empty(),
+        "what the old connection announced went with it"
+    );
+    p.ingress(&again.command(b"PORT 192,0,2,2,39,20\r\n"));
+    assert_eq!(p.expected_keys(), [expect_key(SERVER, CLIENT, 10004)]);
+    assert_eq!(p.controls(), [flow_key(CLIENT, 40000, SERVER, 21)]);
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([
+            ("control_packets", 4),
+            ("expectations_created", 3),
+            ("expectations_removed", 1),
+            ("expectations_replaced", 1),
+        ])
+    );
 }
