@@ -181,6 +181,24 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// A number nobody chose, as a forger who cannot see a connection's traffic must use.
+pub fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher, RandomState};
+    RandomState::new().build_hasher().finish() as u32
+}
+
+/// A random sequence number at least 2^24 away from `seq` either way: far outside any
+/// window of the tests' connections (at most a few MiB), so that no test fails by the
+/// forger's one-in-thousands luck.
+pub fn far_from(seq: u32) -> u32 {
+    loop {
+        let guess = random_u32();
+        if (guess.wrapping_sub(seq) as i32).unsigned_abs() >= 1 << 24 {
+            return guess;
+        }
+    }
+}
+
 /// One FTP control connection (or any TCP connection, given other ports: a data connection
 /// is numbered the same way): each call gives the next segment of one direction,
 /// numbered and acknowledged as TCP does, so the programs see a coherent connection. Its

@@ -21,8 +21,13 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::lab::{
-    CLIENT_IF, CLIENT_IP, CLIENT_IP6, Lab, SERVER_IF, SERVER_IP, SERVER_IP6, in_netns, netns, run,
+use crate::{
+    frame::{ACK, PSH, RST, Tcp, far_from},
+    lab::{
+        CLIENT_IF, CLIENT_IP, CLIENT_IP6, Lab, SERVER_IF, SERVER_IP, SERVER_IP6, in_netns, netns,
+        run,
+    },
+    wire::Wire,
 };
 
 /// The FTP control port both watchers know.
@@ -75,14 +80,29 @@ impl Family {
     }
 }
 
-/// One `send()` by one end, which travels as one TCP segment. Templates: `{client}` and
-/// `{server}` are the hosts' IPv4 addresses as `PORT` and `227` write them (`192,0,2,2`),
-/// `{client_ip}` and `{server_ip}` their addresses in the session's family as `EPRT`
-/// writes them (`192.0.2.2`, `2001:db8::2`).
+/// One `send()` by one end, which travels as one TCP segment, or a segment neither end
+/// sent. Templates: `{client}` and `{server}` are the hosts' IPv4 addresses as `PORT` and
+/// `227` write them (`192,0,2,2`), `{client_ip}` and `{server_ip}` their addresses in the
+/// session's family as `EPRT` writes them (`192.0.2.2`, `2001:db8::2`).
 #[derive(Clone, Copy, Debug)]
 pub enum Step {
     Client(&'static str),
     Server(&'static str),
+    /// Written onto the wire by someone who cannot see the connection's traffic: both
+    /// watchers see it, neither end's socket sent it.
+    Forged(Forgery),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Forgery {
+    /// The text as the server's, this many bytes past the server's next sequence number,
+    /// leaving the server's host.
+    ServerAhead(&'static str, u32),
+    /// A RST at a random sequence number far from the client's next one, leaving the
+    /// client's host.
+    ClientReset,
+    /// The same as the server's, leaving the server's host.
+    ServerReset,
 }
 
 /// A data connection an FTP helper expects, in `conntrack -L expect`'s terms: `connector`
@@ -119,6 +139,17 @@ pub struct ControlConnection {
     family: Family,
     client: TcpStream,
     server: TcpStream,
+    /// The client's interface, where forgeries of the client's leave (through tc egress,
+    /// where the oracle's mirror copies them).
+    client_wire: Wire,
+    /// The server's interface, where forgeries of the server's leave (through tc egress,
+    /// where ftp-loader scans them); it also reads every segment of the connection, for the
+    /// numbers the forgeries must miss or hit.
+    server_wire: Wire,
+    /// The client's and the server's next sequence numbers, as far as seen.
+    next: [Option<u32>; 2],
+    /// The forgeries' senders and sequence numbers, which the wire reads too.
+    forged: Vec<(SocketAddr, u32)>,
 }
 
 impl ControlConnection {
@@ -126,6 +157,17 @@ impl ControlConnection {
     pub fn open(lab: &Lab, listener: &TcpListener) -> Result<Self> {
         let server_addr = listener.local_addr()?;
         let family = Family::of(server_addr.ip());
+        // Before connecting, so that the server's wire reads the connection from its SYN.
+        let (client_mac, server_mac) = (
+            mac(&lab.client_ns, CLIENT_IF)?,
+            mac(&lab.server_ns, SERVER_IF)?,
+        );
+        let client_wire = in_netns(&lab.client_ns, || {
+            Wire::open(CLIENT_IF, client_mac, server_mac)
+        })?;
+        let server_wire = in_netns(&lab.server_ns, || {
+            Wire::open(SERVER_IF, server_mac, client_mac)
+        })?;
         // A socket stays in the namespace it was made in, whichever thread uses it later.
         let client = in_netns(&lab.client_ns, || {
             TcpStream::connect_timeout(&server_addr, DELIVERY_TIMEOUT)
@@ -157,6 +199,10 @@ impl ControlConnection {
             family,
             client,
             server,
+            client_wire,
+            server_wire,
+            next: [None; 2],
+            forged: Vec::new(),
         })
     }
 
@@ -174,6 +220,12 @@ impl ControlConnection {
             let (text, from, to) = match step {
                 Step::Client(text) => (text, &mut self.client, &mut self.server),
                 Step::Server(text) => (text, &mut self.server, &mut self.client),
+                Step::Forged(forgery) => {
+                    self.forge(*forgery)
+                        .with_context(|| format!("step {index} ({step:?})"))?;
+                    std::thread::sleep(STEP_PAUSE);
+                    continue;
+                }
             };
             let bytes = render(text, self.family).into_bytes();
             let sent = from.write(&bytes)?;
@@ -186,6 +238,73 @@ impl ControlConnection {
             std::thread::sleep(STEP_PAUSE);
         }
         Ok(())
+    }
+
+    /// Writes a forged segment onto the wire, numbered from what the server's wire saw of
+    /// the connection.
+    fn forge(&mut self, forgery: Forgery) -> Result<()> {
+        let ends = self.ends()?;
+        for segment in self.server_wire.segments()? {
+            if self.forged.contains(&(segment.src, segment.seq)) {
+                continue;
+            }
+            let sender = if (segment.src, segment.dst) == (ends.client, ends.server) {
+                0
+            } else if (segment.src, segment.dst) == (ends.server, ends.client) {
+                1
+            } else {
+                continue;
+            };
+            let end = segment.end();
+            // Sequence numbers wrap: the later is the one less than 2^31 ahead.
+            if self.next[sender].is_none_or(|next| (end.wrapping_sub(next) as i32) > 0) {
+                self.next[sender] = Some(end);
+            }
+        }
+        let [Some(client_next), Some(server_next)] = self.next else {
+            bail!("the server's wire saw no segment of both ends");
+        };
+        let from_client = Tcp::new(
+            ends.client.ip(),
+            ends.client.port(),
+            ends.server.ip(),
+            ends.server.port(),
+            RST,
+        );
+        let from_server = Tcp::new(
+            ends.server.ip(),
+            ends.server.port(),
+            ends.client.ip(),
+            ends.client.port(),
+            RST,
+        );
+        let (wire, segment, text) = match forgery {
+            Forgery::ServerAhead(text, ahead) => (
+                &self.server_wire,
+                Tcp {
+                    flags: PSH | ACK,
+                    ..from_server
+                }
+                .seq(server_next.wrapping_add(ahead))
+                .ack(client_next),
+                render(text, self.family),
+            ),
+            Forgery::ClientReset => (
+                &self.client_wire,
+                from_client.seq(far_from(client_next)),
+                String::new(),
+            ),
+            Forgery::ServerReset => (
+                &self.server_wire,
+                from_server.seq(far_from(server_next)),
+                String::new(),
+            ),
+        };
+        self.forged.push((
+            SocketAddr::from((segment.src, segment.src_port)),
+            segment.seq,
+        ));
+        wire.send(&segment.frame(text.as_bytes()))
     }
 
     /// Ends the connection as FTP does: each end closes and sees the other's FIN.
@@ -278,8 +397,8 @@ impl KernelOracle {
         let client = &lab.client_ns;
         // A copy reaches the stack only when its destination MAC is the receiving
         // interface's: commands are addressed to the server's MAC, replies to the client's.
-        let server_mac = mac(&lab.server_ns, SERVER_IF)?;
-        let client_mac = mac(client, CLIENT_IF)?;
+        let server_mac = mac_text(mac(&lab.server_ns, SERVER_IF)?);
+        let client_mac = mac_text(mac(client, CLIENT_IF)?);
         run_line(&format!("tc -n {client} qdisc add dev {CLIENT_IF} clsact"))?;
         for ((near, far), mac, direction) in [
             (COMMANDS_MIRROR, &server_mac, "egress"),
@@ -405,10 +524,20 @@ fn run_line(line: &str) -> Result<()> {
     Ok(())
 }
 
-fn mac(ns: &str, interface: &str) -> Result<String> {
+fn mac(ns: &str, interface: &str) -> Result<[u8; 6]> {
     let output = run(Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", interface]))?;
     let links: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    Ok(text(&links[0]["address"])?.to_owned())
+    let address = text(&links[0]["address"])?;
+    let bytes = address
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16))
+        .collect::<Result<Vec<u8>, _>>()?;
+    <[u8; 6]>::try_from(bytes).map_err(|_| anyhow::anyhow!("{address} is no MAC address"))
+}
+
+/// As `ip link` writes a MAC address.
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    hash::{BuildHasher, Hasher, RandomState},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -24,7 +23,7 @@ use ftp_loader::ebpf::{self, EGRESS_PROGRAM, INGRESS_PROGRAM, Settings};
 use tests::{
     frame::{
         ACK, ControlSession, FIN, IPPROTO_DSTOPTS, IPPROTO_TCP, IPPROTO_UDP, PSH, RST, SYN, Tcp,
-        dest_options, ip_frame, ipv4_first_fragment,
+        dest_options, far_from, ip_frame, ipv4_first_fragment, random_u32,
     },
     require_root,
 };
@@ -250,23 +249,6 @@ fn data_connection(port: u16) -> ControlSession {
     data.client_port = 51000;
     data.server_port = port;
     data
-}
-
-/// A number nobody chose, as a forger who cannot see the traffic must use.
-fn random_u32() -> u32 {
-    RandomState::new().build_hasher().finish() as u32
-}
-
-/// A random sequence number at least 2^24 away from `seq` either way: far outside any
-/// window of these tests' connections (at most a few hundred KiB), so that a test never
-/// fails by the forger's one-in-thousands luck.
-fn far_from(seq: u32) -> u32 {
-    loop {
-        let guess = random_u32();
-        if (guess.wrapping_sub(seq) as i32).unsigned_abs() >= 1 << 24 {
-            return guess;
-        }
-    }
 }
 
 #[test]
