@@ -247,20 +247,20 @@ impl ControlSession {
             self.server_seq.wrapping_sub(1),
         );
         [
-            self.from_client(SYN, client, 0)
+            self.client_segment(SYN, client, 0)
                 .window(64240)
                 .window_scale(7)
                 .frame(&[]),
-            self.from_server(SYN | ACK, server, self.client_seq)
+            self.server_segment(SYN | ACK, server, self.client_seq)
                 .window(65160)
                 .window_scale(7)
                 .frame(&[]),
-            self.from_client(ACK, self.client_seq, self.server_seq)
+            self.client_segment(ACK, self.client_seq, self.server_seq)
                 .frame(&[]),
         ]
     }
 
-    fn from_client(&self, flags: u8, seq: u32, ack: u32) -> Tcp {
+    fn client_segment(&self, flags: u8, seq: u32, ack: u32) -> Tcp {
         Tcp::new(
             self.client,
             self.client_port,
@@ -273,7 +273,7 @@ impl ControlSession {
         .window(WINDOW)
     }
 
-    fn from_server(&self, flags: u8, seq: u32, ack: u32) -> Tcp {
+    fn server_segment(&self, flags: u8, seq: u32, ack: u32) -> Tcp {
         Tcp::new(
             self.server,
             self.server_port,
@@ -302,12 +302,12 @@ impl ControlSession {
 
     /// A client segment at an explicit sequence number (a retransmission, a gap).
     pub fn command_at(&self, seq: u32, text: &[u8]) -> Vec<u8> {
-        self.from_client(PSH | ACK, seq, self.server_seq)
+        self.client_segment(PSH | ACK, seq, self.server_seq)
             .frame(text)
     }
 
     pub fn reply_at(&self, seq: u32, text: &[u8]) -> Vec<u8> {
-        self.from_server(PSH | ACK, seq, self.client_seq)
+        self.server_segment(PSH | ACK, seq, self.client_seq)
             .frame(text)
     }
 
@@ -321,19 +321,19 @@ impl ControlSession {
 
     /// The client closing the connection.
     pub fn client_fin(&self) -> Vec<u8> {
-        self.from_client(FIN | ACK, self.client_seq, self.server_seq)
+        self.client_segment(FIN | ACK, self.client_seq, self.server_seq)
             .frame(&[])
     }
 
     /// The server closing the connection.
     pub fn server_fin(&self) -> Vec<u8> {
-        self.from_server(FIN | ACK, self.server_seq, self.client_seq)
+        self.server_segment(FIN | ACK, self.server_seq, self.client_seq)
             .frame(&[])
     }
 
     /// The server resetting the connection, at its own next sequence number.
     pub fn server_rst(&self) -> Vec<u8> {
-        self.from_server(RST | ACK, self.server_seq, self.client_seq)
+        self.server_segment(RST | ACK, self.server_seq, self.client_seq)
             .frame(&[])
     }
 }

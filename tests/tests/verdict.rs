@@ -987,6 +987,8 @@ fn forged_resets_leave_the_control_connection_and_its_expectation() {
             ("expectations_created", 2),
             ("expectations_matched", 1),
             ("expectations_removed", 1),
+            // The second 227 takes the slot the consumed expectation held.
+            ("expectations_replaced", 1),
             ("flows_tracked", 1),
             ("unsolicited_dropped", 1),
         ])
@@ -1096,6 +1098,30 @@ fn each_client_holds_at_most_its_share() {
             ("unsolicited_dropped", 1),
         ])
     );
+
+    // An IPv6 client picks its address from its /64 at will: the /64 holds one share.
+    let q = Programs::load(Settings {
+        max_per_client: 2,
+        ..Settings::default()
+    });
+    let same_64: [Ipv6Addr; 3] =
+        ["2001:db8::2", "2001:db8::3", "2001:db8::ffff:4"].map(|a| a.parse().unwrap());
+    let other_64: Ipv6Addr = "2001:db8:0:1::2".parse().unwrap();
+    for (port, client) in (10000..).zip(same_64.into_iter().chain([other_64])) {
+        q.egress(
+            &q.open(ControlSession::new(client, SERVER6))
+                .reply(format!("229 Entering Extended Passive Mode (|||{port}|)\r\n").as_bytes()),
+        );
+    }
+    assert_eq!(
+        q.expected_keys(),
+        [
+            expect_key(same_64[0], SERVER6, 10000),
+            expect_key(same_64[1], SERVER6, 10001),
+            expect_key(other_64, SERVER6, 10003)
+        ]
+    );
+    assert_eq!(q.stats()["client_share_refused"], 1);
 }
 
 /// A FIN or RST of an admitted data connection that falls outside its window (forged) does
