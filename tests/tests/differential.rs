@@ -15,12 +15,13 @@ use anyhow::Result;
 use tests::{
     lab::{Lab, default_loader_bin},
     require_root,
-    session::{self, ControlConnection, Expectation, Family, KernelOracle, Step},
+    session::{self, ControlConnection, Expectation, Family, Forgery, KernelOracle, Step},
 };
 
 use Data::{Active, Passive};
+use Forgery::{ClientReset, ServerAhead, ServerReset};
 use Relation::{Same, TrackerBetter, TrackerStricter};
-use Step::{Client, Server};
+use Step::{Client, Forged, Server};
 
 #[derive(Clone, Copy, Debug)]
 enum Relation {
@@ -102,6 +103,10 @@ const PORT_ZERO: &str = "port 0 is no port anyone can connect to; the kernel exp
     all the same";
 const FOLDED: &str = "numbers out of range are refused; the kernel folds them into the \
     neighbouring bytes, so the address or port it expects is not the one written";
+
+/// What forgers announce: a port (10250) no real reply of these cases names.
+const FORGED_227: &str = "227 Entering Passive Mode ({server},40,10)\r\n";
+const FORGED_229: &str = "229 Entering Extended Passive Mode (|||10250|)\r\n";
 
 fn cases() -> Vec<Case> {
     vec![
@@ -454,6 +459,31 @@ fn cases() -> Vec<Case> {
             data: &[Active(10000)],
             ..V4
         },
+        // Forged segments (issue 8): written onto the wire by someone who cannot see the
+        // connection, so guesses its sequence numbers. The kernel's conntrack finds them out
+        // of window and hands them to no helper; ftp-tracker judges them by the same rules.
+        Case {
+            name: "227 forged out of window, then the real 227",
+            steps: &[
+                Client("PASV\r\n"),
+                Forged(ServerAhead(FORGED_227, 1 << 20)),
+                Forged(ServerAhead(FORGED_227, (1 << 31) - 1)),
+                Server("227 Entering Passive Mode ({server},39,16)\r\n"),
+            ],
+            data: &[Passive(10000)],
+            ..V4
+        },
+        Case {
+            name: "RSTs at random sequence numbers after a 227",
+            steps: &[
+                Client("PASV\r\n"),
+                Server("227 Entering Passive Mode ({server},39,16)\r\n"),
+                Forged(ClientReset),
+                Forged(ServerReset),
+            ],
+            data: &[Passive(10000)],
+            ..V4
+        },
         // Extended modes over IPv4, RFC 2428.
         Case {
             name: "229",
@@ -548,6 +578,18 @@ fn cases() -> Vec<Case> {
                 Client("CWD x\r\n"),
                 Server("550 229 Entering Extended Passive Mode (|||10000|)\r\n"),
             ],
+            ..V6
+        },
+        Case {
+            name: "229 forged out of window over IPv6, then the real 229",
+            steps: &[
+                Client("EPSV\r\n"),
+                Forged(ServerAhead(FORGED_229, 1 << 20)),
+                Server("229 Entering Extended Passive Mode (|||10000|)\r\n"),
+                Forged(ClientReset),
+                Forged(ServerReset),
+            ],
+            data: &[Passive(10000)],
             ..V6
         },
         Case {
