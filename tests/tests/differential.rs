@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use tests::{
     lab::{Lab, default_loader_bin},
     require_root,
@@ -706,7 +706,26 @@ fn run_case(
     if case.greeting {
         connection.play(GREETING)?;
     }
+    let judged = || -> Result<u64> {
+        Ok(lab
+            .stats()?
+            .get("control_out_of_window")
+            .copied()
+            .unwrap_or(0))
+    };
+    let judged_before = judged()?;
     connection.play(case.steps)?;
+    // A forgery that never reached ftp-loader would make the case pass for nothing.
+    let forged = case
+        .steps
+        .iter()
+        .filter(|step| matches!(step, Forged(_)))
+        .count() as u64;
+    let judged = judged()? - judged_before;
+    ensure!(
+        judged == forged,
+        "ftp-loader found {judged} segments out of window, not the {forged} forged"
+    );
     let ends = connection.ends()?;
     if !case.closed {
         // Read while the control connection is open: its end may take its expectations
