@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
 use clap::{Args, Parser, Subcommand};
+use ftp_ebpf_common::share::DEFAULT_MAX_PER_CLIENT;
 use ftp_loader::{
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
@@ -127,6 +128,11 @@ struct RunArgs {
     /// is 1): the newest displaces the oldest.
     #[arg(long, default_value = "1", value_parser = clap::value_parser!(u8).range(1..=4))]
     max_expected: u8,
+    /// Expectations one client address (an IPv6 client's /64) may hold, 1 to
+    /// --max-expectations: a client at its cap gets no more until one of its own is used,
+    /// replaced or expires.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PER_CLIENT)]
+    max_expectations_per_client: u32,
     /// Accept announced addresses other than the announcer's own, like the kernel helper's
     /// loose=1. This opens third-party transfers and with them FTP bounce.
     #[arg(long)]
@@ -296,6 +302,7 @@ fn run(args: RunArgs) -> Result<()> {
         max_flows: args.max_flows,
         max_controls: args.max_controls,
         max_expected: args.max_expected,
+        max_per_client: args.max_expectations_per_client,
         loose: args.loose,
         min_data_port: args.min_data_port,
         verbose: args.verbose,
@@ -590,10 +597,11 @@ fn describe(settings: &Settings) -> String {
     }
     let controls: Vec<String> = settings.control_ports.iter().map(u16::to_string).collect();
     text += &format!(
-        " need an FTP announcement (PORT, EPRT, 227, 229) on control port {}; announced data ports >= {}, {} per control connection, expiring after {}s",
+        " need an FTP announcement (PORT, EPRT, 227, 229) on control port {}; announced data ports >= {}, {} per control connection and {} per client address, expiring after {}s",
         controls.join(", "),
         settings.min_data_port,
         settings.max_expected,
+        settings.max_per_client,
         settings.expect_timeout_secs
     );
     if settings.loose {
