@@ -1,6 +1,7 @@
 //! ftp-loader: loads ftp-tracker's kernel programs, attaches them to interfaces and
 //! reports what they track.
 
+pub mod addrs;
 pub mod attach;
 pub mod checks;
 pub mod ebpf;

@@ -5,6 +5,7 @@ use aya::Ebpf;
 use clap::{Args, Parser, Subcommand};
 use ftp_ebpf_common::share::DEFAULT_MAX_PER_CLIENT;
 use ftp_loader::{
+    addrs,
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     ebpf::{self, Settings},
@@ -12,7 +13,7 @@ use ftp_loader::{
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
     stats, tables,
-    watch::{LinkEvent, LinkWatch},
+    watch::{Event, Watch},
 };
 use log::{info, warn};
 use tokio::{
@@ -334,6 +335,16 @@ fn run(args: RunArgs) -> Result<()> {
         }
     })?;
     let inherited = pin_dir.inherit(&mut ebpf, had_state, set_aside);
+    // Opened before the addresses are first read, so that no change after that read goes
+    // unnoticed.
+    let watch = Watch::open().context("watching interfaces and addresses (rtnetlink)")?;
+    // Before anything is attached: the guard knows the host's addresses from the first
+    // packet.
+    let addresses = addrs::sync(&mut ebpf).inspect_err(|_| {
+        if !had_state {
+            pin_dir.remove_all();
+        }
+    })?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the eBPF log reader")?;
 
     let mut record = Record::new(&args.pin_dir);
@@ -373,6 +384,10 @@ fn run(args: RunArgs) -> Result<()> {
 
     info!("{}", describe(&settings));
     info!(
+        "this host's addresses: {} known to the guard",
+        addresses.known
+    );
+    info!(
         "{}",
         match inherited {
             Inherited::Nothing => "state: new tables",
@@ -399,7 +414,7 @@ fn run(args: RunArgs) -> Result<()> {
         choice: args.xdp_mode,
         exit_on_interface_loss: args.exit_on_interface_loss,
     };
-    let exit = runtime.block_on(serve(&mut instance, signals, logger));
+    let exit = runtime.block_on(serve(&mut instance, signals, logger, watch));
     let Instance {
         ebpf,
         pins,
@@ -656,16 +671,16 @@ async fn serve(
     instance: &mut Instance,
     mut signals: Signals,
     logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    watch: Watch,
 ) -> Result<Exit> {
     // SAFETY: the logger owns its ring buffer descriptor, which outlives the registration
     // (both are dropped together with `logs`).
     let mut logs = unsafe { AsyncFd::register(logger) }
         .map_err(|e| anyhow::anyhow!("watching the eBPF log buffer: {}", e.into_parts().1))?;
-    let watch = LinkWatch::open().context("watching interfaces (rtnetlink)")?;
     // SAFETY: the watch owns its socket, which outlives the registration (both are dropped
     // together with `links`).
     let mut links = unsafe { AsyncFd::register(watch) }
-        .map_err(|e| anyhow::anyhow!("watching interfaces: {}", e.into_parts().1))?;
+        .map_err(|e| anyhow::anyhow!("watching interfaces and addresses: {}", e.into_parts().1))?;
     let exit = loop {
         tokio::select! {
             _ = signals.interrupt.recv() => break Exit::Detach,
@@ -683,6 +698,10 @@ async fn serve(
                 let mut guard = guard?;
                 let events = guard.get_inner().read()?;
                 guard.clear_ready();
+                // One reading of the addresses however many changed.
+                if events.contains(&Event::Addresses) {
+                    instance.addresses_changed();
+                }
                 for event in events {
                     instance.interface_event(event)?;
                 }
@@ -694,9 +713,24 @@ async fn serve(
 }
 
 impl Instance {
-    fn interface_event(&mut self, event: LinkEvent) -> Result<()> {
+    fn addresses_changed(&mut self) {
+        match addrs::sync(&mut self.ebpf) {
+            Ok(done) if done.changed() => info!(
+                "this host's addresses changed (+{} -{}): {} known to the guard",
+                done.added, done.removed, done.known
+            ),
+            Ok(_) => {}
+            // Not fatal: the loader has interfaces to watch; the next change tries again.
+            Err(error) => {
+                warn!("{error:#}; the guard keeps the addresses it knew until they change again")
+            }
+        }
+    }
+
+    fn interface_event(&mut self, event: Event) -> Result<()> {
         match event {
-            LinkEvent::Deleted(name) => {
+            Event::Addresses => {}
+            Event::Deleted(name) => {
                 let Some(index) = self.attached.iter().position(|a| a.record.name == name) else {
                     return Ok(());
                 };
@@ -714,7 +748,7 @@ impl Instance {
                     "interface {name} was deleted, and its guard with it; it will be attached again when an interface of that name appears"
                 );
             }
-            LinkEvent::New(name) => {
+            Event::New(name) => {
                 let returns = self.record.interface(&name).is_some_and(|i| !i.present);
                 if !returns {
                     return Ok(());
