@@ -2,6 +2,7 @@
 //! reports what they track.
 
 pub mod addrs;
+pub mod adopt;
 pub mod attach;
 pub mod checks;
 pub mod ebpf;

@@ -5,7 +5,7 @@ use aya::Ebpf;
 use clap::{Args, Parser, Subcommand};
 use ftp_ebpf_common::share::DEFAULT_MAX_PER_CLIENT;
 use ftp_loader::{
-    addrs,
+    addrs, adopt,
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     ebpf::{self, Settings},
@@ -381,6 +381,8 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     record.write()?;
+    // After attaching: a connection that opens meanwhile is the programs' own from its SYN.
+    let adopted = adopt::adopt(&mut ebpf, &settings.control_ports);
 
     info!("{}", describe(&settings));
     info!(
@@ -400,6 +402,13 @@ fn run(args: RunArgs) -> Result<()> {
     );
     for done in &attached {
         info!("attached to {done}");
+    }
+    match adopted {
+        Ok(count) => info!("adopted {count} control connection(s) open before the start"),
+        // Not fatal: those connections' announcements go unread, as on a gateway.
+        Err(error) => warn!(
+            "{error:#}; the control connections open before the start are not adopted, their announcements go unread"
+        ),
     }
     info!(
         "counters: `ftp-loader stats --pin-dir {}`; stop with Ctrl-C or SIGTERM (detaches), or SIGUSR1 (leaves the guard attached for the next loader to take over)",
