@@ -514,7 +514,7 @@ impl Syns {
             &[0, frame::IPPROTO_TCP, 0, 20],
         ]
         .concat();
-        let sum = words(&pseudo) + words(&template[TCP..]);
+        let sum = frame::words(&pseudo) + frame::words(&template[TCP..]);
         Self {
             frames: vec![template; BATCH],
             sum,
@@ -542,14 +542,6 @@ impl Syns {
         }
         &mut self.frames[..count]
     }
-}
-
-/// The sum of `bytes` as big-endian 16-bit words, for a ones' complement checksum.
-fn words(bytes: &[u8]) -> u32 {
-    bytes
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum()
 }
 
 /// An AF_PACKET socket that sends raw frames out of one interface and receives nothing.

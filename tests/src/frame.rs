@@ -21,6 +21,11 @@ pub struct Tcp {
     pub dst_port: u16,
     pub flags: u8,
     pub seq: u32,
+    pub ack: u32,
+    /// The window field as sent (scaled by the receiver after the handshake).
+    pub window: u16,
+    /// A window scale option (with MSS, as SYNs carry them).
+    pub window_scale: Option<u8>,
 }
 
 impl Tcp {
@@ -38,6 +43,9 @@ impl Tcp {
             dst_port,
             flags,
             seq: 1,
+            ack: 0,
+            window: 65535,
+            window_scale: None,
         }
     }
 
@@ -45,16 +53,42 @@ impl Tcp {
         Self { seq, ..self }
     }
 
-    /// The TCP header and payload.
+    pub fn ack(self, ack: u32) -> Self {
+        Self { ack, ..self }
+    }
+
+    pub fn window(self, window: u16) -> Self {
+        Self { window, ..self }
+    }
+
+    pub fn window_scale(self, scale: u8) -> Self {
+        Self {
+            window_scale: Some(scale),
+            ..self
+        }
+    }
+
+    /// The TCP header and payload, with a valid checksum, so that a frame written onto a
+    /// real link is one the stack accepts.
     pub fn segment(&self, payload: &[u8]) -> Vec<u8> {
+        // MSS 1460, NOP, window scale: 8 bytes, as a SYN carries them.
+        let options: &[u8] = match self.window_scale {
+            Some(scale) => &[2, 4, 0x05, 0xb4, 1, 3, 3, scale],
+            None => &[],
+        };
+        let header_len = 20 + options.len();
         let mut tcp = vec![0u8; 20];
         tcp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
         tcp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
         tcp[4..8].copy_from_slice(&self.seq.to_be_bytes());
-        tcp[12] = 5 << 4;
+        tcp[8..12].copy_from_slice(&self.ack.to_be_bytes());
+        tcp[12] = ((header_len / 4) as u8) << 4;
         tcp[13] = self.flags;
-        tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+        tcp[14..16].copy_from_slice(&self.window.to_be_bytes());
+        tcp.extend_from_slice(options);
         tcp.extend_from_slice(payload);
+        let sum = words(&pseudo_header(self.src, self.dst, tcp.len())) + words(&tcp);
+        tcp[16..18].copy_from_slice(&(!fold(sum)).to_be_bytes());
         tcp
     }
 
@@ -118,6 +152,27 @@ fn ethernet(ether_type: u16) -> Vec<u8> {
     frame
 }
 
+/// The TCP checksum's pseudo-header (RFC 793, RFC 8200 8.1).
+fn pseudo_header(src: IpAddr, dst: IpAddr, tcp_len: usize) -> Vec<u8> {
+    let mut header = match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => [src.octets(), dst.octets()].concat(),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => [src.octets(), dst.octets()].concat(),
+        _ => panic!("mixed address families"),
+    };
+    header.extend_from_slice(&(tcp_len as u32).to_be_bytes());
+    header.extend_from_slice(&[0, 0, 0, IPPROTO_TCP]);
+    header
+}
+
+/// The sum of `bytes` as big-endian 16-bit words (an odd last byte padded with zero), for
+/// a ones' complement checksum.
+pub fn words(bytes: &[u8]) -> u32 {
+    bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
 /// Folds a sum of 16-bit words into 16 bits, ones' complement style (RFC 1071).
 pub fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
@@ -127,7 +182,12 @@ pub fn fold(mut sum: u32) -> u16 {
 }
 
 /// One FTP control connection: each call gives the next segment of one direction,
-/// numbered as TCP numbers it, so the programs see a coherent byte stream.
+/// numbered and acknowledged as TCP does, so the programs see a coherent connection. Its
+/// `handshake` must be shown to the programs first: they believe only connections they saw
+/// open. Both ends offer window scale 7 and announce windows of 512 << 7 bytes.
+/// The window field `ControlSession`'s segments carry (scale 7: 64 KiB).
+pub const WINDOW: u16 = 512;
+
 pub struct ControlSession {
     pub client: IpAddr,
     pub server: IpAddr,
@@ -149,6 +209,53 @@ impl ControlSession {
         }
     }
 
+    /// The client's SYN, the server's SYN-ACK and the client's ACK, which open the
+    /// connection at the sequence numbers its segments then use.
+    pub fn handshake(&self) -> [Vec<u8>; 3] {
+        let (client, server) = (
+            self.client_seq.wrapping_sub(1),
+            self.server_seq.wrapping_sub(1),
+        );
+        [
+            self.from_client(SYN, client, 0)
+                .window(64240)
+                .window_scale(7)
+                .frame(&[]),
+            self.from_server(SYN | ACK, server, self.client_seq)
+                .window(65160)
+                .window_scale(7)
+                .frame(&[]),
+            self.from_client(ACK, self.client_seq, self.server_seq)
+                .frame(&[]),
+        ]
+    }
+
+    fn from_client(&self, flags: u8, seq: u32, ack: u32) -> Tcp {
+        Tcp::new(
+            self.client,
+            self.client_port,
+            self.server,
+            self.server_port,
+            flags,
+        )
+        .seq(seq)
+        .ack(ack)
+        .window(WINDOW)
+    }
+
+    fn from_server(&self, flags: u8, seq: u32, ack: u32) -> Tcp {
+        Tcp::new(
+            self.server,
+            self.server_port,
+            self.client,
+            self.client_port,
+            flags,
+        )
+        .seq(seq)
+        .ack(ack)
+        .window(WINDOW)
+    }
+
     /// The client's next segment.
     pub fn command(&mut self, text: &[u8]) -> Vec<u8> {
         let frame = self.command_at(self.client_seq, text);
@@ -165,27 +272,13 @@ impl ControlSession {
 
     /// A client segment at an explicit sequence number (a retransmission, a gap).
     pub fn command_at(&self, seq: u32, text: &[u8]) -> Vec<u8> {
-        Tcp::new(
-            self.client,
-            self.client_port,
-            self.server,
-            self.server_port,
-            PSH | ACK,
-        )
-        .seq(seq)
-        .frame(text)
+        self.from_client(PSH | ACK, seq, self.server_seq)
+            .frame(text)
     }
 
     pub fn reply_at(&self, seq: u32, text: &[u8]) -> Vec<u8> {
-        Tcp::new(
-            self.server,
-            self.server_port,
-            self.client,
-            self.client_port,
-            PSH | ACK,
-        )
-        .seq(seq)
-        .frame(text)
+        self.from_server(PSH | ACK, seq, self.client_seq)
+            .frame(text)
     }
 
     pub fn client_seq(&self) -> u32 {
@@ -198,14 +291,7 @@ impl ControlSession {
 
     /// The client closing the control connection.
     pub fn client_fin(&self) -> Vec<u8> {
-        Tcp::new(
-            self.client,
-            self.client_port,
-            self.server,
-            self.server_port,
-            FIN | ACK,
-        )
-        .seq(self.client_seq)
-        .frame(&[])
+        self.from_client(FIN | ACK, self.client_seq, self.server_seq)
+            .frame(&[])
     }
 }
