@@ -58,7 +58,7 @@ const fn state_map<K: Pod, V: Pod>(name: &'static str, kind: MapType) -> StateMa
 }
 
 /// Every map whose contents must survive a restart. The scan buffers are scratch space,
-/// and the log buffer belongs to one loader.
+/// the log buffer belongs to one loader, and each loader fills LOCAL_ADDRS anew.
 const STATE_MAPS: [StateMap; 6] = [
     state_map::<u32, u64>("STATS", MapType::PerCpuArray),
     state_map::<u32, PortInfo>("PORTS", MapType::Array),
