@@ -27,12 +27,16 @@ use tests::{
 /// A port in the guarded range where a plain listener waits: only a believed forgery
 /// could announce it.
 const LISTENER: u16 = 10250;
-/// The forged reply announcing the listener: 40 * 256 + 10 = 10250.
-const FORGED_227: &[u8] = b"227 Entering Passive Mode (192,0,2,1,40,10).\r\n";
+/// The forged reply announcing the listener: 40 * 256 + 10 = 10250. Each forgery starts
+/// with a line end: a segment ahead of the stream looks like one after a gap, and a guard
+/// that reads such a segment from its next line on (as this one did before it tracked
+/// windows) then reads the forged line; without it, the forgery would fail against that
+/// guard by luck.
+const FORGED_227: &[u8] = b"\r\n227 Entering Passive Mode (192,0,2,1,40,10).\r\n";
 /// A forged command asking the server to connect to the client's port 40000 (156 * 256 +
 /// 64): a segment from the client's side, which the check of the source address lets
 /// through, so that only the window and the connection's state stand in its way.
-const FORGED_PORT: &[u8] = b"PORT 192,0,2,2,156,64\r\n";
+const FORGED_PORT: &[u8] = b"\r\nPORT 192,0,2,2,156,64\r\n";
 /// Long enough for a SYN that is answered at all to be answered in the lab.
 const PROBE: Duration = Duration::from_millis(500);
 
@@ -199,6 +203,9 @@ fn forged_control_segments_open_nothing() {
             Vec::<serde_json::Value>::new(),
             "after {what}"
         );
+        // Also none created and gone again: the server's stack answers a segment of no
+        // connection with a RST, which would end what the forgery made.
+        assert_eq!(counter(&lab, "expectations_created"), 0, "after {what}");
         assert!(!listener_reachable(&lab), "after {what}");
     };
 
@@ -297,6 +304,8 @@ fn forged_resets_end_nothing() {
             stream.server_next
         ),
     );
+    // The old guard ended the control connection on the client's RST and removed its
+    // expectation with it.
     assert_eq!(expectations(&lab), held);
     assert_eq!(counter(&lab, "expectations_removed"), 0);
 
