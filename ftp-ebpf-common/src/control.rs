@@ -247,6 +247,20 @@ impl ControlState {
         }
     }
 
+    /// Whether remembering `slot` adds an expectation to the connection (and to its
+    /// client's share): not when the connection holds it already, nor when it holds its
+    /// cap and the new one displaces the oldest.
+    pub fn adds(&self, slot: &ExpectSlot, cap: u8) -> bool {
+        let cap = cap.clamp(1, MAX_EXPECTED as u8);
+        let held = self.expected_count.min(cap);
+        held < cap
+            && !self
+                .expected
+                .iter()
+                .take(usize::from(held))
+                .any(|s| s == slot)
+    }
+
     /// Remembers a new expectation of this connection; returns the one it displaces when
     /// the connection already holds `cap` (1..=MAX_EXPECTED) of them. Announcing the same
     /// expectation again displaces nothing.
@@ -358,7 +372,7 @@ mod tests {
             payload_len: len,
             flags,
             window,
-            window_scale: None,
+            window_scale: crate::window::NO_WINDOW_SCALE,
         }
     }
 
@@ -471,6 +485,17 @@ mod tests {
             None,
             "the cap is clamped to MAX_EXPECTED"
         );
+    }
+
+    #[test]
+    fn only_new_expectations_below_the_cap_add_to_a_share() {
+        let mut state = new_state();
+        assert!(state.adds(&slot(1), 2));
+        state.remember(slot(1), 2);
+        assert!(!state.adds(&slot(1), 2), "held already");
+        assert!(state.adds(&slot(2), 2));
+        state.remember(slot(2), 2);
+        assert!(!state.adds(&slot(3), 2), "displaces the oldest");
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub const MAX_WINDOW_SCALE: u8 = 14;
 /// Bytes of TCP options a header can hold.
 pub const MAX_TCP_OPTIONS: usize = 40;
 
+/// The buffer the options are read into: a power of two, so that an index masked into it
+/// is in bounds for the verifier whatever it lost track of.
+pub const OPTIONS_BUFFER: usize = 64;
+
 /// conntrack's MAXACKWINCONST: how far behind an acknowledgement may lag before the
 /// sender's window is known to be larger.
 const MIN_ACK_WINDOW: u32 = 66000;
@@ -35,9 +39,14 @@ pub struct Numbers {
     pub flags: u8,
     /// The window field as sent, unscaled.
     pub window: u16,
-    /// The window scale option, on a SYN that carried one.
-    pub window_scale: Option<u8>,
+    /// The window scale option of a SYN that carried one, else `NO_WINDOW_SCALE`. Not an
+    /// `Option`: a `None` stored to memory leaves its payload byte undefined, which the
+    /// verifier refuses to see read.
+    pub window_scale: u8,
 }
+
+/// `Numbers::window_scale` of a segment without the option.
+pub const NO_WINDOW_SCALE: u8 = u8::MAX;
 
 impl Numbers {
     fn has(&self, flag: u8) -> bool {
@@ -88,17 +97,18 @@ impl TcpDirection {
     /// The direction as its SYN (or SYN-ACK) opens it.
     pub fn opened_by(syn: &Numbers) -> Self {
         let end = syn.end();
+        let offered = syn.window_scale != NO_WINDOW_SCALE;
         Self {
             end,
             max_end: end,
             // A SYN's window is never scaled.
             max_window: u32::from(syn.window).max(1),
-            scale: syn.window_scale.unwrap_or(0).min(MAX_WINDOW_SCALE),
-            flags: if syn.window_scale.is_some() {
-                SCALE_OFFERED
+            scale: if offered {
+                syn.window_scale.min(MAX_WINDOW_SCALE)
             } else {
                 0
             },
+            flags: if offered { SCALE_OFFERED } else { 0 },
             _pad: [0; 2],
         }
     }
@@ -258,41 +268,65 @@ impl TcpWindows {
     }
 }
 
-/// The window scale option among a SYN's TCP options (`options`, at most
-/// `MAX_TCP_OPTIONS` bytes, of which the first `len` are the header's), if present.
-/// Malformed options end the walk: the stack would ignore what follows them too.
-pub fn window_scale(options: &[u8; MAX_TCP_OPTIONS], len: usize) -> Option<u8> {
-    const END: u8 = 0;
-    const NOP: u8 = 1;
-    const WINDOW_SCALE: u8 = 3;
-    let len = len.min(MAX_TCP_OPTIONS);
-    let mut at = 0;
-    // Each pass consumes at least one byte.
-    for _ in 0..MAX_TCP_OPTIONS {
-        if at >= len {
-            return None;
+/// A walk over a SYN's TCP options for the window scale option, one byte position per
+/// step, so that the programs can take the steps in a bpf_loop callback (which the
+/// verifier checks once) rather than in a loop it would check once per path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct OptionsWalk {
+    pub bytes: [u8; OPTIONS_BUFFER],
+    /// Bytes of options the header holds, at most `MAX_TCP_OPTIONS`.
+    pub len: u32,
+    /// Where the next option starts.
+    pub next: u32,
+    /// What was found: the scale, or `NO_WINDOW_SCALE`.
+    pub scale: u8,
+    pub _pad: [u8; 3],
+}
+
+impl OptionsWalk {
+    /// Starts over `len` bytes of options, already in `bytes`.
+    pub fn start(&mut self, len: u32) {
+        self.len = len.min(MAX_TCP_OPTIONS as u32);
+        self.next = 0;
+        self.scale = NO_WINDOW_SCALE;
+    }
+
+    /// Looks at byte position `at`; false once the walk is over (found, ended, malformed
+    /// or out of options). Malformed options end it: the stack ignores what follows them.
+    pub fn step(&mut self, at: u32) -> bool {
+        const END: u8 = 0;
+        const NOP: u8 = 1;
+        const WINDOW_SCALE: u8 = 3;
+        if at >= self.len {
+            return false;
         }
-        let kind = options[at % MAX_TCP_OPTIONS];
-        match kind {
-            END => return None,
-            NOP => at += 1,
-            _ => {
-                if at + 1 >= len {
-                    return None;
-                }
-                let size = usize::from(options[(at + 1) % MAX_TCP_OPTIONS]);
-                if size < 2 || at + size > len {
-                    return None;
+        if at != self.next {
+            return true;
+        }
+        let byte = |at: u32| self.bytes[at as usize & (OPTIONS_BUFFER - 1)];
+        match byte(at) {
+            END => false,
+            NOP => {
+                self.next = at + 1;
+                true
+            }
+            kind => {
+                let size = u32::from(byte(at + 1));
+                if size < 2 || at + size > self.len {
+                    return false;
                 }
                 if kind == WINDOW_SCALE {
-                    return (size == 3)
-                        .then(|| options[(at + 2) % MAX_TCP_OPTIONS].min(MAX_WINDOW_SCALE));
+                    if size == 3 {
+                        self.scale = byte(at + 2).min(MAX_WINDOW_SCALE);
+                    }
+                    return false;
                 }
-                at += size;
+                self.next = at + size;
+                true
             }
         }
     }
-    None
 }
 
 #[cfg(test)]
@@ -306,12 +340,12 @@ mod tests {
             payload_len: len,
             flags,
             window,
-            window_scale: None,
+            window_scale: NO_WINDOW_SCALE,
         }
     }
 
     /// A handshake: initiator ISN 1000, responder ISN 5000, both offering `scale`.
-    fn handshake(scale: Option<u8>) -> TcpWindows {
+    fn handshake(scale: u8) -> TcpWindows {
         let mut syn = numbers(1000, 0, 0, TCP_SYN, 64240);
         syn.window_scale = scale;
         let mut windows = TcpWindows::open(&syn);
@@ -327,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_conversation_stays_in_window() {
-        let mut w = handshake(Some(7));
+        let mut w = handshake(7);
         let data = TCP_ACK | 0x08;
         assert!(w.admit(Side::Responder, &numbers(5001, 1001, 20, data, 510), 0));
         assert!(w.admit(Side::Initiator, &numbers(1001, 5021, 6, data, 502), 0));
@@ -344,7 +378,7 @@ mod tests {
 
     #[test]
     fn forged_sequence_numbers_are_out_of_window() {
-        let mut w = handshake(Some(7));
+        let mut w = handshake(7);
         let before_forgery = w;
         for ahead in [
             100_000u32,
@@ -365,7 +399,7 @@ mod tests {
 
     #[test]
     fn random_resets_are_out_of_window_in_either_direction() {
-        let mut w = handshake(None);
+        let mut w = handshake(NO_WINDOW_SCALE);
         let before_forgery = w;
         for seq in [3_000_000u32, 500_000_000, 0x8000_0000, 0xdead_beef] {
             assert!(!w.admit(Side::Initiator, &numbers(seq, 0, 0, TCP_RST, 0), 0));
@@ -383,16 +417,16 @@ mod tests {
 
     #[test]
     fn scaling_applies_only_when_both_ends_offer_it() {
-        let w = handshake(Some(7));
+        let w = handshake(7);
         assert_eq!(w.directions[0].scale, 7);
         let mut syn = numbers(1000, 0, 0, TCP_SYN, 64240);
-        syn.window_scale = Some(7);
+        syn.window_scale = 7;
         let mut w = TcpWindows::open(&syn);
         assert!(w.accept(&numbers(5000, 1001, 0, TCP_SYN | TCP_ACK, 65160)));
         assert_eq!(w.directions[0].scale, 0);
         assert_eq!(w.directions[1].scale, 0);
         // Without scaling a window-full ahead is 502 bytes, not 64256.
-        let mut w = handshake(None);
+        let mut w = handshake(NO_WINDOW_SCALE);
         assert!(!w.admit(
             Side::Responder,
             &numbers(5001 + 70000, 1001, 10, TCP_ACK, 502),
@@ -446,7 +480,7 @@ mod tests {
 
     #[test]
     fn slack_widens_every_bound() {
-        let mut w = handshake(None);
+        let mut w = handshake(NO_WINDOW_SCALE);
         let late = numbers(5001 + 100_000, 1001, 10, TCP_ACK, 502);
         assert!(!w.admit(Side::Responder, &late, 0));
         assert!(w.admit(Side::Responder, &late, 1 << 20));
@@ -467,30 +501,48 @@ mod tests {
         assert_eq!(w.directions[0].end, 99);
     }
 
+    /// The walk as the programs take it: a step per byte position until it says stop.
+    fn window_scale(options: &[u8], len: u32) -> u8 {
+        let mut walk = OptionsWalk::zeroed();
+        walk.bytes[..options.len()].copy_from_slice(options);
+        walk.start(len);
+        for at in 0..MAX_TCP_OPTIONS as u32 {
+            if !walk.step(at) {
+                break;
+            }
+        }
+        walk.scale
+    }
+
     #[test]
     fn window_scale_options() {
-        let mut options = [0u8; MAX_TCP_OPTIONS];
         // Linux's SYN: MSS, SACK permitted, timestamps, NOP, window scale 7.
-        let linux = [
+        let mut linux = [
             2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
         ];
-        options[..20].copy_from_slice(&linux);
-        assert_eq!(window_scale(&options, 20), Some(7));
-        assert_eq!(window_scale(&options, 19), None, "cut short");
-        options[19] = 200;
-        assert_eq!(window_scale(&options, 20), Some(MAX_WINDOW_SCALE));
+        assert_eq!(window_scale(&linux, 20), 7);
+        assert_eq!(window_scale(&linux, 19), NO_WINDOW_SCALE, "cut short");
+        linux[19] = 200;
+        assert_eq!(window_scale(&linux, 20), MAX_WINDOW_SCALE);
         let mut nops = [1u8; MAX_TCP_OPTIONS];
-        assert_eq!(window_scale(&nops, 40), None);
+        assert_eq!(window_scale(&nops, 40), NO_WINDOW_SCALE);
         nops[37..40].copy_from_slice(&[3, 3, 2]);
-        assert_eq!(window_scale(&nops, 40), Some(2));
-        let mut bad = [0u8; MAX_TCP_OPTIONS];
-        bad[..4].copy_from_slice(&[2, 0, 3, 3]);
-        assert_eq!(window_scale(&bad, 8), None, "a zero length ends the walk");
-        bad[..4].copy_from_slice(&[3, 4, 5, 0]);
+        assert_eq!(window_scale(&nops, 40), 2);
+        assert_eq!(window_scale(&nops, 60), 2, "at most 40 bytes are options");
         assert_eq!(
-            window_scale(&bad, 8),
-            None,
+            window_scale(&[2, 0, 3, 3, 7], 5),
+            NO_WINDOW_SCALE,
+            "a zero length ends the walk"
+        );
+        assert_eq!(
+            window_scale(&[3, 4, 5, 0], 4),
+            NO_WINDOW_SCALE,
             "a window scale of the wrong size"
+        );
+        assert_eq!(
+            window_scale(&[0, 3, 3, 7], 4),
+            NO_WINDOW_SCALE,
+            "after the end"
         );
     }
 }

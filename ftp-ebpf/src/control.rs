@@ -1,20 +1,22 @@
-//! Scanning control segments and recording what they announce.
+//! Following control connections, scanning their segments and recording what they announce.
 //!
-//! Each control connection's state (where each direction's stream stands, its scanner
-//! mid-line, its expectations) lives in CONTROLS and is worked on in place; the segment's
-//! bytes are copied into this CPU's scratch space for the bpf_loop callback to read.
+//! Each control connection's state (its TCP windows, where each direction's stream stands,
+//! its scanner mid-line, its expectations) lives in CONTROLS and is worked on in place; a
+//! segment counts only when it falls within the connection's windows. Its bytes are copied
+//! into this CPU's scratch space for the bpf_loop callback to read.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop};
 use aya_log_ebpf::warn;
 use ftp_ebpf_common::{
-    control::{ControlState, SegmentPlan, control_key},
+    control::{ControlState, SegmentPlan, Tracked, control_key},
     expect::{ExpectKey, ExpectValue},
     flow::FlowKey,
     parse::{Announcement, LineScanner, ParseError, Sender, Step},
     policy::{self, Refusal, coarse_time},
     stats::Counter,
+    window::{Numbers, TCP_ACK, TCP_SYN},
 };
 
 use crate::{
@@ -23,6 +25,7 @@ use crate::{
         self, CONTROLS, EXPECT_TIMEOUT_NS, EXPECTATIONS, SCAN, count, max_expected, now_ns, rules,
     },
     packet::{Frame, Segment},
+    share,
 };
 
 /// Bytes of a control segment scanned; a power of two so that an index can be masked into
@@ -42,7 +45,6 @@ struct SegmentBytes {
     /// Packet offset of the payload.
     offset: u32,
     len: u32,
-    ends_connection: u8,
 }
 
 /// This CPU's workspace for one segment.
@@ -56,8 +58,9 @@ struct SegmentBytes {
 #[repr(C)]
 pub struct ControlScan {
     buf: [u8; SCAN_WINDOW],
-    /// The state of a connection the full table has no room for: used for one segment.
-    spare: ControlState,
+    /// A new connection's state, made here and inserted into CONTROLS.
+    fresh: ControlState,
+    numbers: Numbers,
     /// The scanner of the stream being read, stepped here by the callback and stored back
     /// into the connection's state after the loop: the callback reaches this one map value,
     /// whichever table holds the state.
@@ -89,14 +92,6 @@ impl ControlScan {
             Sender::Client
         }
     }
-
-    /// The connection's state: its CONTROLS entry, or `spare` when the table had no room.
-    fn state(&mut self) -> *mut ControlState {
-        match CONTROLS.get_ptr_mut(&self.control) {
-            Some(state) => state,
-            None => &mut self.spare,
-        }
-    }
 }
 
 /// A subprogram of its own: its locals and the callback's must not add up with the
@@ -116,20 +111,25 @@ pub fn scan(
     let work = unsafe { &mut *work };
     work.control = control_key(flow, sender);
     work.sender = sender as u8;
+    work.numbers = segment.numbers();
+    if segment.flags & TCP_SYN != 0 {
+        work.numbers.window_scale = segment.window_scale(frame, direction);
+    }
     work.segment = SegmentBytes {
         seq: segment.seq,
         offset: segment.payload_offset,
         len: segment.payload_len,
-        ends_connection: u8::from(segment.ends_connection()),
     };
     // Read back, so that the verifier sees numbers it knows nothing of (see `ControlScan`).
     // SAFETY: a field of a valid map value.
     let segment = unsafe { core::ptr::read_volatile(&work.segment) };
-    if segment.ends_connection != 0 {
-        close(work);
+    let Some(state) = follow(work) else {
         return;
-    }
-    if !prepare(frame, &segment, work) {
+    };
+    // SAFETY: a map value, valid for the program's run; on another CPU, only a segment of
+    // the same connection at the same moment could touch it.
+    let state = unsafe { &mut *state };
+    if segment.len == 0 || !prepare(frame, &segment, work, state) {
         return;
     }
     let mut context: *mut ControlScan = work;
@@ -142,35 +142,67 @@ pub fn scan(
             0,
         )
     };
-    finish(frame, &segment, work);
+    finish(frame, &segment, work, state);
 }
 
-/// Finds or makes the connection's state, decides which bytes of the segment to read and
-/// copies them and the stream's scanner into `work`. False when there is nothing to read.
+/// Judges the segment by its connection's TCP windows; returns the connection's state when
+/// the segment is in them and its bytes are to be read.
 #[inline(always)]
-fn prepare(frame: &impl Frame, segment: &SegmentBytes, work: &mut ControlScan) -> bool {
-    count(Counter::ControlPackets);
-    let now = now_ns();
-    work.now_ns = now;
+fn follow(work: &mut ControlScan) -> Option<*mut ControlState> {
     let sender = work.sender();
-    // One lookup for a connection already known (nearly every segment); a new one is
-    // inserted and looked up again.
-    let state = match CONTROLS.get_ptr_mut(&work.control) {
-        Some(state) => state,
-        None => {
-            work.spare.reset(now);
+    let Some(state) = CONTROLS.get_ptr_mut(&work.control) else {
+        if sender == Sender::Client && work.numbers.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            // The client's SYN: the connection is followed from here on.
+            work.fresh.open(&work.numbers);
             if CONTROLS
-                .insert(&work.control, &work.spare, BPF_NOEXIST.into())
+                .insert(&work.control, &work.fresh, BPF_NOEXIST.into())
                 .is_err()
             {
                 count(Counter::ControlTableFull);
             }
-            work.state()
+        } else {
+            count(Counter::ControlUnknown);
         }
+        return None;
     };
-    // SAFETY: a map value, valid for the program's run; on another CPU, only a segment of
-    // the same connection at the same moment could touch it.
-    let stream = unsafe { &mut *state }.stream(sender);
+    // SAFETY: as in `scan`.
+    let tracked = unsafe { &mut *state }.track(sender, &work.numbers);
+    match tracked {
+        Tracked::InWindow => Some(state),
+        Tracked::Learned => None,
+        Tracked::OutOfWindow => {
+            count(Counter::ControlOutOfWindow);
+            None
+        }
+        Tracked::Ends => {
+            // SAFETY: as in `scan`.
+            remove_expectations(work, unsafe { &*state });
+            let _ = CONTROLS.remove(&work.control);
+            None
+        }
+        Tracked::Reopened => {
+            // SAFETY: as in `scan`.
+            let state = unsafe { &mut *state };
+            remove_expectations(work, state);
+            state.restart(&work.numbers);
+            None
+        }
+    }
+}
+
+/// Decides which bytes of the segment to read and copies them and the stream's scanner
+/// into `work`. False when there is nothing to read.
+#[inline(always)]
+fn prepare(
+    frame: &impl Frame,
+    segment: &SegmentBytes,
+    work: &mut ControlScan,
+    state: &mut ControlState,
+) -> bool {
+    count(Counter::ControlPackets);
+    work.now_ns = now_ns();
+    let sender = work.sender();
+    let stream = state.stream(sender);
     let skip = match stream.plan(segment.seq, segment.len) {
         SegmentPlan::AlreadyRead => {
             count(Counter::ControlAlreadyRead);
@@ -206,9 +238,12 @@ fn prepare(frame: &impl Frame, segment: &SegmentBytes, work: &mut ControlScan) -
 
 /// Records what the loop found and where the stream now stands.
 #[inline(always)]
-fn finish(frame: &impl Frame, segment: &SegmentBytes, work: &mut ControlScan) {
-    // SAFETY: as in `prepare`.
-    let state = unsafe { &mut *work.state() };
+fn finish(
+    frame: &impl Frame,
+    segment: &SegmentBytes,
+    work: &mut ControlScan,
+    state: &mut ControlState,
+) {
     for index in 0..MAX_ANNOUNCEMENTS {
         if index < usize::from(work.announced) {
             record(work, state, index);
@@ -230,7 +265,6 @@ fn finish(frame: &impl Frame, segment: &SegmentBytes, work: &mut ControlScan) {
         };
     }
     stream.advance(segment.seq, segment.len);
-    state.last_seen_ns = work.now_ns;
 }
 
 /// Bytes one callback scans: each bpf_loop iteration is an indirect call, which costs as
@@ -301,6 +335,11 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
             return;
         }
     };
+    // A client holding its share may still move its own expectations around (a new PASV
+    // displacing the last one), not add to them.
+    if state.adds(&slot, max_expected()) && !share::take(&work.control, work.now_ns) {
+        return count(Counter::ClientShareRefused);
+    }
     if let Some(displaced) = state.remember(slot, max_expected()) {
         work.key = displaced.key(&work.control);
         remove_owned(&work.key, &work.control);
@@ -320,23 +359,22 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
     }
 }
 
-/// Removes an expectation if `control` made it: the same key may since have been
-/// announced again by another control connection.
+/// Removes an expectation if `control` made it (the same key may since have been
+/// announced again by another control connection), and gives it back to the client.
 #[inline(always)]
 fn remove_owned(key: &ExpectKey, control: &FlowKey) -> bool {
     // SAFETY: a plain-data map value, read.
     let owned = unsafe { EXPECTATIONS.get(key) }.is_some_and(|e| e.control == *control);
-    owned && EXPECTATIONS.remove(key).is_ok()
+    let removed = owned && EXPECTATIONS.remove(key).is_ok();
+    if removed {
+        share::give_back(control);
+    }
+    removed
 }
 
-/// A control connection ended (FIN or RST): what it announced and did not use goes, as
-/// does its state.
+/// A control connection ended, or starts over: what it announced and did not use goes.
 #[inline(always)]
-fn close(work: &mut ControlScan) {
-    // SAFETY: a plain-data map value, only read.
-    let Some(state) = (unsafe { CONTROLS.get(&work.control) }) else {
-        return;
-    };
+fn remove_expectations(work: &mut ControlScan, state: &ControlState) {
     let held = usize::from(state.expected_count);
     for (i, slot) in state.expected.iter().enumerate() {
         if i < held {
@@ -346,5 +384,4 @@ fn close(work: &mut ControlScan) {
             }
         }
     }
-    let _ = CONTROLS.remove(&work.control);
 }

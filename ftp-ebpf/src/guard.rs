@@ -1,49 +1,75 @@
 //! The data-port guard: new inbound connections need an expectation; admitted ones are
-//! tracked until they end.
+//! tracked until they end. Also the rule that this host's own addresses never arrive from
+//! outside.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_log_ebpf::debug;
 use ftp_ebpf_common::{
+    addr::AddrKey,
     expect::ExpectKey,
-    flow::{FlowKey, FlowValue},
+    flow::{FlowKey, FlowValue, Observed},
     policy::{PortInfo, SynVerdict, coarse_time, syn_verdict},
     stats::Counter,
+    window::Side,
 };
 
 use crate::{
     Direction,
-    maps::{EXPECTATIONS, FLOW_IDLE_TIMEOUT_NS, FLOWS, count, now_ns},
+    maps::{EXPECTATIONS, FLOW_IDLE_TIMEOUT_NS, FLOWS, LOCAL_ADDRS, count, now_ns},
     packet::{Frame, Segment},
+    share,
 };
 
-/// A FIN, RST or sampled packet to or from a guarded port: marks or refreshes its flow.
-/// A subprogram of its own, so its locals do not count against the control scanner's
-/// stack.
+/// Whether a segment arriving on ingress claims one of this host's own addresses as its
+/// source: the host's own segments leave through egress, so this one is forged. Counted.
 #[inline(never)]
-pub fn touch(flow: &FlowKey, ends_connection: bool) {
-    let tracked = FLOWS
-        .get_ptr_mut(flow)
-        .or_else(|| FLOWS.get_ptr_mut(&flow.reversed()));
-    let Some(tracked) = tracked else {
-        return;
+pub fn spoofed(flow: &FlowKey) -> bool {
+    let key = AddrKey::new(flow.family, flow.src);
+    // SAFETY: a plain-data map value, only tested for presence.
+    let local = unsafe { LOCAL_ADDRS.get(&key) }.is_some();
+    if local {
+        count(Counter::SpoofedSourceDropped);
+    }
+    local
+}
+
+/// A SYN-ACK, FIN, RST or sampled packet to or from a guarded port: its flow's windows
+/// judge it, and it marks or refreshes the flow. A subprogram of its own, so its locals do
+/// not count against the control scanner's stack.
+#[inline(never)]
+pub fn touch(frame: &impl Frame, segment: &Segment, flow: &FlowKey, direction: Direction) {
+    let (tracked, from) = match FLOWS.get_ptr_mut(flow) {
+        Some(tracked) => (tracked, Side::Initiator),
+        None => match FLOWS.get_ptr_mut(&flow.reversed()) {
+            Some(tracked) => (tracked, Side::Responder),
+            None => return,
+        },
     };
-    // SAFETY: a valid map value pointer; racing writers only ever store timestamps.
+    let mut numbers = segment.numbers();
+    if segment.is_syn_ack() {
+        numbers.window_scale = segment.window_scale(frame, direction);
+    }
+    // SAFETY: a valid map value pointer; a racing writer can only lose one update.
     let tracked = unsafe { &mut *tracked };
-    let now = now_ns();
-    if ends_connection {
-        if tracked.closing_since_ns == 0 {
-            tracked.closing_since_ns = now;
-            count(Counter::FlowsClosing);
-        }
-    } else if tracked.needs_refresh(now) {
-        tracked.last_seen_ns = now;
+    match tracked.observe(from, &numbers, now_ns()) {
+        Observed::Closing => count(Counter::FlowsClosing),
+        Observed::OutOfWindow => count(Counter::FlowOutOfWindow),
+        Observed::Nothing => {}
     }
 }
 
 /// A SYN (without ACK) to guarded port `port` that recent announcements or admissions of
 /// the port may cover (`PortInfo::may_be_solicited`). Returns whether it may pass.
 #[inline(never)]
-pub fn new_connection(syn: &FlowKey, port: *mut PortInfo, now: u64, direction: Direction) -> bool {
+pub fn new_connection(
+    frame: &impl Frame,
+    segment: &Segment,
+    syn: &FlowKey,
+    port: *mut PortInfo,
+    direction: Direction,
+) -> bool {
+    // Read again rather than passed: a sixth argument would not fit BPF's five registers.
+    let now = now_ns();
     let inbound = direction == Direction::Ingress;
     // SAFETY: an array map value, valid for the program's run.
     let port = unsafe { &mut *port };
@@ -74,10 +100,15 @@ pub fn new_connection(syn: &FlowKey, port: *mut PortInfo, now: u64, direction: D
         // Another CPU may consume the same expectation at the same moment: only the one
         // whose delete succeeds admits.
         SynVerdict::Admit if EXPECTATIONS.remove(&key).is_ok() => {
+            if let Some(expectation) = expectation {
+                share::give_back(&expectation.control);
+            }
             count(Counter::ExpectationsMatched);
             port.admitted = coarse_time(now);
+            let mut numbers = segment.numbers();
+            numbers.window_scale = segment.window_scale(frame, direction);
             if FLOWS
-                .insert(syn, &FlowValue::admitted(now), BPF_NOEXIST.into())
+                .insert(syn, &FlowValue::admitted(now, &numbers), BPF_NOEXIST.into())
                 .is_ok()
             {
                 count(Counter::FlowsTracked);
@@ -89,7 +120,11 @@ pub fn new_connection(syn: &FlowKey, port: *mut PortInfo, now: u64, direction: D
         }
         SynVerdict::Admit | SynVerdict::Unsolicited => refuse(direction),
         SynVerdict::Expired => {
-            let _ = EXPECTATIONS.remove(&key);
+            if EXPECTATIONS.remove(&key).is_ok() {
+                if let Some(expectation) = expectation {
+                    share::give_back(&expectation.control);
+                }
+            }
             if inbound {
                 count(Counter::ExpectationsExpired);
             }

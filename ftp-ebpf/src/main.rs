@@ -9,6 +9,7 @@ mod control;
 mod guard;
 mod maps;
 mod packet;
+mod share;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
@@ -60,8 +61,8 @@ pub fn ftp_egress(ctx: TcContext) -> i32 {
 
 /// Returns whether the packet may pass. The common cases (not TCP, TCP between ports that
 /// are not ours, a packet of a tracked transfer) end after the header parse and two array
-/// lookups; keys are built and hash maps consulted only for SYNs to guarded ports, FIN/RST,
-/// a sample of tracked packets and control segments.
+/// lookups; keys are built and hash maps consulted only for SYNs to guarded ports, SYN-ACK,
+/// FIN and RST of tracked ones, a sample of tracked packets and control segments.
 #[inline(always)]
 fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
     let segment = match Segment::parse(frame) {
@@ -104,25 +105,41 @@ fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
         if !port.may_be_solicited(now, EXPECT_TIMEOUT_NS.load()) {
             return guard::refuse(direction);
         }
-        return match segment.flow(frame) {
-            Some(syn) => guard::new_connection(&syn, to, now, direction),
-            None => true,
+        let Some(syn) = segment.flow(frame) else {
+            return true;
         };
+        if direction == Direction::Ingress && guard::spoofed(&syn) {
+            return false;
+        }
+        return guard::new_connection(frame, &segment, &syn, to, direction);
     } else {
         let tracked_port = to_class == PortClass::Guarded || from_class == PortClass::Guarded;
-        if tracked_port && (segment.ends_connection() || refreshes(segment.seq, segment.ack)) {
+        if tracked_port
+            && (segment.ends_connection()
+                || segment.is_syn_ack()
+                || refreshes(segment.seq, segment.ack))
+        {
             if let Some(flow) = segment.flow(frame) {
-                guard::touch(&flow, segment.ends_connection());
+                if direction == Direction::Ingress
+                    && segment.ends_connection()
+                    && guard::spoofed(&flow)
+                {
+                    return false;
+                }
+                guard::touch(frame, &segment, &flow, direction);
             }
         }
         return true;
     };
-    // A control segment matters for its bytes, or for ending the connection.
-    if segment.payload_len > 0 || segment.ends_connection() {
-        if let Some(flow) = segment.flow(frame) {
-            control::scan(frame, &segment, &flow, sender, direction);
-        }
+    // Every control segment counts: its bytes, its handshake, its acknowledgements (which
+    // move the windows the next segments are judged by), its end.
+    let Some(flow) = segment.flow(frame) else {
+        return true;
+    };
+    if direction == Direction::Ingress && guard::spoofed(&flow) {
+        return false;
     }
+    control::scan(frame, &segment, &flow, sender, direction);
     true
 }
 

@@ -13,6 +13,7 @@ use ftp_ebpf_common::{
     policy::{PortInfo, Rules},
     share::{ClientShare, DEFAULT_MAX_PER_CLIENT},
     stats::{COUNTERS, Counter},
+    window::OptionsWalk,
 };
 
 use crate::control::ControlScan;
@@ -50,6 +51,10 @@ pub static PORTS: Array<PortInfo> = Array::with_max_entries(65536, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+/// One TCP options buffer per CPU and direction, for the same reason as SCAN.
+#[map]
+pub static OPTIONS: PerCpuArray<OptionsWalk> = PerCpuArray::with_max_entries(2, 0);
 
 /// One scan buffer per CPU and direction: an egress program and an ingress program (XDP or
 /// tc) never share a buffer, whatever runs on that CPU when.

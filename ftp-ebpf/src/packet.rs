@@ -1,16 +1,26 @@
 //! Header parsing with direct packet access, common to XDP and tc.
 
-use core::mem::size_of;
+use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_loop, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 use ftp_ebpf_common::{
     addr::{Addr, FAMILY_IPV4, FAMILY_IPV6},
     flow::FlowKey,
+    window::{MAX_TCP_OPTIONS, NO_WINDOW_SCALE, Numbers, OptionsWalk},
 };
+
+use crate::{Direction, maps::OPTIONS};
+
+unsafe extern "C" fn walk_option(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer given in `window_scale`, to a map value
+    // valid for the program's run.
+    let walk = unsafe { &mut **ctx.cast::<*mut OptionsWalk>() };
+    if walk.step(index as u32) { 0 } else { 1 }
+}
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -18,10 +28,7 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+use ftp_ebpf_common::window::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// What a header parse reads directly when it can: Ethernet, one VLAN tag, IPv6 with a
 /// few extension headers or IPv4 with options, TCP with options.
@@ -138,7 +145,7 @@ struct TcpHdr {
     ack: u32,
     data_offset: u8,
     flags: u8,
-    _window: u16,
+    window: u16,
     _csum: u16,
     _urgent: u16,
 }
@@ -164,6 +171,9 @@ pub struct Segment {
     pub flags: u8,
     pub seq: u32,
     pub ack: u32,
+    pub window: u16,
+    /// Bytes of TCP options, which end where the payload starts.
+    pub options_len: u8,
     pub payload_offset: u32,
     pub payload_len: u32,
 }
@@ -203,8 +213,59 @@ impl Segment {
         self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 
+    pub fn is_syn_ack(&self) -> bool {
+        self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+    }
+
     pub fn ends_connection(&self) -> bool {
         self.flags & (TCP_FIN | TCP_RST) != 0
+    }
+
+    /// The numbers window tracking judges, without a SYN's window scale (`window_scale`).
+    #[inline(always)]
+    pub fn numbers(&self) -> Numbers {
+        Numbers {
+            seq: self.seq,
+            ack: self.ack,
+            payload_len: self.payload_len,
+            flags: self.flags,
+            window: self.window,
+            window_scale: NO_WINDOW_SCALE,
+        }
+    }
+
+    /// A SYN's window scale option, or `NO_WINDOW_SCALE`. Read only where a SYN opens
+    /// something (a control connection, an admitted flow), not for every SYN: the walk
+    /// takes a bpf_loop.
+    #[inline(never)]
+    pub fn window_scale(&self, frame: &impl Frame, direction: Direction) -> u8 {
+        if self.options_len == 0 {
+            return NO_WINDOW_SCALE;
+        }
+        let Some(walk) = OPTIONS.get_ptr_mut(direction as u32) else {
+            return NO_WINDOW_SCALE;
+        };
+        // SAFETY: this CPU's slot for this direction; nothing else uses it meanwhile.
+        let walk = unsafe { &mut *walk };
+        // The verifier needs 1 <= len <= MAX_TCP_OPTIONS, which the parse guarantees
+        // (a header of at most 60 bytes) and the mask and minimum prove.
+        let len = (u32::from(self.options_len) & 63).min(MAX_TCP_OPTIONS as u32);
+        let start = self.payload_offset - u32::from(self.options_len);
+        if len == 0 || frame.load_bytes(start, walk.bytes.as_mut_ptr(), len) != 0 {
+            return NO_WINDOW_SCALE;
+        }
+        walk.start(len);
+        let mut context: *mut OptionsWalk = walk;
+        // SAFETY: the callback only touches the map value the context points to.
+        unsafe {
+            bpf_loop(
+                MAX_TCP_OPTIONS as u32,
+                walk_option as *mut c_void,
+                (&mut context as *mut *mut OptionsWalk).cast(),
+                0,
+            )
+        };
+        walk.scale
     }
 
     /// The connection as this segment travels.
@@ -358,6 +419,8 @@ impl Segment {
             flags: tcp.flags,
             seq: u32::from_be(tcp.seq),
             ack: u32::from_be(tcp.ack),
+            window: u16::from_be(tcp.window),
+            options_len: (tcp_header_len - size_of::<TcpHdr>()) as u8,
             payload_offset: (offset + tcp_header_len) as u32,
             payload_len: (l4_len - tcp_header_len) as u32,
         })
