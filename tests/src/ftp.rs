@@ -1,6 +1,8 @@
 //! A passive FTP session to the lab's server over IPv4, logged in anonymously in binary
-//! mode, in Rust; to be opened on a thread in the client namespace (`in_netns`), after
-//! which its sockets stay there whichever thread uses them. Rather than curl or ftplib
+//! mode, in Rust. A socket belongs to the namespace of the thread that creates it: what
+//! opens a connection ([`Ftp::login`], [`Ftp::data`], [`Ftp::retr`], [`Ftp::retr_from`])
+//! must run on a thread in the client namespace (`in_netns`); the control connection
+//! then stays there, and commands may be sent on it from any thread. Rather than curl or ftplib
 //! where the caller needs what they do not give: the control connection itself (its
 //! addresses, to forge segments of it; open and idle for as long as the test likes), the
 //! moment the data connection is up, or no file written on the way.

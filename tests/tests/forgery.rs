@@ -257,7 +257,7 @@ fn forged_control_segments_open_nothing() {
     // arrives whole.
     let matched = counter(&lab, "expectations_matched");
     let blob = lab.blob().unwrap();
-    let received = ftp.retr(BLOB_PATH).unwrap();
+    let received = in_netns(&lab.client_ns, || ftp.retr(BLOB_PATH)).unwrap();
     assert!(
         received == blob,
         "{} of {} bytes",
@@ -311,7 +311,7 @@ fn forged_resets_end_nothing() {
 
     let matched = counter(&lab, "expectations_matched");
     let blob = lab.blob().unwrap();
-    let received = ftp.retr_from(announced, BLOB_PATH).unwrap();
+    let received = in_netns(&lab.client_ns, || ftp.retr_from(announced, BLOB_PATH)).unwrap();
     assert!(
         received == blob,
         "{} of {} bytes",
