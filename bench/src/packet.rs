@@ -15,9 +15,12 @@ use ftp_ebpf_common::{
     flow::{FlowKey, FlowValue},
 };
 use ftp_loader::ebpf::{self, BASELINE_OBJECT, EGRESS_PROGRAM, INGRESS_PROGRAM, Settings};
-use tests::frame::{ACK, ControlSession, IPPROTO_UDP, PSH, SYN, Tcp, ip_frame};
+use tests::frame::{ACK, ControlSession, IPPROTO_UDP, PSH, SYN, Tcp, WINDOW, ip_frame};
 
-use super::{Bench, Figure, Section, alternate, median, scale};
+use super::{
+    Bench, Figure, Section, alternate, median,
+    scale::{self, syn},
+};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -26,8 +29,11 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 struct Class {
     name: &'static str,
     /// One frame, run `repeat` times; or, for control segments, one frame per control
-    /// connection, each run once (see `ns_fresh`).
+    /// connection, each run once (see `fresh`).
     frames: Vec<Vec<u8>>,
+    /// Frames run, untimed, before each round of `frames`: the control connections'
+    /// handshakes.
+    setup: Vec<Vec<u8>>,
     /// At most this many times the baseline, or at most this many ns.
     target: Target,
 }
@@ -42,17 +48,36 @@ enum Target {
 /// Control connections each control class is measured on.
 const FRESH_CONNECTIONS: u16 = 4000;
 
-/// The same segment on `FRESH_CONNECTIONS` control connections (client ports): each one is
-/// the first segment of its connection, so it is read. The same frame run again would be a
-/// retransmission, which is not read, and the control table (LRU) keeps every connection.
-fn fresh(segment: impl Fn(&ControlSession) -> Vec<u8>) -> Vec<Vec<u8>> {
-    (0..FRESH_CONNECTIONS)
-        .map(|i| {
-            let mut session = ControlSession::new(CLIENT, SERVER);
-            session.client_port = 20000 + i;
-            segment(&session)
-        })
-        .collect()
+/// The same segment on `FRESH_CONNECTIONS` control connections (client ports), with their
+/// handshakes to run first: each segment is the first of its connection after the
+/// handshake, so it is judged by the connection's windows and read. The same frame run
+/// again would be a retransmission, which is not read, and the control table (LRU) keeps
+/// every connection.
+fn fresh(segment: impl Fn(&ControlSession) -> Vec<u8>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut setup = Vec::new();
+    let mut frames = Vec::new();
+    for i in 0..FRESH_CONNECTIONS {
+        let mut session = ControlSession::new(CLIENT, SERVER);
+        session.client_port = 20000 + i;
+        setup.extend(session.handshake());
+        frames.push(segment(&session));
+    }
+    (setup, frames)
+}
+
+/// A class of control segments, from `fresh`.
+fn control(
+    name: &'static str,
+    segment: impl Fn(&ControlSession) -> Vec<u8>,
+    target: Target,
+) -> Class {
+    let (setup, frames) = fresh(segment);
+    Class {
+        name,
+        frames,
+        setup,
+        target,
+    }
 }
 
 fn classes() -> Vec<Class> {
@@ -65,11 +90,13 @@ fn classes() -> Vec<Class> {
                 IPPROTO_UDP,
                 &[0x9c, 0x40, 0, 53, 0, 8, 0, 0],
             )],
+            setup: vec![],
             target: Target::Ratio(1.5),
         },
         Class {
             name: "TCP outside the guarded range",
             frames: vec![Tcp::new(CLIENT, 443, SERVER, 80, ACK).frame(b"GET")],
+            setup: vec![],
             target: Target::Ratio(1.5),
         },
         Class {
@@ -79,6 +106,7 @@ fn classes() -> Vec<Class> {
                     .seq(1 << 10)
                     .frame(&[0u8; 64]),
             ],
+            setup: vec![],
             target: Target::Ratio(1.5),
         },
         Class {
@@ -88,48 +116,68 @@ fn classes() -> Vec<Class> {
                     .seq(1 << 16)
                     .frame(&[0u8; 64]),
             ],
+            setup: vec![],
             target: Target::None,
         },
         Class {
             name: "unsolicited SYN (dropped)",
             frames: vec![Tcp::new(CLIENT, 51001, SERVER, 10001, SYN).frame(&[])],
+            setup: vec![],
             target: Target::Ratio(1.5),
         },
-        Class {
-            name: "control, nothing to parse (150)",
-            frames: fresh(|s| {
+        control(
+            "control, acknowledgement only (moves the window)",
+            |s| {
+                Tcp::new(s.client, s.client_port, s.server, s.server_port, ACK)
+                    .seq(s.client_seq())
+                    .ack(s.server_seq())
+                    .window(WINDOW)
+                    .frame(&[])
+            },
+            Target::None,
+        ),
+        control(
+            "control, nothing to parse (150)",
+            |s| {
                 s.reply_at(
-                    5000,
+                    s.server_seq(),
                     b"150 Opening BINARY mode data connection for blob (2097152 bytes).\r\n",
                 )
-            }),
-            target: Target::None,
-        },
-        Class {
-            name: "227 reply",
-            frames: fresh(|s| {
-                s.reply_at(5000, b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n")
-            }),
-            target: Target::Nanoseconds(500.0),
-        },
-        Class {
-            name: "229 reply",
-            frames: fresh(|s| {
-                s.reply_at(5000, b"229 Entering Extended Passive Mode (|||10000|)\r\n")
-            }),
-            target: Target::None,
-        },
-        Class {
-            name: "EPRT command",
-            frames: fresh(|s| s.command_at(1000, b"EPRT |1|192.0.2.2|6275|\r\n")),
-            target: Target::None,
-        },
+            },
+            Target::None,
+        ),
+        control(
+            "227 reply",
+            |s| {
+                s.reply_at(
+                    s.server_seq(),
+                    b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n",
+                )
+            },
+            Target::Nanoseconds(500.0),
+        ),
+        control(
+            "229 reply",
+            |s| {
+                s.reply_at(
+                    s.server_seq(),
+                    b"229 Entering Extended Passive Mode (|||10000|)\r\n",
+                )
+            },
+            Target::None,
+        ),
+        control(
+            "EPRT command",
+            |s| s.command_at(s.client_seq(), b"EPRT |1|192.0.2.2|6275|\r\n"),
+            Target::None,
+        ),
     ]
 }
 
 /// Nanoseconds per run of `program` on `frames`: the one frame `repeat` times in the
 /// kernel, or each of several frames once.
-fn ns_per_packet(ebpf: &mut Ebpf, program: &str, frames: &[Vec<u8>], repeat: u32) -> Result<f64> {
+fn ns_per_packet(ebpf: &mut Ebpf, program: &str, class: &Class, repeat: u32) -> Result<f64> {
+    let frames = &class.frames;
     if frames.len() > 1 {
         // Each round reads its segments as new connections again.
         if let Some(map) = ebpf.map_mut("CONTROLS") {
@@ -144,6 +192,12 @@ fn ns_per_packet(ebpf: &mut Ebpf, program: &str, frames: &[Vec<u8>], repeat: u32
         .program(program)
         .context("no such program")?
         .try_into()?;
+    for frame in &class.setup {
+        xdp.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })?;
+    }
     let repeat = if frames.len() == 1 { repeat } else { 1 };
     let mut total = 0.0;
     for frame in frames {
@@ -178,7 +232,7 @@ fn fill(ebpf: &mut Ebpf, count: u32) -> Result<()> {
         src: addr(u32::from(CLIENT)),
         dst: addr(u32::from(SERVER)),
     };
-    flows.insert(tracked, FlowValue::admitted(now), 0)?;
+    flows.insert(tracked, FlowValue::admitted(now, &syn(1)), 0)?;
     Ok(())
 }
 
@@ -233,9 +287,9 @@ pub fn run(bench: &Bench) -> Result<Section> {
         for (entries, product) in &mut tables {
             let samples = alternate(&[false, true], bench.rounds(), |&ours| {
                 if ours {
-                    ns_per_packet(product, INGRESS_PROGRAM, &class.frames, repeat)
+                    ns_per_packet(product, INGRESS_PROGRAM, &class, repeat)
                 } else {
-                    ns_per_packet(&mut baseline, "xdp_pass", &class.frames, repeat)
+                    ns_per_packet(&mut baseline, "xdp_pass", &class, repeat)
                 }
             })?;
             let (base, cost) = (median(&samples[0]), median(&samples[1]));
@@ -257,7 +311,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
         }
     }
     section.notes.push(format!(
-        "Each figure is the kernel's mean over {repeat} runs of one frame, median of {} rounds alternating with the baseline. Control segments are measured as the first segment of each of {FRESH_CONNECTIONS} control connections, each run once (a repeated segment would be a retransmission, which is not read), so each figure includes creating that connection's state; single runs carry the timer's own cost, as do the baseline's, measured the same way.",
+        "Each figure is the kernel's mean over {repeat} runs of one frame, median of {} rounds alternating with the baseline. Control segments are measured as the first segment after the handshake of each of {FRESH_CONNECTIONS} control connections, each run once (a repeated segment would be a retransmission, which is not read), so each figure includes judging it by the connection's TCP windows; the handshakes run before, untimed. Single runs carry the timer's own cost, as do the baseline's, measured the same way.",
         bench.rounds()
     ));
     Ok(section)

@@ -19,6 +19,7 @@ use ftp_ebpf_common::{
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
     stats::Counter,
+    window::{Numbers, TCP_SYN},
 };
 use ftp_loader::ebpf::{self, INGRESS_PROGRAM, Settings};
 use tests::frame::{ControlSession, SYN, Tcp};
@@ -60,7 +61,7 @@ fn key(i: u32, port: u16) -> FlowKey {
 fn fill(ebpf: &mut Ebpf, count: u32) -> Result<()> {
     let now = ftp_loader::monotonic_ns();
     let mut state: ControlState = bytemuck::Zeroable::zeroed();
-    state.reset(now);
+    state.open(&syn(1000));
     let mut controls: HashMap<_, FlowKey, ControlState> =
         HashMap::try_from(ebpf.map_mut("CONTROLS").context("no CONTROLS")?)?;
     for i in 0..count {
@@ -92,12 +93,24 @@ pub(super) fn fill_expectations(ebpf: &mut Ebpf, count: u32, now: u64) -> Result
     Ok(())
 }
 
+/// A SYN's numbers, which open a connection's windows.
+pub(super) fn syn(seq: u32) -> Numbers {
+    Numbers {
+        seq,
+        ack: 0,
+        payload_len: 0,
+        flags: TCP_SYN,
+        window: 64240,
+        window_scale: 7,
+    }
+}
+
 /// `count` admitted data connections from 10.0.0.0/8, none of the lab's hosts.
 pub(super) fn fill_flows(ebpf: &mut Ebpf, count: u32, now: u64) -> Result<()> {
     let mut flows: HashMap<_, FlowKey, FlowValue> =
         HashMap::try_from(ebpf.map_mut("FLOWS").context("no FLOWS")?)?;
     for i in 0..count {
-        flows.insert(key(i, 20000), FlowValue::admitted(now), 0)?;
+        flows.insert(key(i, 20000), FlowValue::admitted(now, &syn(1)), 0)?;
     }
     Ok(())
 }
@@ -178,6 +191,9 @@ fn at_the_cap(section: &mut Section) -> Result<()> {
         .collect::<Result<_>>()?;
     let mut session = ControlSession::new(client, server);
     session.client_port = 50001;
+    for frame in session.handshake() {
+        run_ingress(&ebpf, &frame)?;
+    }
     run_ingress(&ebpf, &session.reply(b"227 (192,0,2,1,39,16)\r\n"))?;
     let verdict = run_ingress(
         &ebpf,

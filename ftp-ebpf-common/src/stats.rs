@@ -27,7 +27,7 @@ macro_rules! counters {
 }
 
 counters! {
-    ControlPackets => "control_packets": "TCP segments with payload on a control port, scanned",
+    ControlPackets => "control_packets": "TCP segments with payload on a control port, within their connection's window, scanned",
     ExpectationsCreated => "expectations_created": "data connections announced and expected",
     ExpectationsMatched => "expectations_matched": "expected data connections opened (expectation consumed)",
     ExpectationsExpired => "expectations_expired": "SYNs that found only an expired expectation (dropped)",
@@ -42,7 +42,7 @@ counters! {
     ScanTruncated => "scan_truncated": "control segments longer than the 1024-byte scan window; read again from the next line after it",
     ControlAlreadyRead => "control_already_read": "control segments whose bytes were read before (retransmissions; on a gateway, the second pass)",
     ControlGaps => "control_gaps": "control segments after bytes never seen; read from their next line on",
-    ControlTableFull => "control_table_full": "control connections not remembered (failed allocation); their segments are read one by one",
+    ControlTableFull => "control_table_full": "control connections not remembered (failed allocation); like connections not seen opening, nothing they announce is believed",
     ControlUnknown => "control_unknown": "control segments of connections not seen opening (nor adopted from the host's sockets at start); nothing in them is believed",
     ControlOutOfWindow => "control_out_of_window": "control segments outside their connection's TCP window (forged or stale); they change nothing",
     SpoofedSourceDropped => "spoofed_source_dropped": "inbound control segments, SYNs and FIN/RST to guarded ports whose source is one of this host's own addresses, dropped",
