@@ -102,7 +102,8 @@ pub fn side(sender: Sender) -> Side {
 }
 
 /// `ControlState::flags`: the loader adopted the connection from the host's sockets; each
-/// direction's window is picked up from its first segment.
+/// direction's window is picked up from its first segment, which is believed only when it
+/// fits the other direction's numbers (`TcpWindows::pick_up`).
 pub const ADOPTED: u8 = 1;
 /// `ControlState::flags`: a SYN came for the open connection's addresses and ports;
 /// `reopening` holds it.
@@ -225,10 +226,10 @@ impl ControlState {
         }
         if self.flags & ADOPTED != 0 && !self.windows.directions[from as usize].is_known() {
             let scale = self.windows.directions[from as usize].scale;
-            self.windows.pick_up(from, segment, scale);
-            return Tracked::Learned;
-        }
-        if !self.windows.is_open() || !self.windows.admit(from, segment, 0) {
+            if !self.windows.pick_up(from, segment, scale) {
+                return Tracked::Learned;
+            }
+        } else if !self.windows.is_open() || !self.windows.admit(from, segment, 0) {
             return Tracked::OutOfWindow;
         }
         if segment.flags & (TCP_FIN | TCP_RST) != 0 {
@@ -457,8 +458,10 @@ mod tests {
         let mut state = ControlState::adopted(7, 7);
         let command = numbers(1_000_000, 9_000_000, 6, TCP_ACK, 500);
         assert_eq!(state.track(Sender::Client, &command), Tracked::Learned);
+        // The reply to it fits its numbers: it is read (the first PASV after the start
+        // works).
         let reply = numbers(9_000_000, 1_000_006, 40, TCP_ACK, 501);
-        assert_eq!(state.track(Sender::Server, &reply), Tracked::Learned);
+        assert_eq!(state.track(Sender::Server, &reply), Tracked::InWindow);
         let next = numbers(9_000_040, 1_000_006, 30, TCP_ACK, 501);
         assert_eq!(state.track(Sender::Server, &next), Tracked::InWindow);
         let forged = numbers(9_000_040 + (1 << 28), 1_000_006, 30, TCP_ACK, 501);

@@ -175,10 +175,27 @@ impl TcpWindows {
     }
 
     /// Picks up one direction of a connection whose opening was not seen, from its first
-    /// segment (conntrack's mid-stream case): the segment itself is believed for nothing
-    /// but the numbers. `scale` is the direction's window scale, when known otherwise.
-    pub fn pick_up(&mut self, from: Side, segment: &Numbers, scale: u8) {
+    /// segment (conntrack's mid-stream case); `scale` is the direction's window scale,
+    /// when known otherwise. Returns whether the segment is consistent with the other
+    /// direction, picked up before: it acknowledges what that direction sent, and starts
+    /// where that direction's acknowledgement said it would. Only then may it be believed:
+    /// nobody blind to the traffic can guess both numbers.
+    pub fn pick_up(&mut self, from: Side, segment: &Numbers, scale: u8) -> bool {
         let (sender, receiver) = self.split(from);
+        let consistent = receiver.is_known() && segment.has(TCP_ACK) && {
+            // `sender.end` holds what the receiver's first segment acknowledged.
+            let window = receiver.max_window;
+            let ack_window = window.max(MIN_ACK_WINDOW);
+            after(
+                segment.end(),
+                sender.end.wrapping_sub(window).wrapping_sub(1),
+            ) && before(segment.seq, sender.end.wrapping_add(window).wrapping_add(1))
+                && before(segment.ack, receiver.end.wrapping_add(1))
+                && after(
+                    segment.ack,
+                    receiver.end.wrapping_sub(ack_window).wrapping_sub(1),
+                )
+        };
         let end = segment.end();
         let window = (u32::from(segment.window) << scale.min(MAX_WINDOW_SCALE)).max(1);
         *sender = TcpDirection {
@@ -193,6 +210,7 @@ impl TcpWindows {
             receiver.end = segment.ack;
             receiver.max_end = segment.ack;
         }
+        consistent
     }
 
     /// conntrack's `tcp_in_window`: whether `segment`, sent by `from`, falls within the
