@@ -4,14 +4,14 @@
 
 use std::{
     fmt,
-    io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    io::{Read, Write},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, ensure};
 use tests::{
-    lab::{Lab, SERVER_IF, SERVER_IP, in_netns},
+    ftp::Ftp,
+    lab::{Lab, SERVER_IF, in_netns},
     servers::{SCRATCH_DIR, Server, ZEROS},
 };
 
@@ -22,9 +22,6 @@ const QUICK_BYTES: u64 = 64 << 20;
 /// Reads and writes of the data connection: large, so that the client's system calls cost
 /// little next to what the guard costs.
 const BUFFER: usize = 1 << 20;
-/// Any reply or data segment in the lab comes within microseconds; a dropped connection
-/// must fail the run, not hang it.
-const TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest one transfer may take: 2 GB at 0.3 Gbit/s, a quarter of the slowest rate
 /// seen here.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -180,93 +177,22 @@ fn gbits(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 * 8.0 / seconds / 1e9
 }
 
-/// A passive FTP session to the lab's server over IPv4, logged in anonymously in binary
-/// mode; to be used on a thread in the client namespace. Rather than curl, which reads an
-/// upload from a file and writes a download to one (costs that are not the guard's), and
-/// which cannot say when its data connection is up.
-pub(super) struct Ftp {
-    control: BufReader<TcpStream>,
-}
-
-impl Ftp {
-    pub(super) fn login() -> Result<Self> {
-        let stream = TcpStream::connect_timeout(&SocketAddr::from((SERVER_IP, 21)), TIMEOUT)
-            .context("connecting to the FTP server")?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        let mut ftp = Self {
-            control: BufReader::new(stream),
-        };
-        ftp.reply(220)?;
-        ftp.command("USER anonymous", 331)?;
-        ftp.command("PASS bench@", 230)?;
-        ftp.command("TYPE I", 200)?;
-        Ok(ftp)
-    }
-
-    fn command(&mut self, line: &str, code: u16) -> Result<String> {
-        self.control
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())?;
-        self.reply(code).with_context(|| format!("after {line}"))
-    }
-
-    /// Reads one reply, all lines of it, and fails unless it has `code`.
-    fn reply(&mut self, code: u16) -> Result<String> {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            ensure!(
-                self.control.read_line(&mut line)? > 0,
-                "the server closed the control connection"
-            );
-            text += &line;
-            // A reply ends with a line of its code and a space (RFC 959 4.2).
-            let last = line.get(..3).is_some_and(|c| c.parse::<u16>().is_ok())
-                && line.as_bytes().get(3) == Some(&b' ');
-            if last {
-                break;
-            }
-        }
-        ensure!(
-            text.starts_with(&code.to_string()),
-            "expected a {code} reply, got `{}`",
-            text.trim_end()
-        );
-        Ok(text)
-    }
-
-    /// PASV, and a data connection to the address and port it announced.
-    fn data(&mut self) -> Result<TcpStream> {
-        let reply = self.command("PASV", 227)?;
-        let numbers = reply
-            .split(['(', ')'])
-            .nth(1)
-            .map(|inner| {
-                inner
-                    .split(',')
-                    .map(|n| n.trim().parse::<u8>())
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .and_then(Result::ok)
-            .filter(|numbers| numbers.len() == 6)
-            .with_context(|| format!("no address in `{}`", reply.trim_end()))?;
-        let ip = Ipv4Addr::new(numbers[0], numbers[1], numbers[2], numbers[3]);
-        let port = u16::from_be_bytes([numbers[4], numbers[5]]);
-        let stream = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), TIMEOUT)
-            .with_context(|| format!("opening the data connection to {ip}:{port}"))?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
-        Ok(stream)
-    }
-
+/// The bench's transfers on the shared FTP session (rather than curl, which reads an upload
+/// from a file and writes a download to one, costs that are not the guard's, and which
+/// cannot say when its data connection is up).
+pub(super) trait Transfer {
     /// Downloads `path`, which must be `bytes` long, and returns the throughput in Gbit/s
     /// from the first data received to the last. `started` is called once data flows.
-    pub(super) fn download(
-        &mut self,
-        path: &str,
-        bytes: u64,
-        started: impl FnOnce(),
-    ) -> Result<f64> {
+    fn download(&mut self, path: &str, bytes: u64, started: impl FnOnce()) -> Result<f64>;
+
+    /// Uploads `bytes` zero bytes to `path` with STOR and returns the throughput in Gbit/s
+    /// from the first byte sent to the server's 226 (all of it received and written);
+    /// deletes the file then.
+    fn upload(&mut self, path: &str, bytes: u64) -> Result<f64>;
+}
+
+impl Transfer for Ftp {
+    fn download(&mut self, path: &str, bytes: u64, started: impl FnOnce()) -> Result<f64> {
         let mut data = self.data()?;
         self.command(&format!("RETR {path}"), 150)?;
         let mut buffer = vec![0; BUFFER];
@@ -292,10 +218,7 @@ impl Ftp {
         Ok(gbits(received - first, seconds))
     }
 
-    /// Uploads `bytes` zero bytes to `path` with STOR and returns the throughput in Gbit/s
-    /// from the first byte sent to the server's 226 (all of it received and written);
-    /// deletes the file then.
-    pub(super) fn upload(&mut self, path: &str, bytes: u64) -> Result<f64> {
+    fn upload(&mut self, path: &str, bytes: u64) -> Result<f64> {
         let mut data = self.data()?;
         self.command(&format!("STOR {path}"), 150)?;
         let buffer = vec![0; BUFFER];

@@ -14,14 +14,16 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use tests::{
     frame::{self, SYN, Tcp},
+    ftp::Ftp,
+    inject::{Link, PacketSocket},
     lab,
-    lab::{CLIENT_IF, CLIENT_IP, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, in_netns},
+    lab::{CLIENT_IF, CLIENT_IP, Lab, PASSIVE_PORTS, SERVER_IP, in_netns},
     servers::Server,
 };
 
 use super::{
     Bench, Figure, Section, alternate,
-    bulk::{Ftp, zeros},
+    bulk::{Transfer, zeros},
     guard::Guard,
     median,
 };
@@ -332,38 +334,6 @@ fn dropped(lab: &Lab, guard: Guard) -> Result<u64> {
     }
 }
 
-/// The veth pair's MAC addresses, which the flood's frames carry.
-struct Link {
-    client_mac: [u8; 6],
-    server_mac: [u8; 6],
-}
-
-impl Link {
-    fn find(lab: &Lab) -> Result<Self> {
-        Ok(Self {
-            client_mac: mac(&lab.client_ns, CLIENT_IF)?,
-            server_mac: mac(&lab.server_ns, SERVER_IF)?,
-        })
-    }
-}
-
-fn mac(ns: &str, interface: &str) -> Result<[u8; 6]> {
-    let output = lab::run(
-        std::process::Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", interface]),
-    )?;
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let text = links[0]["address"]
-        .as_str()
-        .with_context(|| format!("no MAC address for {interface} in {ns}"))?;
-    let bytes = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<Vec<_>, _>>()?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("`{text}` is not a MAC address"))
-}
-
 #[derive(Clone, Copy)]
 enum Pace {
     /// As fast as one core sends, for this long; the generator is pinned to its core and
@@ -396,7 +366,7 @@ fn flood(
         Pace::Unpaced(limit) => (limit, (MAX_RATE as f64 * limit.as_secs_f64()) as u64),
         Pace::Paced(rate) => (TRANSFER_LIMIT, rate * TRANSFER_LIMIT.as_secs()),
     };
-    let socket = PacketSocket::bind(interface)?;
+    let socket = PacketSocket::sender(interface)?;
     let mut generator = Syns::new(link);
     let ksoftirqd = match pace {
         Pace::Unpaced(_) => Some(ksoftirqd(pin()?)?),
@@ -423,7 +393,7 @@ fn flood(
             }
         }
         let count = (packets - sent).min(BATCH as u64) as usize;
-        sent += socket.send(generator.next_batch(count))?;
+        sent += socket.send_batch(generator.next_batch(count))?;
     }
     let seconds = began.elapsed().as_secs_f64();
     let cpu_seconds = match (ksoftirqd, cpu_before) {
@@ -501,13 +471,11 @@ struct Syns {
 
 impl Syns {
     fn new(link: &Link) -> Self {
-        let mut template: [u8; FRAME_LEN] = Tcp::new(CLIENT_IP, 0, SERVER_IP, 0, SYN)
+        let template: [u8; FRAME_LEN] = Tcp::new(CLIENT_IP, 0, SERVER_IP, 0, SYN)
             .seq(0)
-            .frame(&[])
+            .frame_on(link.to_server(), &[])
             .try_into()
             .expect("an Ethernet + IPv4 + TCP header");
-        template[..6].copy_from_slice(&link.server_mac);
-        template[6..12].copy_from_slice(&link.client_mac);
         let pseudo = [
             &CLIENT_IP.octets()[..],
             &SERVER_IP.octets(),
@@ -541,101 +509,5 @@ impl Syns {
             tcp[16..18].copy_from_slice(&(!frame::fold(sum)).to_be_bytes());
         }
         &mut self.frames[..count]
-    }
-}
-
-/// An AF_PACKET socket that sends raw frames out of one interface and receives nothing.
-struct PacketSocket(std::os::fd::OwnedFd);
-
-impl PacketSocket {
-    fn bind(interface: &str) -> Result<Self> {
-        let name = std::ffi::CString::new(interface)?;
-        // SAFETY: a valid NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        ensure!(index != 0, "no interface {interface} here");
-        // Protocol 0: the socket is bound to the interface for sending, and no frame is
-        // ever queued to it.
-        // SAFETY: plain socket creation; the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        ensure!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let socket = Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
-        // SAFETY: an all-zero sockaddr_ll is valid; bind reads exactly its size.
-        let rc = unsafe {
-            let mut address: libc::sockaddr_ll = std::mem::zeroed();
-            address.sll_family = libc::AF_PACKET as u16;
-            address.sll_ifindex = index as i32;
-            libc::bind(
-                fd,
-                (&address as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        ensure!(
-            rc == 0,
-            "binding to {interface}: {}",
-            std::io::Error::last_os_error()
-        );
-        // Straight to the driver: the flood measures the guard, not a queueing discipline.
-        let one: libc::c_int = 1;
-        // SAFETY: an int option, passed with its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                (&one as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        ensure!(
-            rc == 0,
-            "PACKET_QDISC_BYPASS: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(socket)
-    }
-
-    /// Sends the frames with one `sendmmsg`; returns how many went out.
-    fn send(&self, frames: &mut [[u8; FRAME_LEN]]) -> Result<u64> {
-        let mut iovecs: Vec<libc::iovec> = frames
-            .iter_mut()
-            .map(|frame| libc::iovec {
-                iov_base: frame.as_mut_ptr().cast(),
-                iov_len: frame.len(),
-            })
-            .collect();
-        let mut messages: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .map(|iovec| {
-                // SAFETY: an all-zero mmsghdr is valid (no name, no control data).
-                let mut message: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                message.msg_hdr.msg_iov = iovec;
-                message.msg_hdr.msg_iovlen = 1;
-                message
-            })
-            .collect();
-        // SAFETY: the messages point at iovecs and frames that outlive the call.
-        let sent = unsafe {
-            libc::sendmmsg(
-                std::os::fd::AsRawFd::as_raw_fd(&self.0),
-                messages.as_mut_ptr(),
-                messages.len() as u32,
-                0,
-            )
-        };
-        if sent < 0 {
-            let error = std::io::Error::last_os_error();
-            // A full device queue: the frames were not sent, try again.
-            if error.raw_os_error() == Some(libc::ENOBUFS) {
-                return Ok(0);
-            }
-            bail!("sendmmsg on {CLIENT_IF}: {error}");
-        }
-        Ok(sent as u64)
     }
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use ftp_ebpf_common::{
     addr::{Addr, FAMILY_IPV4, FAMILY_IPV6},
     flow::FlowKey,
-    window::{MAX_TCP_OPTIONS, NO_WINDOW_SCALE, Numbers, OptionsWalk},
+    window::{MAX_TCP_OPTIONS, NO_WINDOW_SCALE, Numbers, OPTIONS_BUFFER, OptionsWalk},
 };
 
 use crate::{Direction, maps::OPTIONS};
@@ -247,11 +247,12 @@ impl Segment {
         };
         // SAFETY: this CPU's slot for this direction; nothing else uses it meanwhile.
         let walk = unsafe { &mut *walk };
-        // The verifier needs 1 <= len <= MAX_TCP_OPTIONS, which the parse guarantees
-        // (a header of at most 60 bytes) and the mask and minimum prove.
-        let len = (u32::from(self.options_len) & 63).min(MAX_TCP_OPTIONS as u32);
+        // The verifier needs to see 1 <= len <= the buffer's size; the mask proves it
+        // (the parse already bounds options to MAX_TCP_OPTIONS, but not in a way every
+        // kernel's verifier follows).
+        let len = ((u32::from(self.options_len) - 1) & (OPTIONS_BUFFER as u32 - 1)) + 1;
         let start = self.payload_offset - u32::from(self.options_len);
-        if len == 0 || frame.load_bytes(start, walk.bytes.as_mut_ptr(), len) != 0 {
+        if frame.load_bytes(start, walk.bytes.as_mut_ptr(), len) != 0 {
             return NO_WINDOW_SCALE;
         }
         walk.start(len);

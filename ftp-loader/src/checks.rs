@@ -261,6 +261,20 @@ pub fn settings(settings: &Settings) -> Result<()> {
             settings.max_expected
         );
     }
+    if settings.max_per_client == 0 {
+        bail!(
+            "--max-expectations-per-client 0 would refuse every announcement: give 1 to {} (--max-expectations)",
+            settings.max_expectations
+        );
+    }
+    if settings.max_per_client > settings.max_expectations {
+        bail!(
+            "--max-expectations-per-client {} is more than the expectation table holds (--max-expectations {}): give at most {}, or raise --max-expectations",
+            settings.max_per_client,
+            settings.max_expectations,
+            settings.max_expectations
+        );
+    }
     if settings.min_data_port > hi {
         bail!(
             "--min-data-port {} is above the top of --data-ports {lo}-{hi}, so no announced data connection could ever be admitted: give a --min-data-port of at most {hi}",

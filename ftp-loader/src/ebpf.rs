@@ -8,7 +8,10 @@ use aya::{
     maps::Array,
     programs::{ProgramError, SchedClassifier, Xdp},
 };
-use ftp_ebpf_common::policy::{PortInfo, PortPlan};
+use ftp_ebpf_common::{
+    policy::{PortInfo, PortPlan},
+    share::DEFAULT_MAX_PER_CLIENT,
+};
 
 use crate::{
     checks,
@@ -41,6 +44,9 @@ pub struct Settings {
     /// Expectations one control connection may hold (1..=MAX_EXPECTED); the newest
     /// displaces the oldest.
     pub max_expected: u8,
+    /// Expectations one client address (an IPv6 client's /64) may hold, so that one client
+    /// cannot fill the expectation table for everyone.
+    pub max_per_client: u32,
     /// Accept announced addresses other than the announcer's own.
     pub loose: bool,
     /// Lowest data port an announcement may name.
@@ -61,6 +67,7 @@ impl Default for Settings {
             max_flows: 262144,
             max_controls: 65536,
             max_expected: 1,
+            max_per_client: DEFAULT_MAX_PER_CLIENT,
             loose: false,
             min_data_port: 1024,
             verbose: false,
@@ -70,9 +77,13 @@ impl Default for Settings {
 
 impl Settings {
     /// The tables an option sizes: (map, option, entries).
-    pub fn table_sizes(&self) -> [(&'static str, &'static str, u32); 3] {
+    pub fn table_sizes(&self) -> [(&'static str, &'static str, u32); 4] {
+        let expectations = "--max-expectations";
         [
-            ("EXPECTATIONS", "--max-expectations", self.max_expectations),
+            ("EXPECTATIONS", expectations, self.max_expectations),
+            // Each client that holds a share holds an expectation, at least for a moment:
+            // there are never more shares in use than expectations.
+            ("CLIENTS", expectations, self.max_expectations),
             ("FLOWS", "--max-flows", self.max_flows),
             ("CONTROLS", "--max-controls", self.max_controls),
         ]
@@ -126,6 +137,7 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
         .override_global("LOOSE", &loose, true)
         .override_global("MIN_DATA_PORT", &settings.min_data_port, true)
         .override_global("MAX_EXPECTED_PER_CONTROL", &settings.max_expected, true)
+        .override_global("MAX_PER_CLIENT", &settings.max_per_client, true)
         .override_global("AYA_LOG_LEVEL", &log_level, false);
     for (map, _, entries) in settings.table_sizes() {
         loader.map_max_entries(map, entries);

@@ -1,6 +1,8 @@
 //! ftp-loader: loads ftp-tracker's kernel programs, attaches them to interfaces and
 //! reports what they track.
 
+pub mod addrs;
+pub mod adopt;
 pub mod attach;
 pub mod checks;
 pub mod ebpf;

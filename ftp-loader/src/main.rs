@@ -3,7 +3,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
 use clap::{Args, Parser, Subcommand};
+use ftp_ebpf_common::share::DEFAULT_MAX_PER_CLIENT;
 use ftp_loader::{
+    addrs, adopt,
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     ebpf::{self, Settings},
@@ -11,7 +13,7 @@ use ftp_loader::{
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
     stats, tables,
-    watch::{LinkEvent, LinkWatch},
+    watch::{Event, Watch},
 };
 use log::{info, warn};
 use tokio::{
@@ -127,6 +129,11 @@ struct RunArgs {
     /// is 1): the newest displaces the oldest.
     #[arg(long, default_value = "1", value_parser = clap::value_parser!(u8).range(1..=4))]
     max_expected: u8,
+    /// Expectations one client address (an IPv6 client's /64) may hold, 1 to
+    /// --max-expectations: a client at its cap gets no more until one of its own is used,
+    /// replaced or expires.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PER_CLIENT)]
+    max_expectations_per_client: u32,
     /// Accept announced addresses other than the announcer's own, like the kernel helper's
     /// loose=1. This opens third-party transfers and with them FTP bounce.
     #[arg(long)]
@@ -296,6 +303,7 @@ fn run(args: RunArgs) -> Result<()> {
         max_flows: args.max_flows,
         max_controls: args.max_controls,
         max_expected: args.max_expected,
+        max_per_client: args.max_expectations_per_client,
         loose: args.loose,
         min_data_port: args.min_data_port,
         verbose: args.verbose,
@@ -327,6 +335,16 @@ fn run(args: RunArgs) -> Result<()> {
         }
     })?;
     let inherited = pin_dir.inherit(&mut ebpf, had_state, set_aside);
+    // Opened before the addresses are first read, so that no change after that read goes
+    // unnoticed.
+    let watch = Watch::open().context("watching interfaces and addresses (rtnetlink)")?;
+    // Before anything is attached: the guard knows the host's addresses from the first
+    // packet.
+    let addresses = addrs::sync(&mut ebpf).inspect_err(|_| {
+        if !had_state {
+            pin_dir.remove_all();
+        }
+    })?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the eBPF log reader")?;
 
     let mut record = Record::new(&args.pin_dir);
@@ -363,8 +381,14 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     record.write()?;
+    // After attaching: a connection that opens meanwhile is the programs' own from its SYN.
+    let adopted = adopt::adopt(&mut ebpf, &settings.control_ports);
 
     info!("{}", describe(&settings));
+    info!(
+        "this host's addresses: {} known to the guard",
+        addresses.known
+    );
     info!(
         "{}",
         match inherited {
@@ -379,6 +403,13 @@ fn run(args: RunArgs) -> Result<()> {
     for done in &attached {
         info!("attached to {done}");
     }
+    match adopted {
+        Ok(count) => info!("adopted {count} control connection(s) open before the start"),
+        // Not fatal: those connections' announcements go unread, as on a gateway.
+        Err(error) => warn!(
+            "{error:#}; the control connections open before the start are not adopted, their announcements go unread"
+        ),
+    }
     info!(
         "counters: `ftp-loader stats --pin-dir {}`; stop with Ctrl-C or SIGTERM (detaches), or SIGUSR1 (leaves the guard attached for the next loader to take over)",
         args.pin_dir.display()
@@ -392,7 +423,7 @@ fn run(args: RunArgs) -> Result<()> {
         choice: args.xdp_mode,
         exit_on_interface_loss: args.exit_on_interface_loss,
     };
-    let exit = runtime.block_on(serve(&mut instance, signals, logger));
+    let exit = runtime.block_on(serve(&mut instance, signals, logger, watch));
     let Instance {
         ebpf,
         pins,
@@ -590,10 +621,11 @@ fn describe(settings: &Settings) -> String {
     }
     let controls: Vec<String> = settings.control_ports.iter().map(u16::to_string).collect();
     text += &format!(
-        " need an FTP announcement (PORT, EPRT, 227, 229) on control port {}; announced data ports >= {}, {} per control connection, expiring after {}s",
+        " need an FTP announcement (PORT, EPRT, 227, 229) on control port {}; announced data ports >= {}, {} per control connection and {} per client address, expiring after {}s",
         controls.join(", "),
         settings.min_data_port,
         settings.max_expected,
+        settings.max_per_client,
         settings.expect_timeout_secs
     );
     if settings.loose {
@@ -648,16 +680,16 @@ async fn serve(
     instance: &mut Instance,
     mut signals: Signals,
     logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    watch: Watch,
 ) -> Result<Exit> {
     // SAFETY: the logger owns its ring buffer descriptor, which outlives the registration
     // (both are dropped together with `logs`).
     let mut logs = unsafe { AsyncFd::register(logger) }
         .map_err(|e| anyhow::anyhow!("watching the eBPF log buffer: {}", e.into_parts().1))?;
-    let watch = LinkWatch::open().context("watching interfaces (rtnetlink)")?;
     // SAFETY: the watch owns its socket, which outlives the registration (both are dropped
     // together with `links`).
     let mut links = unsafe { AsyncFd::register(watch) }
-        .map_err(|e| anyhow::anyhow!("watching interfaces: {}", e.into_parts().1))?;
+        .map_err(|e| anyhow::anyhow!("watching interfaces and addresses: {}", e.into_parts().1))?;
     let exit = loop {
         tokio::select! {
             _ = signals.interrupt.recv() => break Exit::Detach,
@@ -675,6 +707,10 @@ async fn serve(
                 let mut guard = guard?;
                 let events = guard.get_inner().read()?;
                 guard.clear_ready();
+                // One reading of the addresses however many changed.
+                if events.contains(&Event::Addresses) {
+                    instance.addresses_changed();
+                }
                 for event in events {
                     instance.interface_event(event)?;
                 }
@@ -686,9 +722,24 @@ async fn serve(
 }
 
 impl Instance {
-    fn interface_event(&mut self, event: LinkEvent) -> Result<()> {
+    fn addresses_changed(&mut self) {
+        match addrs::sync(&mut self.ebpf) {
+            Ok(done) if done.changed() => info!(
+                "this host's addresses changed (+{} -{}): {} known to the guard",
+                done.added, done.removed, done.known
+            ),
+            Ok(_) => {}
+            // Not fatal: the loader has interfaces to watch; the next change tries again.
+            Err(error) => {
+                warn!("{error:#}; the guard keeps the addresses it knew until they change again")
+            }
+        }
+    }
+
+    fn interface_event(&mut self, event: Event) -> Result<()> {
         match event {
-            LinkEvent::Deleted(name) => {
+            Event::Addresses => {}
+            Event::Deleted(name) => {
                 let Some(index) = self.attached.iter().position(|a| a.record.name == name) else {
                     return Ok(());
                 };
@@ -706,7 +757,7 @@ impl Instance {
                     "interface {name} was deleted, and its guard with it; it will be attached again when an interface of that name appears"
                 );
             }
-            LinkEvent::New(name) => {
+            Event::New(name) => {
                 let returns = self.record.interface(&name).is_some_and(|i| !i.present);
                 if !returns {
                     return Ok(());

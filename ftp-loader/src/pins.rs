@@ -14,10 +14,12 @@ use aya::{
     maps::{HashMap, Map, MapData, MapType},
 };
 use ftp_ebpf_common::{
+    addr::AddrKey,
     control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
     policy::PortInfo,
+    share::ClientShare,
     stats::COUNTERS,
 };
 
@@ -28,31 +30,42 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftp-tracker";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_FS: &str = "/sys/fs/bpf";
 
+/// Copies the entries of an older table into a new one; false when the layouts differ.
+type CopyEntries = fn(MapData, &mut Map) -> Result<bool>;
+
 /// A map of the instance's state, as the programs declare it.
 struct StateMap {
     name: &'static str,
     kind: MapType,
     key_size: usize,
     value_size: usize,
+    /// None for the tables laid out by index (counters, port classes): another size is
+    /// another layout, with nothing to copy.
+    copy: Option<CopyEntries>,
 }
 
-const fn state_map<K, V>(name: &'static str, kind: MapType) -> StateMap {
+const fn state_map<K: Pod, V: Pod>(name: &'static str, kind: MapType) -> StateMap {
     StateMap {
         name,
         kind,
         key_size: size_of::<K>(),
         value_size: size_of::<V>(),
+        copy: match kind {
+            MapType::Hash | MapType::LruHash => Some(copy::<K, V>),
+            _ => None,
+        },
     }
 }
 
 /// Every map whose contents must survive a restart. The scan buffers are scratch space,
-/// and the log buffer belongs to one loader.
-const STATE_MAPS: [StateMap; 5] = [
+/// the log buffer belongs to one loader, and each loader fills LOCAL_ADDRS anew.
+const STATE_MAPS: [StateMap; 6] = [
     state_map::<u32, u64>("STATS", MapType::PerCpuArray),
     state_map::<u32, PortInfo>("PORTS", MapType::Array),
     state_map::<ExpectKey, ExpectValue>("EXPECTATIONS", MapType::LruHash),
     state_map::<FlowKey, FlowValue>("FLOWS", MapType::LruHash),
     state_map::<FlowKey, ControlState>("CONTROLS", MapType::LruHash),
+    state_map::<AddrKey, ClientShare>("CLIENTS", MapType::LruHash),
 ];
 
 /// The names of the tables pinned for the next instance.
@@ -264,17 +277,17 @@ pub fn remove_pins(dir: &Path) {
 /// Copies what fits of an older table into the new one of the same name; false when the
 /// layouts differ (nothing to copy).
 fn migrate(ebpf: &mut Ebpf, name: &str, old: MapData) -> Result<bool> {
+    let Some(copy) = STATE_MAPS
+        .iter()
+        .find(|m| m.name == name)
+        .and_then(|m| m.copy)
+    else {
+        return Ok(false);
+    };
     let map = ebpf
         .map_mut(name)
         .with_context(|| format!("the object has no map {name}"))?;
-    match name {
-        "EXPECTATIONS" => copy::<ExpectKey, ExpectValue>(old, map),
-        "FLOWS" => copy::<FlowKey, FlowValue>(old, map),
-        "CONTROLS" => copy::<FlowKey, ControlState>(old, map),
-        // Counters and port classes are laid out by index: a different size means a
-        // different layout.
-        _ => Ok(false),
-    }
+    copy(old, map)
 }
 
 fn copy<K: Pod, V: Pod>(old: MapData, new: &mut Map) -> Result<bool> {

@@ -93,12 +93,46 @@ impl Tcp {
     }
 
     pub fn frame(&self, payload: &[u8]) -> Vec<u8> {
-        ip_frame(self.src, self.dst, IPPROTO_TCP, &self.segment(payload))
+        self.frame_on(Macs::FIXED, payload)
     }
+
+    /// The frame with real MAC addresses, to be written onto a link whose far end takes
+    /// only frames addressed to it.
+    pub fn frame_on(&self, macs: Macs, payload: &[u8]) -> Vec<u8> {
+        ip_frame_on(
+            macs,
+            self.src,
+            self.dst,
+            IPPROTO_TCP,
+            &self.segment(payload),
+        )
+    }
+}
+
+/// The Ethernet addresses of a frame. Programs run with `BPF_PROG_TEST_RUN` never look at
+/// them ([`Macs::FIXED`]); a frame written onto a veth must carry its peer's address as
+/// destination, or the peer's stack discards it as meant for another host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Macs {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+}
+
+impl Macs {
+    /// Two locally administered addresses, for frames that never reach a link.
+    pub const FIXED: Self = Self {
+        dst: [0x02, 0, 0, 0, 0, 1],
+        src: [0x02, 0, 0, 0, 0, 2],
+    };
 }
 
 /// An IP packet in an Ethernet frame; the addresses' family picks IPv4 or IPv6.
 pub fn ip_frame(src: IpAddr, dst: IpAddr, protocol: u8, l4: &[u8]) -> Vec<u8> {
+    ip_frame_on(Macs::FIXED, src, dst, protocol, l4)
+}
+
+/// [`ip_frame`] with the given Ethernet addresses.
+pub fn ip_frame_on(macs: Macs, src: IpAddr, dst: IpAddr, protocol: u8, l4: &[u8]) -> Vec<u8> {
     match (src, dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             let mut ip = [0u8; 20];
@@ -114,7 +148,7 @@ pub fn ip_frame(src: IpAddr, dst: IpAddr, protocol: u8, l4: &[u8]) -> Vec<u8> {
                 .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
                 .sum();
             ip[10..12].copy_from_slice(&(!fold(sum)).to_be_bytes());
-            [ethernet(0x0800), ip.to_vec(), l4.to_vec()].concat()
+            [ethernet(macs, 0x0800), ip.to_vec(), l4.to_vec()].concat()
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
             let mut ip = [0u8; 40];
@@ -124,7 +158,7 @@ pub fn ip_frame(src: IpAddr, dst: IpAddr, protocol: u8, l4: &[u8]) -> Vec<u8> {
             ip[7] = 64;
             ip[8..24].copy_from_slice(&src.octets());
             ip[24..40].copy_from_slice(&dst.octets());
-            [ethernet(0x86dd), ip.to_vec(), l4.to_vec()].concat()
+            [ethernet(macs, 0x86dd), ip.to_vec(), l4.to_vec()].concat()
         }
         _ => panic!("mixed address families"),
     }
@@ -146,8 +180,8 @@ pub fn ipv4_first_fragment(src: IpAddr, dst: IpAddr, l4: &[u8]) -> Vec<u8> {
     frame
 }
 
-fn ethernet(ether_type: u16) -> Vec<u8> {
-    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+fn ethernet(macs: Macs, ether_type: u16) -> Vec<u8> {
+    let mut frame = [macs.dst, macs.src].concat();
     frame.extend_from_slice(&ether_type.to_be_bytes());
     frame
 }

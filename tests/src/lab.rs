@@ -270,6 +270,15 @@ impl Lab {
         Ok(ns)
     }
 
+    /// Gives the client host one more IPv4 address on its veth (in the lab's /24): a second
+    /// client, as far as the server can tell. Goes with the namespace.
+    pub fn add_client_address(&self, ip: Ipv4Addr) -> Result<()> {
+        run(self
+            .client("ip")
+            .args(["addr", "add", &format!("{ip}/24"), "dev", CLIENT_IF]))?;
+        Ok(())
+    }
+
     /// Mounts a BPF filesystem of its own at the lab's `name`, open to every user (mode
     /// 0755) unlike the usual /sys/fs/bpf, and unmounted with the lab.
     pub fn mount_bpffs(&mut self, name: &str) -> Result<PathBuf> {

@@ -1,9 +1,12 @@
 //! Test fixtures built from real parts: a two-host lab in network namespaces running real
 //! FTP servers, clients and ftp-loader, crafted FTP control sessions watched by ftp-loader
-//! and the kernel's own FTP helper, and hand-made Ethernet frames for `BPF_PROG_TEST_RUN`.
+//! and the kernel's own FTP helper, and hand-made Ethernet frames for `BPF_PROG_TEST_RUN`
+//! or written onto the lab's link (`inject`).
 
 pub mod clients;
 pub mod frame;
+pub mod ftp;
+pub mod inject;
 pub mod lab;
 pub mod servers;
 pub mod session;

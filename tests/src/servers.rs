@@ -59,6 +59,9 @@ authorizer = DummyAuthorizer()
 authorizer.add_anonymous(root)
 FTPHandler.authorizer = authorizer
 FTPHandler.passive_ports = range(low, high + 1)
+# No limit of its own on connections (512 by default): a test that opens thousands of idle
+# sessions means to meet the guard's limits, not pyftpdlib's.
+FTPServer.max_cons = 0
 servers = [FTPServer((address, 21), FTPHandler) for address in addresses]
 servers[0].serve_forever()
 "#;

@@ -302,6 +302,13 @@ fn contradictory_options_are_refused() {
             ],
         ),
         (
+            &["--max-expectations-per-client", "0"],
+            &[
+                "--max-expectations-per-client 0 would refuse every announcement",
+                "give 1 to 65536",
+            ],
+        ),
+        (
             &["--expect-timeout", "5000000000"],
             &[
                 "--expect-timeout 5000000000 is longer",

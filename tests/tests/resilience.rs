@@ -46,22 +46,37 @@ fn filters(lab: &Lab, direction: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// SIGKILL, then a new loader: the range stays closed throughout, and a data connection
-/// announced before the kill is admitted after the restart.
-#[test]
-fn a_killed_loader_leaves_the_guard_and_a_new_one_takes_over() {
-    let mut lab = guarded_lab("takeover");
-    let blob = lab.blob().unwrap();
-    // An ftplib session that sends PASV now and uses the port when told to.
+/// When a held session sends its PASV: before it waits for the go-ahead, or after.
+#[derive(PartialEq)]
+enum Pasv {
+    Now,
+    WhenTold,
+}
+
+/// An ftplib session, logged in, which sends PASV (`when`) and uses the port once told
+/// to by a line on its stdin; it prints "announced PORT" after the PASV and "received
+/// BYTES SHA256" at the end.
+fn held_session(
+    lab: &Lab,
+    when: Pasv,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let (before, after) = match when {
+        Pasv::Now => ("", "sys.stdin.readline()"),
+        Pasv::WhenTold => ("print(\"ready\", flush=True)\nsys.stdin.readline()", ""),
+    };
     let script = format!(
         r#"
 import ftplib, hashlib, socket, sys
 ftp = ftplib.FTP()
 ftp.connect("{SERVER_IP}", 21, timeout=10)
 ftp.login()
+{before}
 host, port = ftplib.parse227(ftp.sendcmd("PASV"))
 print("announced", port, flush=True)
-sys.stdin.readline()
+{after}
 data = socket.create_connection((host, port), timeout=5)
 ftp.sendcmd("TYPE I")
 ftp.sendcmd("RETR pub/blob")
@@ -85,7 +100,46 @@ print("received", received, digest.hexdigest(), flush=True)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    (client, lines)
+}
+
+/// A session logged in before the very first start is adopted from the server's sockets:
+/// its first PASV after the start works, and the range stays guarded.
+#[test]
+fn a_session_open_before_the_first_start_is_adopted() {
+    require_root();
+    let mut lab = Lab::new("adopt", &default_loader_bin()).expect("lab");
+    Server::Vsftpd.start(&mut lab).unwrap();
+    lab.start_listener(LISTENER).unwrap();
+    let blob = lab.blob().unwrap();
+    let (mut client, mut lines) = held_session(&lab, Pasv::WhenTold);
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    lab.start_loader(&[]).unwrap();
+    let log = lab.loader_log();
+    assert!(log.contains("adopted 1 control connection"), "{log}");
+    assert!(!listener_reachable(&lab));
+
+    writeln!(client.stdin.take().unwrap(), "go").unwrap();
+    let announced = lines.next().unwrap().unwrap();
+    assert!(announced.starts_with("announced"), "{announced}");
+    let received = lines.next().unwrap().unwrap();
+    assert!(client.wait().unwrap().success());
+    let expected = format!("received {} ", blob.len());
+    assert!(received.starts_with(&expected), "{received}");
+    let stats = lab.stats().unwrap();
+    assert_eq!(stats["expectations_matched"], 1);
+    assert_eq!(stats["control_unknown"], 0);
+    assert!(!listener_reachable(&lab));
+}
+
+/// SIGKILL, then a new loader: the range stays closed throughout, and a data connection
+/// announced before the kill is admitted after the restart.
+#[test]
+fn a_killed_loader_leaves_the_guard_and_a_new_one_takes_over() {
+    let mut lab = guarded_lab("takeover");
+    let blob = lab.blob().unwrap();
+    let (mut client, mut lines) = held_session(&lab, Pasv::Now);
     let announced = lines.next().unwrap().unwrap();
     assert!(announced.starts_with("announced"), "{announced}");
     assert!(!listener_reachable(&lab));

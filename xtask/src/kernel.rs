@@ -88,9 +88,10 @@ pub fn run(kernel: Kernel) -> Result<()> {
     let log = results.join("guest.log");
     let status = results.join("status");
     let console = results.join("console.log");
-    // Every target runs; the status is the first failure's, or 0.
+    // Every target runs; the status is the first failure's, or 0. A verifier's refusal
+    // leaves its log in the guest's /tmp, which the results keep.
     let script = format!(
-        "uname -r > {release_file}; failed=0; for run in {runs}; do $run >> {log} 2>&1 || failed=$?; done; echo $failed > {status}",
+        "uname -r > {release_file}; failed=0; for run in {runs}; do $run >> {log} 2>&1 || failed=$?; done; cp /tmp/ftp-tracker-verifier-*.log {results} 2>/dev/null; echo $failed > {status}",
         release_file = results.join("release").display(),
         runs = runs
             .iter()
@@ -98,6 +99,7 @@ pub fn run(kernel: Kernel) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" "),
         log = log.display(),
+        results = results.display(),
         status = status.display(),
     );
     println!("xtask: booting {release} under qemu (software emulation, a few minutes)");
