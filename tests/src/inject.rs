@@ -59,11 +59,20 @@ impl Link {
             src: self.client_mac,
         }
     }
+
+    /// The addresses of a frame the server's veth sends to the client's.
+    pub fn to_client(&self) -> Macs {
+        Macs {
+            dst: self.client_mac,
+            src: self.server_mac,
+        }
+    }
 }
 
 /// An AF_PACKET socket bound to one interface: [`PacketSocket::sender`] writes raw frames
-/// out of it and receives nothing, [`PacketSocket::sniffer`] also receives every frame that
-/// crosses it, in both directions.
+/// out of it and receives nothing, [`PacketSocket::queued_in`] writes them through the
+/// interface's tc egress as the host's own, [`PacketSocket::sniffer`] receives every frame
+/// that crosses it, in both directions.
 pub struct PacketSocket {
     fd: OwnedFd,
     interface: String,
@@ -83,6 +92,13 @@ impl PacketSocket {
     /// socket stays bound to it whichever thread uses it.
     pub fn sender_in(ns: &str, interface: &str) -> Result<Self> {
         in_netns(ns, || Self::sender(interface))
+    }
+
+    /// A socket that only sends, through the interface's queueing discipline and so its tc
+    /// egress hook, where ftp-loader scans what the host sends and the differential tests'
+    /// mirror copies it for the kernel's helper: its frames are seen as the host's own.
+    pub fn queued_in(ns: &str, interface: &str) -> Result<Self> {
+        in_netns(ns, || Self::bind(interface, 0))
     }
 
     /// A socket that receives a copy of every frame `interface` sends or receives (from
@@ -216,7 +232,18 @@ impl PacketSocket {
     /// segment among them that went from `from` to `to`. The frames cross the link before
     /// the receiving stack sees them: once a peer has read a reply, its segment is here.
     pub fn last_segment(&self, from: SocketAddr, to: SocketAddr) -> Result<Option<Segment>> {
-        let mut last = None;
+        Ok(self
+            .segments()?
+            .into_iter()
+            .rev()
+            .find(|(src, dst, _)| (*src, *dst) == (from, to))
+            .map(|(_, _, segment)| segment))
+    }
+
+    /// Reads every frame queued so far (without waiting for more): the TCP segments among
+    /// them, oldest first, each with its source and destination.
+    pub fn segments(&self) -> Result<Vec<(SocketAddr, SocketAddr, Segment)>> {
+        let mut segments = Vec::new();
         let mut buffer = vec![0u8; 65536];
         loop {
             // SAFETY: the buffer outlives the call and is passed with its length.
@@ -231,15 +258,11 @@ impl PacketSocket {
             if n < 0 {
                 let error = std::io::Error::last_os_error();
                 if error.kind() == std::io::ErrorKind::WouldBlock {
-                    return Ok(last);
+                    return Ok(segments);
                 }
                 bail!("receiving on {}: {error}", self.interface);
             }
-            if let Some((src, dst, segment)) = Segment::parse(&buffer[..n as usize]) {
-                if src == from && dst == to {
-                    last = Some(segment);
-                }
-            }
+            segments.extend(Segment::parse(&buffer[..n as usize]));
         }
     }
 }

@@ -10,7 +10,6 @@ pub mod inject;
 pub mod lab;
 pub mod servers;
 pub mod session;
-pub mod wire;
 
 /// The tests attach programs and create namespaces: say so plainly when not root.
 pub fn require_root() {

@@ -23,11 +23,11 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
     frame::{ACK, PSH, RST, Tcp, far_from},
+    inject::{Link, PacketSocket},
     lab::{
         CLIENT_IF, CLIENT_IP, CLIENT_IP6, Lab, SERVER_IF, SERVER_IP, SERVER_IP6, in_netns, netns,
         run,
     },
-    wire::Wire,
 };
 
 /// The FTP control port both watchers know.
@@ -139,16 +139,19 @@ pub struct ControlConnection {
     family: Family,
     client: TcpStream,
     server: TcpStream,
-    /// The client's interface, where forgeries of the client's leave (through tc egress,
-    /// where the oracle's mirror copies them).
-    client_wire: Wire,
-    /// The server's interface, where forgeries of the server's leave (through tc egress,
-    /// where ftp-loader scans them); it also reads every segment of the connection, for the
-    /// numbers the forgeries must miss or hit.
-    server_wire: Wire,
+    /// Writes forgeries of the client's onto its interface, through its tc egress, where
+    /// the oracle's mirror copies them.
+    client_forger: PacketSocket,
+    /// Writes forgeries of the server's onto its interface, through its tc egress, where
+    /// ftp-loader scans them.
+    server_forger: PacketSocket,
+    /// Reads every segment crossing the server's interface, for the numbers the
+    /// forgeries must miss.
+    sniffer: PacketSocket,
+    link: Link,
     /// The client's and the server's next sequence numbers, as far as seen.
     next: [Option<u32>; 2],
-    /// The forgeries' senders and sequence numbers, which the wire reads too.
+    /// The forgeries' senders and sequence numbers, which the sniffer reads too.
     forged: Vec<(SocketAddr, u32)>,
 }
 
@@ -157,17 +160,10 @@ impl ControlConnection {
     pub fn open(lab: &Lab, listener: &TcpListener) -> Result<Self> {
         let server_addr = listener.local_addr()?;
         let family = Family::of(server_addr.ip());
-        // Before connecting, so that the server's wire reads the connection from its SYN.
-        let (client_mac, server_mac) = (
-            mac(&lab.client_ns, CLIENT_IF)?,
-            mac(&lab.server_ns, SERVER_IF)?,
-        );
-        let client_wire = in_netns(&lab.client_ns, || {
-            Wire::open(CLIENT_IF, client_mac, server_mac)
-        })?;
-        let server_wire = in_netns(&lab.server_ns, || {
-            Wire::open(SERVER_IF, server_mac, client_mac)
-        })?;
+        // Before connecting, so that the sniffer reads the connection from its SYN.
+        let sniffer = PacketSocket::sniffer_in(&lab.server_ns, SERVER_IF)?;
+        let client_forger = PacketSocket::queued_in(&lab.client_ns, CLIENT_IF)?;
+        let server_forger = PacketSocket::queued_in(&lab.server_ns, SERVER_IF)?;
         // A socket stays in the namespace it was made in, whichever thread uses it later.
         let client = in_netns(&lab.client_ns, || {
             TcpStream::connect_timeout(&server_addr, DELIVERY_TIMEOUT)
@@ -199,8 +195,10 @@ impl ControlConnection {
             family,
             client,
             server,
-            client_wire,
-            server_wire,
+            client_forger,
+            server_forger,
+            sniffer,
+            link: Link::find(lab)?,
             next: [None; 2],
             forged: Vec::new(),
         })
@@ -240,29 +238,29 @@ impl ControlConnection {
         Ok(())
     }
 
-    /// Writes a forged segment onto the wire, numbered from what the server's wire saw of
-    /// the connection.
+    /// Writes a forged segment onto the link, numbered from what the sniffer saw of the
+    /// connection.
     fn forge(&mut self, forgery: Forgery) -> Result<()> {
         let ends = self.ends()?;
-        for segment in self.server_wire.segments()? {
-            if self.forged.contains(&(segment.src, segment.seq)) {
+        for (src, dst, segment) in self.sniffer.segments()? {
+            if self.forged.contains(&(src, segment.seq)) {
                 continue;
             }
-            let sender = if (segment.src, segment.dst) == (ends.client, ends.server) {
+            let sender = if (src, dst) == (ends.client, ends.server) {
                 0
-            } else if (segment.src, segment.dst) == (ends.server, ends.client) {
+            } else if (src, dst) == (ends.server, ends.client) {
                 1
             } else {
                 continue;
             };
-            let end = segment.end();
+            let end = segment.seq_end();
             // Sequence numbers wrap: the later is the one less than 2^31 ahead.
             if self.next[sender].is_none_or(|next| (end.wrapping_sub(next) as i32) > 0) {
                 self.next[sender] = Some(end);
             }
         }
         let [Some(client_next), Some(server_next)] = self.next else {
-            bail!("the server's wire saw no segment of both ends");
+            bail!("the sniffer saw no segment of both ends");
         };
         let from_client = Tcp::new(
             ends.client.ip(),
@@ -278,9 +276,10 @@ impl ControlConnection {
             ends.client.port(),
             RST,
         );
-        let (wire, segment, text) = match forgery {
+        let (forger, macs, segment, text) = match forgery {
             Forgery::ServerAhead(text, ahead) => (
-                &self.server_wire,
+                &self.server_forger,
+                self.link.to_client(),
                 Tcp {
                     flags: PSH | ACK,
                     ..from_server
@@ -290,12 +289,14 @@ impl ControlConnection {
                 render(text, self.family),
             ),
             Forgery::ClientReset => (
-                &self.client_wire,
+                &self.client_forger,
+                self.link.to_server(),
                 from_client.seq(far_from(client_next)),
                 String::new(),
             ),
             Forgery::ServerReset => (
-                &self.server_wire,
+                &self.server_forger,
+                self.link.to_client(),
                 from_server.seq(far_from(server_next)),
                 String::new(),
             ),
@@ -304,7 +305,7 @@ impl ControlConnection {
             SocketAddr::from((segment.src, segment.src_port)),
             segment.seq,
         ));
-        wire.send(&segment.frame(text.as_bytes()))
+        forger.send(&segment.frame_on(macs, text.as_bytes()))
     }
 
     /// Ends the connection as FTP does: each end closes and sees the other's FIN.
@@ -397,8 +398,8 @@ impl KernelOracle {
         let client = &lab.client_ns;
         // A copy reaches the stack only when its destination MAC is the receiving
         // interface's: commands are addressed to the server's MAC, replies to the client's.
-        let server_mac = mac_text(mac(&lab.server_ns, SERVER_IF)?);
-        let client_mac = mac_text(mac(client, CLIENT_IF)?);
+        let link = Link::find(lab)?;
+        let (server_mac, client_mac) = (mac_text(link.server_mac), mac_text(link.client_mac));
         run_line(&format!("tc -n {client} qdisc add dev {CLIENT_IF} clsact"))?;
         for ((near, far), mac, direction) in [
             (COMMANDS_MIRROR, &server_mac, "egress"),
@@ -522,17 +523,6 @@ fn run_line(line: &str) -> Result<()> {
     let program = words.next().context("an empty command line")?;
     run(Command::new(program).args(words))?;
     Ok(())
-}
-
-fn mac(ns: &str, interface: &str) -> Result<[u8; 6]> {
-    let output = run(Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", interface]))?;
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let address = text(&links[0]["address"])?;
-    let bytes = address
-        .split(':')
-        .map(|byte| u8::from_str_radix(byte, 16))
-        .collect::<Result<Vec<u8>, _>>()?;
-    <[u8; 6]>::try_from(bytes).map_err(|_| anyhow::anyhow!("{address} is no MAC address"))
 }
 
 /// As `ip link` writes a MAC address.
