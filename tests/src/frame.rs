@@ -215,21 +215,56 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// A number nobody chose, as a forger who cannot see a connection's traffic must use.
-pub fn random_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher, RandomState};
-    RandomState::new().build_hasher().finish() as u32
+/// Numbers nobody chose, as a forger who cannot see a connection's traffic must use:
+/// xorshift64 (arbitrary, not unpredictable) from a seed that is printed, so that a failure
+/// can be replayed with [`Random::seeded`].
+pub struct Random(u64);
+
+impl Random {
+    pub fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        println!("random seed {seed:#x}");
+        Self::seeded(seed)
+    }
+
+    pub fn seeded(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+
+    /// A distance from a real sequence number that no window of the tests' connections
+    /// reaches, in either direction: at least 2^24 (16 MiB) away.
+    pub fn far(&mut self) -> u32 {
+        (1 << 24) + (self.next_u64() % ((1 << 32) - (2 << 24))) as u32
+    }
+
+    /// A client port (1024 and up) other than `taken`.
+    pub fn port_except(&mut self, taken: u16) -> u16 {
+        loop {
+            let port = 1024 + (self.next_u64() % (65536 - 1024)) as u16;
+            if port != taken {
+                return port;
+            }
+        }
+    }
 }
 
-/// A random sequence number at least 2^24 away from `seq` either way: far outside any
-/// window of the tests' connections (at most a few MiB), so that no test fails by the
-/// forger's one-in-thousands luck.
-pub fn far_from(seq: u32) -> u32 {
-    loop {
-        let guess = random_u32();
-        if (guess.wrapping_sub(seq) as i32).unsigned_abs() >= 1 << 24 {
-            return guess;
-        }
+impl Default for Random {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

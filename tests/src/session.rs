@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
-    frame::{ACK, PSH, RST, Tcp, far_from},
+    frame::{ACK, PSH, RST, Random, Tcp},
     inject::{Link, PacketSocket},
     lab::{
         CLIENT_IF, CLIENT_IP, CLIENT_IP6, Lab, SERVER_IF, SERVER_IP, SERVER_IP6, in_netns, netns,
@@ -153,6 +153,8 @@ pub struct ControlConnection {
     next: [Option<u32>; 2],
     /// The forgeries' senders and sequence numbers, which the sniffer reads too.
     forged: Vec<(SocketAddr, u32)>,
+    /// Made (and its seed printed) at the first forgery.
+    random: Option<Random>,
 }
 
 impl ControlConnection {
@@ -201,6 +203,7 @@ impl ControlConnection {
             link: Link::find(lab)?,
             next: [None; 2],
             forged: Vec::new(),
+            random: None,
         })
     }
 
@@ -276,6 +279,7 @@ impl ControlConnection {
             ends.client.port(),
             RST,
         );
+        let far = self.random.get_or_insert_with(Random::new).far();
         let (forger, macs, segment, text) = match forgery {
             Forgery::ServerAhead(text, ahead) => (
                 &self.server_forger,
@@ -291,13 +295,13 @@ impl ControlConnection {
             Forgery::ClientReset => (
                 &self.client_forger,
                 self.link.to_server(),
-                from_client.seq(far_from(client_next)),
+                from_client.seq(client_next.wrapping_add(far)),
                 String::new(),
             ),
             Forgery::ServerReset => (
                 &self.server_forger,
                 self.link.to_client(),
-                from_server.seq(far_from(server_next)),
+                from_server.seq(server_next.wrapping_add(far)),
                 String::new(),
             ),
         };

@@ -9,11 +9,11 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use tests::{
-    frame::{ACK, PSH, RST, Tcp},
+    frame::{ACK, PSH, RST, Random, Tcp},
     ftp::Ftp,
     inject::{Link, PacketSocket},
     lab::{
@@ -96,47 +96,16 @@ struct Forger {
     sender: PacketSocket,
     sniffer: PacketSocket,
     link: Link,
-    random: u64,
+    random: Random,
 }
 
 impl Forger {
     fn new(lab: &Lab) -> Self {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
-        // Printed so that a failure can be replayed with the same numbers.
-        println!("forger seed {seed:#x}");
         Self {
             sender: PacketSocket::sender_in(&lab.client_ns, CLIENT_IF).unwrap(),
             sniffer: PacketSocket::sniffer_in(&lab.client_ns, CLIENT_IF).unwrap(),
             link: Link::find(lab).unwrap(),
-            random: seed,
-        }
-    }
-
-    fn random(&mut self) -> u64 {
-        // xorshift64: the numbers need only be arbitrary, not unpredictable.
-        self.random ^= self.random << 13;
-        self.random ^= self.random >> 7;
-        self.random ^= self.random << 17;
-        self.random
-    }
-
-    /// A distance from a real sequence number that no window of the lab's reaches, in
-    /// either direction: at least 2^24 (16 MiB) away.
-    fn far(&mut self) -> u32 {
-        (1 << 24) + (self.random() % ((1 << 32) - (2 << 24))) as u32
-    }
-
-    /// A client port that is not `taken`'s.
-    fn port(&mut self, taken: u16) -> u16 {
-        loop {
-            let port = 1024 + (self.random() % (65536 - 1024)) as u16;
-            if port != taken {
-                return port;
-            }
+            random: Random::new(),
         }
     }
 
@@ -222,11 +191,11 @@ fn forged_control_segments_open_nothing() {
         check(&what);
     }
     for _ in 0..3 {
-        let port = forger.port(client.port());
+        let port = forger.random.port_except(client.port());
         let what = format!("a forged 227 to port {port}, on no connection");
         let forged = from_server(SocketAddr::new(client.ip(), port))(DATA)
-            .seq(forger.random() as u32)
-            .ack(forger.random() as u32);
+            .seq(forger.random.next_u32())
+            .ack(forger.random.next_u32());
         forger.send(&lab, forged, FORGED_227, SPOOFED, &what);
         check(&what);
     }
@@ -244,11 +213,11 @@ fn forged_control_segments_open_nothing() {
         check(&what);
     }
     for _ in 0..3 {
-        let port = forger.port(client.port());
+        let port = forger.random.port_except(client.port());
         let what = format!("a forged PORT from port {port}, on no connection");
         let forged = from_client(SocketAddr::new(client.ip(), port))(DATA)
-            .seq(forger.random() as u32)
-            .ack(forger.random() as u32);
+            .seq(forger.random.next_u32())
+            .ack(forger.random.next_u32());
         forger.send(&lab, forged, FORGED_PORT, UNKNOWN, &what);
         check(&what);
     }
@@ -282,7 +251,7 @@ fn forged_resets_end_nothing() {
     assert_eq!(held[0]["control"]["src_port"], client.port(), "{held:?}");
 
     let stream = forger.stream(&mut ftp);
-    let seq = stream.client_next.wrapping_add(forger.far());
+    let seq = stream.client_next.wrapping_add(forger.random.far());
     forger.send(
         &lab,
         from_client(client)(RST).seq(seq),
@@ -293,7 +262,7 @@ fn forged_resets_end_nothing() {
             stream.client_next
         ),
     );
-    let seq = stream.server_next.wrapping_add(forger.far());
+    let seq = stream.server_next.wrapping_add(forger.random.far());
     forger.send(
         &lab,
         from_server(client)(RST).seq(seq),

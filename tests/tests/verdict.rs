@@ -22,8 +22,8 @@ use ftp_ebpf_common::{
 use ftp_loader::ebpf::{self, EGRESS_PROGRAM, INGRESS_PROGRAM, Settings};
 use tests::{
     frame::{
-        ACK, ControlSession, FIN, IPPROTO_DSTOPTS, IPPROTO_TCP, IPPROTO_UDP, PSH, RST, SYN, Tcp,
-        dest_options, far_from, ip_frame, ipv4_first_fragment, random_u32,
+        ACK, ControlSession, FIN, IPPROTO_DSTOPTS, IPPROTO_TCP, IPPROTO_UDP, PSH, RST, Random, SYN,
+        Tcp, dest_options, ip_frame, ipv4_first_fragment,
     },
     require_root,
 };
@@ -922,15 +922,16 @@ fn forged_passive_reply_out_of_window_opens_nothing() {
 #[test]
 fn forged_announcements_of_unknown_connections_open_nothing() {
     let p = Programs::new();
+    let mut random = Random::new();
     for _ in 0..3 {
-        let client_port = 1024 + (random_u32() % 64000) as u16;
+        let client_port = random.port_except(session().client_port);
         let reply = Tcp::new(SERVER, 21, CLIENT, client_port, PSH | ACK)
-            .seq(random_u32())
-            .ack(random_u32())
+            .seq(random.next_u32())
+            .ack(random.next_u32())
             .frame(b"227 Entering Passive Mode (192,0,2,1,40,10)\r\n");
         let command = Tcp::new(CLIENT, client_port, SERVER, 21, PSH | ACK)
-            .seq(random_u32())
-            .ack(random_u32())
+            .seq(random.next_u32())
+            .ack(random.next_u32())
             .frame(b"PORT 192,0,2,2,40,11\r\n");
         assert_eq!(p.ingress(&reply), XDP_PASS);
         assert_eq!(p.egress(&reply), TC_ACT_UNSPEC);
@@ -953,11 +954,13 @@ fn forged_announcements_of_unknown_connections_open_nothing() {
 #[test]
 fn forged_resets_leave_the_control_connection_and_its_expectation() {
     let p = Programs::new();
+    let mut random = Random::new();
     let mut s = p.open(session());
     p.ingress(&s.command(b"PASV\r\n"));
     p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n"));
     for _ in 0..3 {
-        let (client_seq, server_seq) = (far_from(s.client_seq()), far_from(s.server_seq()));
+        let client_seq = s.client_seq().wrapping_add(random.far());
+        let server_seq = s.server_seq().wrapping_add(random.far());
         let from_client = Tcp::new(CLIENT, 40000, SERVER, 21, RST).seq(client_seq);
         let from_server = Tcp::new(SERVER, 21, CLIENT, 40000, RST).seq(server_seq);
         // From outside, both: with no local address known, a forged source is not told.
@@ -1170,7 +1173,7 @@ fn a_reused_control_connection_starts_over_only_when_the_server_answers() {
     let mut s = p.open(session());
     p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n"));
     let lone = Tcp::new(CLIENT, 40000, SERVER, 21, SYN)
-        .seq(far_from(s.client_seq()))
+        .seq(s.client_seq().wrapping_add(Random::new().far()))
         .window(64240)
         .window_scale(7);
     assert_eq!(p.ingress(&lone.frame(&[])), XDP_PASS);
