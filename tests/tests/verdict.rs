@@ -999,10 +999,11 @@ fn forged_resets_leave_the_control_connection_and_its_expectation() {
 }
 
 /// A segment from this host's own address cannot arrive from outside: a reply of the
-/// server's arriving at the server is dropped, sequence numbers right or not; the server's
-/// real reply leaves on egress and is read.
+/// server's arriving at the server is dropped, sequence numbers right or not, and so are a
+/// SYN to a guarded port and a data connection's FIN; the server's real reply leaves on
+/// egress and is read.
 #[test]
-fn replies_from_this_hosts_own_address_are_dropped_inbound() {
+fn segments_from_this_hosts_own_address_are_dropped_inbound() {
     let mut p = Programs::new();
     p.set_local_addrs(&[SERVER.into()]);
     let mut s = p.open(session());
@@ -1013,12 +1014,26 @@ fn replies_from_this_hosts_own_address_are_dropped_inbound() {
     assert!(p.expectations().is_empty());
     assert_eq!(p.egress(&reply), TC_ACT_UNSPEC);
     assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10000)]);
+    // A SYN claiming this host as its source, to the announced port, does not take the
+    // client's expectation.
+    assert_eq!(p.ingress(&syn(SERVER, 51000, SERVER, 10000)), XDP_DROP);
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10000)]);
+    // Nor does the server's FIN, forged inbound with the right numbers, end the client's
+    // data connection; the real one, leaving, does.
+    let data = p.open(data_connection(10000));
+    assert_eq!(p.ingress(&data.server_fin()), XDP_DROP);
+    assert_eq!(p.flows()[0].1.closing_since_ns, 0);
+    assert_eq!(p.egress(&data.server_fin()), TC_ACT_UNSPEC);
+    assert_ne!(p.flows()[0].1.closing_since_ns, 0);
     assert_eq!(
         p.stats(),
         BTreeMap::from([
             ("control_packets", 2),
             ("expectations_created", 1),
-            ("spoofed_source_dropped", 2),
+            ("expectations_matched", 1),
+            ("flows_closing", 1),
+            ("flows_tracked", 1),
+            ("spoofed_source_dropped", 4),
         ])
     );
 
