@@ -108,6 +108,10 @@ pub const ADOPTED: u8 = 1;
 /// `ControlState::flags`: a SYN came for the open connection's addresses and ports;
 /// `reopening` holds it.
 pub const REOPENING: u8 = 2;
+/// `ControlState::flags`: an in-window FIN or RST ended the connection. The state stays
+/// (the table reuses it when full) so that the segments still to come of the closing,
+/// the other FIN and the last ACKs, are known as such rather than counted as strangers'.
+pub const CLOSED: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -141,6 +145,8 @@ pub enum Tracked {
     Learned,
     /// Outside the window, or of a direction whose window is not known: it changes nothing.
     OutOfWindow,
+    /// A segment of a connection that ended: nothing to read or judge.
+    Closed,
     /// The server acknowledged a SYN that reuses the connection's addresses and ports: the
     /// old connection is over (what it announced must go) and the new one starts, which
     /// `restart` records.
@@ -189,6 +195,15 @@ impl ControlState {
         let from = side(sender);
         let syn = segment.flags & crate::window::TCP_SYN != 0;
         let ack = segment.flags & crate::window::TCP_ACK != 0;
+        if self.flags & CLOSED != 0 {
+            // The addresses and ports may be used again at once (conntrack reopens a
+            // connection in TIME_WAIT on a SYN too).
+            if syn && !ack && from == Side::Initiator {
+                self.open(segment);
+                return Tracked::Learned;
+            }
+            return Tracked::Closed;
+        }
         if syn && !ack {
             if from != Side::Initiator {
                 return Tracked::OutOfWindow;
@@ -237,6 +252,13 @@ impl ControlState {
         } else {
             Tracked::InWindow
         }
+    }
+
+    /// After `Tracked::Ends` (and the expectations' removal).
+    pub fn close(&mut self) {
+        self.flags |= CLOSED;
+        self.expected_count = 0;
+        self.expected_next = 0;
     }
 
     /// One direction's stream: the commands' or the replies'.
@@ -424,6 +446,13 @@ mod tests {
         assert_eq!(state, before_forgery, "nothing moved");
         let fin = numbers(1001, 5031, 0, TCP_FIN | TCP_ACK, 500);
         assert_eq!(state.track(Sender::Client, &fin), Tracked::Ends);
+        state.close();
+        let last = numbers(5031, 1002, 0, TCP_FIN | TCP_ACK, 500);
+        assert_eq!(state.track(Sender::Server, &last), Tracked::Closed);
+        let again = numbers(77_000, 0, 0, TCP_SYN, 64240);
+        assert_eq!(state.track(Sender::Client, &again), Tracked::Learned);
+        assert!(!state.windows.is_open(), "opened anew by the SYN");
+        assert_eq!(state.flags & CLOSED, 0);
         // A SYN-ACK from the client's side, a SYN from the server's: not a handshake.
         let mut state = new_state();
         let wrong = numbers(5000, 1001, 0, TCP_SYN | TCP_ACK, 100);

@@ -176,10 +176,12 @@ fn follow(work: &mut ControlScan) -> Option<*mut ControlState> {
         }
         Tracked::Ends => {
             // SAFETY: as in `scan`.
-            remove_expectations(work, unsafe { &*state });
-            let _ = CONTROLS.remove(&work.control);
+            let state = unsafe { &mut *state };
+            remove_expectations(work, state);
+            state.close();
             None
         }
+        Tracked::Closed => None,
         Tracked::Reopened => {
             // SAFETY: as in `scan`.
             let state = unsafe { &mut *state };

@@ -46,8 +46,9 @@ const TOOLS: &[(&str, &str)] = &[
 
 /// The tests run in the guest, by test target: the programs verify (each prints its
 /// verified instruction count), a passive and an active transfer, an unannounced
-/// connection dropped and a clean detach; and a killed loader taken over with the range
-/// closed throughout. Software emulation is slow: this is all.
+/// connection dropped and a clean detach; a killed loader taken over with the range
+/// closed throughout; a session open before the start adopted; forged control segments
+/// opening nothing. Software emulation is slow: this is all.
 const GUEST_TESTS: &[(&str, &[&str])] = &[
     (
         "e2e",
@@ -60,8 +61,12 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
     ),
     (
         "resilience",
-        &["a_killed_loader_leaves_the_guard_and_a_new_one_takes_over"],
+        &[
+            "a_killed_loader_leaves_the_guard_and_a_new_one_takes_over",
+            "a_session_open_before_the_first_start_is_adopted",
+        ],
     ),
+    ("forgery", &["forged_control_segments_open_nothing"]),
 ];
 
 /// How long the guest may take: it boots in about a minute and runs the tests in a few.
