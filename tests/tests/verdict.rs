@@ -14,7 +14,7 @@ use aya::{
 };
 use ftp_ebpf_common::{
     addr::{AddrKey, FAMILY_IPV4, FAMILY_IPV6},
-    control::ControlState,
+    control::{CLOSED, ControlState},
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
     parse::Sender,
@@ -159,10 +159,16 @@ impl Programs {
         map.iter().map(Result::unwrap).collect()
     }
 
+    /// The control connections being followed. One that ended stays in the table, marked
+    /// closed, only so that the rest of its closing is not taken for a stranger's: left out.
     fn controls(&self) -> Vec<FlowKey> {
         let map: HashMap<_, FlowKey, ControlState> =
             HashMap::try_from(self.ebpf.map("CONTROLS").unwrap()).unwrap();
-        map.keys().map(Result::unwrap).collect()
+        map.iter()
+            .map(Result::unwrap)
+            .filter(|(_, state)| state.flags & CLOSED == 0)
+            .map(|(key, _)| key)
+            .collect()
     }
 
     /// Counters that are not zero.
