@@ -242,17 +242,27 @@ fn forged_control_segments_open_nothing() {
 
     // The real session was not disturbed: its own PASV is believed and its transfer
     // arrives whole.
-    let matched = counter(&lab, "expectations_matched");
+    downloads_through_an_expectation(&lab, |ftp| ftp.retr(BLOB_PATH), &mut ftp);
+    assert!(!lab.unannounced_reachable());
+}
+
+/// `download` on the session (in the client's namespace) brings the whole blob, through
+/// one expectation.
+fn downloads_through_an_expectation(
+    lab: &Lab,
+    download: impl FnOnce(&mut Ftp) -> anyhow::Result<Vec<u8>> + Send,
+    ftp: &mut Ftp,
+) {
+    let matched = counter(lab, "expectations_matched");
     let blob = lab.blob().unwrap();
-    let received = in_netns(&lab.client_ns, || ftp.retr(BLOB_PATH)).unwrap();
+    let received = in_netns(&lab.client_ns, || download(ftp)).unwrap();
     assert!(
         received == blob,
         "{} of {} bytes",
         received.len(),
         blob.len()
     );
-    assert_eq!(counter(&lab, "expectations_matched"), matched + 1);
-    assert!(!lab.unannounced_reachable());
+    assert_eq!(counter(lab, "expectations_matched"), matched + 1);
 }
 
 /// RSTs with random sequence numbers, from either end, against a session that just got a
@@ -280,16 +290,7 @@ fn forged_resets_end_nothing() {
     assert_eq!(expectations(&lab), held);
     assert_eq!(counter(&lab, "expectations_removed"), 0);
 
-    let matched = counter(&lab, "expectations_matched");
-    let blob = lab.blob().unwrap();
-    let received = in_netns(&lab.client_ns, || ftp.retr_from(announced, BLOB_PATH)).unwrap();
-    assert!(
-        received == blob,
-        "{} of {} bytes",
-        received.len(),
-        blob.len()
-    );
-    assert_eq!(counter(&lab, "expectations_matched"), matched + 1);
+    downloads_through_an_expectation(&lab, |ftp| ftp.retr_from(announced, BLOB_PATH), &mut ftp);
 }
 
 /// The table and each client's share of it, small enough to fill in seconds.
