@@ -336,7 +336,7 @@ mod tests {
     use super::*;
     use crate::{
         addr::{FAMILY_IPV4, ipv4},
-        window::{TCP_ACK, TCP_SYN},
+        window::{TCP_ACK, TCP_SYN, numbers},
     };
 
     fn stream_at(next_seq: u32) -> StreamScan {
@@ -386,17 +386,6 @@ mod tests {
         let mut state = ControlState::zeroed();
         state.open(&numbers(1000, 0, 0, TCP_SYN, 64240));
         state
-    }
-
-    fn numbers(seq: u32, ack: u32, len: u32, flags: u8, window: u16) -> Numbers {
-        Numbers {
-            seq,
-            ack,
-            payload_len: len,
-            flags,
-            window,
-            window_scale: crate::window::NO_WINDOW_SCALE,
-        }
     }
 
     /// The handshake seen: client ISN 1000, server ISN 5000.

@@ -139,6 +139,7 @@ impl FlowValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::numbers;
 
     const S: u64 = 1_000_000_000;
 
@@ -157,44 +158,33 @@ mod tests {
         assert_eq!(key.reversed().reversed(), key);
     }
 
-    fn numbers(seq: u32, ack: u32, len: u32, flags: u8) -> Numbers {
-        Numbers {
-            seq,
-            ack,
-            payload_len: len,
-            flags,
-            window: 1000,
-            window_scale: crate::window::NO_WINDOW_SCALE,
-        }
-    }
-
     fn admitted(now_ns: u64) -> FlowValue {
-        FlowValue::admitted(now_ns, &numbers(1000, 0, 0, TCP_SYN))
+        FlowValue::admitted(now_ns, &numbers(1000, 0, 0, TCP_SYN, 1000))
     }
 
     #[test]
     fn only_in_window_fin_and_rst_close_a_flow() {
         use crate::window::TCP_ACK;
         let mut flow = admitted(S);
-        let syn_ack = numbers(5000, 1001, 0, TCP_SYN | TCP_ACK);
+        let syn_ack = numbers(5000, 1001, 0, TCP_SYN | TCP_ACK, 1000);
         assert_eq!(
             flow.observe(Side::Responder, &syn_ack, S),
             Observed::Nothing
         );
         assert!(flow.windows.is_open());
-        let forged = numbers(5001 + (1 << 30), 0, 0, TCP_RST);
+        let forged = numbers(5001 + (1 << 30), 0, 0, TCP_RST, 1000);
         assert_eq!(
             flow.observe(Side::Responder, &forged, 2 * S),
             Observed::OutOfWindow
         );
-        let forged = numbers(1001 + (1 << 31), 0, 0, TCP_RST);
+        let forged = numbers(1001 + (1 << 31), 0, 0, TCP_RST, 1000);
         assert_eq!(
             flow.observe(Side::Initiator, &forged, 2 * S),
             Observed::OutOfWindow
         );
         assert_eq!(flow.closing_since_ns, 0);
         // Data went by unsampled: a FIN 1 MiB ahead of the last sample is still the flow's.
-        let fin = numbers(5001 + (1 << 20), 1001, 0, TCP_FIN | TCP_ACK);
+        let fin = numbers(5001 + (1 << 20), 1001, 0, TCP_FIN | TCP_ACK, 1000);
         assert_eq!(
             flow.observe(Side::Responder, &fin, 3 * S),
             Observed::Closing

@@ -347,20 +347,22 @@ impl OptionsWalk {
     }
 }
 
+/// A segment's numbers, without a window scale option: for the crate's tests.
+#[cfg(test)]
+pub(crate) fn numbers(seq: u32, ack: u32, len: u32, flags: u8, window: u16) -> Numbers {
+    Numbers {
+        seq,
+        ack,
+        payload_len: len,
+        flags,
+        window,
+        window_scale: NO_WINDOW_SCALE,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn numbers(seq: u32, ack: u32, len: u32, flags: u8, window: u16) -> Numbers {
-        Numbers {
-            seq,
-            ack,
-            payload_len: len,
-            flags,
-            window,
-            window_scale: NO_WINDOW_SCALE,
-        }
-    }
 
     /// A handshake: initiator ISN 1000, responder ISN 5000, both offering `scale`.
     fn handshake(scale: u8) -> TcpWindows {

@@ -416,6 +416,24 @@ impl Lab {
             .collect()
     }
 
+    /// A lab guarding vsftpd, with a plain listener on `UNANNOUNCED` that nothing
+    /// announces: what a forgery or a failure must never make reachable.
+    pub fn guarded(tag: &str) -> Lab {
+        crate::require_root();
+        let mut lab = Lab::new(tag, &default_loader_bin()).expect("lab");
+        crate::servers::Server::Vsftpd.start(&mut lab).unwrap();
+        lab.start_listener(UNANNOUNCED).unwrap();
+        lab.start_loader(&[]).unwrap();
+        lab
+    }
+
+    /// Whether the client can connect to the listener on `UNANNOUNCED` (a dropped SYN
+    /// makes the attempt time out).
+    pub fn unannounced_reachable(&self) -> bool {
+        self.client_connects(SERVER_IP.into(), UNANNOUNCED, Duration::from_millis(500))
+            .unwrap()
+    }
+
     /// Starts a plain TCP listener (an HTTP server) on the server's `port`, kept until the
     /// lab is dropped, and waits until it listens.
     pub fn start_listener(&mut self, port: u16) -> Result<()> {
@@ -477,6 +495,9 @@ impl Lab {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }
+
+/// A port in the guarded range where `Lab::guarded` keeps a plain listener.
+pub const UNANNOUNCED: u16 = 10250;
 
 /// Polls `ready` for up to 10 s.
 pub fn wait_for(what: &str, ready: impl FnMut() -> Result<bool>) -> Result<()> {

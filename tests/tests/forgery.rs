@@ -24,10 +24,8 @@ use tests::{
     servers::Server,
 };
 
-/// A port in the guarded range where a plain listener waits: only a believed forgery
-/// could announce it.
-const LISTENER: u16 = 10250;
-/// The forged reply announcing the listener: 40 * 256 + 10 = 10250. Each forgery starts
+/// The forged reply announcing the lab's unannounced listener: 40 * 256 + 10 =
+/// `UNANNOUNCED`. Each forgery starts
 /// with a line end: a segment ahead of the stream looks like one after a gap, and a guard
 /// that reads such a segment from its next line on (as this one did before it tracked
 /// windows) then reads the forged line; without it, the forgery would fail against that
@@ -37,30 +35,14 @@ const FORGED_227: &[u8] = b"\r\n227 Entering Passive Mode (192,0,2,1,40,10).\r\n
 /// 64): a segment from the client's side, which the check of the source address lets
 /// through, so that only the window and the connection's state stand in its way.
 const FORGED_PORT: &[u8] = b"\r\nPORT 192,0,2,2,156,64\r\n";
-/// Long enough for a SYN that is answered at all to be answered in the lab.
-const PROBE: Duration = Duration::from_millis(500);
 
 const SPOOFED: &str = "spoofed_source_dropped";
 const OUT_OF_WINDOW: &str = "control_out_of_window";
 const UNKNOWN: &str = "control_unknown";
 
-fn guarded_lab(tag: &str) -> Lab {
-    require_root();
-    let mut lab = Lab::new(tag, &default_loader_bin()).expect("lab");
-    Server::Vsftpd.start(&mut lab).unwrap();
-    lab.start_listener(LISTENER).unwrap();
-    lab.start_loader(&[]).unwrap();
-    lab
-}
-
 /// A logged-in session from the client, its control connection open and idle.
 fn session(lab: &Lab) -> Ftp {
     in_netns(&lab.client_ns, Ftp::login).unwrap()
-}
-
-fn listener_reachable(lab: &Lab) -> bool {
-    lab.client_connects(SERVER_IP.into(), LISTENER, PROBE)
-        .unwrap()
 }
 
 /// The live expectations, without their remaining lifetimes (which tick): two listings
@@ -146,12 +128,29 @@ impl Forger {
 /// A real reply's flags: forgeries look like the server's next segment.
 const DATA: u8 = PSH | ACK;
 
-fn from_server(client: SocketAddr) -> impl Fn(u8) -> Tcp {
-    move |flags| Tcp::new(SERVER_IP, 21, client.ip(), client.port(), flags)
+/// Which end of the client's control connection a forged segment claims to come from.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Server,
+    Client,
 }
 
-fn from_client(client: SocketAddr) -> impl Fn(u8) -> Tcp {
-    move |flags| Tcp::new(client.ip(), client.port(), SERVER_IP, 21, flags)
+impl End {
+    /// A segment of the control connection whose client end is `client`, from this end.
+    fn segment(self, client: SocketAddr, flags: u8) -> Tcp {
+        match self {
+            End::Server => Tcp::new(SERVER_IP, 21, client.ip(), client.port(), flags),
+            End::Client => Tcp::new(client.ip(), client.port(), SERVER_IP, 21, flags),
+        }
+    }
+
+    /// This end's next sequence number and what it acknowledges.
+    fn numbers(self, stream: &Stream) -> (u32, u32) {
+        match self {
+            End::Server => (stream.server_next, stream.client_next),
+            End::Client => (stream.client_next, stream.server_next),
+        }
+    }
 }
 
 /// A forged 227 naming the listener, into the client's real control connection ahead of
@@ -160,12 +159,12 @@ fn from_client(client: SocketAddr) -> impl Fn(u8) -> Tcp {
 /// stays unreachable, and the session's own PASV works afterwards.
 #[test]
 fn forged_control_segments_open_nothing() {
-    let lab = guarded_lab("forge");
+    let lab = Lab::guarded("forge");
     let mut forger = Forger::new(&lab);
     let mut ftp = session(&lab);
     let client = ftp.local_addr().unwrap();
     assert!(expectations(&lab).is_empty());
-    assert!(!listener_reachable(&lab));
+    assert!(!lab.unannounced_reachable());
     let check = |what: &str| {
         assert_eq!(
             expectations(&lab),
@@ -175,73 +174,71 @@ fn forged_control_segments_open_nothing() {
         // Also none created and gone again: the server's stack answers a segment of no
         // connection with a RST, which would end what the forgery made.
         assert_eq!(counter(&lab, "expectations_created"), 0, "after {what}");
-        assert!(!listener_reachable(&lab), "after {what}");
+        assert!(!lab.unannounced_reachable(), "after {what}");
     };
 
     // The server's address arrives on the server's ingress: the host's own address as a
-    // source there is a forgery whatever the segment's numbers.
-    for ahead in [100_000, 1 << 20, (1 << 31) - 1] {
-        let stream = forger.stream(&mut ftp);
-        let what = format!("a forged 227 {ahead} bytes ahead of the server's stream");
-        let forged = from_server(client)(DATA)
-            .seq(stream.server_next.wrapping_add(ahead))
-            .ack(stream.client_next)
-            .window(stream.window);
-        forger.send(&lab, forged, FORGED_227, SPOOFED, &what);
-        check(&what);
-    }
-    for _ in 0..3 {
-        let port = forger.random.port_except(client.port());
-        let what = format!("a forged 227 to port {port}, on no connection");
-        let forged = from_server(SocketAddr::new(client.ip(), port))(DATA)
-            .seq(forger.random.next_u32())
-            .ack(forger.random.next_u32());
-        forger.send(&lab, forged, FORGED_227, SPOOFED, &what);
-        check(&what);
-    }
-
-    // From the client's address, which is not the server's own: the source check lets
-    // these through, and the window and the connection's state must stop them.
-    for ahead in [100_000, 1 << 20, (1 << 31) - 1] {
-        let stream = forger.stream(&mut ftp);
-        let what = format!("a forged PORT {ahead} bytes ahead of the client's stream");
-        let forged = from_client(client)(DATA)
-            .seq(stream.client_next.wrapping_add(ahead))
-            .ack(stream.server_next)
-            .window(stream.window);
-        forger.send(&lab, forged, FORGED_PORT, OUT_OF_WINDOW, &what);
-        check(&what);
-    }
-    for _ in 0..3 {
-        let port = forger.random.port_except(client.port());
-        let what = format!("a forged PORT from port {port}, on no connection");
-        let forged = from_client(SocketAddr::new(client.ip(), port))(DATA)
-            .seq(forger.random.next_u32())
-            .ack(forger.random.next_u32());
-        forger.send(&lab, forged, FORGED_PORT, UNKNOWN, &what);
-        check(&what);
+    // source there is a forgery whatever the segment's numbers. The client's address is
+    // not the server's own: the source check lets its segments through, and the window
+    // and the connection's state must stop them.
+    for (end, name, line, ahead_counter, nowhere_counter) in [
+        (End::Server, "227", FORGED_227, SPOOFED, SPOOFED),
+        (End::Client, "PORT", FORGED_PORT, OUT_OF_WINDOW, UNKNOWN),
+    ] {
+        for ahead in [100_000, 1 << 20, (1 << 31) - 1] {
+            let stream = forger.stream(&mut ftp);
+            let (next, acked) = end.numbers(&stream);
+            let what = format!("a forged {name} {ahead} bytes ahead of the {end:?}'s stream");
+            let forged = end
+                .segment(client, DATA)
+                .seq(next.wrapping_add(ahead))
+                .ack(acked)
+                .window(stream.window);
+            forger.send(&lab, forged, line, ahead_counter, &what);
+            check(&what);
+        }
+        for _ in 0..3 {
+            let port = forger.random.port_except(client.port());
+            let what = format!("a forged {name} on no connection (client port {port})");
+            let forged = end
+                .segment(SocketAddr::new(client.ip(), port), DATA)
+                .seq(forger.random.next_u32())
+                .ack(forger.random.next_u32());
+            forger.send(&lab, forged, line, nowhere_counter, &what);
+            check(&what);
+        }
     }
 
     // The real session was not disturbed: its own PASV is believed and its transfer
     // arrives whole.
-    let matched = counter(&lab, "expectations_matched");
+    downloads_through_an_expectation(&lab, |ftp| ftp.retr(BLOB_PATH), &mut ftp);
+    assert!(!lab.unannounced_reachable());
+}
+
+/// `download` on the session (in the client's namespace) brings the whole blob, through
+/// one expectation.
+fn downloads_through_an_expectation(
+    lab: &Lab,
+    download: impl FnOnce(&mut Ftp) -> anyhow::Result<Vec<u8>> + Send,
+    ftp: &mut Ftp,
+) {
+    let matched = counter(lab, "expectations_matched");
     let blob = lab.blob().unwrap();
-    let received = in_netns(&lab.client_ns, || ftp.retr(BLOB_PATH)).unwrap();
+    let received = in_netns(&lab.client_ns, || download(ftp)).unwrap();
     assert!(
         received == blob,
         "{} of {} bytes",
         received.len(),
         blob.len()
     );
-    assert_eq!(counter(&lab, "expectations_matched"), matched + 1);
-    assert!(!listener_reachable(&lab));
+    assert_eq!(counter(lab, "expectations_matched"), matched + 1);
 }
 
 /// RSTs with random sequence numbers, from either end, against a session that just got a
 /// real 227: its expectation stays and its data connection opens.
 #[test]
 fn forged_resets_end_nothing() {
-    let lab = guarded_lab("reset");
+    let lab = Lab::guarded("reset");
     let mut forger = Forger::new(&lab);
     let mut ftp = session(&lab);
     let client = ftp.local_addr().unwrap();
@@ -251,43 +248,18 @@ fn forged_resets_end_nothing() {
     assert_eq!(held[0]["control"]["src_port"], client.port(), "{held:?}");
 
     let stream = forger.stream(&mut ftp);
-    let seq = stream.client_next.wrapping_add(forger.random.far());
-    forger.send(
-        &lab,
-        from_client(client)(RST).seq(seq),
-        &[],
-        OUT_OF_WINDOW,
-        &format!(
-            "a forged RST from the client at {seq} (next {})",
-            stream.client_next
-        ),
-    );
-    let seq = stream.server_next.wrapping_add(forger.random.far());
-    forger.send(
-        &lab,
-        from_server(client)(RST).seq(seq),
-        &[],
-        SPOOFED,
-        &format!(
-            "a forged RST from the server at {seq} (next {})",
-            stream.server_next
-        ),
-    );
+    for (end, counted) in [(End::Client, OUT_OF_WINDOW), (End::Server, SPOOFED)] {
+        let (next, _) = end.numbers(&stream);
+        let seq = next.wrapping_add(forger.random.far());
+        let what = format!("a forged RST from the {end:?} at {seq} (next {next})");
+        forger.send(&lab, end.segment(client, RST).seq(seq), &[], counted, &what);
+    }
     // The old guard ended the control connection on the client's RST and removed its
     // expectation with it.
     assert_eq!(expectations(&lab), held);
     assert_eq!(counter(&lab, "expectations_removed"), 0);
 
-    let matched = counter(&lab, "expectations_matched");
-    let blob = lab.blob().unwrap();
-    let received = in_netns(&lab.client_ns, || ftp.retr_from(announced, BLOB_PATH)).unwrap();
-    assert!(
-        received == blob,
-        "{} of {} bytes",
-        received.len(),
-        blob.len()
-    );
-    assert_eq!(counter(&lab, "expectations_matched"), matched + 1);
+    downloads_through_an_expectation(&lab, |ftp| ftp.retr_from(announced, BLOB_PATH), &mut ftp);
 }
 
 /// The table and each client's share of it, small enough to fill in seconds.

@@ -12,31 +12,15 @@ use std::{
 
 use tests::{
     lab::{
-        CLIENT_IF, CLIENT_IP, Lab, SERVER_IF, SERVER_IP, default_loader_bin, in_netns, run,
-        wait_for,
+        CLIENT_IF, CLIENT_IP, Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns,
+        run, wait_for,
     },
     require_root,
     servers::Server,
 };
 
-/// A port in the guarded range where a plain listener waits: nothing announced it.
-const LISTENER: u16 = 10250;
 /// No loader process alive: what `stats` and `status` exit with then.
 const NO_LOADER: i32 = 3;
-
-fn guarded_lab(tag: &str) -> Lab {
-    require_root();
-    let mut lab = Lab::new(tag, &default_loader_bin()).expect("lab");
-    Server::Vsftpd.start(&mut lab).unwrap();
-    lab.start_listener(LISTENER).unwrap();
-    lab.start_loader(&[]).unwrap();
-    lab
-}
-
-fn listener_reachable(lab: &Lab) -> bool {
-    lab.client_connects(SERVER_IP.into(), LISTENER, Duration::from_millis(500))
-        .unwrap()
-}
 
 fn filters(lab: &Lab, direction: &str) -> String {
     let output = run(lab
@@ -104,6 +88,22 @@ print("received", received, digest.hexdigest(), flush=True)
     (client, lines)
 }
 
+/// Tells a held session to go on; it must receive the whole blob.
+fn completes(
+    mut client: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    blob: &[u8],
+) {
+    writeln!(client.stdin.take().unwrap(), "go").unwrap();
+    let received = lines
+        .map(Result::unwrap)
+        .find(|line| line.starts_with("received"))
+        .expect("the session reports what it received");
+    assert!(client.wait().unwrap().success());
+    let expected = format!("received {} ", blob.len());
+    assert!(received.starts_with(&expected), "{received}");
+}
+
 /// A session logged in before the very first start is adopted from the server's sockets:
 /// its first PASV after the start works, and the range stays guarded.
 #[test]
@@ -111,38 +111,32 @@ fn a_session_open_before_the_first_start_is_adopted() {
     require_root();
     let mut lab = Lab::new("adopt", &default_loader_bin()).expect("lab");
     Server::Vsftpd.start(&mut lab).unwrap();
-    lab.start_listener(LISTENER).unwrap();
+    lab.start_listener(UNANNOUNCED).unwrap();
     let blob = lab.blob().unwrap();
-    let (mut client, mut lines) = held_session(&lab, Pasv::WhenTold);
+    let (client, mut lines) = held_session(&lab, Pasv::WhenTold);
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     lab.start_loader(&[]).unwrap();
     let log = lab.loader_log();
     assert!(log.contains("adopted 1 control connection"), "{log}");
-    assert!(!listener_reachable(&lab));
+    assert!(!lab.unannounced_reachable());
 
-    writeln!(client.stdin.take().unwrap(), "go").unwrap();
-    let announced = lines.next().unwrap().unwrap();
-    assert!(announced.starts_with("announced"), "{announced}");
-    let received = lines.next().unwrap().unwrap();
-    assert!(client.wait().unwrap().success());
-    let expected = format!("received {} ", blob.len());
-    assert!(received.starts_with(&expected), "{received}");
+    completes(client, lines, &blob);
     let stats = lab.stats().unwrap();
     assert_eq!(stats["expectations_matched"], 1);
     assert_eq!(stats["control_unknown"], 0);
-    assert!(!listener_reachable(&lab));
+    assert!(!lab.unannounced_reachable());
 }
 
 /// SIGKILL, then a new loader: the range stays closed throughout, and a data connection
 /// announced before the kill is admitted after the restart.
 #[test]
 fn a_killed_loader_leaves_the_guard_and_a_new_one_takes_over() {
-    let mut lab = guarded_lab("takeover");
+    let mut lab = Lab::guarded("takeover");
     let blob = lab.blob().unwrap();
-    let (mut client, mut lines) = held_session(&lab, Pasv::Now);
+    let (client, mut lines) = held_session(&lab, Pasv::Now);
     let announced = lines.next().unwrap().unwrap();
     assert!(announced.starts_with("announced"), "{announced}");
-    assert!(!listener_reachable(&lab));
+    assert!(!lab.unannounced_reachable());
 
     lab.kill_loader().unwrap();
     // From the kill until the new loader has attached, someone keeps knocking.
@@ -154,7 +148,7 @@ fn a_killed_loader_leaves_the_guard_and_a_new_one_takes_over() {
             while !stop.load(Ordering::Relaxed) {
                 attempts.fetch_add(1, Ordering::Relaxed);
                 let connected = in_netns(&client_ns, || {
-                    let to = SocketAddr::from((SERVER_IP, LISTENER));
+                    let to = SocketAddr::from((SERVER_IP, UNANNOUNCED));
                     Ok(TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok())
                 })
                 .unwrap();
@@ -189,14 +183,10 @@ fn a_killed_loader_leaves_the_guard_and_a_new_one_takes_over() {
     assert!(log.contains("replaced in place"), "{log}");
 
     // The PASV answered before the kill works after the restart.
-    writeln!(client.stdin.take().unwrap(), "go").unwrap();
-    let received = lines.next().unwrap().unwrap();
-    assert!(client.wait().unwrap().success());
-    let expected = format!("received {} ", blob.len());
-    assert!(received.starts_with(&expected), "{received}");
+    completes(client, lines, &blob);
     let stats = lab.stats().unwrap();
     assert_eq!(stats["expectations_matched"], 1);
-    assert!(!listener_reachable(&lab));
+    assert!(!lab.unannounced_reachable());
     assert!(
         lab.loader_report(&["status"])
             .unwrap()
@@ -208,14 +198,14 @@ fn a_killed_loader_leaves_the_guard_and_a_new_one_takes_over() {
     assert!(!filters(&lab, "ingress").contains("ftp_"));
     assert!(!filters(&lab, "egress").contains("ftp_"));
     assert!(!lab.pin_dir.exists());
-    assert!(listener_reachable(&lab));
+    assert!(lab.unannounced_reachable());
 }
 
 /// SIGHUP keeps the loader running; SIGUSR1 stops it and leaves the guard, which `unload`
 /// then removes.
 #[test]
 fn signals_reload_nothing_or_leave_the_guard_for_unload() {
-    let mut lab = guarded_lab("signals");
+    let mut lab = Lab::guarded("signals");
     lab.signal_loader(libc::SIGHUP).unwrap();
     wait_for("the loader to answer SIGHUP", || {
         Ok(lab.loader_log().contains("nothing to reload"))
@@ -230,7 +220,7 @@ fn signals_reload_nothing_or_leave_the_guard_for_unload() {
     lab.signal_loader(libc::SIGUSR1).unwrap();
     assert!(lab.wait_loader().unwrap().success());
     assert!(lab.loader_log().contains("left the guard attached"));
-    assert!(!listener_reachable(&lab));
+    assert!(!lab.unannounced_reachable());
     assert!(filters(&lab, "ingress").contains("ftp_ingress_tc"));
 
     let unload = lab.loader_command(&["unload"]).unwrap();
@@ -238,7 +228,7 @@ fn signals_reload_nothing_or_leave_the_guard_for_unload() {
     assert!(!filters(&lab, "ingress").contains("ftp_"));
     assert!(!filters(&lab, "egress").contains("ftp_"));
     assert!(!lab.pin_dir.exists());
-    assert!(listener_reachable(&lab));
+    assert!(lab.unannounced_reachable());
     let status = lab.loader_command(&["status"]).unwrap();
     assert_eq!(status.status.code(), Some(1), "{status:?}");
 }
@@ -282,7 +272,7 @@ fn recreate_server_interface(lab: &Lab) {
 /// A deleted interface is noticed; one created under its name is guarded again.
 #[test]
 fn a_recreated_interface_is_guarded_again() {
-    let lab = guarded_lab("recreate");
+    let lab = Lab::guarded("recreate");
     recreate_server_interface(&lab);
     wait_for("the loader to attach again", || {
         Ok(lab.loader_log().contains("interface srv0 is back"))
@@ -299,7 +289,7 @@ fn a_recreated_interface_is_guarded_again() {
         lab.client_connects(SERVER_IP.into(), 21, Duration::from_millis(500))
     })
     .unwrap();
-    assert!(!listener_reachable(&lab));
+    assert!(!lab.unannounced_reachable());
 }
 
 /// With --exit-on-interface-loss, the loader exits non-zero instead of waiting.
@@ -317,7 +307,7 @@ fn interface_loss_can_end_the_loader() {
 /// A second loader, with a pin directory of its own, cannot stack on a guarded interface.
 #[test]
 fn a_second_loader_on_a_guarded_interface_is_refused() {
-    let lab = guarded_lab("second");
+    let lab = Lab::guarded("second");
     let other = format!("{}-other", lab.pin_dir.display());
     let output = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lab.server_ns))
@@ -335,5 +325,5 @@ fn a_second_loader_on_a_guarded_interface_is_refused() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!std::path::Path::new(&other).exists());
     // The first one still guards.
-    assert!(!listener_reachable(&lab));
+    assert!(!lab.unannounced_reachable());
 }
