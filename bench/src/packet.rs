@@ -125,6 +125,18 @@ fn classes() -> Vec<Class> {
             setup: vec![],
             target: Target::Ratio(1.5),
         },
+        {
+            // Run a million times: the first is read, the rest are retransmissions, judged
+            // by the connection's windows and found read already. The cost of following
+            // a control connection, without the scanning.
+            let session = ControlSession::new(CLIENT, SERVER);
+            Class {
+                name: "control segment again (a retransmission: judged, not read)",
+                frames: vec![session.reply_at(session.server_seq(), b"150 Here it comes.\r\n")],
+                setup: session.handshake().to_vec(),
+                target: Target::None,
+            }
+        },
         control(
             "control, acknowledgement only (moves the window)",
             |s| {
