@@ -113,11 +113,36 @@ pub const REOPENING: u8 = 2;
 /// the other FIN and the last ACKs, are known as such rather than counted as strangers'.
 pub const CLOSED: u8 = 4;
 
+/// Where a segment was seen: arriving on an interface, or leaving through one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Ingress,
+    Egress,
+}
+
+/// `ControlState::paths`: nothing of the direction seen yet.
+pub const PATH_UNKNOWN: u32 = 0;
+/// `ControlState::paths`: the direction's first segment was seen leaving, not arriving: it
+/// comes from this host, or from behind an interface without the programs. Its segments
+/// never arrive on one with them.
+pub const PATH_FROM_INSIDE: u32 = u32::MAX;
+
+/// The path of a direction whose first segment arrived on interface `ifindex`.
+fn arrived_on(ifindex: u32) -> u32 {
+    ifindex.wrapping_add(1)
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct ControlState {
     /// Indexed by `Side` (the client is the initiator).
     pub windows: TcpWindows,
+    /// Indexed by `Sender`: where each direction's segments come from, learned from its
+    /// first segment (its SYN or SYN-ACK): `arrived_on(ifindex)`, `PATH_FROM_INSIDE` or
+    /// `PATH_UNKNOWN`. One end of the connection forging the other's segments sends them
+    /// from its own side, which the real ones never come from: on a gateway, whose
+    /// servers' addresses are not its own, that is what gives them away.
+    pub paths: [u32; 2],
     /// The client direction a new SYN would open, when `REOPENING`: the old connection
     /// ended unseen and its addresses and ports are used again. It takes over only when
     /// the server's SYN-ACK acknowledges it, as conntrack's "ignored SYN" does: a forged
@@ -180,12 +205,45 @@ impl ControlState {
     }
 
     /// After `Tracked::Reopened` (and the old expectations' removal): the new connection,
-    /// from the SYN kept in `reopening` and the server's SYN-ACK.
+    /// from the SYN kept in `reopening` and the server's SYN-ACK. The same addresses and
+    /// ports take the same paths.
     pub fn restart(&mut self, syn_ack: &Numbers) {
         let client = self.reopening;
+        let paths = self.paths;
         self.clear();
+        self.paths = paths;
         self.windows.directions[Side::Initiator as usize] = client;
         self.windows.accept(syn_ack);
+    }
+
+    /// Whether a segment of `sender`'s direction, seen at `hook` of interface `ifindex`,
+    /// can have taken the path that direction's segments take: arriving where its first
+    /// segment arrived, and never leaving back through that interface; or, for a direction
+    /// from inside, never arriving at all.
+    pub fn on_path(&self, sender: Sender, hook: Hook, ifindex: u32) -> bool {
+        if self.flags & CLOSED != 0 {
+            // Whoever reuses the addresses and ports may come another way.
+            return true;
+        }
+        match (self.paths[sender as usize], hook) {
+            (PATH_UNKNOWN, _) => true,
+            (PATH_FROM_INSIDE, Hook::Ingress) => false,
+            (PATH_FROM_INSIDE, Hook::Egress) => true,
+            (path, Hook::Ingress) => path == arrived_on(ifindex),
+            (path, Hook::Egress) => path != arrived_on(ifindex),
+        }
+    }
+
+    /// A segment of `sender`'s direction was believed (its handshake segment, or an
+    /// adopted connection's first): the first one sets the direction's path.
+    pub fn learn_path(&mut self, sender: Sender, hook: Hook, ifindex: u32) {
+        let path = &mut self.paths[sender as usize];
+        if *path == PATH_UNKNOWN {
+            *path = match hook {
+                Hook::Ingress => arrived_on(ifindex),
+                Hook::Egress => PATH_FROM_INSIDE,
+            };
+        }
     }
 
     /// Judges a segment of this connection by its TCP numbers, and moves the windows when
@@ -451,6 +509,47 @@ mod tests {
     }
 
     #[test]
+    fn each_direction_keeps_to_its_path() {
+        // A host: the client's segments arrive on interface 3, the server's leave.
+        let mut host = open_state();
+        host.learn_path(Sender::Client, Hook::Ingress, 3);
+        host.learn_path(Sender::Server, Hook::Egress, 3);
+        host.learn_path(Sender::Server, Hook::Ingress, 3);
+        assert_eq!(
+            host.paths[Sender::Server as usize],
+            PATH_FROM_INSIDE,
+            "the first counts"
+        );
+        assert!(host.on_path(Sender::Client, Hook::Ingress, 3));
+        assert!(!host.on_path(Sender::Client, Hook::Ingress, 4));
+        assert!(host.on_path(Sender::Server, Hook::Egress, 3));
+        assert!(
+            !host.on_path(Sender::Server, Hook::Ingress, 3),
+            "a forged reply"
+        );
+        // A gateway guarding both sides: the client's segments arrive on 3 and leave by
+        // 5, the server's arrive on 5 and leave by 3.
+        let mut gateway = open_state();
+        gateway.learn_path(Sender::Client, Hook::Ingress, 3);
+        gateway.learn_path(Sender::Client, Hook::Egress, 5);
+        gateway.learn_path(Sender::Server, Hook::Ingress, 5);
+        assert!(gateway.on_path(Sender::Client, Hook::Egress, 5));
+        assert!(gateway.on_path(Sender::Server, Hook::Egress, 3));
+        assert!(
+            !gateway.on_path(Sender::Server, Hook::Ingress, 3),
+            "the client forging"
+        );
+        assert!(
+            !gateway.on_path(Sender::Server, Hook::Egress, 5),
+            "sent back where it came from"
+        );
+        // Nothing learned yet, or the connection over: anything goes.
+        assert!(ControlState::zeroed().on_path(Sender::Server, Hook::Ingress, 9));
+        host.close();
+        assert!(host.on_path(Sender::Server, Hook::Ingress, 3));
+    }
+
+    #[test]
     fn a_reused_connection_starts_over_only_when_the_server_answers() {
         let mut state = open_state();
         state.expected_count = 1;
@@ -464,7 +563,9 @@ mod tests {
         assert_eq!(state.track(Sender::Server, &stale), Tracked::Learned);
         let syn_ack = numbers(70_000, 900_001, 0, TCP_SYN | TCP_ACK, 65160);
         assert_eq!(state.track(Sender::Server, &syn_ack), Tracked::Reopened);
+        state.paths = [7, PATH_FROM_INSIDE];
         state.restart(&syn_ack);
+        assert_eq!(state.paths, [7, PATH_FROM_INSIDE], "the same ways");
         assert_eq!(state.expected_count, 0);
         assert!(state.windows.is_open());
         let command = numbers(900_001, 70_001, 6, TCP_ACK, 500);

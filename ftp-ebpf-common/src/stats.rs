@@ -45,6 +45,7 @@ counters! {
     ControlTableFull => "control_table_full": "control connections not remembered (failed allocation); like connections not seen opening, nothing they announce is believed",
     ControlUnknown => "control_unknown": "control segments of connections not seen opening (nor adopted from the host's sockets at start); nothing in them is believed",
     ControlOutOfWindow => "control_out_of_window": "control segments outside their connection's TCP window (forged or stale); they change nothing",
+    ControlWrongPath => "control_wrong_path": "control segments seen where their direction's segments never pass (arriving on another interface than its handshake did, or arriving when it leaves from this side): forged; dropped on ingress, ignored on egress",
     SpoofedSourceDropped => "spoofed_source_dropped": "inbound control segments, SYNs and FIN/RST to guarded ports whose source is one of this host's own addresses, dropped",
     ClientShareRefused => "client_share_refused": "announcements refused because the client address (an IPv6 client's /64) holds its share of the expectation table (--max-expectations-per-client)",
     UnsolicitedDropped => "unsolicited_dropped": "SYNs to guarded ports that nothing announced, dropped",

@@ -10,7 +10,7 @@ use core::ffi::c_void;
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop};
 use aya_log_ebpf::warn;
 use ftp_ebpf_common::{
-    control::{ControlState, SegmentPlan, Tracked, control_key},
+    control::{ControlState, Hook, SegmentPlan, Tracked, control_key},
     expect::{ExpectKey, ExpectValue},
     flow::FlowKey,
     parse::{Announcement, LineScanner, ParseError, Sender, Step},
@@ -68,6 +68,9 @@ pub struct ControlScan {
     control: FlowKey,
     segment: SegmentBytes,
     now_ns: u64,
+    /// The interface the segment was seen on, and whether arriving (`Direction`).
+    ifindex: u32,
+    hook: u8,
     sender: u8,
     /// Announcements found by the callback, recorded after the loop: recording needs more
     /// stack than the callback's frame can have on top of its callers'.
@@ -94,8 +97,10 @@ impl ControlScan {
     }
 }
 
-/// A subprogram of its own: its locals and the callback's must not add up with the
-/// guard's in one frame (the verifier allows 512 bytes of stack across the call chain).
+/// Returns whether the segment may pass: all do but those arriving where their direction's
+/// segments never come from (`ControlState::on_path`). A subprogram of its own: its
+/// locals and the callback's must not add up with the guard's in one frame (the verifier
+/// allows 512 bytes of stack across the call chain).
 #[inline(never)]
 pub fn scan(
     frame: &impl Frame,
@@ -103,14 +108,16 @@ pub fn scan(
     flow: &FlowKey,
     sender: Sender,
     direction: Direction,
-) {
+) -> bool {
     let Some(work) = SCAN.get_ptr_mut(direction as u32) else {
-        return;
+        return true;
     };
     // SAFETY: this CPU's slot for this direction; nothing else uses it meanwhile.
     let work = unsafe { &mut *work };
     work.control = control_key(flow, sender);
     work.sender = sender as u8;
+    work.hook = direction as u8;
+    work.ifindex = frame.ifindex();
     work.numbers = segment.numbers();
     if segment.flags & TCP_SYN != 0 {
         work.numbers.window_scale = segment.window_scale(frame, direction);
@@ -123,14 +130,16 @@ pub fn scan(
     // Read back, so that the verifier sees numbers it knows nothing of (see `ControlScan`).
     // SAFETY: a field of a valid map value.
     let segment = unsafe { core::ptr::read_volatile(&work.segment) };
-    let Some(state) = follow(work) else {
-        return;
+    let state = match follow(work) {
+        Followed::Read(state) => state,
+        Followed::Done => return true,
+        Followed::OffPath => return direction == Direction::Egress,
     };
     // SAFETY: a map value, valid for the program's run; on another CPU, only a segment of
     // the same connection at the same moment could touch it.
     let state = unsafe { &mut *state };
     if segment.len == 0 || !prepare(frame, &segment, work, state) {
-        return;
+        return true;
     }
     let mut context: *mut ControlScan = work;
     // SAFETY: the callback only touches the map value the context points to.
@@ -143,17 +152,33 @@ pub fn scan(
         )
     };
     finish(frame, &segment, work, state);
+    true
 }
 
-/// Judges the segment by its connection's TCP windows; returns the connection's state when
-/// the segment is in them and its bytes are to be read.
+/// What following a segment came to.
+enum Followed {
+    /// In its connection's windows, with bytes to read: the connection's state.
+    Read(*mut ControlState),
+    /// Nothing more to do with it.
+    Done,
+    /// Seen where its direction's segments never pass: forged.
+    OffPath,
+}
+
+/// Judges the segment by its connection's paths and TCP windows.
 #[inline(always)]
-fn follow(work: &mut ControlScan) -> Option<*mut ControlState> {
+fn follow(work: &mut ControlScan) -> Followed {
     let sender = work.sender();
+    let hook = if work.hook == Direction::Ingress as u8 {
+        Hook::Ingress
+    } else {
+        Hook::Egress
+    };
     let Some(state) = CONTROLS.get_ptr_mut(&work.control) else {
         if sender == Sender::Client && work.numbers.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
             // The client's SYN: the connection is followed from here on.
             work.fresh.open(&work.numbers);
+            work.fresh.learn_path(sender, hook, work.ifindex);
             if CONTROLS
                 .insert(&work.control, &work.fresh, BPF_NOEXIST.into())
                 .is_err()
@@ -163,31 +188,34 @@ fn follow(work: &mut ControlScan) -> Option<*mut ControlState> {
         } else {
             count(Counter::ControlUnknown);
         }
-        return None;
+        return Followed::Done;
     };
     // SAFETY: as in `scan`.
-    let tracked = unsafe { &mut *state }.track(sender, &work.numbers);
+    let state = unsafe { &mut *state };
+    if !state.on_path(sender, hook, work.ifindex) {
+        count(Counter::ControlWrongPath);
+        return Followed::OffPath;
+    }
+    let tracked = state.track(sender, &work.numbers);
+    if tracked != Tracked::OutOfWindow && tracked != Tracked::Closed {
+        state.learn_path(sender, hook, work.ifindex);
+    }
     match tracked {
-        Tracked::InWindow => Some(state),
-        Tracked::Learned => None,
+        Tracked::InWindow => Followed::Read(state),
+        Tracked::Learned | Tracked::Closed => Followed::Done,
         Tracked::OutOfWindow => {
             count(Counter::ControlOutOfWindow);
-            None
+            Followed::Done
         }
         Tracked::Ends => {
-            // SAFETY: as in `scan`.
-            let state = unsafe { &mut *state };
             remove_expectations(work, state);
             state.close();
-            None
+            Followed::Done
         }
-        Tracked::Closed => None,
         Tracked::Reopened => {
-            // SAFETY: as in `scan`.
-            let state = unsafe { &mut *state };
             remove_expectations(work, state);
             state.restart(&work.numbers);
-            None
+            Followed::Done
         }
     }
 }

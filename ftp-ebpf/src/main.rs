@@ -139,8 +139,7 @@ fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
     if direction == Direction::Ingress && guard::spoofed(&flow) {
         return false;
     }
-    control::scan(frame, &segment, &flow, sender, direction);
-    true
+    control::scan(frame, &segment, &flow, sender, direction)
 }
 
 #[cfg(not(test))]

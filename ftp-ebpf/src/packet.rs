@@ -44,6 +44,8 @@ pub trait Frame {
     /// Copies `len` bytes of the packet at `offset` to `dst`; `len` must be provably
     /// non-zero and at most the buffer's size.
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> i64;
+    /// The interface the packet arrives on (ingress) or leaves through (egress).
+    fn ifindex(&self) -> u32;
 }
 
 impl Frame for XdpContext {
@@ -57,6 +59,10 @@ impl Frame for XdpContext {
         // SAFETY: dst points to at least len writable bytes (caller's contract).
         unsafe { bpf_xdp_load_bytes(self.ctx, offset, dst.cast(), len) }
     }
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context the kernel gave the program.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
 }
 
 impl Frame for TcContext {
@@ -69,6 +75,11 @@ impl Frame for TcContext {
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> i64 {
         // SAFETY: dst points to at least len writable bytes (caller's contract).
         unsafe { bpf_skb_load_bytes(self.as_ptr().cast_const(), offset, dst.cast(), len) }
+    }
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context the kernel gave the program; at tc, `ifindex` is the
+        // device the packet is on, arriving or leaving.
+        unsafe { (*self.skb.skb).ifindex }
     }
 }
 

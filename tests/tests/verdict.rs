@@ -25,6 +25,7 @@ use tests::{
         ACK, ControlSession, FIN, IPPROTO_DSTOPTS, IPPROTO_TCP, IPPROTO_UDP, PSH, RST, Random, SYN,
         Tcp, dest_options, ip_frame, ipv4_first_fragment,
     },
+    lab::{Lab, SERVER_IF, default_loader_bin, in_netns, run},
     require_root,
 };
 
@@ -969,10 +970,19 @@ fn forged_resets_leave_the_control_connection_and_its_expectation() {
         let server_seq = s.server_seq().wrapping_add(random.far());
         let from_client = Tcp::new(CLIENT, 40000, SERVER, 21, RST).seq(client_seq);
         let from_server = Tcp::new(SERVER, 21, CLIENT, 40000, RST).seq(server_seq);
-        // From outside, both: with no local address known, a forged source is not told.
-        for forged in [from_client, from_server] {
-            assert_eq!(p.ingress(&forged.frame(&[])), XDP_PASS, "{forged:?}");
-        }
+        // From outside, both. With no local address known, a forged source is not told
+        // by its address; but the server's segments leave this host, so one arriving is
+        // off its path and dropped, whatever its numbers. The client's is out of window.
+        assert_eq!(
+            p.ingress(&from_client.frame(&[])),
+            XDP_PASS,
+            "{from_client:?}"
+        );
+        assert_eq!(
+            p.ingress(&from_server.frame(&[])),
+            XDP_DROP,
+            "{from_server:?}"
+        );
         assert_eq!(
             p.expected_keys(),
             [expect_key(CLIENT, SERVER, 10000)],
@@ -991,8 +1001,9 @@ fn forged_resets_leave_the_control_connection_and_its_expectation() {
     assert_eq!(
         p.stats(),
         BTreeMap::from([
-            ("control_out_of_window", 6),
+            ("control_out_of_window", 3),
             ("control_packets", 4),
+            ("control_wrong_path", 3),
             ("expectations_created", 2),
             ("expectations_matched", 1),
             ("expectations_removed", 1),
@@ -1220,6 +1231,75 @@ fn a_reused_control_connection_starts_over_only_when_the_server_answers() {
             ("expectations_created", 3),
             ("expectations_removed", 1),
             ("expectations_replaced", 1),
+        ])
+    );
+}
+
+/// On a gateway, whose servers' addresses are not its own, a client forging its server's
+/// replies is given away by where they arrive: on the client's side, where the server's
+/// segments never come from. Here the client's side is `lo` and the server's a veth of a
+/// namespace the test makes; the tc guard sees each segment with its interface.
+#[test]
+fn a_client_forging_its_servers_replies_on_a_gateway_is_off_path() {
+    let p = Programs::new();
+    let lab = Lab::new("offpath", &default_loader_bin()).expect("lab");
+    let link = run(lab.server("ip").args(["-o", "link", "show", SERVER_IF])).unwrap();
+    let server_side: u32 = String::from_utf8_lossy(&link.stdout)
+        .split(':')
+        .next()
+        .and_then(|index| index.trim().parse().ok())
+        .expect("the veth's index");
+    const CLIENT_SIDE: u32 = 1;
+    // A tc run on the interface `ifindex` (the run looks it up in the current namespace).
+    let on = |ifindex: u32, frame: &[u8]| {
+        let tc: &SchedClassifier = p
+            .ebpf
+            .program(ebpf::INGRESS_TC_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        // struct __sk_buff up to `ifindex`, at offset 40; the rest zero.
+        let mut context = [0u8; 44];
+        context[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let frame = frame.to_vec();
+        in_netns(&lab.server_ns, move || {
+            Ok(tc
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    ctx_in: Some(&context),
+                    ..Default::default()
+                })?
+                .return_value)
+        })
+        .unwrap()
+    };
+    let mut s = session();
+    let [syn, syn_ack, ack] = s.handshake();
+    assert_eq!(on(CLIENT_SIDE, &syn), TC_ACT_UNSPEC);
+    assert_eq!(on(server_side, &syn_ack), TC_ACT_UNSPEC);
+    assert_eq!(on(CLIENT_SIDE, &ack), TC_ACT_UNSPEC);
+    assert_eq!(on(CLIENT_SIDE, &s.command(b"PASV\r\n")), TC_ACT_UNSPEC);
+    // The client knows the server's numbers exactly: the window cannot tell.
+    let forged = s.reply_at(
+        s.server_seq(),
+        b"227 Entering Passive Mode (192,0,2,1,40,10)\r\n",
+    );
+    assert_eq!(on(CLIENT_SIDE, &forged), TC_ACT_SHOT);
+    assert!(p.expectations().is_empty());
+    assert_eq!(
+        on(
+            server_side,
+            &s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n")
+        ),
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10000)]);
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([
+            ("control_packets", 2),
+            ("control_wrong_path", 1),
+            ("expectations_created", 1),
         ])
     );
 }
