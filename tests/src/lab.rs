@@ -452,9 +452,13 @@ impl Lab {
             .spawn()
             .context("starting python3 -m http.server")?;
         self.others.push(child);
-        wait_for(&format!("a listener on port {port}"), || {
-            self.server_listens(port)
-        })
+        // Python takes seconds to start on a loaded machine, tens of them under the
+        // software emulation of `cargo xtask test --kernel`.
+        wait_within(
+            &format!("a listener on port {port}"),
+            Duration::from_secs(60),
+            || self.server_listens(port),
+        )
     }
 
     /// Whether a TCP listener is bound to `port` on the server.
