@@ -7,7 +7,9 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::generated::bpf_loop, macros::map, maps::PerCpuArray,
+};
 use aya_log_ebpf::warn;
 use ftp_ebpf_common::{
     control::{ControlState, Hook, SegmentPlan, Tracked, control_key},
@@ -20,13 +22,15 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
-    Direction,
-    maps::{
-        self, CONTROLS, EXPECT_TIMEOUT_NS, EXPECTATIONS, SCAN, count, max_expected, now_ns, rules,
-    },
-    packet::{Frame, Segment},
+    maps::{self, CONTROLS, EXPECT_TIMEOUT_NS, EXPECTATIONS, count, max_expected, now_ns, rules},
+    packet::{Direction, Frame, Segment},
     share,
 };
+
+/// One workspace per CPU and direction: an egress program and an ingress program (XDP or
+/// tc) never share one, whatever runs on that CPU when.
+#[map]
+static SCAN: PerCpuArray<ControlScan> = PerCpuArray::with_max_entries(2, 0);
 
 /// Bytes of a control segment scanned; a power of two so that an index can be masked into
 /// range. Control segments are short lines in practice; after a longer one, scanning

@@ -14,9 +14,8 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
-    Direction,
     maps::{EXPECTATIONS, FLOW_IDLE_TIMEOUT_NS, FLOWS, LOCAL_ADDRS, count, now_ns},
-    packet::{Frame, Segment},
+    packet::{Direction, Frame, Segment},
     share,
 };
 

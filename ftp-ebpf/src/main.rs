@@ -20,14 +20,8 @@ use ftp_ebpf_common::{flow::refreshes, parse::Sender, policy::PortClass, stats::
 
 use crate::{
     maps::{EXPECT_TIMEOUT_NS, count, now_ns},
-    packet::{Frame, Parsed, Segment},
+    packet::{Direction, Frame, Parsed, Segment},
 };
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Ingress = 0,
-    Egress = 1,
-}
 
 #[xdp]
 pub fn ftp_ingress(ctx: XdpContext) -> u32 {

@@ -1,4 +1,6 @@
-//! The maps and load-time settings both programs share.
+//! The maps and load-time settings the modules share, and the helpers to reach them: the
+//! bottom layer, importing nothing of the crate. A module's own scratch space (SCAN,
+//! OPTIONS) is declared beside the module.
 
 use aya_ebpf::{
     Global,
@@ -13,10 +15,7 @@ use ftp_ebpf_common::{
     policy::{PortInfo, Rules},
     share::{ClientShare, DEFAULT_MAX_PER_CLIENT},
     stats::{COUNTERS, Counter},
-    window::OptionsWalk,
 };
-
-use crate::control::ControlScan;
 
 // The loader sizes the tables at load time; these are the defaults. The three tables are
 // LRU maps so that nothing has to sweep them: what is stale is judged when it is looked up
@@ -51,15 +50,6 @@ pub static PORTS: Array<PortInfo> = Array::with_max_entries(65536, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
-
-/// One TCP options buffer per CPU and direction, for the same reason as SCAN.
-#[map]
-pub static OPTIONS: PerCpuArray<OptionsWalk> = PerCpuArray::with_max_entries(2, 0);
-
-/// One scan buffer per CPU and direction: an egress program and an ingress program (XDP or
-/// tc) never share a buffer, whatever runs on that CPU when.
-#[map]
-pub static SCAN: PerCpuArray<ControlScan> = PerCpuArray::with_max_entries(2, 0);
 
 #[unsafe(no_mangle)]
 pub static EXPECT_TIMEOUT_NS: Global<u64> = Global::new(300_000_000_000);

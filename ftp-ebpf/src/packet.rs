@@ -5,6 +5,8 @@ use core::{ffi::c_void, mem::size_of};
 use aya_ebpf::{
     EbpfContext,
     helpers::generated::{bpf_loop, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    macros::map,
+    maps::PerCpuArray,
     programs::{TcContext, XdpContext},
 };
 use ftp_ebpf_common::{
@@ -13,7 +15,18 @@ use ftp_ebpf_common::{
     window::{MAX_TCP_OPTIONS, NO_WINDOW_SCALE, Numbers, OPTIONS_BUFFER, OptionsWalk},
 };
 
-use crate::{Direction, maps::OPTIONS};
+/// Which way a packet goes past the program: the ingress guard (XDP or tc) or the egress
+/// scanner. Per-CPU scratch space is kept per direction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ingress = 0,
+    Egress = 1,
+}
+
+/// One TCP options walk per CPU and direction, for the same reason as the control
+/// scanner's workspace.
+#[map]
+static OPTIONS: PerCpuArray<OptionsWalk> = PerCpuArray::with_max_entries(2, 0);
 
 unsafe extern "C" fn walk_option(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer given in `window_scale`, to a map value
