@@ -1,6 +1,10 @@
 //! The real FTP servers a lab can run: each serves the lab's FTP root anonymously and
 //! read-only, on port 21 of both server addresses (192.0.2.1 and 2001:db8::1), with its
 //! passive ports in [`PASSIVE_PORTS`], in the foreground, and is killed with the lab.
+//!
+//! Their configurations (config files, pure-ftpd's options, pyftpdlib's script) are the
+//! files in tests/fixtures, with `{placeholders}` for what only a lab knows (its paths);
+//! this module only fills them in and runs the servers.
 
 use std::{
     fmt,
@@ -47,24 +51,15 @@ pub const SCRATCH_DIR: &str = "scratch";
 /// The sparse file in [`SCRATCH_DIR`], as big as the scratch directory.
 pub const ZEROS: &str = "zeros";
 
-/// pyftpdlib has no command line for an anonymous server; one process serves every address
-/// given (its servers share one I/O loop).
-const PYFTPDLIB: &str = r#"
-import sys
-from pyftpdlib.authorizers import DummyAuthorizer
-from pyftpdlib.handlers import FTPHandler
-from pyftpdlib.servers import FTPServer
-root, low, high, addresses = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-authorizer = DummyAuthorizer()
-authorizer.add_anonymous(root)
-FTPHandler.authorizer = authorizer
-FTPHandler.passive_ports = range(low, high + 1)
-# No limit of its own on connections (512 by default): a test that opens thousands of idle
-# sessions means to meet the guard's limits, not pyftpdlib's.
-FTPServer.max_cons = 0
-servers = [FTPServer((address, 21), FTPHandler) for address in addresses]
-servers[0].serve_forever()
-"#;
+/// The servers' configurations, in tests/fixtures; placeholders in braces are filled in by
+/// [`fill`].
+const VSFTPD_CONF: &str = include_str!("../fixtures/vsftpd.conf");
+const VSFTPD_IPV4: &str = include_str!("../fixtures/vsftpd-ipv4.conf");
+const VSFTPD_IPV6: &str = include_str!("../fixtures/vsftpd-ipv6.conf");
+const VSFTPD_UPLOADS: &str = include_str!("../fixtures/vsftpd-uploads.conf");
+const PROFTPD_CONF: &str = include_str!("../fixtures/proftpd.conf");
+const PURE_FTPD_OPTIONS: &str = include_str!("../fixtures/pure-ftpd.options");
+const PYFTPDLIB: &str = include_str!("../fixtures/pyftpdlib.py");
 
 impl Server {
     pub const ALL: [Self; 4] = [Self::Vsftpd, Self::Proftpd, Self::PureFtpd, Self::Pyftpdlib];
@@ -109,19 +104,18 @@ impl Server {
                 let config = lab.file("proftpd.conf");
                 std::fs::write(
                     &config,
-                    format!(
-                        "ServerType standalone\nUseIPv6 on\nPort 21\n\
-                         DefaultAddress {SERVER_IP} {SERVER_IP6}\nSocketBindTight on\n\
-                         User nobody\nGroup nogroup\nPassivePorts {low} {high}\n\
-                         PidFile {}\nScoreboardFile {}\n\
-                         UseReverseDNS off\nDelayEngine off\nWtmpLog off\nTransferLog none\n\
-                         AuthPAM off\nUseFtpUsers off\nRequireValidShell off\n\
-                         <Anonymous {}>\nUser ftp\nGroup nogroup\nUserAlias anonymous ftp\n\
-                         <Limit WRITE>\nDenyAll\n</Limit>\n</Anonymous>\n",
-                        lab.file("proftpd.pid").display(),
-                        lab.file("proftpd.scoreboard").display(),
-                        root.display()
-                    ),
+                    fill(
+                        PROFTPD_CONF,
+                        &[
+                            ("server_ip", &SERVER_IP),
+                            ("server_ip6", &SERVER_IP6),
+                            ("low", &low),
+                            ("high", &high),
+                            ("pid_file", &lab.file("proftpd.pid").display()),
+                            ("scoreboard_file", &lab.file("proftpd.scoreboard").display()),
+                            ("root", &root.display()),
+                        ],
+                    )?,
                 )?;
                 let mut command = lab.server(&binary.to_string_lossy());
                 command.arg("--nodaemon").arg("--config").arg(&config);
@@ -129,6 +123,14 @@ impl Server {
             }
             Self::PureFtpd => {
                 let binary = unpacked(PURE_FTPD)?;
+                let options = fill(
+                    PURE_FTPD_OPTIONS,
+                    &[
+                        ("low", &low),
+                        ("high", &high),
+                        ("pid_file", &lab.file("pure-ftpd.pid").display()),
+                    ],
+                )?;
                 // pure-ftpd serves the home of the user `ftp` to anonymous users and takes
                 // no other directory: mount the lab's root there. `ip netns exec` runs the
                 // command in a mount namespace of its own, so the host never sees it.
@@ -138,13 +140,12 @@ impl Server {
                     .arg(r#"mount --bind "$0" ~ftp && exec "$@""#)
                     .arg(&root)
                     .arg(&binary)
-                    // Anonymous only, uploads refused, passive range, no DNS, no syslog.
-                    .args(["-e", "-i", "-H", "-f", "none", "-p"])
-                    .arg(format!("{low}:{high}"))
-                    // No address: one listener per family, each on all of the namespace's
-                    // addresses, which are the lab's.
-                    .args(["-S", ",21", "-g"])
-                    .arg(lab.file("pure-ftpd.pid"));
+                    .args(
+                        options
+                            .lines()
+                            .map(str::trim)
+                            .filter(|line| !line.is_empty() && !line.starts_with('#')),
+                    );
                 self.spawn(lab, command, &Family::ALL)
             }
             Self::Pyftpdlib => {
@@ -173,34 +174,23 @@ impl Server {
         );
         std::fs::create_dir_all("/var/run/vsftpd/empty")?;
         let uploads = if scratch.is_some() {
-            // anon_other_write_enable: DELE, so that an upload's memory is given back as
-            // soon as it is measured.
-            "write_enable=YES\nanon_upload_enable=YES\nanon_other_write_enable=YES\n"
+            VSFTPD_UPLOADS
         } else {
             ""
         };
+        let common = fill(
+            VSFTPD_CONF,
+            &[("root", &root.display()), ("low", &low), ("high", &high)],
+        )?;
         // vsftpd listens on one address family per process.
         for family in Family::ALL {
             let listen = match family {
-                Family::V4 => format!("listen=YES\nlisten_address={SERVER_IP}\n"),
-                Family::V6 => {
-                    format!("listen=NO\nlisten_ipv6=YES\nlisten_address6={SERVER_IP6}\n")
-                }
+                Family::V4 => VSFTPD_IPV4,
+                Family::V6 => VSFTPD_IPV6,
             };
+            let listen = fill(listen, &[("address", &family.server_ip())])?;
             let config = lab.file(&format!("vsftpd-{family}.conf"));
-            // connect_from_port_20=NO: with it, back-to-back active transfers fail
-            // with `500 OOPS: vsf_sysutil_bind` while the last port-20 socket sits
-            // in TIME_WAIT.
-            std::fs::write(
-                &config,
-                format!(
-                    "{listen}anonymous_enable=YES\nlocal_enable=NO\nanon_root={}\n\
-                     pasv_enable=YES\npasv_min_port={low}\npasv_max_port={high}\n\
-                     port_enable=YES\nconnect_from_port_20=NO\nseccomp_sandbox=NO\n\
-                     background=NO\nxferlog_enable=NO\nuse_localtime=NO\n{uploads}{extra}",
-                    root.display()
-                ),
-            )?;
+            std::fs::write(&config, format!("{listen}{common}{uploads}{extra}"))?;
             let mut command = match scratch {
                 None => lab.server(VSFTPD),
                 Some(bytes) => {
@@ -281,4 +271,67 @@ fn unpacked((package, binary): (&str, &str)) -> Result<PathBuf> {
 /// Where the daemon `binary` of `package` is once unpacked.
 pub fn unpacked_path(package: &str, binary: &str) -> PathBuf {
     Path::new(PEERS_DIR).join(package).join(binary)
+}
+
+/// `template` with each `{name}` replaced by its value; a placeholder left unfilled is an
+/// error, so a fixture and its caller cannot drift apart silently.
+fn fill(template: &str, values: &[(&str, &dyn fmt::Display)]) -> Result<String> {
+    let mut filled = template.to_owned();
+    for (name, value) in values {
+        let placeholder = format!("{{{name}}}");
+        ensure!(
+            filled.contains(&placeholder),
+            "the template has no {placeholder}:\n{template}"
+        );
+        filled = filled.replace(&placeholder, &value.to_string());
+    }
+    if let Some(start) = filled.find('{') {
+        let rest = &filled[start..];
+        bail!(
+            "a placeholder is left unfilled: {}",
+            &rest[..rest.find('}').map_or(rest.len(), |end| end + 1)]
+        );
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every fixture's placeholders are the ones its caller fills.
+    #[test]
+    fn fixtures_fill_completely() {
+        let root = Path::new("/srv/ftp");
+        fill(
+            VSFTPD_CONF,
+            &[("root", &root.display()), ("low", &1), ("high", &2)],
+        )
+        .unwrap();
+        fill(VSFTPD_IPV4, &[("address", &SERVER_IP)]).unwrap();
+        fill(VSFTPD_IPV6, &[("address", &SERVER_IP6)]).unwrap();
+        fill(
+            PROFTPD_CONF,
+            &[
+                ("server_ip", &SERVER_IP),
+                ("server_ip6", &SERVER_IP6),
+                ("low", &1),
+                ("high", &2),
+                ("pid_file", &"p"),
+                ("scoreboard_file", &"s"),
+                ("root", &root.display()),
+            ],
+        )
+        .unwrap();
+        fill(
+            PURE_FTPD_OPTIONS,
+            &[("low", &1), ("high", &2), ("pid_file", &"p")],
+        )
+        .unwrap();
+        assert!(fill(VSFTPD_IPV4, &[]).is_err(), "an unfilled placeholder");
+        assert!(
+            fill(VSFTPD_IPV4, &[("nothing", &1)]).is_err(),
+            "an unknown one"
+        );
+    }
 }
