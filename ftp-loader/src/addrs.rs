@@ -6,15 +6,13 @@
 use std::{collections::HashSet, net::IpAddr};
 
 use anyhow::{Context, Result, anyhow};
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapError},
-};
+use aya::{Ebpf, maps::MapError};
 use ftp_ebpf_common::addr::{AddrKey, FAMILY_IPV4, FAMILY_IPV6, ipv4, to_ip};
+
+use ftp_ebpf_common::contract::LOCAL_ADDRS;
 
 use crate::watch;
 
-const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 /// struct ifaddrmsg: family, prefix length, flags, scope, interface index.
@@ -85,10 +83,7 @@ impl Reconciled {
 
 /// Makes LOCAL_ADDRS hold exactly `addresses`: the new ones added, the gone removed.
 pub fn set(ebpf: &mut Ebpf, addresses: &[IpAddr]) -> Result<Reconciled> {
-    let mut table: HashMap<_, AddrKey, u8> = HashMap::try_from(
-        ebpf.map_mut(LOCAL_ADDRS)
-            .with_context(|| format!("the object has no map {LOCAL_ADDRS}"))?,
-    )?;
+    let mut table = LOCAL_ADDRS.of_mut(ebpf)?;
     let wanted: HashSet<AddrKey> = addresses.iter().map(|&ip| key(ip)).collect();
     let present: HashSet<AddrKey> = table.keys().collect::<Result<_, _>>().with_context(|| {
         format!("reading the guard's table of this host's addresses ({LOCAL_ADDRS})")

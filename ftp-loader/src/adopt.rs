@@ -8,16 +8,14 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, anyhow};
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapError},
-};
+use aya::{Ebpf, maps::MapError};
 use aya_obj::generated::BPF_NOEXIST;
 use ftp_ebpf_common::{control::ControlState, flow::FlowKey};
 
+use ftp_ebpf_common::contract::CONTROLS;
+
 use crate::{addrs, watch};
 
-const CONTROLS: &str = "CONTROLS";
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const INET_DIAG_INFO: u16 = 2;
 const TCP_ESTABLISHED: u32 = 1;
@@ -52,10 +50,7 @@ struct Socket {
 /// attached, so that a connection opening meanwhile is the programs' own from its SYN.
 pub fn adopt(ebpf: &mut Ebpf, control_ports: &[u16]) -> Result<usize> {
     let sockets = established()?;
-    let mut controls: HashMap<_, FlowKey, ControlState> = HashMap::try_from(
-        ebpf.map_mut(CONTROLS)
-            .with_context(|| format!("the object has no map {CONTROLS}"))?,
-    )?;
+    let mut controls = CONTROLS.of_mut(ebpf)?;
     let mut adopted = 0;
     for socket in &sockets {
         let Some((key, state)) = adoption(socket, control_ports) else {
