@@ -326,6 +326,10 @@ mod user {
         }
     }
 
+    fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::programs::Program> {
+        ebpf.program(name).ok_or(ContractError::NoProgram(name))
+    }
+
     fn program_mut<'a>(
         ebpf: &'a mut Ebpf,
         name: &'static str,
@@ -333,8 +337,15 @@ mod user {
         ebpf.program_mut(name).ok_or(ContractError::NoProgram(name))
     }
 
-    /// The ingress guard, XDP.
-    pub fn ingress(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    /// The ingress guard, XDP (`INGRESS_PROGRAM`).
+    pub fn ingress(ebpf: &Ebpf) -> Result<&Xdp> {
+        program(ebpf, INGRESS_PROGRAM)?
+            .try_into()
+            .map_err(|e| ContractError::Program(INGRESS_PROGRAM, e))
+    }
+
+    /// As `ingress`, to load or attach.
+    pub fn ingress_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         program_mut(ebpf, INGRESS_PROGRAM)?
             .try_into()
             .map_err(|e| ContractError::Program(INGRESS_PROGRAM, e))
@@ -342,7 +353,15 @@ mod user {
 
     /// A tc program: the ingress guard (`INGRESS_TC_PROGRAM`) or the egress scanner
     /// (`EGRESS_PROGRAM`).
-    pub fn classifier<'a>(
+    pub fn classifier<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a SchedClassifier> {
+        debug_assert!(name != INGRESS_PROGRAM);
+        program(ebpf, name)?
+            .try_into()
+            .map_err(|e| ContractError::Program(name, e))
+    }
+
+    /// As `classifier`, to load or attach.
+    pub fn classifier_mut<'a>(
         ebpf: &'a mut Ebpf,
         name: &'static str,
     ) -> Result<&'a mut SchedClassifier> {
@@ -350,15 +369,5 @@ mod user {
         program_mut(ebpf, name)?
             .try_into()
             .map_err(|e| ContractError::Program(name, e))
-    }
-
-    /// The ingress guard, tc.
-    pub fn ingress_tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-        classifier(ebpf, INGRESS_TC_PROGRAM)
-    }
-
-    /// The egress scanner, tc.
-    pub fn egress(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-        classifier(ebpf, EGRESS_PROGRAM)
     }
 }

@@ -226,7 +226,7 @@ fn xdp_mode(hook: Hook) -> XdpMode {
 }
 
 fn attach_xdp(ebpf: &mut Ebpf, interface: &str, hook: Hook, old: Option<Hook>) -> Result<()> {
-    let xdp = contract::ingress(ebpf)?;
+    let xdp = contract::ingress_mut(ebpf)?;
     let program = xdp.fd()?.as_fd().as_raw_fd();
     let replace = match old {
         Some(old) if old == hook => true,
@@ -260,7 +260,7 @@ fn attach_tc(ebpf: &mut Ebpf, interface: &str, at: TcAttachType, old: Option<Hoo
     } else {
         "ingress"
     };
-    let classifier = contract::classifier(ebpf, program)?;
+    let classifier = contract::classifier_mut(ebpf, program)?;
     // The predecessor's filter is replaced in place. It may have gone meanwhile (removed by
     // hand): then it is created below.
     if old == Some(Hook::Clsact) {

@@ -219,9 +219,9 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
         ports.set(u32::from(port), info, 0)?;
     }
 
-    verified(INGRESS_PROGRAM, contract::ingress(&mut ebpf)?.load())?;
+    verified(INGRESS_PROGRAM, contract::ingress_mut(&mut ebpf)?.load())?;
     for name in [INGRESS_TC_PROGRAM, EGRESS_PROGRAM] {
-        verified(name, contract::classifier(&mut ebpf, name)?.load())?;
+        verified(name, contract::classifier_mut(&mut ebpf, name)?.load())?;
     }
     Ok(ebpf)
 }
@@ -277,7 +277,127 @@ fn kernel_release() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use aya::Pod;
+    use aya_obj::generated::bpf_map_type;
+    use ftp_ebpf_common::contract::{
+        ArrayTable, CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, GlobalVar, HashTable, LOCAL_ADDRS,
+        MAP_NAMES, PROGRAM_NAMES, STATS,
+    };
+
     use super::*;
+
+    fn check_hash<K: Pod, V: Pod>(object: &aya_obj::Object, table: HashTable<K, V>) {
+        let map = &object.maps[table.name];
+        let kind = if table.lru {
+            bpf_map_type::BPF_MAP_TYPE_LRU_HASH
+        } else {
+            bpf_map_type::BPF_MAP_TYPE_HASH
+        };
+        assert_eq!(map.map_type(), kind as u32, "{table}'s type");
+        assert_eq!(map.key_size() as usize, size_of::<K>(), "{table}'s key");
+        assert_eq!(map.value_size() as usize, size_of::<V>(), "{table}'s value");
+    }
+
+    fn check_array<V: Pod>(object: &aya_obj::Object, table: ArrayTable<V>) {
+        let map = &object.maps[table.name];
+        let kind = if table.per_cpu {
+            bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY
+        } else {
+            bpf_map_type::BPF_MAP_TYPE_ARRAY
+        };
+        assert_eq!(map.map_type(), kind as u32, "{table}'s type");
+        assert_eq!(map.key_size() as usize, size_of::<u32>(), "{table}'s key");
+        assert_eq!(map.value_size() as usize, size_of::<V>(), "{table}'s value");
+        assert_eq!(map.max_entries(), table.entries, "{table}'s entries");
+    }
+
+    fn check_global<T: Pod>(object: &mut aya_obj::Object, global: GlobalVar<T>) {
+        let zeros = vec![0u8; size_of::<T>()];
+        let patch = HashMap::from([(global.name, (zeros.as_slice(), global.required))]);
+        if let Err(e) = object.patch_map_data(patch) {
+            panic!("global {}: {e}", global.name);
+        }
+    }
+
+    /// The kernel side names its maps and globals by its statics' identifiers and its
+    /// programs by its functions': each must be what the contract says, typed as it says.
+    #[test]
+    fn the_object_is_what_the_contract_says() {
+        let mut object = aya_obj::Object::parse(OBJECT).unwrap();
+        for name in MAP_NAMES {
+            assert!(
+                object.maps.contains_key(name),
+                "the object has no map {name}"
+            );
+        }
+        let unknown: Vec<&String> = object
+            .maps
+            .keys()
+            .filter(|name| !name.starts_with('.') && !name.starts_with("AYA_"))
+            .filter(|name| !MAP_NAMES.contains(&name.as_str()))
+            .collect();
+        assert!(unknown.is_empty(), "maps the contract lacks: {unknown:?}");
+        check_hash(&object, EXPECTATIONS);
+        check_hash(&object, CONTROLS);
+        check_hash(&object, FLOWS);
+        check_hash(&object, CLIENTS);
+        check_hash(&object, LOCAL_ADDRS);
+        check_array(&object, PORTS);
+        check_array(&object, STATS);
+        for name in PROGRAM_NAMES {
+            assert!(
+                object.programs.contains_key(name),
+                "the object has no program {name}"
+            );
+        }
+        assert_eq!(object.programs.len(), PROGRAM_NAMES.len());
+        check_global(&mut object, EXPECT_TIMEOUT_NS);
+        check_global(&mut object, FLOW_IDLE_TIMEOUT_NS);
+        check_global(&mut object, LOOSE);
+        check_global(&mut object, MIN_DATA_PORT);
+        check_global(&mut object, MAX_EXPECTED_PER_CONTROL);
+        check_global(&mut object, MAX_PER_CLIENT);
+        check_global(&mut object, AYA_LOG_LEVEL);
+        // The sizes the kernel declares are the defaults.
+        let defaults = Settings::default();
+        for (name, _, entries) in defaults.table_sizes() {
+            assert_eq!(
+                object.maps[name].max_entries(),
+                entries,
+                "{name}'s default size"
+            );
+        }
+    }
+
+    #[test]
+    fn the_options_default_to_the_contracts_settings() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["ftp-loader"]).unwrap();
+        assert_eq!(parsed.settings, Settings::default());
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains(&format!("(1-{MAX_EXPECTED};")),
+            "--max-expected's help names another bound than MAX_EXPECTED: {help}"
+        );
+    }
+
+    #[test]
+    fn data_ports_parse() {
+        assert_eq!(
+            parse_range(&DEFAULT_DATA_PORTS_TEXT),
+            Ok(DEFAULT_DATA_PORTS)
+        );
+        assert!(parse_range("2000-1000").is_err());
+        assert!(parse_range("0-10").is_err());
+    }
 
     #[test]
     fn a_refusal_is_one_sentence_naming_program_kernel_and_log_file() {

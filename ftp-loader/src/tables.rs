@@ -6,7 +6,7 @@ use std::{borrow::Borrow, net::IpAddr};
 
 use aya::maps::{HashMap, MapData};
 use ftp_ebpf_common::{
-    addr::{Addr, to_ip},
+    addr::{Addr, Family, to_ip},
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
 };
@@ -17,11 +17,7 @@ fn ip(family: u8, addr: &Addr) -> String {
 }
 
 fn family(family: u8) -> &'static str {
-    match family {
-        4 => "ipv4",
-        6 => "ipv6",
-        _ => "unknown",
-    }
+    Family::from_u8(family).map_or("unknown", Family::name)
 }
 
 fn endpoint(family: u8, addr: &Addr, port: u16) -> String {
