@@ -102,6 +102,42 @@ fn an_interface_named_twice_is_refused() {
     assert_mentions(&sentence, &["`srv0` and `srvalt0` name the same interface"]);
 }
 
+/// An interface named like a command is named after `run` (or after `--`): there it is
+/// an interface, whatever its name.
+#[test]
+fn an_interface_named_like_a_command_is_named_after_run() {
+    let lab = lab("named-stats");
+    // In the lab's namespace, which goes (with the link) when the lab does. A veth: the
+    // dummy driver may be missing.
+    run(Command::new("ip").args([
+        "-n",
+        &lab.server_ns,
+        "link",
+        "add",
+        "stats",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "stats-peer",
+    ]))
+    .unwrap();
+    let pin_dir = lab.pin_dir.to_str().unwrap();
+    // Named twice, to be refused before anything is loaded: both are taken as interfaces,
+    // and the first found to exist.
+    for args in [
+        ["run", "stats", "stats", "--pin-dir", pin_dir],
+        ["--pin-dir", pin_dir, "--", "stats", "stats"],
+    ] {
+        let sentence = refusal(&loader(&lab, &args));
+        assert_mentions(&sentence, &["`stats` is named twice"]);
+        assert!(!lab.pin_dir.exists(), "a refused run left {pin_dir} behind");
+    }
+    // Without either, `stats` is the command.
+    let sentence = refusal(&loader(&lab, &["stats", "--pin-dir", pin_dir]));
+    assert_mentions(&sentence, &["no ftp-loader is running with pin directory"]);
+}
+
 #[test]
 fn a_missing_interface_is_named() {
     let lab = lab("missing-if");
