@@ -405,12 +405,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let log = "0: R1=ctx() R10=fp0\nprocessed 1000001 insns (limit 1000000)\n";
         let e2big = std::io::Error::from_raw_os_error(libc::E2BIG);
-        let sentence = refusal("ftp_ingress", &e2big, log, &dir);
-        let path = dir.join("ftp-tracker-verifier-ftp_ingress.log");
+        let sentence = refusal(INGRESS_PROGRAM, &e2big, log, &dir);
+        let path = dir.join(format!("ftp-tracker-verifier-{INGRESS_PROGRAM}.log"));
         assert_eq!(
             sentence,
             format!(
-                "the verifier of kernel {} refused program ftp_ingress ({e2big}); its log is in {}",
+                "the verifier of kernel {} refused program {INGRESS_PROGRAM} ({e2big}); its log is in {}",
                 kernel_release(),
                 path.display()
             )
@@ -419,12 +419,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), log);
 
         let missing = dir.join("missing");
-        let sentence = refusal("ftp_egress", &e2big, log, &missing);
+        let sentence = refusal(EGRESS_PROGRAM, &e2big, log, &missing);
         assert!(
             sentence.ends_with(&format!(
                 "its log could not be written to {} (No such file or directory (os error 2))",
                 missing
-                    .join("ftp-tracker-verifier-ftp_egress.log")
+                    .join(format!("ftp-tracker-verifier-{EGRESS_PROGRAM}.log"))
                     .display()
             )),
             "{sentence}"

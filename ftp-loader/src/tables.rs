@@ -7,6 +7,7 @@ use std::{borrow::Borrow, net::IpAddr};
 use aya::maps::{HashMap, MapData};
 use ftp_ebpf_common::{
     addr::{Addr, Family, to_ip},
+    contract::NS_PER_SEC,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
 };
@@ -29,7 +30,7 @@ fn endpoint(family: u8, addr: &Addr, port: u16) -> String {
 }
 
 fn secs(ns: u64) -> u64 {
-    ns / 1_000_000_000
+    ns / NS_PER_SEC
 }
 
 /// A listed entry, as JSON and as a line of text.

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use ftp_ebpf_common::contract::STATS;
 use ftp_loader::record::RECORD_DIR;
 use tests::{
     lab::{
@@ -536,7 +537,7 @@ fn a_user_with_the_capabilities_attaches_and_reads_without_root() {
         "the loader ended with {status}: {}",
         log()
     );
-    assert!(!pin_dir.join("STATS").exists(), "pins left behind");
+    assert!(!pin_dir.join(STATS.name).exists(), "pins left behind");
 }
 
 #[test]
@@ -574,7 +575,7 @@ fn a_missing_capability_is_named_with_how_to_grant_it() {
             let other = format!("lacks CAP_{}", other.to_uppercase());
             assert!(!sentence.contains(&other), "{sentence}");
         }
-        assert!(!pin_dir.join("STATS").exists());
+        assert!(!pin_dir.join(STATS.name).exists());
     }
 }
 
@@ -631,7 +632,10 @@ fn a_record_dir_the_user_cannot_write_says_how_to_create_it() {
             "RuntimeDirectory=ftp-tracker",
         ],
     );
-    assert!(!pin_dir.join("STATS").exists(), "a refused run pinned maps");
+    assert!(
+        !pin_dir.join(STATS.name).exists(),
+        "a refused run pinned maps"
+    );
 }
 
 /// Runs `args` with stdout a pipe whose reading end is already closed: the first write
