@@ -137,7 +137,7 @@ fn kernel_session_bytes() -> Result<u64> {
 }
 
 fn counter(ebpf: &Ebpf, counter: Counter) -> Result<u64> {
-    let stats = ftp_loader::stats::read(&STATS.per_cpu_of(ebpf)?)?;
+    let stats = ftp_loader::stats::read(&STATS.of(ebpf)?)?;
     Ok(stats
         .iter()
         .find(|(c, _)| *c == counter)

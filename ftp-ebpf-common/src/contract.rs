@@ -65,12 +65,31 @@ pub struct HashTable<K, V> {
     types: PhantomData<fn() -> (K, V)>,
 }
 
-/// An array of `V`, one per index (u32), shared by all CPUs or one per CPU.
-pub struct ArrayTable<V> {
+/// An array of `V`, one per index (u32): shared by all CPUs (`Shared`) or one per CPU
+/// (`PerCpu`).
+pub struct ArrayTable<V, K: ArrayKind> {
     pub name: &'static str,
-    pub per_cpu: bool,
     pub entries: u32,
-    types: PhantomData<fn() -> V>,
+    types: PhantomData<fn() -> (V, K)>,
+}
+
+/// Whether an `ArrayTable` holds one value per CPU.
+pub trait ArrayKind {
+    const PER_CPU: bool;
+}
+
+/// One value per index, shared by all CPUs.
+pub struct Shared;
+
+/// One value per index and CPU.
+pub struct PerCpu;
+
+impl ArrayKind for Shared {
+    const PER_CPU: bool = false;
+}
+
+impl ArrayKind for PerCpu {
+    const PER_CPU: bool = true;
 }
 
 /// A global the loader sets at load time, of type `T`.
@@ -99,23 +118,17 @@ impl<K, V> HashTable<K, V> {
     }
 }
 
-impl<V> ArrayTable<V> {
-    const fn shared(name: &'static str, entries: u32) -> Self {
+impl<V, K: ArrayKind> ArrayTable<V, K> {
+    const fn new(name: &'static str, entries: u32) -> Self {
         Self {
             name,
-            per_cpu: false,
             entries,
             types: PhantomData,
         }
     }
 
-    const fn per_cpu(name: &'static str, entries: u32) -> Self {
-        Self {
-            name,
-            per_cpu: true,
-            entries,
-            types: PhantomData,
-        }
+    pub const fn per_cpu(&self) -> bool {
+        K::PER_CPU
     }
 }
 
@@ -135,7 +148,7 @@ impl<K, V> core::fmt::Display for HashTable<K, V> {
     }
 }
 
-impl<V> core::fmt::Display for ArrayTable<V> {
+impl<V, K: ArrayKind> core::fmt::Display for ArrayTable<V, K> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.name)
     }
@@ -154,9 +167,9 @@ pub const CLIENTS: HashTable<AddrKey, ClientShare> = HashTable::lru("CLIENTS");
 /// This host's own addresses, kept current by the loader.
 pub const LOCAL_ADDRS: HashTable<AddrKey, u8> = HashTable::plain("LOCAL_ADDRS");
 /// One `PortInfo` per TCP port.
-pub const PORTS: ArrayTable<PortInfo> = ArrayTable::shared("PORTS", PORTS_ENTRIES);
+pub const PORTS: ArrayTable<PortInfo, Shared> = ArrayTable::new("PORTS", PORTS_ENTRIES);
 /// The counters (`stats::Counter`), per CPU.
-pub const STATS: ArrayTable<u64> = ArrayTable::per_cpu("STATS", COUNTERS);
+pub const STATS: ArrayTable<u64, PerCpu> = ArrayTable::new("STATS", COUNTERS);
 /// Per-CPU scratch space of the kernel programs (their types are the kernel's own).
 pub const OPTIONS: &str = "OPTIONS";
 pub const SCAN: &str = "SCAN";
@@ -288,9 +301,9 @@ mod user {
         }
     }
 
-    impl<V: Pod> ArrayTable<V> {
+    impl<V: Pod, K: ArrayKind> ArrayTable<V, K> {
         pub fn map_type(&self) -> MapType {
-            if self.per_cpu {
+            if K::PER_CPU {
                 MapType::PerCpuArray
             } else {
                 MapType::Array
@@ -298,23 +311,22 @@ mod user {
         }
     }
 
-    impl<V: Pod> ArrayTable<V> {
-        /// A shared array of a loaded object, to write.
-        pub fn array_mut<'a>(&self, ebpf: &'a mut Ebpf) -> Result<Array<&'a mut MapData, V>> {
-            debug_assert!(!self.per_cpu);
+    impl<V: Pod> ArrayTable<V, Shared> {
+        /// The array of a loaded object, to write.
+        pub fn of_mut<'a>(&self, ebpf: &'a mut Ebpf) -> Result<Array<&'a mut MapData, V>> {
             Array::try_from(map_mut(ebpf, self.name)?).map_err(|e| ContractError::Map(self.name, e))
         }
+    }
 
-        /// A per-CPU array of a loaded object, to read.
-        pub fn per_cpu_of<'a>(&self, ebpf: &'a Ebpf) -> Result<PerCpuArray<&'a MapData, V>> {
-            debug_assert!(self.per_cpu);
+    impl<V: Pod> ArrayTable<V, PerCpu> {
+        /// The array of a loaded object, to read.
+        pub fn of<'a>(&self, ebpf: &'a Ebpf) -> Result<PerCpuArray<&'a MapData, V>> {
             PerCpuArray::try_from(map(ebpf, self.name)?)
                 .map_err(|e| ContractError::Map(self.name, e))
         }
 
-        /// A per-CPU array as a pin holds it.
-        pub fn per_cpu_from_map(&self, map: Map) -> Result<PerCpuArray<MapData, V>> {
-            debug_assert!(self.per_cpu);
+        /// The array as a pin (`Map::from_map_data`) holds it.
+        pub fn from_map(&self, map: Map) -> Result<PerCpuArray<MapData, V>> {
             PerCpuArray::try_from(map).map_err(|e| ContractError::Map(self.name, e))
         }
     }

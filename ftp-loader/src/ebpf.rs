@@ -202,7 +202,7 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
         .load(OBJECT)
         .map_err(|error| checks::map_creation(error, settings))?;
 
-    let mut ports = PORTS.array_mut(&mut ebpf)?;
+    let mut ports = PORTS.of_mut(&mut ebpf)?;
     let plan = settings.port_plan();
     for port in 0..=u16::MAX {
         // A table inherited from a previous instance keeps when each port was last
@@ -282,8 +282,8 @@ mod tests {
     use aya::Pod;
     use aya_obj::generated::bpf_map_type;
     use ftp_ebpf_common::contract::{
-        ArrayTable, CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, GlobalVar, HashTable, LOCAL_ADDRS,
-        MAP_NAMES, PROGRAM_NAMES, STATS,
+        ArrayKind, ArrayTable, CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, GlobalVar, HashTable,
+        LOCAL_ADDRS, MAP_NAMES, PROGRAM_NAMES, STATS,
     };
 
     use super::*;
@@ -300,9 +300,9 @@ mod tests {
         assert_eq!(map.value_size() as usize, size_of::<V>(), "{table}'s value");
     }
 
-    fn check_array<V: Pod>(object: &aya_obj::Object, table: ArrayTable<V>) {
+    fn check_array<V: Pod, K: ArrayKind>(object: &aya_obj::Object, table: ArrayTable<V, K>) {
         let map = &object.maps[table.name];
-        let kind = if table.per_cpu {
+        let kind = if table.per_cpu() {
             bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY
         } else {
             bpf_map_type::BPF_MAP_TYPE_ARRAY

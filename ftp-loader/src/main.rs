@@ -212,7 +212,7 @@ fn open_pin(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
 }
 
 fn print_stats(pin_dir: &Path, json: bool) -> Result<()> {
-    let array = STATS.per_cpu_from_map(open_pin(pin_dir, STATS.name)?)?;
+    let array = STATS.from_map(open_pin(pin_dir, STATS.name)?)?;
     let counters = stats::read(&array)?;
     if json {
         println!("{}", stats::to_json(&counters));

@@ -14,7 +14,7 @@ use aya::{
     maps::{HashMap, Map, MapData, MapType},
 };
 use ftp_ebpf_common::contract::{
-    ArrayTable, CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, HashTable, PORTS, STATS,
+    ArrayKind, ArrayTable, CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, HashTable, PORTS, STATS,
 };
 
 use crate::ebpf::Settings;
@@ -51,7 +51,7 @@ fn hash<K: Pod, V: Pod>(table: HashTable<K, V>) -> StateMap {
     }
 }
 
-fn array<V: Pod>(table: ArrayTable<V>) -> StateMap {
+fn array<V: Pod, K: ArrayKind>(table: ArrayTable<V, K>) -> StateMap {
     StateMap {
         name: table.name,
         kind: table.map_type(),

@@ -164,7 +164,7 @@ impl Programs {
 
     /// Counters that are not zero.
     fn stats(&self) -> BTreeMap<&'static str, u64> {
-        ftp_loader::stats::read(&STATS.per_cpu_of(&self.ebpf).unwrap())
+        ftp_loader::stats::read(&STATS.of(&self.ebpf).unwrap())
             .unwrap()
             .into_iter()
             .filter(|(_, v)| *v != 0)
