@@ -6,15 +6,14 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::HashMap,
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use ftp_ebpf_common::{
-    addr::{FAMILY_IPV4, ipv4},
-    control::ControlState,
+    addr::{Family, ipv4},
+    contract::{CONTROLS, EGRESS_PROGRAM, FLOWS, INGRESS_PROGRAM},
     flow::{FlowKey, FlowValue},
 };
-use ftp_loader::ebpf::{self, BASELINE_OBJECT, EGRESS_PROGRAM, INGRESS_PROGRAM, Settings};
+use ftp_loader::ebpf::{self, BASELINE_OBJECT, Settings};
 use tests::frame::{ACK, ControlSession, IPPROTO_UDP, PSH, SYN, Tcp, WINDOW, ip_frame};
 
 use super::{
@@ -192,8 +191,8 @@ fn ns_per_packet(ebpf: &mut Ebpf, program: &str, class: &Class, repeat: u32) -> 
     let frames = &class.frames;
     if frames.len() > 1 {
         // Each round reads its segments as new connections again.
-        if let Some(map) = ebpf.map_mut("CONTROLS") {
-            let mut controls: HashMap<_, FlowKey, ControlState> = HashMap::try_from(map)?;
+        if let Some(map) = ebpf.map_mut(CONTROLS.name) {
+            let mut controls = CONTROLS.from_map_mut(map)?;
             let keys: Vec<FlowKey> = controls.keys().filter_map(Result::ok).collect();
             for key in keys {
                 controls.remove(&key)?;
@@ -234,16 +233,14 @@ fn fill(ebpf: &mut Ebpf, count: u32) -> Result<()> {
     let now = ftp_loader::monotonic_ns();
     scale::fill_expectations(ebpf, count, now)?;
     scale::fill_flows(ebpf, count, now)?;
-    let mut flows: HashMap<_, FlowKey, FlowValue> =
-        HashMap::try_from(ebpf.map_mut("FLOWS").context("no FLOWS")?)?;
-    let tracked = FlowKey {
-        family: FAMILY_IPV4,
-        _pad: [0; 3],
-        src_port: 51000,
-        dst_port: 10000,
-        src: addr(u32::from(CLIENT)),
-        dst: addr(u32::from(SERVER)),
-    };
+    let mut flows = FLOWS.of_mut(ebpf)?;
+    let tracked = FlowKey::new(
+        Family::V4,
+        addr(u32::from(CLIENT)),
+        51000,
+        addr(u32::from(SERVER)),
+        10000,
+    );
     flows.insert(tracked, FlowValue::admitted(now, &syn(1)), 0)?;
     Ok(())
 }

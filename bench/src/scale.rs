@@ -9,24 +9,31 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use aya::{
-    Ebpf,
-    maps::{HashMap, Map, MapData},
-    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf, Pod,
+    maps::{Map, MapData},
+    programs::{TestRun, TestRunOptions},
 };
 use ftp_ebpf_common::{
-    addr::{FAMILY_IPV4, ipv4},
+    addr::{Family, ipv4},
+    contract::{self, CONTROLS, EXPECTATIONS, FLOWS, HashTable, STATS},
     control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
     stats::Counter,
     window::{Numbers, TCP_SYN},
 };
-use ftp_loader::ebpf::{self, INGRESS_PROGRAM, Settings};
+use ftp_loader::ebpf::{self, Settings};
 use tests::frame::{ControlSession, SYN, Tcp};
 
 use super::{Bench, Figure, Section};
 
-const TABLES: [&str; 3] = ["CONTROLS", "EXPECTATIONS", "FLOWS"];
+/// The tables that grow with the sessions: each name with how to count its entries.
+type Count = fn(&Ebpf) -> Result<u64>;
+const TABLES: [(&str, Count); 3] = [
+    (CONTROLS.name, |ebpf| entries(ebpf, CONTROLS)),
+    (EXPECTATIONS.name, |ebpf| entries(ebpf, EXPECTATIONS)),
+    (FLOWS.name, |ebpf| entries(ebpf, FLOWS)),
+];
 
 /// The kernel's accounting of a map's memory (`memlock` in its fdinfo; exact for hash maps
 /// since 6.5).
@@ -46,14 +53,13 @@ fn map_memory(map: &Map) -> Result<u64> {
 }
 
 fn key(i: u32, port: u16) -> FlowKey {
-    FlowKey {
-        family: FAMILY_IPV4,
-        _pad: [0; 3],
-        src_port: 1024 + (i % 60000) as u16,
-        dst_port: port,
-        src: ipv4((0x0a00_0000 | i).to_be_bytes()),
-        dst: ipv4([192, 0, 2, 1]),
-    }
+    FlowKey::new(
+        Family::V4,
+        ipv4((0x0a00_0000 | i).to_be_bytes()),
+        1024 + (i % 60000) as u16,
+        ipv4([192, 0, 2, 1]),
+        port,
+    )
 }
 
 /// Fills every table to `count` entries, as `count` FTP sessions each with its control
@@ -62,8 +68,7 @@ fn fill(ebpf: &mut Ebpf, count: u32) -> Result<()> {
     let now = ftp_loader::monotonic_ns();
     let mut state: ControlState = bytemuck::Zeroable::zeroed();
     state.open(&syn(1000));
-    let mut controls: HashMap<_, FlowKey, ControlState> =
-        HashMap::try_from(ebpf.map_mut("CONTROLS").context("no CONTROLS")?)?;
+    let mut controls = CONTROLS.of_mut(ebpf)?;
     for i in 0..count {
         controls.insert(key(i, 21), state, 0)?;
     }
@@ -73,17 +78,10 @@ fn fill(ebpf: &mut Ebpf, count: u32) -> Result<()> {
 
 /// `count` expectations of sessions from 10.0.0.0/8 to 192.0.2.1, none of the lab's hosts.
 pub(super) fn fill_expectations(ebpf: &mut Ebpf, count: u32, now: u64) -> Result<()> {
-    let mut expectations: HashMap<_, ExpectKey, ExpectValue> =
-        HashMap::try_from(ebpf.map_mut("EXPECTATIONS").context("no EXPECTATIONS")?)?;
+    let mut expectations = EXPECTATIONS.of_mut(ebpf)?;
     for i in 0..count {
         let control = key(i, 21);
-        let expect = ExpectKey {
-            family: FAMILY_IPV4,
-            _pad: 0,
-            port: 10000,
-            connector: control.src,
-            listener: control.dst,
-        };
+        let expect = ExpectKey::new(Family::V4, control.src, control.dst, 10000);
         let value = ExpectValue {
             expires_ns: now + 3_600_000_000_000,
             control,
@@ -107,8 +105,7 @@ pub(super) fn syn(seq: u32) -> Numbers {
 
 /// `count` admitted data connections from 10.0.0.0/8, none of the lab's hosts.
 pub(super) fn fill_flows(ebpf: &mut Ebpf, count: u32, now: u64) -> Result<()> {
-    let mut flows: HashMap<_, FlowKey, FlowValue> =
-        HashMap::try_from(ebpf.map_mut("FLOWS").context("no FLOWS")?)?;
+    let mut flows = FLOWS.of_mut(ebpf)?;
     for i in 0..count {
         flows.insert(key(i, 20000), FlowValue::admitted(now, &syn(1)), 0)?;
     }
@@ -140,35 +137,19 @@ fn kernel_session_bytes() -> Result<u64> {
 }
 
 fn counter(ebpf: &Ebpf, counter: Counter) -> Result<u64> {
-    let stats = ftp_loader::stats::read(ebpf.map("STATS").context("no STATS")?)?;
+    let stats = ftp_loader::stats::read(&STATS.of(ebpf)?)?;
     Ok(stats
         .iter()
         .find(|(c, _)| *c == counter)
         .map_or(0, |(_, v)| *v))
 }
 
-fn entries(ebpf: &Ebpf, table: &str) -> Result<u64> {
-    let map = ebpf.map(table).context("no such table")?;
-    let count = match table {
-        "CONTROLS" => HashMap::<_, FlowKey, ControlState>::try_from(map)?
-            .keys()
-            .count(),
-        "EXPECTATIONS" => HashMap::<_, ExpectKey, ExpectValue>::try_from(map)?
-            .keys()
-            .count(),
-        _ => HashMap::<_, FlowKey, FlowValue>::try_from(map)?
-            .keys()
-            .count(),
-    };
-    Ok(count as u64)
+fn entries<K: Pod, V: Pod>(ebpf: &Ebpf, table: HashTable<K, V>) -> Result<u64> {
+    Ok(table.of(ebpf)?.keys().count() as u64)
 }
 
 fn run_ingress(ebpf: &Ebpf, frame: &[u8]) -> Result<u32> {
-    let xdp: &Xdp = ebpf
-        .program(INGRESS_PROGRAM)
-        .context("no program")?
-        .try_into()?;
-    Ok(xdp
+    Ok(contract::ingress(ebpf)?
         .test_run(TestRunOptions {
             data_in: Some(frame),
             ..Default::default()
@@ -187,7 +168,7 @@ fn at_the_cap(section: &mut Section) -> Result<()> {
     let server = Ipv4Addr::new(192, 0, 2, 1);
     let before: Vec<u64> = TABLES
         .iter()
-        .map(|t| entries(&ebpf, t))
+        .map(|(_, count)| count(&ebpf))
         .collect::<Result<_>>()?;
     let mut session = ControlSession::new(client, server);
     session.client_port = 50001;
@@ -205,7 +186,7 @@ fn at_the_cap(section: &mut Section) -> Result<()> {
     );
     let after: Vec<u64> = TABLES
         .iter()
-        .map(|t| entries(&ebpf, t))
+        .map(|(_, count)| count(&ebpf))
         .collect::<Result<_>>()?;
     // What the tables would have grown by (in TABLES' order): one control connection, an
     // expectation made and consumed, one flow. Full, they stay full instead.
@@ -252,7 +233,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
         let mut ebpf = load(size)?;
         fill(&mut ebpf, size)?;
         let mut total = 0.0;
-        for table in TABLES {
+        for (table, _) in TABLES {
             let bytes = map_memory(ebpf.map(table).context("no such table")?)? as f64;
             total += bytes;
             section.figures.push(Figure::new(

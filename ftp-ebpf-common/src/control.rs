@@ -393,7 +393,7 @@ impl ExpectSlot {
 mod tests {
     use super::*;
     use crate::{
-        addr::{FAMILY_IPV4, ipv4},
+        addr::{Family, ipv4},
         window::{TCP_ACK, TCP_SYN, numbers},
     };
 
@@ -622,14 +622,13 @@ mod tests {
 
     #[test]
     fn slots_rebuild_their_keys() {
-        let control = FlowKey {
-            family: FAMILY_IPV4,
-            _pad: [0; 3],
-            src_port: 40000,
-            dst_port: 21,
-            src: ipv4([192, 0, 2, 2]),
-            dst: ipv4([192, 0, 2, 1]),
-        };
+        let control = FlowKey::new(
+            Family::V4,
+            ipv4([192, 0, 2, 2]),
+            40000,
+            ipv4([192, 0, 2, 1]),
+            21,
+        );
         let passive = slot(10000).key(&control);
         assert_eq!(passive.connector, control.src, "the client connects");
         assert_eq!(passive.listener, control.dst);

@@ -3,7 +3,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::{addr::Addr, flow::FlowKey};
+use crate::{
+    addr::{Addr, Family, split},
+    flow::FlowKey,
+};
 
 /// Who may connect to whom. The connecting side's source port is a wildcard, as in the
 /// kernel's FTP helper: clients and servers pick it freely.
@@ -26,6 +29,30 @@ pub struct ExpectValue {
 }
 
 impl ExpectKey {
+    pub const fn new(family: Family, connector: Addr, listener: Addr, port: u16) -> Self {
+        Self {
+            family: family.as_u8(),
+            _pad: 0,
+            port,
+            connector,
+            listener,
+        }
+    }
+
+    /// `connector` may connect to `listener` on `port`; None when their families differ.
+    pub const fn from_ips(
+        connector: core::net::IpAddr,
+        listener: core::net::IpAddr,
+        port: u16,
+    ) -> Option<Self> {
+        let (family, connector) = split(connector);
+        let (listener_family, listener) = split(listener);
+        if family as u8 != listener_family as u8 {
+            return None;
+        }
+        Some(Self::new(family, connector, listener, port))
+    }
+
     /// The expectation a SYN would consume: its sender connects to its destination port.
     pub fn for_syn(syn: &FlowKey) -> Self {
         Self {

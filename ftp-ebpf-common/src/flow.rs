@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::{
-    addr::Addr,
+    addr::{Addr, Family, split},
     window::{Numbers, Side, TCP_FIN, TCP_RST, TCP_SYN, TcpWindows},
 };
 
@@ -20,6 +20,37 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    pub const fn new(family: Family, src: Addr, src_port: u16, dst: Addr, dst_port: u16) -> Self {
+        Self {
+            family: family.as_u8(),
+            _pad: [0; 3],
+            src_port,
+            dst_port,
+            src,
+            dst,
+        }
+    }
+
+    /// `src` connecting to `dst`; None when their families differ (IPv4-mapped IPv6
+    /// addresses count as IPv4).
+    pub const fn from_sockets(
+        src: core::net::SocketAddr,
+        dst: core::net::SocketAddr,
+    ) -> Option<Self> {
+        let (family, src_addr) = split(src.ip());
+        let (dst_family, dst_addr) = split(dst.ip());
+        if family as u8 != dst_family as u8 {
+            return None;
+        }
+        Some(Self::new(
+            family,
+            src_addr,
+            src.port(),
+            dst_addr,
+            dst.port(),
+        ))
+    }
+
     /// The same connection seen from the other end.
     pub fn reversed(&self) -> Self {
         Self {
@@ -145,14 +176,7 @@ mod tests {
 
     #[test]
     fn reversed_twice_is_identity() {
-        let key = FlowKey {
-            family: 4,
-            _pad: [0; 3],
-            src_port: 1,
-            dst_port: 2,
-            src: [1; 16],
-            dst: [2; 16],
-        };
+        let key = FlowKey::new(Family::V4, [1; 16], 1, [2; 16], 2);
         assert_eq!(key.reversed().src_port, 2);
         assert_eq!(key.reversed().dst, [1; 16]);
         assert_eq!(key.reversed().reversed(), key);

@@ -9,6 +9,7 @@
 extern crate std;
 
 pub mod addr;
+pub mod contract;
 pub mod control;
 pub mod expect;
 pub mod flow;

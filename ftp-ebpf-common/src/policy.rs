@@ -201,7 +201,7 @@ pub fn syn_verdict(tracked: bool, expectation: Option<&ExpectValue>, now_ns: u64
 mod tests {
     use super::*;
     use crate::{
-        addr::{FAMILY_IPV4, FAMILY_IPV6, ipv4},
+        addr::{FAMILY_IPV4, FAMILY_IPV6, Family, ipv4},
         expect::ExpectKey,
         parse::Mode,
     };
@@ -216,14 +216,7 @@ mod tests {
 
     /// The control connection, client -> server.
     fn control() -> FlowKey {
-        FlowKey {
-            family: FAMILY_IPV4,
-            _pad: [0; 3],
-            src_port: 40000,
-            dst_port: 21,
-            src: CLIENT,
-            dst: SERVER,
-        }
+        FlowKey::new(Family::V4, CLIENT, 40000, SERVER, 21)
     }
 
     fn announced(mode: Mode, family: u8, addr: [u8; 16], port: u16) -> Announcement {
@@ -315,14 +308,7 @@ mod tests {
             (key.connector, key.listener, key.port),
             (CLIENT, SERVER, 10000)
         );
-        let syn = FlowKey {
-            family: FAMILY_IPV4,
-            _pad: [0; 3],
-            src_port: 51000,
-            dst_port: 10000,
-            src: CLIENT,
-            dst: SERVER,
-        };
+        let syn = FlowKey::new(Family::V4, CLIENT, 51000, SERVER, 10000);
         assert_eq!(ExpectKey::for_syn(&syn), key);
         let epsv = expect(
             announced(Mode::ExtendedPassive, FAMILY_OWN_ADDRESS, [0; 16], 10000),

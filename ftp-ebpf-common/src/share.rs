@@ -14,11 +14,6 @@ use crate::{
     policy::coarse_time,
 };
 
-/// Expectations one client address may hold by default (`--max-expectations-per-client`):
-/// a NAT gateway's many users each hold one for the milliseconds between PASV and the
-/// connection, and 65536 entries still leave room for hundreds of addresses at their cap.
-pub const DEFAULT_MAX_PER_CLIENT: u32 = 256;
-
 /// Whom a share belongs to: the client's address; for IPv6 its /64, which one host
 /// usually holds whole and can pick addresses from at will.
 pub fn client_key(family: u8, addr: &[u8; 16]) -> AddrKey {

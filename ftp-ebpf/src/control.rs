@@ -12,6 +12,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use ftp_ebpf_common::{
+    contract::SCRATCH_ENTRIES,
     control::{ControlState, Hook, SegmentPlan, Tracked, control_key},
     expect::{ExpectKey, ExpectValue},
     flow::FlowKey,
@@ -30,7 +31,7 @@ use crate::{
 /// One workspace per CPU and direction: an egress program and an ingress program (XDP or
 /// tc) never share one, whatever runs on that CPU when.
 #[map]
-static SCAN: PerCpuArray<ControlScan> = PerCpuArray::with_max_entries(2, 0);
+static SCAN: PerCpuArray<ControlScan> = PerCpuArray::with_max_entries(SCRATCH_ENTRIES, 0);
 
 /// Bytes of a control segment scanned; a power of two so that an index can be masked into
 /// range. Control segments are short lines in practice; after a longer one, scanning

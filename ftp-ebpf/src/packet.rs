@@ -11,6 +11,7 @@ use aya_ebpf::{
 };
 use ftp_ebpf_common::{
     addr::{Addr, FAMILY_IPV4, FAMILY_IPV6},
+    contract::SCRATCH_ENTRIES,
     flow::FlowKey,
     window::{MAX_TCP_OPTIONS, NO_WINDOW_SCALE, Numbers, OPTIONS_BUFFER, OptionsWalk},
 };
@@ -26,7 +27,7 @@ pub enum Direction {
 /// One TCP options walk per CPU and direction, for the same reason as the control
 /// scanner's workspace.
 #[map]
-static OPTIONS: PerCpuArray<OptionsWalk> = PerCpuArray::with_max_entries(2, 0);
+static OPTIONS: PerCpuArray<OptionsWalk> = PerCpuArray::with_max_entries(SCRATCH_ENTRIES, 0);
 
 unsafe extern "C" fn walk_option(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer given in `window_scale`, to a map value

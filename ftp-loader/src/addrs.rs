@@ -6,31 +6,19 @@
 use std::{collections::HashSet, net::IpAddr};
 
 use anyhow::{Context, Result, anyhow};
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapError},
-};
-use ftp_ebpf_common::addr::{AddrKey, FAMILY_IPV4, FAMILY_IPV6, ipv4, to_ip};
+use aya::{Ebpf, maps::MapError};
+use ftp_ebpf_common::addr::{AddrKey, to_ip};
+
+use ftp_ebpf_common::contract::LOCAL_ADDRS;
 
 use crate::watch;
 
-const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 /// struct ifaddrmsg: family, prefix length, flags, scope, interface index.
 const IFADDRMSG_LEN: usize = 8;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
-
-/// An address as the maps key it; an IPv4-mapped IPv6 address (::ffff:a.b.c.d, as a
-/// dual-stack socket shows an IPv4 peer) is the IPv4 address it stands for, as the
-/// programs see it on the wire.
-pub fn key(ip: IpAddr) -> AddrKey {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => AddrKey::new(FAMILY_IPV4, ipv4(v4.octets())),
-        IpAddr::V6(v6) => AddrKey::new(FAMILY_IPV6, v6.octets()),
-    }
-}
 
 /// The addresses of every interface in this network namespace, both families.
 pub fn of_host() -> Result<Vec<IpAddr>> {
@@ -85,11 +73,8 @@ impl Reconciled {
 
 /// Makes LOCAL_ADDRS hold exactly `addresses`: the new ones added, the gone removed.
 pub fn set(ebpf: &mut Ebpf, addresses: &[IpAddr]) -> Result<Reconciled> {
-    let mut table: HashMap<_, AddrKey, u8> = HashMap::try_from(
-        ebpf.map_mut(LOCAL_ADDRS)
-            .with_context(|| format!("the object has no map {LOCAL_ADDRS}"))?,
-    )?;
-    let wanted: HashSet<AddrKey> = addresses.iter().map(|&ip| key(ip)).collect();
+    let mut table = LOCAL_ADDRS.of_mut(ebpf)?;
+    let wanted: HashSet<AddrKey> = addresses.iter().map(|&ip| AddrKey::from_ip(ip)).collect();
     let present: HashSet<AddrKey> = table.keys().collect::<Result<_, _>>().with_context(|| {
         format!("reading the guard's table of this host's addresses ({LOCAL_ADDRS})")
     })?;
@@ -133,6 +118,8 @@ pub fn sync(ebpf: &mut Ebpf) -> Result<Reconciled> {
 
 #[cfg(test)]
 mod tests {
+    use ftp_ebpf_common::addr::{FAMILY_IPV4, FAMILY_IPV6, ipv4};
+
     use super::*;
 
     /// An RTM_NEWADDR message of `family` with the attributes given.
@@ -186,10 +173,10 @@ mod tests {
     #[test]
     fn a_mapped_address_is_its_ipv4_address() {
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        let key = key(mapped);
+        let key = AddrKey::from_ip(mapped);
         assert_eq!(key, AddrKey::new(FAMILY_IPV4, ipv4([192, 0, 2, 7])));
         let v6: IpAddr = "2001:db8::7".parse().unwrap();
-        assert_eq!(super::key(v6).family, FAMILY_IPV6);
+        assert_eq!(AddrKey::from_ip(v6).family, FAMILY_IPV6);
     }
 
     #[test]

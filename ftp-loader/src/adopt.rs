@@ -8,16 +8,14 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, anyhow};
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapError},
-};
+use aya::{Ebpf, maps::MapError};
 use aya_obj::generated::BPF_NOEXIST;
 use ftp_ebpf_common::{control::ControlState, flow::FlowKey};
 
-use crate::{addrs, watch};
+use ftp_ebpf_common::contract::CONTROLS;
 
-const CONTROLS: &str = "CONTROLS";
+use crate::watch;
+
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const INET_DIAG_INFO: u16 = 2;
 const TCP_ESTABLISHED: u32 = 1;
@@ -52,10 +50,7 @@ struct Socket {
 /// attached, so that a connection opening meanwhile is the programs' own from its SYN.
 pub fn adopt(ebpf: &mut Ebpf, control_ports: &[u16]) -> Result<usize> {
     let sockets = established()?;
-    let mut controls: HashMap<_, FlowKey, ControlState> = HashMap::try_from(
-        ebpf.map_mut(CONTROLS)
-            .with_context(|| format!("the object has no map {CONTROLS}"))?,
-    )?;
+    let mut controls = CONTROLS.of_mut(ebpf)?;
     let mut adopted = 0;
     for socket in &sockets {
         let Some((key, state)) = adoption(socket, control_ports) else {
@@ -157,34 +152,34 @@ fn nibbles(byte: u8) -> (u8, u8) {
 /// The CONTROLS entry of a control connection's socket: keyed client -> server, and each
 /// direction's window scale the one its sender announced. None for other sockets.
 fn adoption(socket: &Socket, control_ports: &[u16]) -> Option<(FlowKey, ControlState)> {
-    // A dual-stack socket shows IPv4 ends as IPv4-mapped IPv6 addresses.
-    let local = (addrs::key(socket.local.ip()), socket.local.port());
-    let remote = (addrs::key(socket.remote.ip()), socket.remote.port());
-    let (client, server, client_scale, server_scale) = if control_ports.contains(&local.1) {
-        (remote, local, socket.peer_scale, socket.local_scale)
-    } else if control_ports.contains(&remote.1) {
-        (local, remote, socket.local_scale, socket.peer_scale)
-    } else {
-        return None;
-    };
-    if client.0.family != server.0.family {
-        return None;
-    }
-    let key = FlowKey {
-        family: client.0.family,
-        _pad: [0; 3],
-        src_port: client.1,
-        dst_port: server.1,
-        src: client.0.addr,
-        dst: server.0.addr,
-    };
+    let (client, server, client_scale, server_scale) =
+        if control_ports.contains(&socket.local.port()) {
+            (
+                socket.remote,
+                socket.local,
+                socket.peer_scale,
+                socket.local_scale,
+            )
+        } else if control_ports.contains(&socket.remote.port()) {
+            (
+                socket.local,
+                socket.remote,
+                socket.local_scale,
+                socket.peer_scale,
+            )
+        } else {
+            return None;
+        };
+    // A dual-stack socket shows IPv4 ends as IPv4-mapped IPv6 addresses: `from_sockets`
+    // keys them as IPv4, as the programs see them on the wire.
+    let key = FlowKey::from_sockets(client, server)?;
     Some((key, ControlState::adopted(client_scale, server_scale)))
 }
 
 #[cfg(test)]
 mod tests {
     use ftp_ebpf_common::{
-        addr::{FAMILY_IPV4, FAMILY_IPV6, ipv4},
+        addr::{FAMILY_IPV4, FAMILY_IPV6, Family, ipv4},
         window::Side,
     };
 
@@ -306,14 +301,13 @@ mod tests {
         let (key, state) = adoption(&socket, &[2121, 21]).unwrap();
         assert_eq!(
             key,
-            FlowKey {
-                family: FAMILY_IPV4,
-                _pad: [0; 3],
-                src_port: 40000,
-                dst_port: 21,
-                src: ipv4([198, 51, 100, 7]),
-                dst: ipv4([192, 0, 2, 1]),
-            }
+            FlowKey::new(
+                Family::V4,
+                ipv4([198, 51, 100, 7]),
+                40000,
+                ipv4([192, 0, 2, 1]),
+                21
+            )
         );
         assert_eq!(state, ControlState::adopted(7, 9));
         assert_eq!(scales(&state), (7, 9), "client's, then server's");

@@ -10,16 +10,15 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, Xdp,
+        ProgramError, TcAttachType,
         links::Link,
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     },
 };
 
-use crate::{
-    ebpf::{EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
-    record::{Hook, Interface, now_unix},
-};
+use ftp_ebpf_common::contract::{self, EGRESS_PROGRAM, INGRESS_TC_PROGRAM};
+
+use crate::record::{Hook, Interface, now_unix};
 
 /// What `--xdp-mode` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -227,10 +226,7 @@ fn xdp_mode(hook: Hook) -> XdpMode {
 }
 
 fn attach_xdp(ebpf: &mut Ebpf, interface: &str, hook: Hook, old: Option<Hook>) -> Result<()> {
-    let xdp: &mut Xdp = ebpf
-        .program_mut(INGRESS_PROGRAM)
-        .context("no ingress program")?
-        .try_into()?;
+    let xdp = contract::ingress_mut(ebpf)?;
     let program = xdp.fd()?.as_fd().as_raw_fd();
     let replace = match old {
         Some(old) if old == hook => true,
@@ -264,10 +260,7 @@ fn attach_tc(ebpf: &mut Ebpf, interface: &str, at: TcAttachType, old: Option<Hoo
     } else {
         "ingress"
     };
-    let classifier: &mut SchedClassifier = ebpf
-        .program_mut(program)
-        .with_context(|| format!("no program {program}"))?
-        .try_into()?;
+    let classifier = contract::classifier_mut(ebpf, program)?;
     // The predecessor's filter is replaced in place. It may have gone meanwhile (removed by
     // hand): then it is created below.
     if old == Some(Hook::Clsact) {

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Result, anyhow, bail};
 use aya::{EbpfError, maps::MapError};
 use aya_obj::generated::{BPF_F_NO_PREALLOC, bpf_attr, bpf_cmd, bpf_map_type};
-use ftp_ebpf_common::{control::MAX_EXPECTED, policy::MAX_EXPECT_TIMEOUT_NS};
+use ftp_ebpf_common::contract::{MAX_EXPECT_TIMEOUT_SECS, MAX_EXPECTED};
 
 use crate::{
     attach,
@@ -255,7 +255,7 @@ pub fn settings(settings: &Settings) -> Result<()> {
     if lo == 0 || lo > hi {
         bail!("--data-ports {lo}-{hi} is not a range: give LO-HI with 1 <= LO <= HI <= 65535");
     }
-    if !(1..=MAX_EXPECTED).contains(&usize::from(settings.max_expected)) {
+    if !(1..=MAX_EXPECTED).contains(&settings.max_expected) {
         bail!(
             "--max-expected {} is out of range: a control connection may hold 1 to {MAX_EXPECTED} expectations",
             settings.max_expected
@@ -293,7 +293,7 @@ pub fn settings(settings: &Settings) -> Result<()> {
             );
         }
     }
-    let max_secs = MAX_EXPECT_TIMEOUT_NS / 1_000_000_000;
+    let max_secs = MAX_EXPECT_TIMEOUT_SECS;
     if settings.expect_timeout_secs > max_secs {
         bail!(
             "--expect-timeout {} is longer than the programs' clock can judge: give 1 to {max_secs} seconds",

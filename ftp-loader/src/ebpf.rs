@@ -1,16 +1,20 @@
 //! The embedded kernel object and how it is loaded with an instance's settings.
 
-use std::path::Path;
+use std::{path::Path, sync::LazyLock};
 
 use anyhow::{Context, Result, bail};
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::Array,
-    programs::{ProgramError, SchedClassifier, Xdp},
-};
+use aya::{Ebpf, EbpfLoader, programs::ProgramError};
+use clap::Args;
 use ftp_ebpf_common::{
+    contract::{
+        self, AYA_LOG_LEVEL, CLIENTS, CONTROLS, DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORTS,
+        DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_MAX_CONTROLS,
+        DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PER_CLIENT,
+        DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECT_TIMEOUT_NS, EXPECTATIONS,
+        FLOW_IDLE_TIMEOUT_NS, FLOWS, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, LOOSE, MAX_EXPECTED,
+        MAX_EXPECTED_PER_CONTROL, MAX_PER_CLIENT, MIN_DATA_PORT, NS_PER_SEC, PORTS,
+    },
     policy::{PortInfo, PortPlan},
-    share::DEFAULT_MAX_PER_CLIENT,
 };
 
 use crate::{
@@ -24,55 +28,110 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Where the build left the benchmarks' do-nothing XDP program (not embedded).
 pub const BASELINE_OBJECT: &str = env!("FTP_BASELINE_OBJECT");
 
-pub const INGRESS_PROGRAM: &str = "ftp_ingress";
-/// The same guard as a tc program, for interfaces where XDP costs more.
-pub const INGRESS_TC_PROGRAM: &str = "ftp_ingress_tc";
-pub const EGRESS_PROGRAM: &str = "ftp_egress";
+/// `DEFAULT_DATA_PORTS` as `--data-ports` spells it.
+static DEFAULT_DATA_PORTS_TEXT: LazyLock<String> =
+    LazyLock::new(|| format!("{}-{}", DEFAULT_DATA_PORTS.0, DEFAULT_DATA_PORTS.1));
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An instance's settings; `ftp-loader run` parses its options straight into them.
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// Inclusive range of guarded ports.
+    /// Guarded ports: a new inbound TCP connection to one of them needs an announcement.
+    #[arg(long, value_name = "LO-HI", default_value = DEFAULT_DATA_PORTS_TEXT.as_str(),
+          value_parser = parse_range)]
     pub data_ports: (u16, u16),
+    /// An FTP control port whose traffic is scanned (repeatable).
+    #[arg(long = "control-port", value_name = "PORT", default_values_t = [DEFAULT_CONTROL_PORT],
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub control_ports: Vec<u16>,
-    /// Listeners inside the guarded range that anyone may connect to.
+    /// A listener inside the guarded range that stays open to everyone (repeatable).
+    #[arg(long = "allow-port", value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub allowed_ports: Vec<u16>,
+    /// Seconds an announced data connection may take to open.
+    #[arg(long = "expect-timeout", value_name = "SECONDS",
+          default_value_t = DEFAULT_EXPECT_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub expect_timeout_secs: u64,
+    /// Seconds of silence after which a tracked data connection is forgotten.
+    #[arg(long = "flow-timeout", value_name = "SECONDS",
+          default_value_t = DEFAULT_FLOW_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub flow_idle_timeout_secs: u64,
+    /// Capacity of the expectation table.
+    #[arg(long, default_value_t = DEFAULT_MAX_EXPECTATIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub max_expectations: u32,
+    /// Capacity of the tracked-flow table.
+    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub max_flows: u32,
+    /// Capacity of the control-connection table.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONTROLS,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub max_controls: u32,
-    /// Expectations one control connection may hold (1..=MAX_EXPECTED); the newest
-    /// displaces the oldest.
+    /// Expectations one control connection may hold (1-4; the kernel helper's max_expected
+    /// is 1): the newest displaces the oldest.
+    #[arg(long, default_value_t = DEFAULT_MAX_EXPECTED,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_EXPECTED)))]
     pub max_expected: u8,
-    /// Expectations one client address (an IPv6 client's /64) may hold, so that one client
-    /// cannot fill the expectation table for everyone.
+    /// Expectations one client address (an IPv6 client's /64) may hold, 1 to
+    /// --max-expectations: a client at its cap gets no more until one of its own is used,
+    /// replaced or expires.
+    #[arg(long = "max-expectations-per-client", value_name = "N",
+          default_value_t = DEFAULT_MAX_PER_CLIENT)]
     pub max_per_client: u32,
-    /// Accept announced addresses other than the announcer's own.
+    /// Accept announced addresses other than the announcer's own, like the kernel helper's
+    /// loose=1. This opens third-party transfers and with them FTP bounce.
+    #[arg(long)]
     pub loose: bool,
-    /// Lowest data port an announcement may name.
+    /// Refuse announcements of data ports below this (1 accepts all).
+    #[arg(long, default_value_t = DEFAULT_MIN_DATA_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub min_data_port: u16,
-    /// Lets the programs' debug-level log lines through.
+    /// Log every admitted data connection.
+    #[arg(short, long)]
     pub verbose: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            data_ports: (1024, 65535),
-            control_ports: vec![21],
+            data_ports: DEFAULT_DATA_PORTS,
+            control_ports: vec![DEFAULT_CONTROL_PORT],
             allowed_ports: Vec::new(),
-            expect_timeout_secs: 300,
-            flow_idle_timeout_secs: 300,
-            max_expectations: 65536,
-            max_flows: 262144,
-            max_controls: 65536,
-            max_expected: 1,
+            expect_timeout_secs: DEFAULT_EXPECT_TIMEOUT_SECS,
+            flow_idle_timeout_secs: DEFAULT_FLOW_TIMEOUT_SECS,
+            max_expectations: DEFAULT_MAX_EXPECTATIONS,
+            max_flows: DEFAULT_MAX_FLOWS,
+            max_controls: DEFAULT_MAX_CONTROLS,
+            max_expected: DEFAULT_MAX_EXPECTED,
             max_per_client: DEFAULT_MAX_PER_CLIENT,
             loose: false,
-            min_data_port: 1024,
+            min_data_port: DEFAULT_MIN_DATA_PORT,
             verbose: false,
         }
     }
+}
+
+/// `--data-ports`: LO-HI.
+pub fn parse_range(text: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}` is not a range: expected LO-HI, e.g. 1024-65535"))?;
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("`{s}` is not a port number (1-65535)"))
+    };
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo > hi {
+        return Err(format!(
+            "the range {lo}-{hi} is empty: LO must not exceed HI"
+        ));
+    }
+    Ok((lo, hi))
 }
 
 impl Settings {
@@ -80,12 +139,12 @@ impl Settings {
     pub fn table_sizes(&self) -> [(&'static str, &'static str, u32); 4] {
         let expectations = "--max-expectations";
         [
-            ("EXPECTATIONS", expectations, self.max_expectations),
+            (EXPECTATIONS.name, expectations, self.max_expectations),
             // Each client that holds a share holds an expectation, at least for a moment:
             // there are never more shares in use than expectations.
-            ("CLIENTS", expectations, self.max_expectations),
-            ("FLOWS", "--max-flows", self.max_flows),
-            ("CONTROLS", "--max-controls", self.max_controls),
+            (CLIENTS.name, expectations, self.max_expectations),
+            (FLOWS.name, "--max-flows", self.max_flows),
+            (CONTROLS.name, "--max-controls", self.max_controls),
         ]
     }
 
@@ -112,10 +171,8 @@ pub fn load_pinned(settings: &Settings, pins: &PinDir) -> Result<Ebpf> {
 
 fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
     checks::settings(settings)?;
-    let timeout_ns = settings.expect_timeout_secs.saturating_mul(1_000_000_000);
-    let flow_idle_ns = settings
-        .flow_idle_timeout_secs
-        .saturating_mul(1_000_000_000);
+    let timeout_ns = settings.expect_timeout_secs.saturating_mul(NS_PER_SEC);
+    let flow_idle_ns = settings.flow_idle_timeout_secs.saturating_mul(NS_PER_SEC);
     let loose = u8::from(settings.loose);
     // aya-log's levels: 3 = info, 4 = debug.
     let log_level: u8 = if settings.verbose { 4 } else { 3 };
@@ -131,14 +188,13 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    loader
-        .override_global("EXPECT_TIMEOUT_NS", &timeout_ns, true)
-        .override_global("FLOW_IDLE_TIMEOUT_NS", &flow_idle_ns, true)
-        .override_global("LOOSE", &loose, true)
-        .override_global("MIN_DATA_PORT", &settings.min_data_port, true)
-        .override_global("MAX_EXPECTED_PER_CONTROL", &settings.max_expected, true)
-        .override_global("MAX_PER_CLIENT", &settings.max_per_client, true)
-        .override_global("AYA_LOG_LEVEL", &log_level, false);
+    EXPECT_TIMEOUT_NS.set(&mut loader, &timeout_ns);
+    FLOW_IDLE_TIMEOUT_NS.set(&mut loader, &flow_idle_ns);
+    LOOSE.set(&mut loader, &loose);
+    MIN_DATA_PORT.set(&mut loader, &settings.min_data_port);
+    MAX_EXPECTED_PER_CONTROL.set(&mut loader, &settings.max_expected);
+    MAX_PER_CLIENT.set(&mut loader, &settings.max_per_client);
+    AYA_LOG_LEVEL.set(&mut loader, &log_level);
     for (map, _, entries) in settings.table_sizes() {
         loader.map_max_entries(map, entries);
     }
@@ -146,10 +202,7 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
         .load(OBJECT)
         .map_err(|error| checks::map_creation(error, settings))?;
 
-    let mut ports: Array<_, PortInfo> = Array::try_from(
-        ebpf.map_mut("PORTS")
-            .context("the object has no PORTS map")?,
-    )?;
+    let mut ports = PORTS.of_mut(&mut ebpf)?;
     let plan = settings.port_plan();
     for port in 0..=u16::MAX {
         // A table inherited from a previous instance keeps when each port was last
@@ -166,11 +219,9 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
         ports.set(u32::from(port), info, 0)?;
     }
 
-    let ingress: &mut Xdp = program(&mut ebpf, INGRESS_PROGRAM)?.try_into()?;
-    verified(INGRESS_PROGRAM, ingress.load())?;
+    verified(INGRESS_PROGRAM, contract::ingress_mut(&mut ebpf)?.load())?;
     for name in [INGRESS_TC_PROGRAM, EGRESS_PROGRAM] {
-        let classifier: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
-        verified(name, classifier.load())?;
+        verified(name, contract::classifier_mut(&mut ebpf, name)?.load())?;
     }
     Ok(ebpf)
 }
@@ -224,14 +275,129 @@ fn kernel_release() -> String {
         .into_owned()
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .with_context(|| format!("the object has no program {name}"))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use aya::Pod;
+    use aya_obj::generated::bpf_map_type;
+    use ftp_ebpf_common::contract::{
+        ArrayKind, ArrayTable, CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, GlobalVar, HashTable,
+        LOCAL_ADDRS, MAP_NAMES, PROGRAM_NAMES, STATS,
+    };
+
     use super::*;
+
+    fn check_hash<K: Pod, V: Pod>(object: &aya_obj::Object, table: HashTable<K, V>) {
+        let map = &object.maps[table.name];
+        let kind = if table.lru {
+            bpf_map_type::BPF_MAP_TYPE_LRU_HASH
+        } else {
+            bpf_map_type::BPF_MAP_TYPE_HASH
+        };
+        assert_eq!(map.map_type(), kind as u32, "{table}'s type");
+        assert_eq!(map.key_size() as usize, size_of::<K>(), "{table}'s key");
+        assert_eq!(map.value_size() as usize, size_of::<V>(), "{table}'s value");
+    }
+
+    fn check_array<V: Pod, K: ArrayKind>(object: &aya_obj::Object, table: ArrayTable<V, K>) {
+        let map = &object.maps[table.name];
+        let kind = if table.per_cpu() {
+            bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY
+        } else {
+            bpf_map_type::BPF_MAP_TYPE_ARRAY
+        };
+        assert_eq!(map.map_type(), kind as u32, "{table}'s type");
+        assert_eq!(map.key_size() as usize, size_of::<u32>(), "{table}'s key");
+        assert_eq!(map.value_size() as usize, size_of::<V>(), "{table}'s value");
+        assert_eq!(map.max_entries(), table.entries, "{table}'s entries");
+    }
+
+    fn check_global<T: Pod>(object: &mut aya_obj::Object, global: GlobalVar<T>) {
+        let zeros = vec![0u8; size_of::<T>()];
+        let patch = HashMap::from([(global.name, (zeros.as_slice(), global.required))]);
+        if let Err(e) = object.patch_map_data(patch) {
+            panic!("global {}: {e}", global.name);
+        }
+    }
+
+    /// The kernel side names its maps and globals by its statics' identifiers and its
+    /// programs by its functions': each must be what the contract says, typed as it says.
+    #[test]
+    fn the_object_is_what_the_contract_says() {
+        let mut object = aya_obj::Object::parse(OBJECT).unwrap();
+        for name in MAP_NAMES {
+            assert!(
+                object.maps.contains_key(name),
+                "the object has no map {name}"
+            );
+        }
+        let unknown: Vec<&String> = object
+            .maps
+            .keys()
+            .filter(|name| !name.starts_with('.') && !name.starts_with("AYA_"))
+            .filter(|name| !MAP_NAMES.contains(&name.as_str()))
+            .collect();
+        assert!(unknown.is_empty(), "maps the contract lacks: {unknown:?}");
+        check_hash(&object, EXPECTATIONS);
+        check_hash(&object, CONTROLS);
+        check_hash(&object, FLOWS);
+        check_hash(&object, CLIENTS);
+        check_hash(&object, LOCAL_ADDRS);
+        check_array(&object, PORTS);
+        check_array(&object, STATS);
+        for name in PROGRAM_NAMES {
+            assert!(
+                object.programs.contains_key(name),
+                "the object has no program {name}"
+            );
+        }
+        assert_eq!(object.programs.len(), PROGRAM_NAMES.len());
+        check_global(&mut object, EXPECT_TIMEOUT_NS);
+        check_global(&mut object, FLOW_IDLE_TIMEOUT_NS);
+        check_global(&mut object, LOOSE);
+        check_global(&mut object, MIN_DATA_PORT);
+        check_global(&mut object, MAX_EXPECTED_PER_CONTROL);
+        check_global(&mut object, MAX_PER_CLIENT);
+        check_global(&mut object, AYA_LOG_LEVEL);
+        // The sizes the kernel declares are the defaults.
+        let defaults = Settings::default();
+        for (name, _, entries) in defaults.table_sizes() {
+            assert_eq!(
+                object.maps[name].max_entries(),
+                entries,
+                "{name}'s default size"
+            );
+        }
+    }
+
+    #[test]
+    fn the_options_default_to_the_contracts_settings() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["ftp-loader"]).unwrap();
+        assert_eq!(parsed.settings, Settings::default());
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains(&format!("(1-{MAX_EXPECTED};")),
+            "--max-expected's help names another bound than MAX_EXPECTED: {help}"
+        );
+    }
+
+    #[test]
+    fn data_ports_parse() {
+        assert_eq!(
+            parse_range(&DEFAULT_DATA_PORTS_TEXT),
+            Ok(DEFAULT_DATA_PORTS)
+        );
+        assert!(parse_range("2000-1000").is_err());
+        assert!(parse_range("0-10").is_err());
+    }
 
     #[test]
     fn a_refusal_is_one_sentence_naming_program_kernel_and_log_file() {
@@ -239,12 +405,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let log = "0: R1=ctx() R10=fp0\nprocessed 1000001 insns (limit 1000000)\n";
         let e2big = std::io::Error::from_raw_os_error(libc::E2BIG);
-        let sentence = refusal("ftp_ingress", &e2big, log, &dir);
-        let path = dir.join("ftp-tracker-verifier-ftp_ingress.log");
+        let sentence = refusal(INGRESS_PROGRAM, &e2big, log, &dir);
+        let path = dir.join(format!("ftp-tracker-verifier-{INGRESS_PROGRAM}.log"));
         assert_eq!(
             sentence,
             format!(
-                "the verifier of kernel {} refused program ftp_ingress ({e2big}); its log is in {}",
+                "the verifier of kernel {} refused program {INGRESS_PROGRAM} ({e2big}); its log is in {}",
                 kernel_release(),
                 path.display()
             )
@@ -253,12 +419,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), log);
 
         let missing = dir.join("missing");
-        let sentence = refusal("ftp_egress", &e2big, log, &missing);
+        let sentence = refusal(EGRESS_PROGRAM, &e2big, log, &missing);
         assert!(
             sentence.ends_with(&format!(
                 "its log could not be written to {} (No such file or directory (os error 2))",
                 missing
-                    .join("ftp-tracker-verifier-ftp_egress.log")
+                    .join(format!("ftp-tracker-verifier-{EGRESS_PROGRAM}.log"))
                     .display()
             )),
             "{sentence}"

@@ -2,8 +2,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
-use clap::{Args, Parser, Subcommand};
-use ftp_ebpf_common::share::DEFAULT_MAX_PER_CLIENT;
+use clap::{
+    Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind, parser::ValueSource,
+};
+use ftp_ebpf_common::contract::{EXPECTATIONS, FLOWS, STATS};
 use ftp_loader::{
     addrs, adopt,
     attach::{self, Attached, XdpChoice},
@@ -12,7 +14,8 @@ use ftp_loader::{
     monotonic_ns,
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
-    stats, tables,
+    stats,
+    tables::{self, Row},
     watch::{Event, Watch},
 };
 use log::{info, warn};
@@ -23,55 +26,51 @@ use tokio::{
 
 /// FTP connection tracking in eBPF: admits a data connection only when an FTP control
 /// connection announced it.
+///
+/// `ftp-loader INTERFACE...` is `ftp-loader run INTERFACE...`; an interface named like a
+/// command (`stats`, say) needs the explicit form, `ftp-loader run stats`.
 #[derive(Parser)]
 #[command(
     name = "ftp-loader",
     version,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    override_usage = "ftp-loader [OPTIONS] <INTERFACE>...\n       ftp-loader [OPTIONS] <COMMAND>"
 )]
 struct Cli {
+    #[command(flatten)]
+    options: Options,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
 }
 
+/// The options every command takes, before or after its name.
+#[derive(Args)]
+struct Options {
+    /// bpffs directory of the instance's pins: where `run` pins its tables and the other
+    /// commands find them.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Print JSON: `stats` one flat object of counter name to integer, `expectations` and
+    /// `flows` an array of objects, `status` one object.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Attach to the interfaces and guard them (what `ftp-loader INTERFACE...` does).
+    Run(RunArgs),
     /// Print the counters of the running instance.
-    Stats {
-        /// One flat JSON object of counter name to integer.
-        #[arg(long)]
-        json: bool,
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-    },
+    Stats,
     /// List the live expectations (announced data connections), like `conntrack -L expect`.
-    Expectations {
-        /// A JSON array of objects.
-        #[arg(long)]
-        json: bool,
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-    },
+    Expectations,
     /// List the tracked data connections, like `conntrack -L`.
-    Flows {
-        /// A JSON array of objects.
-        #[arg(long)]
-        json: bool,
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-    },
+    Flows,
     /// Show what is attached where, since when, by which build, and whether a loader
     /// process is alive.
-    Status {
-        /// One JSON object.
-        #[arg(long)]
-        json: bool,
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-    },
+    Status,
     /// Detach what an instance left attached (after a crash, or a stop that left the guard
     /// in place) and remove its pins.
     Unload {
@@ -81,9 +80,20 @@ enum Command {
         /// Every interface (the default when none is named).
         #[arg(long)]
         all: bool,
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
     },
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Run(_) => "run",
+            Self::Stats => "stats",
+            Self::Expectations => "expectations",
+            Self::Flows => "flows",
+            Self::Status => "status",
+            Self::Unload { .. } => "unload",
+        }
+    }
 }
 
 #[derive(Args)]
@@ -91,62 +101,14 @@ struct RunArgs {
     /// Interfaces to attach to; runs until SIGINT or SIGTERM, then detaches.
     #[arg(required = true, value_name = "INTERFACE")]
     interfaces: Vec<String>,
-    /// Guarded ports: a new inbound TCP connection to one of them needs an announcement.
-    #[arg(long, value_name = "LO-HI", default_value = "1024-65535", value_parser = parse_range)]
-    data_ports: (u16, u16),
-    /// An FTP control port whose traffic is scanned (repeatable).
-    #[arg(long = "control-port", value_name = "PORT", default_value = "21",
-          value_parser = clap::value_parser!(u16).range(1..))]
-    control_ports: Vec<u16>,
-    /// A listener inside the guarded range that stays open to everyone (repeatable).
-    #[arg(long = "allow-port", value_name = "PORT",
-          value_parser = clap::value_parser!(u16).range(1..))]
-    allowed_ports: Vec<u16>,
+    #[command(flatten)]
+    settings: Settings,
     /// Where the ingress guard runs: auto picks native XDP on a physical NIC whose driver
     /// has it, tc ingress elsewhere (on a veth, tc costs least: generic XDP runs per wire
     /// packet, native XDP takes TSO away from the peer); native, skb (generic XDP) and tc
     /// force one.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpChoice,
-    /// Seconds an announced data connection may take to open.
-    #[arg(long, value_name = "SECONDS", default_value = "300",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    expect_timeout: u64,
-    /// Seconds of silence after which a tracked data connection is forgotten.
-    #[arg(long, value_name = "SECONDS", default_value = "300",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    flow_timeout: u64,
-    /// Capacity of the expectation table.
-    #[arg(long, default_value = "65536", value_parser = clap::value_parser!(u32).range(1..))]
-    max_expectations: u32,
-    /// Capacity of the tracked-flow table.
-    #[arg(long, default_value = "262144", value_parser = clap::value_parser!(u32).range(1..))]
-    max_flows: u32,
-    /// Capacity of the control-connection table.
-    #[arg(long, default_value = "65536", value_parser = clap::value_parser!(u32).range(1..))]
-    max_controls: u32,
-    /// Expectations one control connection may hold (1-4; the kernel helper's max_expected
-    /// is 1): the newest displaces the oldest.
-    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u8).range(1..=4))]
-    max_expected: u8,
-    /// Expectations one client address (an IPv6 client's /64) may hold, 1 to
-    /// --max-expectations: a client at its cap gets no more until one of its own is used,
-    /// replaced or expires.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PER_CLIENT)]
-    max_expectations_per_client: u32,
-    /// Accept announced addresses other than the announcer's own, like the kernel helper's
-    /// loose=1. This opens third-party transfers and with them FTP bounce.
-    #[arg(long)]
-    loose: bool,
-    /// Refuse announcements of data ports below this (1 accepts all).
-    #[arg(long, default_value = "1024", value_parser = clap::value_parser!(u16).range(1..))]
-    min_data_port: u16,
-    /// bpffs directory where the counters are pinned for `ftp-loader stats`.
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-    /// Log every admitted data connection.
-    #[arg(short, long)]
-    verbose: bool,
     /// Exit (status 1) when an interface is deleted, instead of waiting for it to come
     /// back and attaching again.
     #[arg(long)]
@@ -157,29 +119,57 @@ struct RunArgs {
 /// loader process is alive.
 const NO_LOADER: i32 = 3;
 
-fn parse_range(text: &str) -> Result<(u16, u16), String> {
-    let (lo, hi) = text
-        .split_once('-')
-        .ok_or_else(|| format!("`{text}` is not a range: expected LO-HI, e.g. 1024-65535"))?;
-    let port = |s: &str| {
-        s.trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| format!("`{s}` is not a port number (1-65535)"))
-    };
-    let (lo, hi) = (port(lo)?, port(hi)?);
-    if lo > hi {
-        return Err(format!(
-            "the range {lo}-{hi} is empty: LO must not exceed HI"
-        ));
+/// Parses the command line; exits (as clap does) on a mistake.
+fn parse() -> Cli {
+    let mut command = Cli::command();
+    let matches = command.get_matches_mut();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit());
+    if let Some(sub) = &cli.command {
+        // An option of `run` given before another command's name (`ftp-loader --loose stats`).
+        let misplaced = command.get_arguments().find(|arg| {
+            !arg.is_global_set()
+                && matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine)
+        });
+        if let Some(arg) = misplaced {
+            let option = arg
+                .get_long()
+                .map_or_else(|| arg.get_id().to_string(), |long| format!("--{long}"));
+            let message = match sub {
+                Command::Run(_) => {
+                    format!("{option} goes after `run`: `ftp-loader run {option} ...`")
+                }
+                other => format!(
+                    "{option} is an option of `run`, not of `{}`: drop it",
+                    other.name()
+                ),
+            };
+            command.error(ErrorKind::ArgumentConflict, message).exit();
+        }
     }
-    Ok((lo, hi))
+    let json_for = match &cli.command {
+        None => Some("run"),
+        Some(sub @ (Command::Run(_) | Command::Unload { .. })) => Some(sub.name()),
+        Some(_) => None,
+    };
+    if let Some(name) = json_for.filter(|_| cli.options.json) {
+        let message =
+            format!("--json is for stats, expectations, flows and status, not `{name}`: drop it");
+        command.error(ErrorKind::ArgumentConflict, message).exit();
+    }
+    cli
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let verbose = cli.command.is_none() && cli.run.verbose;
+    let Cli {
+        options: Options { pin_dir, json },
+        command,
+        run: top_run,
+    } = parse();
+    let verbose = match &command {
+        None => top_run.settings.verbose,
+        Some(Command::Run(args)) => args.settings.verbose,
+        Some(_) => false,
+    };
     env_logger::Builder::new()
         .filter_level(if verbose {
             log::LevelFilter::Debug
@@ -190,13 +180,8 @@ fn main() {
         .format_timestamp(None)
         .init();
     let listing = matches!(
-        cli.command,
-        Some(
-            Command::Stats { .. }
-                | Command::Expectations { .. }
-                | Command::Flows { .. }
-                | Command::Status { .. }
-        )
+        command,
+        Some(Command::Stats | Command::Expectations | Command::Flows | Command::Status)
     );
     if listing {
         // A listing piped into `head` ends when the pipe closes, as other tools' listings
@@ -204,25 +189,14 @@ fn main() {
         // SAFETY: restoring the default disposition, before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    let result = match cli.command {
-        Some(Command::Stats { json, pin_dir }) => print_stats(&pin_dir, json),
-        Some(Command::Expectations { json, pin_dir }) => print_table(
-            &pin_dir,
-            "EXPECTATIONS",
-            json,
-            tables::expectations,
-            tables::expectations_text,
-        ),
-        Some(Command::Flows { json, pin_dir }) => {
-            print_table(&pin_dir, "FLOWS", json, tables::flows, tables::flows_text)
-        }
-        Some(Command::Status { json, pin_dir }) => status(&pin_dir, json),
-        Some(Command::Unload {
-            interfaces,
-            all: _,
-            pin_dir,
-        }) => unload(&pin_dir, &interfaces),
-        None => run(cli.run),
+    let result = match command {
+        Some(Command::Stats) => print_stats(&pin_dir, json),
+        Some(Command::Expectations) => print_expectations(&pin_dir, json),
+        Some(Command::Flows) => print_flows(&pin_dir, json),
+        Some(Command::Status) => status(&pin_dir, json),
+        Some(Command::Unload { interfaces, all: _ }) => unload(&pin_dir, &interfaces),
+        Some(Command::Run(args)) => run(args, &pin_dir),
+        None => run(top_run, &pin_dir),
     };
     if let Err(error) = result {
         eprintln!("ftp-loader: {error:#}");
@@ -230,11 +204,16 @@ fn main() {
     }
 }
 
-fn print_stats(pin_dir: &std::path::Path, json: bool) -> Result<()> {
+/// Opens the pin `name` of the running instance, once this user may.
+fn open_pin(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
     checks::capabilities(Task::Read)?;
-    checks::pin_readable(pin_dir, "STATS")?;
-    let map = pins::open(pin_dir, "STATS")?;
-    let counters = stats::read(&map)?;
+    checks::pin_readable(pin_dir, name)?;
+    pins::open(pin_dir, name)
+}
+
+fn print_stats(pin_dir: &Path, json: bool) -> Result<()> {
+    let array = STATS.from_map(open_pin(pin_dir, STATS.name)?)?;
+    let counters = stats::read(&array)?;
     if json {
         println!("{}", stats::to_json(&counters));
     } else {
@@ -242,6 +221,29 @@ fn print_stats(pin_dir: &std::path::Path, json: bool) -> Result<()> {
     }
     require_live_loader(pin_dir);
     Ok(())
+}
+
+fn print_expectations(pin_dir: &Path, json: bool) -> Result<()> {
+    let table = EXPECTATIONS.from_map(open_pin(pin_dir, EXPECTATIONS.name)?)?;
+    let now = monotonic_ns();
+    print_rows(&tables::expectations(&table, now), now, json);
+    require_live_loader(pin_dir);
+    Ok(())
+}
+
+fn print_flows(pin_dir: &Path, json: bool) -> Result<()> {
+    let table = FLOWS.from_map(open_pin(pin_dir, FLOWS.name)?)?;
+    print_rows(&tables::flows(&table), monotonic_ns(), json);
+    require_live_loader(pin_dir);
+    Ok(())
+}
+
+fn print_rows<R: Row>(rows: &[R], now_ns: u64, json: bool) {
+    if json {
+        println!("{}", tables::to_json(rows, now_ns));
+    } else {
+        print!("{}", tables::to_text(rows, now_ns));
+    }
 }
 
 /// After printing what a dead instance left: says so, and exits NO_LOADER.
@@ -265,55 +267,16 @@ fn require_live_loader(pin_dir: &Path) {
     std::process::exit(NO_LOADER);
 }
 
-type Json = fn(&aya::maps::Map, u64) -> Result<Vec<serde_json::Value>>;
-type Text = fn(&aya::maps::Map, u64) -> Result<String>;
-
-fn print_table(
-    pin_dir: &std::path::Path,
-    map: &str,
-    json: bool,
-    as_json: Json,
-    as_text: Text,
-) -> Result<()> {
-    checks::capabilities(Task::Read)?;
-    checks::pin_readable(pin_dir, map)?;
-    let map = pins::open(pin_dir, map)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::Value::Array(as_json(&map, monotonic_ns())?)
-        );
-    } else {
-        print!("{}", as_text(&map, monotonic_ns())?);
-    }
-    require_live_loader(pin_dir);
-    Ok(())
-}
-
-fn run(args: RunArgs) -> Result<()> {
+fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
     checks::capabilities(Task::Run)?;
     checks::interfaces(&args.interfaces)?;
-    let settings = Settings {
-        data_ports: args.data_ports,
-        control_ports: args.control_ports.clone(),
-        allowed_ports: args.allowed_ports.clone(),
-        expect_timeout_secs: args.expect_timeout,
-        flow_idle_timeout_secs: args.flow_timeout,
-        max_expectations: args.max_expectations,
-        max_flows: args.max_flows,
-        max_controls: args.max_controls,
-        max_expected: args.max_expected,
-        max_per_client: args.max_expectations_per_client,
-        loose: args.loose,
-        min_data_port: args.min_data_port,
-        verbose: args.verbose,
-    };
+    let settings = args.settings;
     // Refused before the pin directory is taken or bpffs mounted; `ebpf::load` checks the
     // settings again for callers other than this one.
     checks::settings(&settings)?;
-    checks::dirs_writable(&args.pin_dir)?;
-    refuse_guarded_elsewhere(&args.interfaces, &args.pin_dir)?;
-    let pin_dir = PinDir::acquire(&args.pin_dir)?;
+    checks::dirs_writable(pin_dir)?;
+    refuse_guarded_elsewhere(&args.interfaces, pin_dir)?;
+    let pins = PinDir::acquire(pin_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -325,16 +288,16 @@ fn run(args: RunArgs) -> Result<()> {
         Signals::install()?
     };
     // What the previous instance with this pin directory attached: taken over in place.
-    let previous = Record::read(&args.pin_dir).filter(|r| r.netns == current_netns());
-    let had_state = pin_dir.has_state();
-    let set_aside = pin_dir.prepare(&settings)?;
-    let mut ebpf = ebpf::load_pinned(&settings, &pin_dir).inspect_err(|_| {
+    let previous = Record::read(pin_dir).filter(|r| r.netns == current_netns());
+    let had_state = pins.has_state();
+    let set_aside = pins.prepare(&settings)?;
+    let mut ebpf = ebpf::load_pinned(&settings, &pins).inspect_err(|_| {
         // A first start refused here (a table too large, say) leaves no half-made pins.
         if !had_state {
-            pin_dir.remove_all();
+            pins.remove_all();
         }
     })?;
-    let inherited = pin_dir.inherit(&mut ebpf, had_state, set_aside);
+    let inherited = pins.inherit(&mut ebpf, had_state, set_aside);
     // Opened before the addresses are first read, so that no change after that read goes
     // unnoticed.
     let watch = Watch::open().context("watching interfaces and addresses (rtnetlink)")?;
@@ -342,12 +305,12 @@ fn run(args: RunArgs) -> Result<()> {
     // packet.
     let addresses = addrs::sync(&mut ebpf).inspect_err(|_| {
         if !had_state {
-            pin_dir.remove_all();
+            pins.remove_all();
         }
     })?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the eBPF log reader")?;
 
-    let mut record = Record::new(&args.pin_dir);
+    let mut record = Record::new(pin_dir);
     let mut attached: Vec<Attached> = Vec::new();
     for interface in &args.interfaces {
         let before = previous.as_ref().and_then(|r| r.interface(interface));
@@ -364,7 +327,7 @@ fn run(args: RunArgs) -> Result<()> {
                         let _ = done.detach();
                     }
                     drop(ebpf);
-                    pin_dir.remove_all();
+                    pins.remove_all();
                 }
                 return Err(error);
             }
@@ -412,12 +375,12 @@ fn run(args: RunArgs) -> Result<()> {
     }
     info!(
         "counters: `ftp-loader stats --pin-dir {}`; stop with Ctrl-C or SIGTERM (detaches), or SIGUSR1 (leaves the guard attached for the next loader to take over)",
-        args.pin_dir.display()
+        pin_dir.display()
     );
 
     let mut instance = Instance {
         ebpf,
-        pins: pin_dir,
+        pins,
         record,
         attached,
         choice: args.xdp_mode,
@@ -448,13 +411,13 @@ fn run(args: RunArgs) -> Result<()> {
                 ));
             }
             pins.remove_all();
-            Record::remove(&args.pin_dir);
+            Record::remove(pin_dir);
             Ok(())
         }
         Ok(Exit::Leave) => {
             info!(
                 "left the guard attached with its tables pinned in {}: the next ftp-loader with this --pin-dir takes it over, `ftp-loader unload` removes it",
-                args.pin_dir.display()
+                pin_dir.display()
             );
             Ok(())
         }

@@ -13,14 +13,8 @@ use aya::{
     Ebpf, Pod,
     maps::{HashMap, Map, MapData, MapType},
 };
-use ftp_ebpf_common::{
-    addr::AddrKey,
-    control::ControlState,
-    expect::{ExpectKey, ExpectValue},
-    flow::{FlowKey, FlowValue},
-    policy::PortInfo,
-    share::ClientShare,
-    stats::COUNTERS,
+use ftp_ebpf_common::contract::{
+    ArrayKind, ArrayTable, CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, HashTable, PORTS, STATS,
 };
 
 use crate::ebpf::Settings;
@@ -42,55 +36,66 @@ struct StateMap {
     /// None for the tables laid out by index (counters, port classes): another size is
     /// another layout, with nothing to copy.
     copy: Option<CopyEntries>,
+    /// The size of a table the settings do not size.
+    entries: Option<u32>,
 }
 
-const fn state_map<K: Pod, V: Pod>(name: &'static str, kind: MapType) -> StateMap {
+fn hash<K: Pod, V: Pod>(table: HashTable<K, V>) -> StateMap {
     StateMap {
-        name,
-        kind,
+        name: table.name,
+        kind: table.map_type(),
         key_size: size_of::<K>(),
         value_size: size_of::<V>(),
-        copy: match kind {
-            MapType::Hash | MapType::LruHash => Some(copy::<K, V>),
-            _ => None,
-        },
+        copy: Some(copy::<K, V>),
+        entries: None,
     }
 }
 
-/// Every map whose contents must survive a restart. The scan buffers are scratch space,
-/// the log buffer belongs to one loader, and each loader fills LOCAL_ADDRS anew.
-const STATE_MAPS: [StateMap; 6] = [
-    state_map::<u32, u64>("STATS", MapType::PerCpuArray),
-    state_map::<u32, PortInfo>("PORTS", MapType::Array),
-    state_map::<ExpectKey, ExpectValue>("EXPECTATIONS", MapType::LruHash),
-    state_map::<FlowKey, FlowValue>("FLOWS", MapType::LruHash),
-    state_map::<FlowKey, ControlState>("CONTROLS", MapType::LruHash),
-    state_map::<AddrKey, ClientShare>("CLIENTS", MapType::LruHash),
+fn array<V: Pod, K: ArrayKind>(table: ArrayTable<V, K>) -> StateMap {
+    StateMap {
+        name: table.name,
+        kind: table.map_type(),
+        key_size: size_of::<u32>(),
+        value_size: size_of::<V>(),
+        copy: None,
+        entries: Some(table.entries),
+    }
+}
+
+/// The names of the tables pinned for the next instance: every map whose contents must
+/// survive a restart. The scan buffers are scratch space, the log buffer belongs to one
+/// loader, and each loader fills LOCAL_ADDRS anew.
+pub const STATE_MAP_NAMES: [&str; 6] = [
+    STATS.name,
+    PORTS.name,
+    EXPECTATIONS.name,
+    FLOWS.name,
+    CONTROLS.name,
+    CLIENTS.name,
 ];
 
-/// The names of the tables pinned for the next instance.
-pub const STATE_MAP_NAMES: [&str; STATE_MAPS.len()] = {
-    let mut names = [""; STATE_MAPS.len()];
-    let mut i = 0;
-    while i < names.len() {
-        names[i] = STATE_MAPS[i].name;
-        i += 1;
-    }
-    names
-};
+/// The tables of `STATE_MAP_NAMES`, as the contract types them.
+fn state_maps() -> [StateMap; STATE_MAP_NAMES.len()] {
+    [
+        array(STATS),
+        array(PORTS),
+        hash(EXPECTATIONS),
+        hash(FLOWS),
+        hash(CONTROLS),
+        hash(CLIENTS),
+    ]
+}
 
-/// The size the loader gives table `name`: the sized tables from the settings, the others
-/// as the programs declare them.
-fn max_entries(name: &str, settings: &Settings) -> u32 {
-    match name {
-        "STATS" => COUNTERS,
-        "PORTS" => u32::from(u16::MAX) + 1,
-        _ => settings
+/// The size the loader gives `map`: the sized tables from the settings, the others as the
+/// programs declare them.
+fn max_entries(map: &StateMap, settings: &Settings) -> u32 {
+    map.entries.unwrap_or_else(|| {
+        settings
             .table_sizes()
             .into_iter()
-            .find(|(table, _, _)| *table == name)
-            .map_or(0, |(_, _, size)| size),
-    }
+            .find(|(table, _, _)| *table == map.name)
+            .map_or(0, |(_, _, size)| size)
+    })
 }
 
 /// What became of the previous instance's tables.
@@ -195,7 +200,7 @@ impl PinDir {
     /// `inherit`), so that the load only reuses tables that fit. (bpffs cannot rename.)
     pub fn prepare(&self, settings: &Settings) -> Result<Vec<(&'static str, MapData)>> {
         let mut set_aside = Vec::new();
-        for map in &STATE_MAPS {
+        for map in &state_maps() {
             let path = self.map_path(map.name);
             if !path.exists() {
                 continue;
@@ -208,7 +213,7 @@ impl PinDir {
             let fits = info.map_type().ok() == Some(map.kind)
                 && info.key_size() as usize == map.key_size
                 && info.value_size() as usize == map.value_size
-                && info.max_entries() == max_entries(map.name, settings);
+                && info.max_entries() == max_entries(map, settings);
             if !fits {
                 std::fs::remove_file(&path)
                     .with_context(|| format!("unpinning {}", path.display()))?;
@@ -257,7 +262,9 @@ impl PinDir {
 
     /// Whether a previous instance left tables behind.
     pub fn has_state(&self) -> bool {
-        STATE_MAPS.iter().any(|m| self.map_path(m.name).exists())
+        STATE_MAP_NAMES
+            .iter()
+            .any(|name| self.map_path(name).exists())
     }
 
     /// Removes every pin and the directory: the maps go once no program uses them.
@@ -268,8 +275,8 @@ impl PinDir {
 
 /// Removes everything an instance pinned in `dir`, and the directory.
 pub fn remove_pins(dir: &Path) {
-    for map in &STATE_MAPS {
-        let _ = std::fs::remove_file(dir.join(map.name));
+    for name in STATE_MAP_NAMES {
+        let _ = std::fs::remove_file(dir.join(name));
     }
     let _ = std::fs::remove_dir(dir);
 }
@@ -277,8 +284,8 @@ pub fn remove_pins(dir: &Path) {
 /// Copies what fits of an older table into the new one of the same name; false when the
 /// layouts differ (nothing to copy).
 fn migrate(ebpf: &mut Ebpf, name: &str, old: MapData) -> Result<bool> {
-    let Some(copy) = STATE_MAPS
-        .iter()
+    let Some(copy) = state_maps()
+        .into_iter()
         .find(|m| m.name == name)
         .and_then(|m| m.copy)
     else {

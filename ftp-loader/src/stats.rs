@@ -1,12 +1,13 @@
 //! The programs' counters, summed over CPUs.
 
+use std::borrow::Borrow;
+
 use anyhow::{Context, Result};
-use aya::maps::{Map, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use ftp_ebpf_common::stats::Counter;
 
-pub fn read(map: &Map) -> Result<Vec<(Counter, u64)>> {
-    let array: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(map).context("STATS is not a per-CPU array")?;
+/// The counters of STATS (`ftp_ebpf_common::contract::STATS`).
+pub fn read<T: Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Result<Vec<(Counter, u64)>> {
     Counter::ALL
         .iter()
         .map(|&counter| {

@@ -7,7 +7,7 @@ use std::{fmt, path::Path, process::Command, time::Duration};
 
 use anyhow::{Result, ensure};
 
-use crate::lab::{BLOB_PATH, Family, Lab, last_lines, output_within};
+use crate::lab::{BLOB_PATH, Family, Lab, LabAddrs, last_lines, output_within};
 
 /// The longest one transfer may take: in the lab it takes milliseconds, and a client whose
 /// connection is dropped gives up after its own [`TIMEOUT_SECS`].

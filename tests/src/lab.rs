@@ -9,7 +9,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     io::Read,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::unix::process::CommandExt,
@@ -32,37 +31,36 @@ pub const PASSIVE_PORTS: (u16, u16) = (10000, 10500);
 pub const BLOB_PATH: &str = "pub/blob";
 const BLOB_SIZE: usize = 2 << 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
+pub use ftp_ebpf_common::addr::Family;
+
+/// The lab's addresses in each family.
+pub trait LabAddrs {
+    fn server_ip(self) -> IpAddr;
+    fn client_ip(self) -> IpAddr;
+    /// The server's address as it goes into a URL's host part.
+    fn server_host(self) -> String;
 }
 
-impl Family {
-    pub const ALL: [Self; 2] = [Self::V4, Self::V6];
-
-    pub fn server_ip(self) -> IpAddr {
+impl LabAddrs for Family {
+    fn server_ip(self) -> IpAddr {
         match self {
             Self::V4 => SERVER_IP.into(),
             Self::V6 => SERVER_IP6.into(),
         }
     }
 
-    /// The server's address as it goes into a URL's host part.
-    pub fn server_host(self) -> String {
+    fn client_ip(self) -> IpAddr {
+        match self {
+            Self::V4 => CLIENT_IP.into(),
+            Self::V6 => CLIENT_IP6.into(),
+        }
+    }
+
+    fn server_host(self) -> String {
         match self {
             Self::V4 => SERVER_IP.to_string(),
             Self::V6 => format!("[{SERVER_IP6}]"),
         }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Self::V4 => "IPv4",
-            Self::V6 => "IPv6",
-        })
     }
 }
 

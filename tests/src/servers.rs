@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::lab::{Family, Lab, PASSIVE_PORTS, SERVER_IP, SERVER_IP6, wait_for};
+use crate::lab::{Family, Lab, LabAddrs, PASSIVE_PORTS, SERVER_IP, SERVER_IP6, wait_for};
 
 /// Where `cargo xtask setup` unpacks the daemons it cannot install: their Debian packages
 /// and vsftpd's all provide `ftp-server` and conflict, so apt would remove one to install

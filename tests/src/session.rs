@@ -25,8 +25,8 @@ use crate::{
     frame::{ACK, PSH, RST, Random, Tcp},
     inject::{Link, PacketSocket},
     lab::{
-        CLIENT_IF, CLIENT_IP, CLIENT_IP6, Lab, SERVER_IF, SERVER_IP, SERVER_IP6, in_netns, netns,
-        run,
+        CLIENT_IF, CLIENT_IP, CLIENT_IP6, Family, Lab, LabAddrs, SERVER_IF, SERVER_IP, SERVER_IP6,
+        in_netns, netns, run,
     },
 };
 
@@ -37,48 +37,6 @@ pub const CONTROL_PORT: u16 = 21;
 const STEP_PAUSE: Duration = Duration::from_millis(10);
 /// A step not delivered by then was dropped, which no watcher may do.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-impl Family {
-    /// As ftp-loader's listings spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ipv4 => "ipv4",
-            Self::Ipv6 => "ipv6",
-        }
-    }
-
-    pub fn server(self) -> IpAddr {
-        match self {
-            Self::Ipv4 => SERVER_IP.into(),
-            Self::Ipv6 => SERVER_IP6.into(),
-        }
-    }
-
-    pub fn client(self) -> IpAddr {
-        match self {
-            Self::Ipv4 => CLIENT_IP.into(),
-            Self::Ipv6 => CLIENT_IP6.into(),
-        }
-    }
-
-    fn of(ip: IpAddr) -> Self {
-        if ip.is_ipv4() { Self::Ipv4 } else { Self::Ipv6 }
-    }
-
-    fn parse(name: &str) -> Result<Self> {
-        match name {
-            "ipv4" => Ok(Self::Ipv4),
-            "ipv6" => Ok(Self::Ipv6),
-            _ => bail!("unknown family {name:?}"),
-        }
-    }
-}
 
 /// One `send()` by one end, which travels as one TCP segment, or a segment neither end
 /// sent. Templates: `{client}` and `{server}` are the hosts' IPv4 addresses as `PORT` and
@@ -125,8 +83,8 @@ impl fmt::Display for Expectation {
 /// The fake FTP server's listening socket on port 21 of the server, in `family`.
 pub fn listen(lab: &Lab, family: Family) -> Result<TcpListener> {
     let listener = in_netns(&lab.server_ns, || {
-        TcpListener::bind((family.server(), CONTROL_PORT))
-            .with_context(|| format!("binding {}:{CONTROL_PORT}", family.server()))
+        TcpListener::bind((family.server_ip(), CONTROL_PORT))
+            .with_context(|| format!("binding {}:{CONTROL_PORT}", family.server_ip()))
     })?;
     // Accepting polls, so that a connection that never arrives fails in bounded time.
     listener.set_nonblocking(true)?;
@@ -351,7 +309,7 @@ impl Ends {
                 continue;
             }
             found.insert(Expectation {
-                family: Family::parse(text(&entry["family"])?)?,
+                family: parse_family(text(&entry["family"])?)?,
                 connector: text(&entry["connector"])?.parse()?,
                 listener: text(&entry["listener"])?.parse()?,
                 port: number(&entry["port"])?,
@@ -380,8 +338,8 @@ fn render(template: &str, family: Family) -> String {
     template
         .replace("{client}", &comma(CLIENT_IP.into()))
         .replace("{server}", &comma(SERVER_IP.into()))
-        .replace("{client_ip}", &family.client().to_string())
-        .replace("{server_ip}", &family.server().to_string())
+        .replace("{client_ip}", &family.client_ip().to_string())
+        .replace("{server_ip}", &family.server_ip().to_string())
 }
 
 /// The kernel's FTP helper watching copies of every frame the lab's client sends and
@@ -534,6 +492,11 @@ fn mac_text(mac: [u8; 6]) -> String {
     mac.map(|byte| format!("{byte:02x}")).join(":")
 }
 
+fn parse_family(name: &str) -> Result<Family> {
+    name.parse()
+        .map_err(|()| anyhow::anyhow!("unknown family {name:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,7 +510,7 @@ mod tests {
         assert_eq!(
             expectation,
             Expectation {
-                family: Family::Ipv4,
+                family: Family::V4,
                 connector: SERVER_IP.into(),
                 listener: CLIENT_IP.into(),
                 port: 10000,
@@ -575,15 +538,15 @@ mod tests {
     #[test]
     fn addresses_are_written_in_each_dialect() {
         assert_eq!(
-            render("PORT {client},4,1 227 ({server},4,1)", Family::Ipv6),
+            render("PORT {client},4,1 227 ({server},4,1)", Family::V6),
             "PORT 192,0,2,2,4,1 227 (192,0,2,1,4,1)"
         );
         assert_eq!(
-            render("EPRT |2|{client_ip}|1025| {server_ip}", Family::Ipv6),
+            render("EPRT |2|{client_ip}|1025| {server_ip}", Family::V6),
             "EPRT |2|2001:db8::2|1025| 2001:db8::1"
         );
         assert_eq!(
-            render("EPRT |1|{client_ip}|1025|", Family::Ipv4),
+            render("EPRT |1|{client_ip}|1025|", Family::V4),
             "EPRT |1|192.0.2.2|1025|"
         );
     }

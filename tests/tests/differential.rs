@@ -13,9 +13,9 @@ use std::{
 
 use anyhow::{Result, ensure};
 use tests::{
-    lab::{Lab, default_loader_bin},
+    lab::{Family, Lab, LabAddrs, default_loader_bin},
     require_root,
-    session::{self, ControlConnection, Expectation, Family, Forgery, KernelOracle, Step},
+    session::{self, ControlConnection, Expectation, Forgery, KernelOracle, Step},
 };
 
 use Data::{Active, Passive};
@@ -45,8 +45,8 @@ enum Data {
 impl Data {
     fn expectation(self, family: Family) -> Expectation {
         let (connector, listener, port) = match self {
-            Passive(port) => (family.client(), family.server(), port),
-            Active(port) => (family.server(), family.client(), port),
+            Passive(port) => (family.client_ip(), family.server_ip(), port),
+            Active(port) => (family.server_ip(), family.client_ip(), port),
         };
         Expectation {
             family,
@@ -73,7 +73,7 @@ struct Case {
 
 const V4: Case = Case {
     name: "",
-    family: Family::Ipv4,
+    family: Family::V4,
     greeting: true,
     steps: &[],
     closed: false,
@@ -81,7 +81,7 @@ const V4: Case = Case {
     data: &[],
 };
 const V6: Case = Case {
-    family: Family::Ipv6,
+    family: Family::V6,
     ..V4
 };
 
@@ -839,10 +839,10 @@ fn documented_differences_are_the_tested_ones() {
 
 #[test]
 fn ipv4_sessions_match_the_kernel_helper() {
-    run_family(Family::Ipv4, "diff4");
+    run_family(Family::V4, "diff4");
 }
 
 #[test]
 fn ipv6_sessions_match_the_kernel_helper() {
-    run_family(Family::Ipv6, "diff6");
+    run_family(Family::V6, "diff6");
 }

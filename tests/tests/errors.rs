@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use ftp_ebpf_common::contract::STATS;
 use ftp_loader::record::RECORD_DIR;
 use tests::{
     lab::{
@@ -100,6 +101,42 @@ fn an_interface_named_twice_is_refused() {
     .unwrap();
     let sentence = refused_run(&lab, &["srvalt0"]);
     assert_mentions(&sentence, &["`srv0` and `srvalt0` name the same interface"]);
+}
+
+/// An interface named like a command is named after `run` (or after `--`): there it is
+/// an interface, whatever its name.
+#[test]
+fn an_interface_named_like_a_command_is_named_after_run() {
+    let lab = lab("named-stats");
+    // In the lab's namespace, which goes (with the link) when the lab does. A veth: the
+    // dummy driver may be missing.
+    run(Command::new("ip").args([
+        "-n",
+        &lab.server_ns,
+        "link",
+        "add",
+        "stats",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "stats-peer",
+    ]))
+    .unwrap();
+    let pin_dir = lab.pin_dir.to_str().unwrap();
+    // Named twice, to be refused before anything is loaded: both are taken as interfaces,
+    // and the first found to exist.
+    for args in [
+        ["run", "stats", "stats", "--pin-dir", pin_dir],
+        ["--pin-dir", pin_dir, "--", "stats", "stats"],
+    ] {
+        let sentence = refusal(&loader(&lab, &args));
+        assert_mentions(&sentence, &["`stats` is named twice"]);
+        assert!(!lab.pin_dir.exists(), "a refused run left {pin_dir} behind");
+    }
+    // Without either, `stats` is the command.
+    let sentence = refusal(&loader(&lab, &["stats", "--pin-dir", pin_dir]));
+    assert_mentions(&sentence, &["no ftp-loader is running with pin directory"]);
 }
 
 #[test]
@@ -500,7 +537,7 @@ fn a_user_with_the_capabilities_attaches_and_reads_without_root() {
         "the loader ended with {status}: {}",
         log()
     );
-    assert!(!pin_dir.join("STATS").exists(), "pins left behind");
+    assert!(!pin_dir.join(STATS.name).exists(), "pins left behind");
 }
 
 #[test]
@@ -538,7 +575,7 @@ fn a_missing_capability_is_named_with_how_to_grant_it() {
             let other = format!("lacks CAP_{}", other.to_uppercase());
             assert!(!sentence.contains(&other), "{sentence}");
         }
-        assert!(!pin_dir.join("STATS").exists());
+        assert!(!pin_dir.join(STATS.name).exists());
     }
 }
 
@@ -595,7 +632,10 @@ fn a_record_dir_the_user_cannot_write_says_how_to_create_it() {
             "RuntimeDirectory=ftp-tracker",
         ],
     );
-    assert!(!pin_dir.join("STATS").exists(), "a refused run pinned maps");
+    assert!(
+        !pin_dir.join(STATS.name).exists(),
+        "a refused run pinned maps"
+    );
 }
 
 /// Runs `args` with stdout a pipe whose reading end is already closed: the first write

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use ftp_ebpf_common::contract::{EGRESS_PROGRAM, INGRESS_TC_PROGRAM};
 use tests::{
     lab::{
         CLIENT_IF, CLIENT_IP, Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns,
@@ -221,7 +222,7 @@ fn signals_reload_nothing_or_leave_the_guard_for_unload() {
     assert!(lab.wait_loader().unwrap().success());
     assert!(lab.loader_log().contains("left the guard attached"));
     assert!(!lab.unannounced_reachable());
-    assert!(filters(&lab, "ingress").contains("ftp_ingress_tc"));
+    assert!(filters(&lab, "ingress").contains(INGRESS_TC_PROGRAM));
 
     let unload = lab.loader_command(&["unload"]).unwrap();
     assert!(unload.status.success(), "{unload:?}");
@@ -280,8 +281,8 @@ fn a_recreated_interface_is_guarded_again() {
     .unwrap();
     let log = lab.loader_log();
     assert!(log.contains("interface srv0 was deleted"), "{log}");
-    assert!(filters(&lab, "ingress").contains("ftp_ingress_tc"));
-    assert!(filters(&lab, "egress").contains("ftp_egress"));
+    assert!(filters(&lab, "ingress").contains(INGRESS_TC_PROGRAM));
+    assert!(filters(&lab, "egress").contains(EGRESS_PROGRAM));
     let status = lab.loader_report(&["status"]).unwrap();
     assert!(status.contains("srv0: guard on tc ingress"), "{status}");
     // The new interface carries traffic again, and the guard stands on it.

@@ -9,17 +9,19 @@ use std::{
 
 use aya::{
     Ebpf, TestRunResult,
-    maps::HashMap,
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{TestRun, TestRunOptions},
 };
 use ftp_ebpf_common::{
-    addr::{AddrKey, FAMILY_IPV4, FAMILY_IPV6},
-    control::{CLOSED, ControlState},
+    addr::AddrKey,
+    contract::{
+        self, CONTROLS, EGRESS_PROGRAM, EXPECTATIONS, FLOWS, INGRESS_TC_PROGRAM, LOCAL_ADDRS, STATS,
+    },
+    control::CLOSED,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
     parse::Sender,
 };
-use ftp_loader::ebpf::{self, EGRESS_PROGRAM, INGRESS_PROGRAM, Settings};
+use ftp_loader::ebpf::{self, Settings};
 use tests::{
     frame::{
         ACK, ControlSession, FIN, IPPROTO_DSTOPTS, IPPROTO_TCP, IPPROTO_UDP, PSH, RST, Random, SYN,
@@ -72,13 +74,7 @@ impl Programs {
     }
 
     fn ingress(&self, frame: &[u8]) -> u32 {
-        let xdp: &Xdp = self
-            .ebpf
-            .program(INGRESS_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        test_run(xdp, frame)
+        test_run(contract::ingress(&self.ebpf).unwrap(), frame)
     }
 
     fn egress(&self, frame: &[u8]) -> u32 {
@@ -87,12 +83,11 @@ impl Programs {
 
     /// The tc ingress guard, what `auto` picks on virtual devices.
     fn ingress_tc(&self, frame: &[u8]) -> u32 {
-        self.tc(ebpf::INGRESS_TC_PROGRAM, frame)
+        self.tc(INGRESS_TC_PROGRAM, frame)
     }
 
-    fn tc(&self, program: &str, frame: &[u8]) -> u32 {
-        let tc: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
-        test_run(tc, frame)
+    fn tc(&self, program: &'static str, frame: &[u8]) -> u32 {
+        test_run(contract::classifier(&self.ebpf, program).unwrap(), frame)
     }
 
     /// Runs a segment that `sender`'s end sent where `host` sees it; whether it passed.
@@ -134,17 +129,14 @@ impl Programs {
 
     /// Tells the programs this host's own addresses, as the loader keeps them.
     fn set_local_addrs(&mut self, addrs: &[IpAddr]) {
-        let mut map: HashMap<_, AddrKey, u8> =
-            HashMap::try_from(self.ebpf.map_mut("LOCAL_ADDRS").unwrap()).unwrap();
+        let mut map = LOCAL_ADDRS.of_mut(&mut self.ebpf).unwrap();
         for &ip in addrs {
-            map.insert(AddrKey::new(family(ip), addr(ip)), 1, 0)
-                .unwrap();
+            map.insert(AddrKey::from_ip(ip), 1, 0).unwrap();
         }
     }
 
     fn expectations(&self) -> Vec<(ExpectKey, ExpectValue)> {
-        let map: HashMap<_, ExpectKey, ExpectValue> =
-            HashMap::try_from(self.ebpf.map("EXPECTATIONS").unwrap()).unwrap();
+        let map = EXPECTATIONS.of(&self.ebpf).unwrap();
         map.iter().map(Result::unwrap).collect()
     }
 
@@ -155,16 +147,14 @@ impl Programs {
     }
 
     fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        let map: HashMap<_, FlowKey, FlowValue> =
-            HashMap::try_from(self.ebpf.map("FLOWS").unwrap()).unwrap();
+        let map = FLOWS.of(&self.ebpf).unwrap();
         map.iter().map(Result::unwrap).collect()
     }
 
     /// The control connections being followed. One that ended stays in the table, marked
     /// closed, only so that the rest of its closing is not taken for a stranger's: left out.
     fn controls(&self) -> Vec<FlowKey> {
-        let map: HashMap<_, FlowKey, ControlState> =
-            HashMap::try_from(self.ebpf.map("CONTROLS").unwrap()).unwrap();
+        let map = CONTROLS.of(&self.ebpf).unwrap();
         map.iter()
             .map(Result::unwrap)
             .filter(|(_, state)| state.flags & CLOSED == 0)
@@ -174,7 +164,7 @@ impl Programs {
 
     /// Counters that are not zero.
     fn stats(&self) -> BTreeMap<&'static str, u64> {
-        ftp_loader::stats::read(self.ebpf.map("STATS").unwrap())
+        ftp_loader::stats::read(&STATS.of(&self.ebpf).unwrap())
             .unwrap()
             .into_iter()
             .filter(|(_, v)| *v != 0)
@@ -194,30 +184,8 @@ fn test_run<'a>(
     program.test_run(opts).expect("test run").return_value
 }
 
-fn addr(ip: impl Into<IpAddr>) -> [u8; 16] {
-    match ip.into() {
-        IpAddr::V4(v4) => ftp_ebpf_common::addr::ipv4(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-fn family(ip: IpAddr) -> u8 {
-    if ip.is_ipv4() {
-        FAMILY_IPV4
-    } else {
-        FAMILY_IPV6
-    }
-}
-
 fn expect_key(connector: impl Into<IpAddr>, listener: impl Into<IpAddr>, port: u16) -> ExpectKey {
-    let connector = connector.into();
-    ExpectKey {
-        family: family(connector),
-        _pad: 0,
-        port,
-        connector: addr(connector),
-        listener: addr(listener),
-    }
+    ExpectKey::from_ips(connector.into(), listener.into(), port).expect("one family")
 }
 
 fn flow_key(
@@ -226,15 +194,8 @@ fn flow_key(
     dst: impl Into<IpAddr>,
     dst_port: u16,
 ) -> FlowKey {
-    let src = src.into();
-    FlowKey {
-        family: family(src),
-        _pad: [0; 3],
-        src_port,
-        dst_port,
-        src: addr(src),
-        dst: addr(dst),
-    }
+    FlowKey::from_sockets((src.into(), src_port).into(), (dst.into(), dst_port).into())
+        .expect("one family")
 }
 
 fn syn(src: impl Into<IpAddr>, src_port: u16, dst: impl Into<IpAddr>, dst_port: u16) -> Vec<u8> {
@@ -1252,12 +1213,7 @@ fn a_client_forging_its_servers_replies_on_a_gateway_is_off_path() {
     const CLIENT_SIDE: u32 = 1;
     // A tc run on the interface `ifindex` (the run looks it up in the current namespace).
     let on = |ifindex: u32, frame: &[u8]| {
-        let tc: &SchedClassifier = p
-            .ebpf
-            .program(ebpf::INGRESS_TC_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let tc = contract::classifier(&p.ebpf, INGRESS_TC_PROGRAM).unwrap();
         // struct __sk_buff up to `ifindex`, at offset 40; the rest zero.
         let mut context = [0u8; 44];
         context[40..44].copy_from_slice(&ifindex.to_ne_bytes());

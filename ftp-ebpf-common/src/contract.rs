@@ -1,0 +1,385 @@
+//! The contract between the kernel programs and the loader: every map, program and global
+//! by name, with the types of its entries, and every setting's default and bounds. Nothing
+//! outside this module names a map, program or global by a string.
+//!
+//! The kernel side (`ftp-ebpf/src/maps.rs`) declares its maps and globals under these same
+//! names (a static's identifier is its name in the object) and sizes them from the defaults
+//! here; ftp-loader's unit tests check every name, key, value and global size here against
+//! the built object, so the two cannot drift. Under the `user` feature each map has typed
+//! accessors: a map whose types change here no longer compiles where it is used.
+
+use core::marker::PhantomData;
+
+use crate::{
+    addr::AddrKey,
+    control::ControlState,
+    expect::{ExpectKey, ExpectValue},
+    flow::{FlowKey, FlowValue},
+    policy::PortInfo,
+    share::ClientShare,
+    stats::COUNTERS,
+};
+
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+
+// Defaults and bounds of the settings (ftp-loader's options of the same names).
+
+/// Guarded ports, inclusive (`--data-ports`).
+pub const DEFAULT_DATA_PORTS: (u16, u16) = (1024, u16::MAX);
+/// The FTP control port (`--control-port`).
+pub const DEFAULT_CONTROL_PORT: u16 = 21;
+/// Seconds an announced data connection may take to open (`--expect-timeout`).
+pub const DEFAULT_EXPECT_TIMEOUT_SECS: u64 = 300;
+/// Seconds of silence after which a tracked data connection is forgotten (`--flow-timeout`).
+pub const DEFAULT_FLOW_TIMEOUT_SECS: u64 = 300;
+/// Capacity of EXPECTATIONS (`--max-expectations`), and so of CLIENTS.
+pub const DEFAULT_MAX_EXPECTATIONS: u32 = 65536;
+/// Capacity of FLOWS (`--max-flows`).
+pub const DEFAULT_MAX_FLOWS: u32 = 262144;
+/// Capacity of CONTROLS (`--max-controls`).
+pub const DEFAULT_MAX_CONTROLS: u32 = 65536;
+/// Expectations one control connection may hold (`--max-expected`), 1..=MAX_EXPECTED.
+pub const DEFAULT_MAX_EXPECTED: u8 = 1;
+/// The most expectations one control connection may hold: the slots of a `ControlState`.
+pub const MAX_EXPECTED: u8 = crate::control::MAX_EXPECTED as u8;
+/// Expectations one client address may hold by default (`--max-expectations-per-client`):
+/// a NAT gateway's many users each hold one for the milliseconds between PASV and the
+/// connection, and 65536 entries still leave room for hundreds of addresses at their cap.
+pub const DEFAULT_MAX_PER_CLIENT: u32 = 256;
+/// Lowest data port an announcement may name (`--min-data-port`).
+pub const DEFAULT_MIN_DATA_PORT: u16 = 1024;
+/// The longest expectation timeout the programs' coarse clock can judge.
+pub const MAX_EXPECT_TIMEOUT_SECS: u64 = crate::policy::MAX_EXPECT_TIMEOUT_NS / NS_PER_SEC;
+/// Entries of LOCAL_ADDRS: this host's own addresses.
+pub const LOCAL_ADDRS_ENTRIES: u32 = 4096;
+/// Entries of PORTS: one per TCP port.
+pub const PORTS_ENTRIES: u32 = u16::MAX as u32 + 1;
+/// Entries of the per-CPU scratch buffers: one per direction.
+pub const SCRATCH_ENTRIES: u32 = 2;
+
+/// A hash map (LRU or plain) of `K` to `V`.
+pub struct HashTable<K, V> {
+    pub name: &'static str,
+    /// An LRU map: the kernel evicts the least recently used entry when it is full.
+    pub lru: bool,
+    types: PhantomData<fn() -> (K, V)>,
+}
+
+/// An array of `V`, one per index (u32): shared by all CPUs (`Shared`) or one per CPU
+/// (`PerCpu`).
+pub struct ArrayTable<V, K: ArrayKind> {
+    pub name: &'static str,
+    pub entries: u32,
+    types: PhantomData<fn() -> (V, K)>,
+}
+
+/// Whether an `ArrayTable` holds one value per CPU.
+pub trait ArrayKind {
+    const PER_CPU: bool;
+}
+
+/// One value per index, shared by all CPUs.
+pub struct Shared;
+
+/// One value per index and CPU.
+pub struct PerCpu;
+
+impl ArrayKind for Shared {
+    const PER_CPU: bool = false;
+}
+
+impl ArrayKind for PerCpu {
+    const PER_CPU: bool = true;
+}
+
+/// A global the loader sets at load time, of type `T`.
+pub struct GlobalVar<T> {
+    pub name: &'static str,
+    /// Whether the object must have it (false: aya-log's, absent without log lines).
+    pub required: bool,
+    types: PhantomData<fn() -> T>,
+}
+
+impl<K, V> HashTable<K, V> {
+    const fn lru(name: &'static str) -> Self {
+        Self {
+            name,
+            lru: true,
+            types: PhantomData,
+        }
+    }
+
+    const fn plain(name: &'static str) -> Self {
+        Self {
+            name,
+            lru: false,
+            types: PhantomData,
+        }
+    }
+}
+
+impl<V, K: ArrayKind> ArrayTable<V, K> {
+    const fn new(name: &'static str, entries: u32) -> Self {
+        Self {
+            name,
+            entries,
+            types: PhantomData,
+        }
+    }
+
+    pub const fn per_cpu(&self) -> bool {
+        K::PER_CPU
+    }
+}
+
+impl<T> GlobalVar<T> {
+    const fn required(name: &'static str) -> Self {
+        Self {
+            name,
+            required: true,
+            types: PhantomData,
+        }
+    }
+}
+
+impl<K, V> core::fmt::Display for HashTable<K, V> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl<V, K: ArrayKind> core::fmt::Display for ArrayTable<V, K> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+// The maps.
+
+/// Announced data connections, until they open or expire.
+pub const EXPECTATIONS: HashTable<ExpectKey, ExpectValue> = HashTable::lru("EXPECTATIONS");
+/// Control connections, keyed client -> server.
+pub const CONTROLS: HashTable<FlowKey, ControlState> = HashTable::lru("CONTROLS");
+/// Admitted data connections, keyed by the initiator's 5-tuple.
+pub const FLOWS: HashTable<FlowKey, FlowValue> = HashTable::lru("FLOWS");
+/// Each client address's (an IPv6 client's /64's) share of EXPECTATIONS.
+pub const CLIENTS: HashTable<AddrKey, ClientShare> = HashTable::lru("CLIENTS");
+/// This host's own addresses, kept current by the loader.
+pub const LOCAL_ADDRS: HashTable<AddrKey, u8> = HashTable::plain("LOCAL_ADDRS");
+/// One `PortInfo` per TCP port.
+pub const PORTS: ArrayTable<PortInfo, Shared> = ArrayTable::new("PORTS", PORTS_ENTRIES);
+/// The counters (`stats::Counter`), per CPU.
+pub const STATS: ArrayTable<u64, PerCpu> = ArrayTable::new("STATS", COUNTERS);
+/// Per-CPU scratch space of the kernel programs (their types are the kernel's own).
+pub const OPTIONS: &str = "OPTIONS";
+pub const SCAN: &str = "SCAN";
+
+/// Every map of the object.
+pub const MAP_NAMES: [&str; 9] = [
+    EXPECTATIONS.name,
+    CONTROLS.name,
+    FLOWS.name,
+    CLIENTS.name,
+    LOCAL_ADDRS.name,
+    PORTS.name,
+    STATS.name,
+    OPTIONS,
+    SCAN,
+];
+
+// The programs.
+
+/// The ingress guard as an XDP program.
+pub const INGRESS_PROGRAM: &str = "ftp_ingress";
+/// The same guard as a tc program, for interfaces where XDP costs more.
+pub const INGRESS_TC_PROGRAM: &str = "ftp_ingress_tc";
+/// The egress scanner, a tc program.
+pub const EGRESS_PROGRAM: &str = "ftp_egress";
+
+pub const PROGRAM_NAMES: [&str; 3] = [INGRESS_PROGRAM, INGRESS_TC_PROGRAM, EGRESS_PROGRAM];
+
+// The globals.
+
+pub const EXPECT_TIMEOUT_NS: GlobalVar<u64> = GlobalVar::required("EXPECT_TIMEOUT_NS");
+/// Silence after which a tracked data connection is forgotten.
+pub const FLOW_IDLE_TIMEOUT_NS: GlobalVar<u64> = GlobalVar::required("FLOW_IDLE_TIMEOUT_NS");
+/// 1 accepts announced addresses other than the announcer's own.
+pub const LOOSE: GlobalVar<u8> = GlobalVar::required("LOOSE");
+pub const MIN_DATA_PORT: GlobalVar<u16> = GlobalVar::required("MIN_DATA_PORT");
+/// Expectations one control connection may hold, 1..=MAX_EXPECTED.
+pub const MAX_EXPECTED_PER_CONTROL: GlobalVar<u8> = GlobalVar::required("MAX_EXPECTED_PER_CONTROL");
+/// Expectations one client address may hold (`share`).
+pub const MAX_PER_CLIENT: GlobalVar<u32> = GlobalVar::required("MAX_PER_CLIENT");
+/// aya-log's level filter: 3 = info, 4 = debug.
+pub const AYA_LOG_LEVEL: GlobalVar<u8> = GlobalVar {
+    name: "AYA_LOG_LEVEL",
+    required: false,
+    types: PhantomData,
+};
+
+#[cfg(feature = "user")]
+pub use user::*;
+
+#[cfg(feature = "user")]
+mod user {
+    use aya::{
+        Ebpf, EbpfLoader, Pod,
+        maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray},
+        programs::{SchedClassifier, Xdp},
+    };
+
+    use super::*;
+
+    /// A map or program of the contract that the object lacks or has of another type.
+    #[derive(Debug)]
+    pub enum ContractError {
+        NoMap(&'static str),
+        NoProgram(&'static str),
+        Map(&'static str, MapError),
+        Program(&'static str, aya::programs::ProgramError),
+    }
+
+    impl core::fmt::Display for ContractError {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                Self::NoMap(name) => write!(f, "the object has no map {name}"),
+                Self::NoProgram(name) => write!(f, "the object has no program {name}"),
+                Self::Map(name, error) => write!(f, "map {name}: {error}"),
+                Self::Program(name, error) => write!(f, "program {name}: {error}"),
+            }
+        }
+    }
+
+    impl core::error::Error for ContractError {
+        fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+            match self {
+                Self::Map(_, error) => Some(error),
+                Self::Program(_, error) => Some(error),
+                _ => None,
+            }
+        }
+    }
+
+    pub type Result<T> = core::result::Result<T, ContractError>;
+
+    fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Map> {
+        ebpf.map(name).ok_or(ContractError::NoMap(name))
+    }
+
+    fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
+        ebpf.map_mut(name).ok_or(ContractError::NoMap(name))
+    }
+
+    impl<K: Pod, V: Pod> HashTable<K, V> {
+        pub fn map_type(&self) -> MapType {
+            if self.lru {
+                MapType::LruHash
+            } else {
+                MapType::Hash
+            }
+        }
+
+        /// The map of a loaded object, to read.
+        pub fn of<'a>(&self, ebpf: &'a Ebpf) -> Result<HashMap<&'a MapData, K, V>> {
+            HashMap::try_from(map(ebpf, self.name)?).map_err(|e| ContractError::Map(self.name, e))
+        }
+
+        /// The map of a loaded object, to write.
+        pub fn of_mut<'a>(&self, ebpf: &'a mut Ebpf) -> Result<HashMap<&'a mut MapData, K, V>> {
+            HashMap::try_from(map_mut(ebpf, self.name)?)
+                .map_err(|e| ContractError::Map(self.name, e))
+        }
+
+        /// The map as a pin (`Map::from_map_data`) holds it.
+        pub fn from_map(&self, map: Map) -> Result<HashMap<MapData, K, V>> {
+            HashMap::try_from(map).map_err(|e| ContractError::Map(self.name, e))
+        }
+
+        /// As `from_map`, for an untyped map borrowed from a loaded object.
+        pub fn from_map_mut<'a>(&self, map: &'a mut Map) -> Result<HashMap<&'a mut MapData, K, V>> {
+            HashMap::try_from(map).map_err(|e| ContractError::Map(self.name, e))
+        }
+    }
+
+    impl<V: Pod, K: ArrayKind> ArrayTable<V, K> {
+        pub fn map_type(&self) -> MapType {
+            if K::PER_CPU {
+                MapType::PerCpuArray
+            } else {
+                MapType::Array
+            }
+        }
+    }
+
+    impl<V: Pod> ArrayTable<V, Shared> {
+        /// The array of a loaded object, to write.
+        pub fn of_mut<'a>(&self, ebpf: &'a mut Ebpf) -> Result<Array<&'a mut MapData, V>> {
+            Array::try_from(map_mut(ebpf, self.name)?).map_err(|e| ContractError::Map(self.name, e))
+        }
+    }
+
+    impl<V: Pod> ArrayTable<V, PerCpu> {
+        /// The array of a loaded object, to read.
+        pub fn of<'a>(&self, ebpf: &'a Ebpf) -> Result<PerCpuArray<&'a MapData, V>> {
+            PerCpuArray::try_from(map(ebpf, self.name)?)
+                .map_err(|e| ContractError::Map(self.name, e))
+        }
+
+        /// The array as a pin (`Map::from_map_data`) holds it.
+        pub fn from_map(&self, map: Map) -> Result<PerCpuArray<MapData, V>> {
+            PerCpuArray::try_from(map).map_err(|e| ContractError::Map(self.name, e))
+        }
+    }
+
+    impl<T: Pod> GlobalVar<T> {
+        /// Sets the global in the object `loader` loads.
+        pub fn set<'a>(&self, loader: &mut EbpfLoader<'a>, value: &'a T) {
+            loader.override_global(self.name, value, self.required);
+        }
+    }
+
+    fn program<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::programs::Program> {
+        ebpf.program(name).ok_or(ContractError::NoProgram(name))
+    }
+
+    fn program_mut<'a>(
+        ebpf: &'a mut Ebpf,
+        name: &'static str,
+    ) -> Result<&'a mut aya::programs::Program> {
+        ebpf.program_mut(name).ok_or(ContractError::NoProgram(name))
+    }
+
+    /// The ingress guard, XDP (`INGRESS_PROGRAM`).
+    pub fn ingress(ebpf: &Ebpf) -> Result<&Xdp> {
+        program(ebpf, INGRESS_PROGRAM)?
+            .try_into()
+            .map_err(|e| ContractError::Program(INGRESS_PROGRAM, e))
+    }
+
+    /// As `ingress`, to load or attach.
+    pub fn ingress_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+        program_mut(ebpf, INGRESS_PROGRAM)?
+            .try_into()
+            .map_err(|e| ContractError::Program(INGRESS_PROGRAM, e))
+    }
+
+    /// A tc program: the ingress guard (`INGRESS_TC_PROGRAM`) or the egress scanner
+    /// (`EGRESS_PROGRAM`).
+    pub fn classifier<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a SchedClassifier> {
+        debug_assert!(name != INGRESS_PROGRAM);
+        program(ebpf, name)?
+            .try_into()
+            .map_err(|e| ContractError::Program(name, e))
+    }
+
+    /// As `classifier`, to load or attach.
+    pub fn classifier_mut<'a>(
+        ebpf: &'a mut Ebpf,
+        name: &'static str,
+    ) -> Result<&'a mut SchedClassifier> {
+        debug_assert!(name != INGRESS_PROGRAM);
+        program_mut(ebpf, name)?
+            .try_into()
+            .map_err(|e| ContractError::Program(name, e))
+    }
+}
