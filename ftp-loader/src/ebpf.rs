@@ -389,6 +389,56 @@ mod tests {
         );
     }
 
+    /// docs/usage.md's options table gives each option's default as clap has it (and so
+    /// as the contract defines it): the docs cannot drift from the code.
+    #[test]
+    fn the_usage_page_gives_the_defaults() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let usage = include_str!("../../docs/usage.md");
+        let rows: Vec<(Vec<&str>, Vec<&str>)> = usage
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.split(" | ");
+                let options = cells.next()?.trim_start_matches("| ");
+                let defaults = cells.next()?;
+                Some((
+                    options.split(" / ").collect(),
+                    defaults.split(" / ").collect(),
+                ))
+            })
+            .collect();
+        let command = <Cli as clap::CommandFactory>::command();
+        let mut checked = 0;
+        for arg in command.get_arguments() {
+            let (Some(long), [default]) = (arg.get_long(), arg.get_default_values()) else {
+                continue;
+            };
+            let default = default.to_string_lossy();
+            if default == "false" {
+                continue;
+            }
+            let written = rows.iter().find_map(|(options, defaults)| {
+                // `--name VALUE` or `--name`, not `--name-longer`.
+                let at = options.iter().position(|o| {
+                    o.strip_prefix(&format!("`--{long}"))
+                        .is_some_and(|rest| rest.starts_with([' ', '`']))
+                })?;
+                defaults.get(at)
+            });
+            assert_eq!(
+                written.copied(),
+                Some(format!("`{default}`").as_str()),
+                "docs/usage.md's default for --{long}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} options with defaults found");
+    }
+
     #[test]
     fn data_ports_parse() {
         assert_eq!(
