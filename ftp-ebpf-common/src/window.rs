@@ -180,10 +180,10 @@ impl TcpWindows {
             let ack_window = window.max(MIN_ACK_WINDOW);
             let (expected, sent) = (SeqNumber(sender.end), SeqNumber(receiver.end));
             let ack = SeqNumber(segment.ack);
-            segment.end() > expected - window - 1
-                && SeqNumber(segment.seq) < expected + window + 1
-                && ack < sent + 1
-                && ack > sent - ack_window - 1
+            segment.end().after(expected - window - 1)
+                && SeqNumber(segment.seq).before(expected + window + 1)
+                && ack.before(sent + 1)
+                && ack.after(sent - ack_window - 1)
         };
         let end = segment.end();
         let window = (u32::from(segment.window) << scale.min(MAX_WINDOW_SCALE)).max(1);
@@ -223,38 +223,37 @@ impl TcpWindows {
                 segment.ack
             },
         );
-        let sent = SeqNumber(sender.end);
-        let received = SeqNumber(receiver.end);
         let window = if segment.has(TCP_SYN) {
             u32::from(segment.window)
         } else {
             u32::from(segment.window) << sender.scale
         };
-        let in_receive_window =
-            !receiver.is_known() || end > sent - receiver.max_window - 1 - slack;
+        let in_receive_window = !receiver.is_known()
+            || end.after(SeqNumber(sender.end) - receiver.max_window - 1 - slack);
         let ack_window = sender.max_window.max(MIN_ACK_WINDOW);
-        let in_window = seq < SeqNumber(sender.max_end) + 1 + slack
+        let in_window = seq.before(SeqNumber(sender.max_end) + 1 + slack)
             && in_receive_window
-            && ack < received + 1 + slack
-            && ack > received - ack_window - 1 - slack;
+            && ack.before(SeqNumber(receiver.end) + 1 + slack)
+            && ack.after(SeqNumber(receiver.end) - ack_window - 1 - slack);
         if !in_window {
             return false;
         }
         if sender.max_window < window {
             sender.max_window = window;
         }
-        if end > sent {
+        if end.after(SeqNumber(sender.end)) {
             sender.end = end.0;
         }
-        let allowed_end = SeqNumber(sender.max_end);
-        if receiver.is_known() && end > allowed_end {
+        if receiver.is_known() && end.after(SeqNumber(sender.max_end)) {
             // The sender went past what the receiver was known to allow: the receiver's
             // window is larger than known.
-            receiver.max_window = receiver.max_window.wrapping_add((end - allowed_end) as u32);
+            receiver.max_window = receiver
+                .max_window
+                .wrapping_add((end - SeqNumber(sender.max_end)) as u32);
         }
         if segment.has(TCP_ACK) {
             let allowed = ack + window;
-            if allowed > SeqNumber(receiver.max_end) - 1 {
+            if allowed.after(SeqNumber(receiver.max_end) - 1) {
                 receiver.max_end = if window == 0 { allowed + 1 } else { allowed }.0;
             }
         }
