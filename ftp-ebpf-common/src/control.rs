@@ -15,6 +15,7 @@ use crate::{
     expect::ExpectKey,
     flow::FlowKey,
     parse::{LineScanner, Sender},
+    seq::SeqNumber,
     window::{Numbers, Side, TCP_FIN, TCP_RST, TcpDirection, TcpWindows},
 };
 
@@ -62,7 +63,7 @@ impl StreamScan {
             // open when the programs were attached most likely sends whole lines.
             return SegmentPlan::Read { skip: 0 };
         }
-        let ahead = seq.wrapping_sub(self.next_seq) as i32;
+        let ahead = SeqNumber(seq) - SeqNumber(self.next_seq);
         if ahead > 0 {
             SegmentPlan::ReadAfterGap
         } else if ahead.unsigned_abs() >= len {
@@ -77,7 +78,7 @@ impl StreamScan {
     /// Records that the segment was read to its end.
     pub fn advance(&mut self, seq: u32, len: u32) {
         self.started = 1;
-        self.next_seq = seq.wrapping_add(len);
+        self.next_seq = (SeqNumber(seq) + len).0;
     }
 }
 

@@ -15,6 +15,7 @@ pub mod expect;
 pub mod flow;
 pub mod parse;
 pub mod policy;
+pub mod seq;
 pub mod share;
 pub mod stats;
 pub mod window;

@@ -11,6 +11,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::seq::SeqNumber;
+
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -54,22 +56,12 @@ impl Numbers {
     }
 
     /// One past the last sequence number the segment occupies (SYN and FIN count one).
-    pub fn end(&self) -> u32 {
-        self.seq
-            .wrapping_add(self.payload_len)
-            .wrapping_add(u32::from(self.has(TCP_SYN)))
-            .wrapping_add(u32::from(self.has(TCP_FIN)))
+    pub fn end(&self) -> SeqNumber {
+        SeqNumber(self.seq)
+            + self.payload_len
+            + u32::from(self.has(TCP_SYN))
+            + u32::from(self.has(TCP_FIN))
     }
-}
-
-/// `a` comes after `b` in sequence space (RFC 1982 arithmetic, as the kernel's `after`).
-pub fn after(a: u32, b: u32) -> bool {
-    (b.wrapping_sub(a) as i32) < 0
-}
-
-/// `a` comes before `b` in sequence space.
-pub fn before(a: u32, b: u32) -> bool {
-    after(b, a)
 }
 
 /// `TcpDirection::flags`: the sender's SYN carried a window scale option.
@@ -96,7 +88,7 @@ pub struct TcpDirection {
 impl TcpDirection {
     /// The direction as its SYN (or SYN-ACK) opens it.
     pub fn opened_by(syn: &Numbers) -> Self {
-        let end = syn.end();
+        let end = syn.end().0;
         let offered = syn.window_scale != NO_WINDOW_SCALE;
         Self {
             end,
@@ -169,7 +161,7 @@ impl TcpWindows {
             responder.scale = 0;
         }
         // What the responder allows the initiator to send.
-        initiator.max_end = syn_ack.ack.wrapping_add(u32::from(syn_ack.window).max(1));
+        initiator.max_end = (SeqNumber(syn_ack.ack) + u32::from(syn_ack.window).max(1)).0;
         self.directions = [initiator, responder];
         true
     }
@@ -186,21 +178,18 @@ impl TcpWindows {
             // `sender.end` holds what the receiver's first segment acknowledged.
             let window = receiver.max_window;
             let ack_window = window.max(MIN_ACK_WINDOW);
-            after(
-                segment.end(),
-                sender.end.wrapping_sub(window).wrapping_sub(1),
-            ) && before(segment.seq, sender.end.wrapping_add(window).wrapping_add(1))
-                && before(segment.ack, receiver.end.wrapping_add(1))
-                && after(
-                    segment.ack,
-                    receiver.end.wrapping_sub(ack_window).wrapping_sub(1),
-                )
+            let (expected, sent) = (SeqNumber(sender.end), SeqNumber(receiver.end));
+            let ack = SeqNumber(segment.ack);
+            segment.end().after(expected - window - 1)
+                && SeqNumber(segment.seq).before(expected + window + 1)
+                && ack.before(sent + 1)
+                && ack.after(sent - ack_window - 1)
         };
         let end = segment.end();
         let window = (u32::from(segment.window) << scale.min(MAX_WINDOW_SCALE)).max(1);
         *sender = TcpDirection {
-            end,
-            max_end: end.wrapping_add(window),
+            end: end.0,
+            max_end: (end + window).0,
             max_window: window,
             scale: scale.min(MAX_WINDOW_SCALE),
             flags: sender.flags,
@@ -223,63 +212,49 @@ impl TcpWindows {
         if !sender.is_known() {
             return false;
         }
-        let seq = segment.seq;
+        let seq = SeqNumber(segment.seq);
         let end = segment.end();
         // A segment without ACK, or a RST carrying ACK 0 (broken stacks), acknowledges
         // nothing: judge it as acknowledging what the receiver sent.
-        let ack = if !segment.has(TCP_ACK) || (segment.has(TCP_RST) && segment.ack == 0) {
-            receiver.end
-        } else {
-            segment.ack
-        };
+        let ack = SeqNumber(
+            if !segment.has(TCP_ACK) || (segment.has(TCP_RST) && segment.ack == 0) {
+                receiver.end
+            } else {
+                segment.ack
+            },
+        );
         let window = if segment.has(TCP_SYN) {
             u32::from(segment.window)
         } else {
             u32::from(segment.window) << sender.scale
         };
         let in_receive_window = !receiver.is_known()
-            || after(
-                end,
-                sender
-                    .end
-                    .wrapping_sub(receiver.max_window)
-                    .wrapping_sub(1)
-                    .wrapping_sub(slack),
-            );
+            || end.after(SeqNumber(sender.end) - receiver.max_window - 1 - slack);
         let ack_window = sender.max_window.max(MIN_ACK_WINDOW);
-        let in_window = before(seq, sender.max_end.wrapping_add(1).wrapping_add(slack))
+        let in_window = seq.before(SeqNumber(sender.max_end) + 1 + slack)
             && in_receive_window
-            && before(ack, receiver.end.wrapping_add(1).wrapping_add(slack))
-            && after(
-                ack,
-                receiver
-                    .end
-                    .wrapping_sub(ack_window)
-                    .wrapping_sub(1)
-                    .wrapping_sub(slack),
-            );
+            && ack.before(SeqNumber(receiver.end) + 1 + slack)
+            && ack.after(SeqNumber(receiver.end) - ack_window - 1 - slack);
         if !in_window {
             return false;
         }
         if sender.max_window < window {
             sender.max_window = window;
         }
-        if after(end, sender.end) {
-            sender.end = end;
+        if end.after(SeqNumber(sender.end)) {
+            sender.end = end.0;
         }
-        if receiver.is_known() && after(end, sender.max_end) {
+        if receiver.is_known() && end.after(SeqNumber(sender.max_end)) {
+            // The sender went past what the receiver was known to allow: the receiver's
+            // window is larger than known.
             receiver.max_window = receiver
                 .max_window
-                .wrapping_add(end.wrapping_sub(sender.max_end));
+                .wrapping_add((end - SeqNumber(sender.max_end)) as u32);
         }
         if segment.has(TCP_ACK) {
-            let allowed = ack.wrapping_add(window);
-            if after(allowed, receiver.max_end.wrapping_sub(1)) {
-                receiver.max_end = if window == 0 {
-                    allowed.wrapping_add(1)
-                } else {
-                    allowed
-                };
+            let allowed = ack + window;
+            if allowed.after(SeqNumber(receiver.max_end) - 1) {
+                receiver.max_end = if window == 0 { allowed + 1 } else { allowed }.0;
             }
         }
         true
@@ -507,10 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn sequence_comparisons_wrap() {
-        assert!(after(5, u32::MAX - 5));
-        assert!(before(u32::MAX - 5, 5));
-        assert!(!after(5, 5));
+    fn sequence_numbers_wrap() {
         let mut w = TcpWindows::open(&numbers(u32::MAX - 1, 0, 0, TCP_SYN, 1000));
         assert!(w.accept(&numbers(5000, u32::MAX, 0, TCP_SYN | TCP_ACK, 1000)));
         assert!(w.admit(

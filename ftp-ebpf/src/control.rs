@@ -94,11 +94,7 @@ pub struct ControlScan {
 
 impl ControlScan {
     fn sender(&self) -> Sender {
-        if self.sender == Sender::Server as u8 {
-            Sender::Server
-        } else {
-            Sender::Client
-        }
+        Sender::from_u8(self.sender)
     }
 }
 
