@@ -6,6 +6,7 @@
 //! alternate (A B A B ...), medians are reported, and only ratios taken in the same run are
 //! judged. `--quick` runs every measurement once, small, so the harness itself is tested.
 
+mod baseline;
 mod bulk;
 mod flood;
 pub mod guard;

@@ -21,9 +21,6 @@ use crate::{
 /// The compiled programs, built by build.rs; 8-byte aligned as the ELF parser wants.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf.o"));
 
-/// Where the build left the benchmarks' do-nothing XDP program (not embedded).
-pub const BASELINE_OBJECT: &str = env!("FTP_BASELINE_OBJECT");
-
 pub const INGRESS_PROGRAM: &str = "ftp_ingress";
 /// The same guard as a tc program, for interfaces where XDP costs more.
 pub const INGRESS_TC_PROGRAM: &str = "ftp_ingress_tc";
