@@ -141,6 +141,9 @@ impl Ftp {
         let mut bytes = Vec::new();
         data.read_to_end(&mut bytes)
             .with_context(|| format!("RETR {path}"))?;
+        // Closed before the 226 is awaited, as clients do: with the client's end still
+        // open, vsftpd's 226 came late enough to cut the session bench's rate to a third.
+        drop(data);
         self.reply(226)?;
         Ok(bytes)
     }
