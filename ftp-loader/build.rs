@@ -92,9 +92,4 @@ fn main() {
     let object = release.join("ftp-ebpf");
     std::fs::copy(&object, out_dir.join("ftp-ebpf.o"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
-    // The benchmarks' do-nothing baseline, built alongside; the loader does not embed it.
-    println!(
-        "cargo:rustc-env=FTP_BASELINE_OBJECT={}",
-        release.join("baseline").display()
-    );
 }

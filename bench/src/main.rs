@@ -6,6 +6,7 @@
 //! alternate (A B A B ...), medians are reported, and only ratios taken in the same run are
 //! judged. `--quick` runs every measurement once, small, so the harness itself is tested.
 
+mod baseline;
 mod bulk;
 mod flood;
 pub mod guard;
@@ -33,6 +34,9 @@ struct Cli {
     /// Where the JSON report goes.
     #[arg(long)]
     report: PathBuf,
+    /// Also render the report as this Markdown page (docs/benchmarks.md).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
     /// Sections to run (default: all).
     sections: Vec<String>,
 }
@@ -58,6 +62,21 @@ fn benchmark(cli: Cli) -> Result<()> {
     let report = run(&bench, &names)?;
     println!("{}", report.table());
     report.write(&cli.report)?;
+    if let Some(page) = &cli.markdown {
+        // Rendered from the report as written, so the page says what the JSON says.
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cli.report)?)?;
+        let command = ["cargo xtask bench"]
+            .into_iter()
+            .chain(cli.sections.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
+        std::fs::write(
+            page,
+            report::markdown(&written, &command, &sections(), &names),
+        )?;
+        println!("xtask bench: wrote {}", page.display());
+    }
     println!(
         "xtask bench: {} s; report in {}",
         report.seconds.round(),

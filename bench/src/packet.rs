@@ -13,11 +13,13 @@ use ftp_ebpf_common::{
     contract::{CONTROLS, EGRESS_PROGRAM, FLOWS, INGRESS_PROGRAM},
     flow::{FlowKey, FlowValue},
 };
-use ftp_loader::ebpf::{self, BASELINE_OBJECT, Settings};
+use ftp_loader::ebpf::{self, Settings};
 use tests::frame::{ACK, ControlSession, IPPROTO_UDP, PSH, SYN, Tcp, WINDOW, ip_frame};
 
 use super::{
-    Bench, Figure, Section, alternate, median,
+    Bench, Figure, Section, alternate,
+    baseline::Baseline,
+    median,
     scale::{self, syn},
 };
 
@@ -185,11 +187,34 @@ fn classes() -> Vec<Class> {
     ]
 }
 
-/// Nanoseconds per run of `program` on `frames`: the one frame `repeat` times in the
-/// kernel, or each of several frames once.
-fn ns_per_packet(ebpf: &mut Ebpf, program: &str, class: &Class, repeat: u32) -> Result<f64> {
+/// Nanoseconds per run on `class`: its one frame `repeat` times in the kernel, or each of
+/// several frames once. `run` runs a frame so many times and returns the kernel's mean
+/// duration of one run.
+fn ns_per_packet(
+    class: &Class,
+    repeat: u32,
+    mut run: impl FnMut(&[u8], u32) -> Result<f64>,
+) -> Result<f64> {
     let frames = &class.frames;
-    if frames.len() > 1 {
+    for frame in &class.setup {
+        run(frame, 0)?;
+    }
+    let repeat = if frames.len() == 1 { repeat } else { 1 };
+    let mut total = 0.0;
+    for frame in frames {
+        total += run(frame, repeat)?;
+    }
+    Ok(total / frames.len() as f64)
+}
+
+/// `ns_per_packet` for one of the product's programs.
+fn product_ns_per_packet(
+    ebpf: &mut Ebpf,
+    program: &str,
+    class: &Class,
+    repeat: u32,
+) -> Result<f64> {
+    if class.frames.len() > 1 {
         // Each round reads its segments as new connections again.
         if let Some(map) = ebpf.map_mut(CONTROLS.name) {
             let mut controls = CONTROLS.from_map_mut(map)?;
@@ -203,24 +228,15 @@ fn ns_per_packet(ebpf: &mut Ebpf, program: &str, class: &Class, repeat: u32) -> 
         .program(program)
         .context("no such program")?
         .try_into()?;
-    for frame in &class.setup {
-        xdp.test_run(TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        })?;
-    }
-    let repeat = if frames.len() == 1 { repeat } else { 1 };
-    let mut total = 0.0;
-    for frame in frames {
+    ns_per_packet(class, repeat, |frame, repeat| {
         let result = xdp.test_run(TestRunOptions {
             data_in: Some(frame),
             repeat,
             ..Default::default()
         })?;
         // The kernel reports the mean time of one run.
-        total += result.duration.as_nanos() as f64;
-    }
-    Ok(total / frames.len() as f64)
+        Ok(result.duration.as_nanos() as f64)
+    })
 }
 
 fn addr(n: u32) -> [u8; 16] {
@@ -251,13 +267,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
     } else {
         (1_000_000, 1_000_000)
     };
-    let mut baseline = Ebpf::load_file(BASELINE_OBJECT)
-        .with_context(|| format!("loading the baseline program {BASELINE_OBJECT}"))?;
-    let pass: &mut Xdp = baseline
-        .program_mut("xdp_pass")
-        .context("no xdp_pass")?
-        .try_into()?;
-    pass.load()?;
+    let baseline = Baseline::load()?;
 
     let mut tables = Vec::new();
     for entries in [0u32, filled] {
@@ -296,9 +306,11 @@ pub fn run(bench: &Bench) -> Result<Section> {
         for (entries, product) in &mut tables {
             let samples = alternate(&[false, true], bench.rounds(), |&ours| {
                 if ours {
-                    ns_per_packet(product, INGRESS_PROGRAM, &class, repeat)
+                    product_ns_per_packet(product, INGRESS_PROGRAM, &class, repeat)
                 } else {
-                    ns_per_packet(&mut baseline, "xdp_pass", &class, repeat)
+                    ns_per_packet(&class, repeat, |frame, repeat| {
+                        baseline.test_run(frame, repeat)
+                    })
                 }
             })?;
             let (base, cost) = (median(&samples[0]), median(&samples[1]));
@@ -308,7 +320,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
                 "ns/packet",
             )
             .samples(&samples[1])
-            .against("do-nothing XDP", base);
+            .against(Baseline::NAME, base);
             figure = match class.target {
                 Target::Ratio(max) => {
                     figure.target(format!("<= {max}x baseline"), cost <= max * base)

@@ -7,15 +7,15 @@
 
 use std::{
     collections::BTreeMap,
-    io::{self, BufRead, BufReader, ErrorKind, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    io::{self, ErrorKind},
     os::unix::fs::PermissionsExt,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, ensure};
 use tests::{
-    lab::{self, Lab, SERVER_IP, in_netns},
+    ftp::Ftp,
+    lab::{self, Lab, in_netns},
     servers::Server,
 };
 
@@ -201,10 +201,9 @@ fn cpu_seconds() -> f64 {
 
 fn client(deadline: Instant, file: &[u8]) -> Run {
     let mut run = Run::default();
-    let mut data = Vec::with_capacity(file.len() + 1);
     while Instant::now() < deadline {
         let started = Instant::now();
-        match session(file, &mut data) {
+        match session(file) {
             Ok(()) => {
                 run.ok += 1;
                 if started.elapsed() >= Duration::from_secs(1) {
@@ -217,124 +216,35 @@ fn client(deadline: Instant, file: &[u8]) -> Run {
     run
 }
 
-/// One FTP session; a failure is described by its step and what went wrong, without
-/// addresses or ports, so that failures of one kind add up.
-fn session(file: &[u8], data: &mut Vec<u8>) -> Result<(), String> {
-    let control = connect(SocketAddr::from((SERVER_IP, 21))).map_err(io_failure("connect"))?;
-    let mut reader = BufReader::new(&control);
-    let mut line = String::new();
-    expect(&mut reader, &mut line, "greeting", 220)?;
-    command(&control, &mut reader, &mut line, "USER anonymous", 331)?;
-    command(&control, &mut reader, &mut line, "PASS x", 230)?;
-    command(&control, &mut reader, &mut line, "TYPE I", 200)?;
-    command(&control, &mut reader, &mut line, "PASV", 227)?;
-    let port = pasv_port(&line).ok_or("PASV: unreadable 227")?;
-    let mut transfer = connect(port).map_err(io_failure("data connect"))?;
-    command(
-        &control,
-        &mut reader,
-        &mut line,
-        &format!("RETR {FILE}"),
-        150,
-    )?;
-    data.clear();
-    transfer
-        .read_to_end(data)
-        .map_err(io_failure("RETR data"))?;
-    drop(transfer);
+/// One FTP session with the lab's client; a failure is described by its step and what
+/// went wrong, without addresses or ports, so that failures of one kind add up.
+fn session(file: &[u8]) -> Result<(), String> {
+    let mut ftp = Ftp::open(TIMEOUT).map_err(failure("connect"))?;
+    ftp.log_in().map_err(failure("login"))?;
+    let announced = ftp.pasv().map_err(failure("PASV"))?;
+    let data = ftp.retr_from(announced, FILE).map_err(failure("RETR"))?;
     if data.len() != file.len() {
         return Err("RETR: file of the wrong length".into());
     }
     if data[..] != file[..] {
         return Err("RETR: file of the wrong content".into());
     }
-    expect(&mut reader, &mut line, "RETR", 226)?;
-    command(&control, &mut reader, &mut line, "QUIT", 221)?;
-    // The server closes first, as after every real session, so the TIME_WAIT is its own.
-    let mut rest = [0u8; 64];
-    match reader.read(&mut rest).map_err(io_failure("after QUIT"))? {
-        0 => Ok(()),
-        _ => Err("after QUIT: more data".into()),
-    }
+    ftp.quit().map_err(failure("QUIT"))
 }
 
-fn connect(address: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&address, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    Ok(stream)
-}
-
-fn command(
-    mut control: &TcpStream,
-    reader: &mut BufReader<&TcpStream>,
-    line: &mut String,
-    command: &str,
-    code: u16,
-) -> Result<(), String> {
-    let step = command.split(' ').next().unwrap_or(command);
-    control
-        .write_all(format!("{command}\r\n").as_bytes())
-        .map_err(io_failure(step))?;
-    expect(reader, line, step, code)
-}
-
-/// Reads one reply, a multi-line one to its last line (left in `line`), and checks its
-/// code.
-fn expect(
-    reader: &mut BufReader<&TcpStream>,
-    line: &mut String,
-    step: &str,
-    code: u16,
-) -> Result<(), String> {
-    let mut read = |line: &mut String| {
-        line.clear();
-        match reader.read_line(line).map_err(io_failure(step))? {
-            0 => Err(format!("{step}: connection closed")),
-            _ => Ok(()),
-        }
-    };
-    read(line)?;
-    let got = line.get(..3).unwrap_or_default().to_owned();
-    if line.as_bytes().get(3) == Some(&b'-') {
-        while !(line.starts_with(&got) && line.as_bytes().get(3) != Some(&b'-')) {
-            read(line)?;
-        }
-    }
-    if got == code.to_string() {
-        Ok(())
-    } else {
-        Err(format!("{step}: reply {got:?} instead of {code}"))
-    }
-}
-
-/// The data address of a `227` reply, found as RFC 1123 says: from the first digit.
-fn pasv_port(line: &str) -> Option<SocketAddr> {
-    let text = line.get(4..)?;
-    let start = text.find(|c: char| c.is_ascii_digit())?;
-    let numbers: Vec<u8> = text[start..]
-        .split(|c: char| !c.is_ascii_digit() && c != ',')
-        .next()?
-        .split(',')
-        .map(|n| n.parse().ok())
-        .collect::<Option<_>>()?;
-    let [a, b, c, d, high, low] = numbers[..] else {
-        return None;
-    };
-    Some(SocketAddr::from((
-        Ipv4Addr::new(a, b, c, d),
-        u16::from_be_bytes([high, low]),
-    )))
-}
-
-fn io_failure(step: &str) -> impl Fn(io::Error) -> String + '_ {
+/// `step: what`, where what is the kind of the I/O error underneath, if any, else the
+/// innermost message (a reply of the wrong code, say), which names no address.
+fn failure(step: &str) -> impl Fn(anyhow::Error) -> String + '_ {
     move |error| {
-        let what = match error.kind() {
-            // A read timeout is EAGAIN on Linux.
-            ErrorKind::TimedOut | ErrorKind::WouldBlock => "timed out".to_owned(),
-            ErrorKind::ConnectionRefused => "refused".to_owned(),
-            ErrorKind::ConnectionReset => "reset".to_owned(),
-            _ => error.to_string(),
+        let what = match error.chain().find_map(|e| e.downcast_ref::<io::Error>()) {
+            Some(error) => match error.kind() {
+                // A read timeout is EAGAIN on Linux.
+                ErrorKind::TimedOut | ErrorKind::WouldBlock => "timed out".to_owned(),
+                ErrorKind::ConnectionRefused => "refused".to_owned(),
+                ErrorKind::ConnectionReset => "reset".to_owned(),
+                _ => error.to_string(),
+            },
+            None => error.root_cause().to_string(),
         };
         format!("{step}: {what}")
     }

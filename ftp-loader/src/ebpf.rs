@@ -25,9 +25,6 @@ use crate::{
 /// The compiled programs, built by build.rs; 8-byte aligned as the ELF parser wants.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf.o"));
 
-/// Where the build left the benchmarks' do-nothing XDP program (not embedded).
-pub const BASELINE_OBJECT: &str = env!("FTP_BASELINE_OBJECT");
-
 /// `DEFAULT_DATA_PORTS` as `--data-ports` spells it.
 static DEFAULT_DATA_PORTS_TEXT: LazyLock<String> =
     LazyLock::new(|| format!("{}-{}", DEFAULT_DATA_PORTS.0, DEFAULT_DATA_PORTS.1));

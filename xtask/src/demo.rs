@@ -1,24 +1,32 @@
 //! The demo: the classic FTP lab, where a server's data ports are closed to everything an
 //! FTP control connection did not announce, with ftp-loader as the only guard.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use clap::Parser;
 use tests::{
     clients::{self, Client, Mode},
     lab::{self, Family, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP},
     servers::Server,
 };
 
+use crate::{build, setup};
+
 fn step(text: &str) {
     println!("\n==> {text}");
 }
 
-pub fn run(loader: &Path) -> Result<()> {
+#[derive(Parser)]
+pub struct Options {}
+
+pub fn run(Options {}: Options) -> Result<()> {
+    setup::prepare()?;
+    let loader = build::release()?;
     step(
         "building the lab: namespaces `server` (vsftpd, passive ports 10000-10500) and `client`, joined by a veth pair",
     );
-    let mut lab = Lab::new("demo", loader)?;
+    let mut lab = Lab::new("demo", &loader)?;
     println!(
         "    server {SERVER_IP} in {}, client {} in {}",
         lab.server_ns,

@@ -13,7 +13,10 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
 
-use crate::{cargo, cargo_command, setup, stream, workspace};
+use crate::{
+    cargo::{cargo, cargo_command, stream, workspace},
+    setup,
+};
 
 /// The kernels users run: Debian 12's own and bookworm-backports'.
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -6,9 +6,10 @@ use std::{
 };
 
 use anyhow::{Result, bail, ensure};
+use clap::Parser;
 use tests::servers::{PEERS_DIR, UNPACKED, unpacked_path};
 
-use crate::stream;
+use crate::cargo::stream;
 
 /// Debian packages and why the project needs each.
 const PACKAGES: &[(&str, &str)] = &[
@@ -80,7 +81,15 @@ const PACKAGES: &[(&str, &str)] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
-pub fn run() -> Result<()> {
+#[derive(Parser)]
+pub struct Options {}
+
+pub fn run(Options {}: Options) -> Result<()> {
+    prepare()
+}
+
+/// What every other command needs first.
+pub fn prepare() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
         unsafe { libc::geteuid() } == 0,
