@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use tests::{
+use ftp_lab::{
     ftp::Ftp,
     lab::{Lab, SERVER_IF, in_netns},
     servers::{SCRATCH_DIR, Server, ZEROS},

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use tests::{
+use ftp_lab::{
     frame::{self, SYN, Tcp},
     ftp::Ftp,
     inject::{Link, PacketSocket},

@@ -4,7 +4,7 @@
 use std::{fmt, process::Command};
 
 use anyhow::Result;
-use tests::lab::{Lab, run};
+use ftp_lab::lab::{Lab, run};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Guard {

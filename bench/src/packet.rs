@@ -13,8 +13,8 @@ use ftp_ebpf_common::{
     contract::{CONTROLS, EGRESS_PROGRAM, FLOWS, INGRESS_PROGRAM},
     flow::{FlowKey, FlowValue},
 };
+use ftp_lab::frame::{ACK, ControlSession, IPPROTO_UDP, PSH, SYN, Tcp, WINDOW, ip_frame};
 use ftp_loader::ebpf::{self, Settings};
-use tests::frame::{ACK, ControlSession, IPPROTO_UDP, PSH, SYN, Tcp, WINDOW, ip_frame};
 
 use super::{
     Bench, Figure, Section, alternate,

@@ -22,8 +22,8 @@ use ftp_ebpf_common::{
     stats::Counter,
     window::{Numbers, TCP_SYN},
 };
+use ftp_lab::frame::{ControlSession, SYN, Tcp};
 use ftp_loader::ebpf::{self, Settings};
-use tests::frame::{ControlSession, SYN, Tcp};
 
 use super::{Bench, Figure, Section};
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use tests::{
+use ftp_lab::{
     ftp::Ftp,
     lab::{self, Lab, in_netns},
     servers::Server,

@@ -22,13 +22,28 @@ pub mod window;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)] plain-old-data without padding (bytemuck::Pod).
-    unsafe impl aya::Pod for crate::expect::ExpectKey {}
-    unsafe impl aya::Pod for crate::expect::ExpectValue {}
-    unsafe impl aya::Pod for crate::flow::FlowKey {}
-    unsafe impl aya::Pod for crate::flow::FlowValue {}
-    unsafe impl aya::Pod for crate::control::ControlState {}
-    unsafe impl aya::Pod for crate::policy::PortInfo {}
-    unsafe impl aya::Pod for crate::addr::AddrKey {}
-    unsafe impl aya::Pod for crate::share::ClientShare {}
+    /// aya's `Pod` for map keys and values, each of which derives bytemuck's `Pod`, whose
+    /// derive checks what aya's asks (`#[repr(C)]`, no padding, any bytes valid).
+    macro_rules! aya_pod {
+        ($($t:ty),+ $(,)?) => {$(
+            const _: () = {
+                fn derives_bytemuck_pod<T: bytemuck::Pod>() {}
+                let _ = derives_bytemuck_pod::<$t>;
+            };
+            // SAFETY: the type is bytemuck::Pod (checked just above at compile time), which
+            // promises plain data without padding, valid for any bytes: what aya::Pod needs.
+            unsafe impl aya::Pod for $t {}
+        )+};
+    }
+
+    aya_pod!(
+        crate::expect::ExpectKey,
+        crate::expect::ExpectValue,
+        crate::flow::FlowKey,
+        crate::flow::FlowValue,
+        crate::control::ControlState,
+        crate::policy::PortInfo,
+        crate::addr::AddrKey,
+        crate::share::ClientShare,
+    );
 }

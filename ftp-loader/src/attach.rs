@@ -64,9 +64,10 @@ fn driver_info(interface: &str) -> Option<(String, String)> {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         String::from_utf8_lossy(&bytes[..end]).into_owned()
     }
-    // SAFETY: all-zero is a valid DrvInfo and ifreq.
+    // SAFETY: all-zero is a valid DrvInfo (plain integers and byte arrays).
     let mut info: DrvInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: all-zero is a valid ifreq (a name and a union of plain data).
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     if interface.len() >= request.ifr_name.len() {
         return None;

@@ -355,8 +355,9 @@ impl Lab {
     pub fn signal_loader(&self, signal: i32) -> Result<()> {
         let child = self.loader.as_ref().context("the loader does not run")?;
         // SAFETY: signalling our own child.
+        let sent = unsafe { libc::kill(child.id() as i32, signal) };
         ensure!(
-            unsafe { libc::kill(child.id() as i32, signal) } == 0,
+            sent == 0,
             "signalling ftp-loader: {}",
             std::io::Error::last_os_error()
         );

@@ -14,8 +14,9 @@ pub mod session;
 /// The tests attach programs and create namespaces: say so plainly when not root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert!(
-        unsafe { libc::geteuid() } == 0,
+        euid == 0,
         "these tests load eBPF programs and create network namespaces: run them as root (`sudo cargo xtask test`)"
     );
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use tests::{
+use ftp_lab::{
     lab::{Family, Lab, LabAddrs, default_loader_bin},
     require_root,
     session::{self, ControlConnection, Expectation, Forgery, KernelOracle, Step},

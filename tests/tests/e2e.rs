@@ -10,13 +10,13 @@ use std::{
 
 use anyhow::Result;
 use ftp_ebpf_common::contract::{MAP_NAMES, PROGRAM_NAMES};
-use ftp_loader::ebpf::{self, Settings};
-use tests::{
+use ftp_lab::{
     clients::{self, Client, Mode},
     lab::{CLIENT_IP, Family, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
     require_root,
     servers::Server,
 };
+use ftp_loader::ebpf::{self, Settings};
 
 /// Long enough for a SYN that is answered at all to be answered in the lab.
 const DROPPED: Duration = Duration::from_secs(2);
@@ -365,7 +365,7 @@ fn several_interfaces_in_one_invocation() {
     let port = PASSIVE_PORTS.0 + 300;
     lab.start_listener(port).unwrap();
     let local = |lab: &Lab| {
-        tests::lab::in_netns(&lab.server_ns, || {
+        ftp_lab::lab::in_netns(&lab.server_ns, || {
             Ok(std::net::TcpStream::connect_timeout(&(SERVER_IP, port).into(), DROPPED).is_ok())
         })
         .unwrap()

@@ -13,14 +13,14 @@ use std::{
 };
 
 use ftp_ebpf_common::contract::STATS;
-use ftp_loader::record::RECORD_DIR;
-use tests::{
+use ftp_lab::{
     lab::{
         Lab, SERVER_IF, SERVER_IP, default_loader_bin, nsenter, output_within, run, wait_for,
         wait_within,
     },
     require_root,
 };
+use ftp_loader::record::RECORD_DIR;
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// The capabilities ftp-loader needs to run, in setpriv's spelling.

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{
+use ftp_lab::{
     frame::{ACK, PSH, RST, Random, Tcp},
     ftp::Ftp,
     inject::{Link, PacketSocket},

@@ -7,12 +7,12 @@
 //! arriving alone proves nothing).
 //!
 //! One test and one lab per server, so the servers run in parallel. Each prints its table;
-//! `cargo test -p tests --test matrix -- --nocapture` shows the tables of passing ones too.
+//! `cargo test -p ftp-lab --test matrix -- --nocapture` shows the tables of passing ones too.
 
 use std::{fmt::Write, time::Instant};
 
 use anyhow::{Result, ensure};
-use tests::{
+use ftp_lab::{
     clients::{self, Client, Mode, supports},
     lab::{Family, Lab, default_loader_bin},
     require_root,

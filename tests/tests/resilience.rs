@@ -11,7 +11,7 @@ use std::{
 };
 
 use ftp_ebpf_common::contract::{EGRESS_PROGRAM, INGRESS_TC_PROGRAM};
-use tests::{
+use ftp_lab::{
     lab::{
         CLIENT_IF, CLIENT_IP, Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns,
         run, wait_for,

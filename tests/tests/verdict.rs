@@ -21,8 +21,7 @@ use ftp_ebpf_common::{
     flow::{FlowKey, FlowValue},
     parse::Sender,
 };
-use ftp_loader::ebpf::{self, Settings};
-use tests::{
+use ftp_lab::{
     frame::{
         ACK, ControlSession, FIN, IPPROTO_DSTOPTS, IPPROTO_TCP, IPPROTO_UDP, PSH, RST, Random, SYN,
         Tcp, dest_options, ip_frame, ipv4_first_fragment,
@@ -30,6 +29,7 @@ use tests::{
     lab::{Lab, SERVER_IF, default_loader_bin, in_netns, run},
     require_root,
 };
+use ftp_loader::ebpf::{self, Settings};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

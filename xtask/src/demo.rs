@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use clap::Parser;
-use tests::{
+use ftp_lab::{
     clients::{self, Client, Mode},
     lab::{self, Family, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP},
     servers::Server,

@@ -238,7 +238,7 @@ fn test_binary(target: &str) -> Result<PathBuf> {
     let build = cargo_command(&[
         "test",
         "--package",
-        "tests",
+        "ftp-lab",
         "--test",
         target,
         "--no-run",
@@ -251,6 +251,6 @@ fn test_binary(target: &str) -> Result<PathBuf> {
         "building the {target} tests failed:\n{}",
         String::from_utf8_lossy(&build.stderr)
     );
-    tests::test_executable(&String::from_utf8_lossy(&build.stdout), target)
+    ftp_lab::test_executable(&String::from_utf8_lossy(&build.stdout), target)
         .with_context(|| format!("cargo built no {target} test binary"))
 }

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Result, bail, ensure};
 use clap::Parser;
-use tests::servers::{PEERS_DIR, UNPACKED, unpacked_path};
+use ftp_lab::servers::{PEERS_DIR, UNPACKED, unpacked_path};
 
 use crate::cargo::stream;
 
@@ -91,8 +91,9 @@ pub fn run(Options {}: Options) -> Result<()> {
 /// What every other command needs first.
 pub fn prepare() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     ensure!(
-        unsafe { libc::geteuid() } == 0,
+        euid == 0,
         "the tracker's setup, tests and demo need root (apt, eBPF, network namespaces): run them as root"
     );
     install(PACKAGES)?;
