@@ -206,6 +206,21 @@ impl Lab {
     fn build(&mut self) -> Result<()> {
         run(Command::new("ip").args(["netns", "add", &self.server_ns]))?;
         run(Command::new("ip").args(["netns", "add", &self.client_ns]))?;
+        self.add_link()?;
+        let pub_dir = self.ftp_root().join("pub");
+        std::fs::create_dir_all(&pub_dir)?;
+        std::fs::write(self.ftp_root().join(BLOB_PATH), random_bytes(BLOB_SIZE))?;
+        // vsftpd refuses an anonymous root the ftp user may write to; the files must be
+        // readable by it.
+        run(Command::new("chmod")
+            .args(["-R", "a+rX,go-w"])
+            .arg(&self.dir))?;
+        Ok(())
+    }
+
+    /// Creates the veth pair between the namespaces, addressed in both families and up:
+    /// when the lab is made, and again by a test that deleted it.
+    pub fn add_link(&self) -> Result<()> {
         run(Command::new("ip").args([
             "link",
             "add",
@@ -248,14 +263,6 @@ impl Lab {
             run(Command::new("ip").args(["-n", ns, "link", "set", interface, "up"]))?;
             run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
         }
-        let pub_dir = self.ftp_root().join("pub");
-        std::fs::create_dir_all(&pub_dir)?;
-        std::fs::write(self.ftp_root().join(BLOB_PATH), random_bytes(BLOB_SIZE))?;
-        // vsftpd refuses an anonymous root the ftp user may write to; the files must be
-        // readable by it.
-        run(Command::new("chmod")
-            .args(["-R", "a+rX,go-w"])
-            .arg(&self.dir))?;
         Ok(())
     }
 

@@ -12,10 +12,7 @@ use std::{
 
 use ftp_ebpf_common::contract::{EGRESS_PROGRAM, INGRESS_TC_PROGRAM};
 use ftp_lab::{
-    lab::{
-        CLIENT_IF, CLIENT_IP, Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns,
-        run, wait_for,
-    },
+    lab::{Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns, run, wait_for},
     require_root,
     servers::Server,
 };
@@ -236,38 +233,8 @@ fn signals_reload_nothing_or_leave_the_guard_for_unload() {
 
 fn recreate_server_interface(lab: &Lab) {
     run(lab.server("ip").args(["link", "del", SERVER_IF])).unwrap();
-    run(Command::new("ip").args([
-        "link",
-        "add",
-        SERVER_IF,
-        "netns",
-        &lab.server_ns,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        CLIENT_IF,
-        "netns",
-        &lab.client_ns,
-    ]))
-    .unwrap();
-    // The pair as the lab made it: addressed and up, so that traffic crosses it again.
-    for (ns, interface, ip) in [
-        (&lab.server_ns, SERVER_IF, SERVER_IP),
-        (&lab.client_ns, CLIENT_IF, CLIENT_IP),
-    ] {
-        run(Command::new("ip").args([
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            interface,
-        ]))
-        .unwrap();
-        run(Command::new("ip").args(["-n", ns, "link", "set", interface, "up"])).unwrap();
-    }
+    // The pair as the lab made it, so that traffic crosses it again.
+    lab.add_link().unwrap();
 }
 
 /// A deleted interface is noticed; one created under its name is guarded again.
