@@ -3,11 +3,10 @@
 
 use std::net::IpAddr;
 
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
+/// The flags the programs judge, as the programs name them.
+pub use ftp_ebpf_common::window::{TCP_ACK as ACK, TCP_FIN as FIN, TCP_RST as RST, TCP_SYN as SYN};
+/// Push: the programs never look at it; frames carry it as stacks do on data.
 pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
