@@ -12,6 +12,7 @@ use core::marker::PhantomData;
 
 use crate::{
     addr::AddrKey,
+    config::Config,
     control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
@@ -132,16 +133,6 @@ impl<V, K: ArrayKind> ArrayTable<V, K> {
     }
 }
 
-impl<T> GlobalVar<T> {
-    const fn required(name: &'static str) -> Self {
-        Self {
-            name,
-            required: true,
-            types: PhantomData,
-        }
-    }
-}
-
 impl<K, V> core::fmt::Display for HashTable<K, V> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.name)
@@ -170,12 +161,14 @@ pub const LOCAL_ADDRS: HashTable<AddrKey, u8> = HashTable::plain("LOCAL_ADDRS");
 pub const PORTS: ArrayTable<PortInfo, Shared> = ArrayTable::new("PORTS", PORTS_ENTRIES);
 /// The counters (`stats::Counter`), per CPU.
 pub const STATS: ArrayTable<u64, PerCpu> = ArrayTable::new("STATS", COUNTERS);
+/// The settings the programs read while they run (`config::Config`), in entry 0.
+pub const CONFIG: ArrayTable<Config, Shared> = ArrayTable::new("CONFIG", 1);
 /// Per-CPU scratch space of the kernel programs (their types are the kernel's own).
 pub const OPTIONS: &str = "OPTIONS";
 pub const SCAN: &str = "SCAN";
 
 /// Every map of the object.
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 10] = [
     EXPECTATIONS.name,
     CONTROLS.name,
     FLOWS.name,
@@ -183,6 +176,7 @@ pub const MAP_NAMES: [&str; 9] = [
     LOCAL_ADDRS.name,
     PORTS.name,
     STATS.name,
+    CONFIG.name,
     OPTIONS,
     SCAN,
 ];
@@ -200,16 +194,6 @@ pub const PROGRAM_NAMES: [&str; 3] = [INGRESS_PROGRAM, INGRESS_TC_PROGRAM, EGRES
 
 // The globals.
 
-pub const EXPECT_TIMEOUT_NS: GlobalVar<u64> = GlobalVar::required("EXPECT_TIMEOUT_NS");
-/// Silence after which a tracked data connection is forgotten.
-pub const FLOW_IDLE_TIMEOUT_NS: GlobalVar<u64> = GlobalVar::required("FLOW_IDLE_TIMEOUT_NS");
-/// 1 accepts announced addresses other than the announcer's own.
-pub const LOOSE: GlobalVar<u8> = GlobalVar::required("LOOSE");
-pub const MIN_DATA_PORT: GlobalVar<u16> = GlobalVar::required("MIN_DATA_PORT");
-/// Expectations one control connection may hold, 1..=MAX_EXPECTED.
-pub const MAX_EXPECTED_PER_CONTROL: GlobalVar<u8> = GlobalVar::required("MAX_EXPECTED_PER_CONTROL");
-/// Expectations one client address may hold (`share`).
-pub const MAX_PER_CLIENT: GlobalVar<u32> = GlobalVar::required("MAX_PER_CLIENT");
 /// aya-log's level filter: 3 = info, 4 = debug.
 pub const AYA_LOG_LEVEL: GlobalVar<u8> = GlobalVar {
     name: "AYA_LOG_LEVEL",

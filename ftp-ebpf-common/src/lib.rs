@@ -9,6 +9,7 @@
 extern crate std;
 
 pub mod addr;
+pub mod config;
 pub mod contract;
 pub mod control;
 pub mod expect;
@@ -45,5 +46,6 @@ mod pod {
         crate::policy::PortInfo,
         crate::addr::AddrKey,
         crate::share::ClientShare,
+        crate::config::Config,
     );
 }

@@ -23,7 +23,7 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
-    maps::{self, CONTROLS, EXPECT_TIMEOUT_NS, EXPECTATIONS, count, max_expected, now_ns, rules},
+    maps::{self, CONTROLS, EXPECTATIONS, config, count, now_ns},
     packet::{Direction, Frame, Segment},
     share,
 };
@@ -351,7 +351,7 @@ fn scan_byte(work: &mut ControlScan, byte: u8) -> bool {
 fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
     let announcement = work.pending[index & (MAX_ANNOUNCEMENTS - 1)];
     let announcer = work.sender();
-    let slot = match policy::judge(&announcement, &work.control, announcer, &rules()) {
+    let slot = match policy::judge(&announcement, &work.control, announcer, &config().rules()) {
         Ok(slot) => slot,
         Err(Refusal::FamilyMismatch) => return count(Counter::FamilyMismatch),
         Err(Refusal::LowPort) => return count(Counter::LowPortRefused),
@@ -368,16 +368,16 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
     };
     // A client holding its share may still move its own expectations around (a new PASV
     // displacing the last one), not add to them.
-    if state.adds(&slot, max_expected()) && !share::take(&work.control, work.now_ns) {
+    if state.adds(&slot, config().max_expected) && !share::take(&work.control, work.now_ns) {
         return count(Counter::ClientShareRefused);
     }
-    if let Some(displaced) = state.remember(slot, max_expected()) {
+    if let Some(displaced) = state.remember(slot, config().max_expected) {
         work.key = displaced.key(&work.control);
         remove_owned(&work.key, &work.control);
         count(Counter::ExpectationsReplaced);
     }
     work.key = slot.key(&work.control);
-    work.value.expires_ns = work.now_ns.saturating_add(EXPECT_TIMEOUT_NS.load());
+    work.value.expires_ns = work.now_ns.saturating_add(config().expect_timeout_ns);
     work.value.control = work.control;
     if EXPECTATIONS.insert(&work.key, &work.value, 0).is_ok() {
         count(Counter::ExpectationsCreated);

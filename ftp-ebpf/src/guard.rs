@@ -14,7 +14,7 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
-    maps::{EXPECTATIONS, FLOW_IDLE_TIMEOUT_NS, FLOWS, LOCAL_ADDRS, count, now_ns},
+    maps::{EXPECTATIONS, FLOWS, LOCAL_ADDRS, config, count, now_ns},
     packet::{Direction, Frame, Segment},
     share,
 };
@@ -76,7 +76,7 @@ pub fn new_connection(
     let tracked = match unsafe { FLOWS.get(syn) } {
         // Nothing sweeps the table: a finished flow is judged here, so that a new
         // connection reusing its 5-tuple needs an announcement of its own.
-        Some(flow) if flow.is_finished(now, FLOW_IDLE_TIMEOUT_NS.load()) => {
+        Some(flow) if flow.is_finished(now, config().flow_idle_timeout_ns) => {
             let _ = FLOWS.remove(syn);
             false
         }

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use ftp_ebpf_common::{flow::refreshes, parse::Sender, policy::PortClass, stats::Counter};
 
 use crate::{
-    maps::{EXPECT_TIMEOUT_NS, count, now_ns},
+    maps::{config, count, now_ns},
     packet::{Direction, Frame, Parsed, Segment},
 };
 
@@ -96,7 +96,7 @@ fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
             return guard::refuse(direction);
         }
         let now = now_ns();
-        if !port.may_be_solicited(now, EXPECT_TIMEOUT_NS.load()) {
+        if !port.may_be_solicited(now, config().expect_timeout_ns) {
             return guard::refuse(direction);
         }
         let Some(syn) = segment.flow(frame) else {

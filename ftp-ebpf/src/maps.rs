@@ -1,28 +1,27 @@
-//! The maps and load-time settings the modules share, and the helpers to reach them: the
+//! The maps and settings the modules share, and the helpers to reach them: the
 //! bottom layer, importing nothing of the crate. A module's own scratch space (SCAN,
 //! OPTIONS) is declared beside the module.
 
 use aya_ebpf::{
-    Global,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use ftp_ebpf_common::{
     addr::AddrKey,
+    config::Config,
     contract::{
-        DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_MAX_CONTROLS,
-        DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PER_CLIENT,
-        DEFAULT_MIN_DATA_PORT, LOCAL_ADDRS_ENTRIES, NS_PER_SEC, PORTS_ENTRIES, SCRATCH_ENTRIES,
+        DEFAULT_MAX_CONTROLS, DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_FLOWS, LOCAL_ADDRS_ENTRIES,
+        PORTS_ENTRIES, SCRATCH_ENTRIES,
     },
     control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
-    policy::{PortInfo, Rules},
+    policy::PortInfo,
     share::ClientShare,
     stats::{COUNTERS, Counter},
 };
 
-// Each map's and global's identifier is its name in `ftp_ebpf_common::contract`, which the
+// Each map's identifier is its name in `ftp_ebpf_common::contract`, which the
 // loader finds it by (its tests check the two agree). The loader sizes the tables at load
 // time; these are the defaults. The three tables are
 // LRU maps so that nothing has to sweep them: what is stale is judged when it is looked up
@@ -61,34 +60,16 @@ pub static PORTS: Array<PortInfo> = Array::with_max_entries(PORTS_ENTRIES, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
-#[unsafe(no_mangle)]
-pub static EXPECT_TIMEOUT_NS: Global<u64> = Global::new(DEFAULT_EXPECT_TIMEOUT_SECS * NS_PER_SEC);
-/// Silence after which a tracked data connection is forgotten.
-#[unsafe(no_mangle)]
-pub static FLOW_IDLE_TIMEOUT_NS: Global<u64> = Global::new(DEFAULT_FLOW_TIMEOUT_SECS * NS_PER_SEC);
-/// 1 accepts announced addresses other than the announcer's own.
-#[unsafe(no_mangle)]
-pub static LOOSE: Global<u8> = Global::new(0);
-#[unsafe(no_mangle)]
-pub static MIN_DATA_PORT: Global<u16> = Global::new(DEFAULT_MIN_DATA_PORT);
-/// Expectations one control connection may hold, 1..=MAX_EXPECTED.
-#[unsafe(no_mangle)]
-pub static MAX_EXPECTED_PER_CONTROL: Global<u8> = Global::new(DEFAULT_MAX_EXPECTED);
-/// Expectations one client address may hold (`ftp_ebpf_common::share`).
-#[unsafe(no_mangle)]
-pub static MAX_PER_CLIENT: Global<u32> = Global::new(DEFAULT_MAX_PER_CLIENT);
+/// The settings (`Config`), written by the loader at start and at reload.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+/// The current settings. Looked up per use rather than passed around: an array lookup is
+/// inlined by the verifier, and BPF calls have only five argument registers.
 #[inline(always)]
-pub fn rules() -> Rules {
-    Rules {
-        loose: LOOSE.load() != 0,
-        min_data_port: MIN_DATA_PORT.load(),
-    }
-}
-
-#[inline(always)]
-pub fn max_expected() -> u8 {
-    MAX_EXPECTED_PER_CONTROL.load()
+pub fn config() -> &'static Config {
+    // SAFETY: array map values are plain data, valid for the program's run.
+    unsafe { CONFIG.get(0) }.unwrap_or(&Config::DEFAULT)
 }
 
 #[inline(always)]

@@ -6,7 +6,7 @@ use ftp_ebpf_common::{
     share::{ClientShare, client_key},
 };
 
-use crate::maps::{CLIENTS, EXPECT_TIMEOUT_NS, MAX_PER_CLIENT};
+use crate::maps::{CLIENTS, config};
 
 /// Takes one expectation of the share of `control`'s client (control connections are keyed
 /// client -> server); false when the client holds its share already.
@@ -21,7 +21,8 @@ pub fn take(control: &FlowKey, now_ns: u64) -> bool {
         // SAFETY: a map value, valid for the program's run; a race with another CPU can
         // only miscount by the racing announcements.
         Some(share) => {
-            unsafe { &mut *share }.take(now_ns, EXPECT_TIMEOUT_NS.load(), MAX_PER_CLIENT.load())
+            let config = config();
+            unsafe { &mut *share }.take(now_ns, config.expect_timeout_ns, config.max_per_client)
         }
         // The table could not take the client (allocation failure): no share to judge by.
         None => true,

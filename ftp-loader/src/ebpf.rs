@@ -6,13 +6,13 @@ use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, programs::ProgramError};
 use clap::Args;
 use ftp_ebpf_common::{
+    config::Config,
     contract::{
-        self, AYA_LOG_LEVEL, CLIENTS, CONTROLS, DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORTS,
+        self, AYA_LOG_LEVEL, CLIENTS, CONFIG, CONTROLS, DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORTS,
         DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_MAX_CONTROLS,
         DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PER_CLIENT,
-        DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECT_TIMEOUT_NS, EXPECTATIONS,
-        FLOW_IDLE_TIMEOUT_NS, FLOWS, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, LOOSE, MAX_EXPECTED,
-        MAX_EXPECTED_PER_CONTROL, MAX_PER_CLIENT, MIN_DATA_PORT, NS_PER_SEC, PORTS,
+        DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS, INGRESS_PROGRAM,
+        INGRESS_TC_PROGRAM, MAX_EXPECTED, NS_PER_SEC, PORTS,
     },
     policy::{PortInfo, PortPlan},
 };
@@ -145,6 +145,19 @@ impl Settings {
         ]
     }
 
+    /// The settings the programs read while they run.
+    pub fn config(&self) -> Config {
+        Config {
+            expect_timeout_ns: self.expect_timeout_secs.saturating_mul(NS_PER_SEC),
+            flow_idle_timeout_ns: self.flow_idle_timeout_secs.saturating_mul(NS_PER_SEC),
+            max_per_client: self.max_per_client,
+            min_data_port: self.min_data_port,
+            max_expected: self.max_expected,
+            loose: u8::from(self.loose),
+            ..Config::DEFAULT
+        }
+    }
+
     pub fn port_plan(&self) -> PortPlan<'_> {
         PortPlan {
             data_ports: self.data_ports,
@@ -168,9 +181,6 @@ pub fn load_pinned(settings: &Settings, pins: &PinDir) -> Result<Ebpf> {
 
 fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
     checks::settings(settings)?;
-    let timeout_ns = settings.expect_timeout_secs.saturating_mul(NS_PER_SEC);
-    let flow_idle_ns = settings.flow_idle_timeout_secs.saturating_mul(NS_PER_SEC);
-    let loose = u8::from(settings.loose);
     // aya-log's levels: 3 = info, 4 = debug.
     let log_level: u8 = if settings.verbose { 4 } else { 3 };
     let mut loader = EbpfLoader::new();
@@ -185,12 +195,6 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    EXPECT_TIMEOUT_NS.set(&mut loader, &timeout_ns);
-    FLOW_IDLE_TIMEOUT_NS.set(&mut loader, &flow_idle_ns);
-    LOOSE.set(&mut loader, &loose);
-    MIN_DATA_PORT.set(&mut loader, &settings.min_data_port);
-    MAX_EXPECTED_PER_CONTROL.set(&mut loader, &settings.max_expected);
-    MAX_PER_CLIENT.set(&mut loader, &settings.max_per_client);
     AYA_LOG_LEVEL.set(&mut loader, &log_level);
     for (map, _, entries) in settings.table_sizes() {
         loader.map_max_entries(map, entries);
@@ -199,7 +203,30 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
         .load(OBJECT)
         .map_err(|error| checks::map_creation(error, settings))?;
 
-    let mut ports = PORTS.of_mut(&mut ebpf)?;
+    configure(&mut ebpf, settings)?;
+    verified(INGRESS_PROGRAM, contract::ingress_mut(&mut ebpf)?.load())?;
+    for name in [INGRESS_TC_PROGRAM, EGRESS_PROGRAM] {
+        verified(name, contract::classifier_mut(&mut ebpf, name)?.load())?;
+    }
+    Ok(ebpf)
+}
+
+/// Writes the settings the programs read while they run: CONFIG and the ports' classes.
+/// Called before anything is attached, and again at reload: what the tables hold (the
+/// expectations, the flows, when each port was last announced and admitted) is kept.
+pub fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<()> {
+    let mut config = CONFIG.of_mut(ebpf)?;
+    // Whether somebody reads the event stream is the readers' to say, not the settings'.
+    let events = config.get(&0, 0).map_or(0, |current| current.events);
+    config.set(
+        0,
+        Config {
+            events,
+            ..settings.config()
+        },
+        0,
+    )?;
+    let mut ports = PORTS.of_mut(ebpf)?;
     let plan = settings.port_plan();
     for port in 0..=u16::MAX {
         // A table inherited from a previous instance keeps when each port was last
@@ -215,12 +242,7 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
         };
         ports.set(u32::from(port), info, 0)?;
     }
-
-    verified(INGRESS_PROGRAM, contract::ingress_mut(&mut ebpf)?.load())?;
-    for name in [INGRESS_TC_PROGRAM, EGRESS_PROGRAM] {
-        verified(name, contract::classifier_mut(&mut ebpf, name)?.load())?;
-    }
-    Ok(ebpf)
+    Ok(())
 }
 
 /// A verifier's refusal in one sentence: its log runs to thousands of lines, so it goes to
@@ -343,6 +365,7 @@ mod tests {
         check_hash(&object, LOCAL_ADDRS);
         check_array(&object, PORTS);
         check_array(&object, STATS);
+        check_array(&object, CONFIG);
         for name in PROGRAM_NAMES {
             assert!(
                 object.programs.contains_key(name),
@@ -350,12 +373,6 @@ mod tests {
             );
         }
         assert_eq!(object.programs.len(), PROGRAM_NAMES.len());
-        check_global(&mut object, EXPECT_TIMEOUT_NS);
-        check_global(&mut object, FLOW_IDLE_TIMEOUT_NS);
-        check_global(&mut object, LOOSE);
-        check_global(&mut object, MIN_DATA_PORT);
-        check_global(&mut object, MAX_EXPECTED_PER_CONTROL);
-        check_global(&mut object, MAX_PER_CLIENT);
         check_global(&mut object, AYA_LOG_LEVEL);
         // The sizes the kernel declares are the defaults.
         let defaults = Settings::default();

@@ -14,7 +14,7 @@ use aya::{
     maps::{HashMap, Map, MapData, MapType},
 };
 use ftp_ebpf_common::contract::{
-    ArrayKind, ArrayTable, CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, HashTable, PORTS, STATS,
+    ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EXPECTATIONS, FLOWS, HashTable, PORTS, STATS,
 };
 
 use crate::ebpf::Settings;
@@ -64,9 +64,11 @@ fn array<V: Pod, K: ArrayKind>(table: ArrayTable<V, K>) -> StateMap {
 
 /// The names of the tables pinned for the next instance: every map whose contents must
 /// survive a restart. The scan buffers are scratch space, the log buffer belongs to one
-/// loader, and each loader fills LOCAL_ADDRS anew.
-pub const STATE_MAP_NAMES: [&str; 6] = [
+/// loader, and each loader fills LOCAL_ADDRS anew. CONFIG is pinned so that the commands
+/// that read a running instance can see its settings.
+pub const STATE_MAP_NAMES: [&str; 7] = [
     STATS.name,
+    CONFIG.name,
     PORTS.name,
     EXPECTATIONS.name,
     FLOWS.name,
@@ -78,6 +80,7 @@ pub const STATE_MAP_NAMES: [&str; 6] = [
 fn state_maps() -> [StateMap; STATE_MAP_NAMES.len()] {
     [
         array(STATS),
+        array(CONFIG),
         array(PORTS),
         hash(EXPECTATIONS),
         hash(FLOWS),
