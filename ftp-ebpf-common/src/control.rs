@@ -23,6 +23,8 @@ use crate::{
 /// cap from 1 (the kernel helper's default) to this. A power of two, so that an index can
 /// be masked into range.
 pub const MAX_EXPECTED: usize = 4;
+// `ControlState::remember` masks slot indices with MAX_EXPECTED - 1.
+const _: () = assert!(MAX_EXPECTED.is_power_of_two());
 
 /// The key of the control connection a segment belongs to.
 pub fn control_key(segment: &FlowKey, sender: Sender) -> FlowKey {
@@ -358,12 +360,13 @@ impl ControlState {
         {
             return None;
         }
-        let index = if self.expected_next < cap {
-            self.expected_next
-        } else {
-            0
-        };
-        let target = &mut self.expected[usize::from(index) & (MAX_EXPECTED - 1)];
+        // Masked before it is compared with `cap`, not after: with `cap` read from a map,
+        // LLVM drops a mask applied after the comparison (the index is then below cap,
+        // at most MAX_EXPECTED), and kernels before 6.8 cannot bound an index by a
+        // comparison with another unknown register.
+        let index = self.expected_next & (MAX_EXPECTED as u8 - 1);
+        let index = if index < cap { index } else { 0 };
+        let target = &mut self.expected[usize::from(index)];
         let displaced = (held >= cap).then_some(*target);
         *target = slot;
         self.expected_next = if index + 1 < cap { index + 1 } else { 0 };
