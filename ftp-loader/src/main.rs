@@ -1,17 +1,23 @@
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
 use clap::{
     Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind, parser::ValueSource,
 };
-use ftp_ebpf_common::contract::{EXPECTATIONS, FLOWS, STATS};
+use ftp_ebpf_common::{
+    contract::{EXPECTATIONS, FLOWS, STATS},
+    policy::PortClass,
+};
 use ftp_loader::{
     addrs, adopt,
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     ebpf::{self, Settings},
-    monotonic_ns,
+    metrics, monotonic_ns,
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
     stats,
@@ -113,6 +119,10 @@ struct RunArgs {
     /// back and attaching again.
     #[arg(long)]
     exit_on_interface_loss: bool,
+    /// Serve OpenMetrics / Prometheus metrics at http://ADDR:PORT/metrics (IPv6 in
+    /// brackets: [::1]:9640). A port in --data-ports needs --allow-port for remote scrapers.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = metrics::parse_listen)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// `stats`, the listings and `status` exit with this when what they read is there but no
@@ -276,6 +286,8 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
     checks::settings(&settings)?;
     checks::dirs_writable(pin_dir)?;
     refuse_guarded_elsewhere(&args.interfaces, pin_dir)?;
+    // Bound before anything is attached: an address in use refuses the start, not the scrape.
+    let metrics_listener = args.metrics_listen.map(metrics::bind).transpose()?;
     let pins = PinDir::acquire(pin_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -377,6 +389,21 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
         "counters: `ftp-loader stats --pin-dir {}`; stop with Ctrl-C or SIGTERM (detaches), or SIGUSR1 (leaves the guard attached for the next loader to take over)",
         pin_dir.display()
     );
+
+    if let Some(listener) = metrics_listener {
+        let address = listener.local_addr()?;
+        info!("metrics: http://{address}{}", metrics::PATH);
+        if !address.ip().is_loopback()
+            && settings.port_plan().class(address.port()) == PortClass::Guarded
+        {
+            warn!(
+                "the metrics port {} lies in --data-ports: scrapers on other hosts are dropped unless it is given with --allow-port {}",
+                address.port(),
+                address.port()
+            );
+        }
+        runtime.spawn(metrics::serve(listener, pin_dir.to_owned()));
+    }
 
     let mut instance = Instance {
         ebpf,
