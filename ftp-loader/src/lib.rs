@@ -6,6 +6,7 @@ pub mod adopt;
 pub mod attach;
 pub mod checks;
 pub mod ebpf;
+pub mod logging;
 pub mod metrics;
 pub mod pins;
 pub mod record;

@@ -17,7 +17,7 @@ use ftp_loader::{
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     ebpf::{self, Settings},
-    metrics, monotonic_ns,
+    logging, metrics, monotonic_ns,
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
     stats,
@@ -180,15 +180,7 @@ fn main() {
         Some(Command::Run(args)) => args.settings.verbose,
         Some(_) => false,
     };
-    env_logger::Builder::new()
-        .filter_level(if verbose {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Info
-        })
-        .format_target(false)
-        .format_timestamp(None)
-        .init();
+    logging::init(verbose);
     let listing = matches!(
         command,
         Some(Command::Stats | Command::Expectations | Command::Flows | Command::Status)
@@ -209,7 +201,7 @@ fn main() {
         None => run(top_run, &pin_dir),
     };
     if let Err(error) = result {
-        eprintln!("ftp-loader: {error:#}");
+        logging::fatal(&error);
         std::process::exit(1);
     }
 }

@@ -243,8 +243,8 @@ pub async fn serve(listener: std::net::TcpListener, pin_dir: PathBuf) {
     };
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(answer(stream, pin_dir.clone()));
+            Ok((stream, peer)) => {
+                tokio::spawn(answer(stream, peer, pin_dir.clone()));
             }
             // Out of descriptors, say: the next attempt may succeed, the guard is unharmed.
             Err(error) => {
@@ -256,7 +256,7 @@ pub async fn serve(listener: std::net::TcpListener, pin_dir: PathBuf) {
 }
 
 /// Reads one request and answers it; the connection then closes.
-async fn answer(mut stream: TcpStream, pin_dir: PathBuf) {
+async fn answer(mut stream: TcpStream, peer: SocketAddr, pin_dir: PathBuf) {
     let Ok(Some(head)) = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream))
         .await
         .unwrap_or(Ok(None))
@@ -288,6 +288,8 @@ async fn answer(mut stream: TcpStream, pin_dir: PathBuf) {
     };
     let _ = stream.write_all(&reply.bytes()).await;
     let _ = stream.shutdown().await;
+    // A scraper that gets nothing useful can be found with -v.
+    log::debug!("metrics: answered {peer} with {}", reply.status);
 }
 
 /// The request head, up to its blank line; `None` when the client sent none.

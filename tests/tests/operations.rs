@@ -9,7 +9,7 @@ use std::{
 
 use ftp_lab::{
     clients::{self, Client, Mode},
-    lab::{Family, Lab, SERVER_IF, SERVER_IP6, default_loader_bin, run},
+    lab::{Family, Lab, SERVER_IF, SERVER_IP6, default_loader_bin, run, wait_for},
     require_root,
     servers::Server,
 };
@@ -183,5 +183,97 @@ fn a_metrics_address_in_use_refuses_the_start() {
     assert!(
         String::from_utf8_lossy(&status.stderr).contains("no ftp-loader has run"),
         "{status:?}"
+    );
+}
+
+/// The lines of the loader's log.
+fn log_lines(lab: &Lab) -> Vec<String> {
+    lab.loader_log().lines().map(str::to_owned).collect()
+}
+
+/// What aya logs (at debug) for each map reference it relocates: hundreds of lines.
+const AYA_RELOCATION: &str = "relocating map by";
+
+/// `-v` raises the product's own lines to debug (here the metrics endpoint's, from a scrape
+/// over IPv6 loopback), not aya's.
+#[test]
+fn verbose_logs_the_products_debug_lines_not_ayas() {
+    require_root();
+    let mut lab = Lab::new("verbose", &default_loader_bin()).expect("lab");
+    lab.start_loader(&["-v", "--metrics-listen", "[::1]:9641"])
+        .unwrap();
+    let scrape = run(lab.server("curl").args([
+        "--silent",
+        "--show-error",
+        "--globoff",
+        "--max-time",
+        "10",
+        "http://[::1]:9641/metrics",
+    ]))
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&scrape.stdout).contains("ftp_tracker_build_info"),
+        "{scrape:?}"
+    );
+    wait_for("the scrape's debug line", || {
+        Ok(lab
+            .loader_log()
+            .contains("[DEBUG] metrics: answered [::1]:"))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", lab.loader_log()));
+    let aya: Vec<String> = log_lines(&lab)
+        .into_iter()
+        .filter(|l| l.contains(AYA_RELOCATION))
+        .collect();
+    assert!(aya.is_empty(), "aya's internals logged with -v: {aya:?}");
+}
+
+/// RUST_LOG replaces the defaults: here it brings aya's relocation lines back (so the test
+/// above looks for lines that do exist).
+#[test]
+fn rust_log_overrides_the_defaults() {
+    require_root();
+    let mut lab = Lab::new("rustlog", &default_loader_bin()).expect("lab");
+    lab.start_loader_with_env(&[], &[("RUST_LOG", "info,aya_obj=debug")])
+        .unwrap();
+    let log = lab.loader_log();
+    assert!(log.contains(AYA_RELOCATION), "{log}");
+    assert!(!log.contains("[DEBUG] metrics"), "{log}");
+}
+
+/// When stderr is the journal (JOURNAL_STREAM names its device and inode, as systemd sets
+/// it), every line starts with its sd-daemon priority and carries no other prefix.
+#[test]
+fn journal_lines_start_with_their_priority() {
+    use std::os::unix::fs::MetadataExt;
+    require_root();
+    let mut lab = Lab::new("journal", &default_loader_bin()).expect("lab");
+    let log = lab.loader_log_path();
+    let stream = std::fs::File::create(&log).unwrap().metadata().unwrap();
+    let journal_stream = format!("{}:{}", stream.dev(), stream.ino());
+    lab.start_loader_with_env(&[], &[("JOURNAL_STREAM", &journal_stream)])
+        .unwrap();
+    let lines = log_lines(&lab);
+    assert!(
+        lines.iter().any(|l| l.starts_with("<6>attached to srv0")),
+        "{lines:?}"
+    );
+    let unprefixed: Vec<&String> = lines
+        .iter()
+        .filter(|l| !(l.starts_with("<6>") || l.starts_with("<4>")))
+        .collect();
+    assert!(unprefixed.is_empty(), "{unprefixed:?}");
+    // Another stream's numbers (a service's JOURNAL_STREAM inherited by a child whose
+    // stderr goes elsewhere) leave the lines as they are.
+    lab.stop_loader().unwrap();
+    let elsewhere = format!("{}:{}", stream.dev(), stream.ino() + 1);
+    lab.start_loader_with_env(&[], &[("JOURNAL_STREAM", &elsewhere)])
+        .unwrap();
+    let lines = log_lines(&lab);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[INFO ] attached to srv0")),
+        "{lines:?}"
     );
 }
