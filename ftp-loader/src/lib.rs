@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod pins;
 pub mod record;
 pub mod stats;
+pub mod status;
 pub mod tables;
 pub mod watch;
 
