@@ -8,10 +8,7 @@ use aya::Ebpf;
 use clap::{
     Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind, parser::ValueSource,
 };
-use ftp_ebpf_common::{
-    contract::{EXPECTATIONS, FLOWS, STATS},
-    policy::PortClass,
-};
+use ftp_ebpf_common::contract::{EXPECTATIONS, FLOWS, STATS};
 use ftp_loader::{
     addrs, adopt,
     attach::{self, Attached, XdpChoice},
@@ -385,18 +382,7 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
     );
 
     if let Some(listener) = metrics_listener {
-        let address = listener.local_addr()?;
-        info!("metrics: http://{address}{}", metrics::PATH);
-        if !address.ip().is_loopback()
-            && settings.port_plan().class(address.port()) == PortClass::Guarded
-        {
-            warn!(
-                "the metrics port {} lies in --data-ports: scrapers on other hosts are dropped unless it is given with --allow-port {}",
-                address.port(),
-                address.port()
-            );
-        }
-        runtime.spawn(metrics::serve(listener, pin_dir.to_owned()));
+        metrics::start(&runtime, listener, &settings, pin_dir)?;
     }
 
     let mut instance = Instance {

@@ -18,6 +18,7 @@ use aya::{
 };
 use ftp_ebpf_common::{
     contract::{CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, HashTable, STATS},
+    policy::PortClass,
     stats::Counter,
 };
 use prometheus_client::{
@@ -29,9 +30,11 @@ use prometheus_client::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    runtime::Runtime,
 };
 
 use crate::{
+    ebpf::Settings,
     pins,
     record::{self, Record},
     stats,
@@ -230,6 +233,38 @@ impl Collector for Snapshot {
             .encode_gauge(&1u32)?;
         Ok(())
     }
+}
+
+/// Why scrapers on other hosts cannot reach `address`: its port is guarded (and not
+/// allowed), so their SYNs are dropped like any unannounced connection's.
+fn unreachable_from_elsewhere(address: SocketAddr, settings: &Settings) -> Option<String> {
+    let port = address.port();
+    (!address.ip().is_loopback() && settings.port_plan().class(port) == PortClass::Guarded).then(
+        || {
+            format!(
+                "the metrics port {port} lies in --data-ports: scrapers on other hosts are dropped unless it is given with --allow-port {port}"
+            )
+        },
+    )
+}
+
+/// Says where the endpoint is (and whether other hosts can reach it), then serves it on
+/// `runtime` for as long as that runs.
+pub fn start(
+    runtime: &Runtime,
+    listener: std::net::TcpListener,
+    settings: &Settings,
+    pin_dir: &Path,
+) -> Result<()> {
+    let address = listener
+        .local_addr()
+        .context("reading the metrics socket's address")?;
+    log::info!("metrics: http://{address}{PATH}");
+    if let Some(warning) = unreachable_from_elsewhere(address, settings) {
+        log::warn!("{warning}");
+    }
+    runtime.spawn(serve(listener, pin_dir.to_owned()));
+    Ok(())
 }
 
 /// Serves `GET /metrics` on `listener` until the runtime stops.
@@ -489,6 +524,32 @@ mod tests {
             format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: {PROMETHEUS_TEXT}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
             )
+        );
+    }
+
+    #[test]
+    fn a_guarded_port_is_unreachable_from_elsewhere_unless_allowed() {
+        let address = |text: &str| text.parse().unwrap();
+        let mut settings = Settings::default();
+        let warning = unreachable_from_elsewhere(address("[2001:db8::1]:9640"), &settings);
+        assert_eq!(
+            warning.as_deref(),
+            Some(
+                "the metrics port 9640 lies in --data-ports: scrapers on other hosts are dropped unless it is given with --allow-port 9640"
+            )
+        );
+        assert_eq!(
+            unreachable_from_elsewhere(address("[::1]:9640"), &settings),
+            None
+        );
+        assert_eq!(
+            unreachable_from_elsewhere(address("0.0.0.0:900"), &settings),
+            None
+        );
+        settings.allowed_ports.push(9640);
+        assert_eq!(
+            unreachable_from_elsewhere(address("0.0.0.0:9640"), &settings),
+            None
         );
     }
 
