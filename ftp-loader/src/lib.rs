@@ -6,9 +6,12 @@ pub mod adopt;
 pub mod attach;
 pub mod checks;
 pub mod ebpf;
+pub mod logging;
+pub mod metrics;
 pub mod pins;
 pub mod record;
 pub mod stats;
+pub mod status;
 pub mod tables;
 pub mod watch;
 

@@ -1,4 +1,7 @@
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
@@ -11,10 +14,11 @@ use ftp_loader::{
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     ebpf::{self, Settings},
-    monotonic_ns,
+    logging, metrics, monotonic_ns,
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
     stats,
+    status::Status,
     tables::{self, Row},
     watch::{Event, Watch},
 };
@@ -113,6 +117,10 @@ struct RunArgs {
     /// back and attaching again.
     #[arg(long)]
     exit_on_interface_loss: bool,
+    /// Serve OpenMetrics / Prometheus metrics at http://ADDR:PORT/metrics (IPv6 in
+    /// brackets: [::1]:9640). A port in --data-ports needs --allow-port for remote scrapers.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = metrics::parse_listen)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// `stats`, the listings and `status` exit with this when what they read is there but no
@@ -170,15 +178,7 @@ fn main() {
         Some(Command::Run(args)) => args.settings.verbose,
         Some(_) => false,
     };
-    env_logger::Builder::new()
-        .filter_level(if verbose {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Info
-        })
-        .format_target(false)
-        .format_timestamp(None)
-        .init();
+    logging::init(verbose);
     let listing = matches!(
         command,
         Some(Command::Stats | Command::Expectations | Command::Flows | Command::Status)
@@ -199,7 +199,7 @@ fn main() {
         None => run(top_run, &pin_dir),
     };
     if let Err(error) = result {
-        eprintln!("ftp-loader: {error:#}");
+        logging::fatal(&error);
         std::process::exit(1);
     }
 }
@@ -214,10 +214,11 @@ fn open_pin(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
 fn print_stats(pin_dir: &Path, json: bool) -> Result<()> {
     let array = STATS.from_map(open_pin(pin_dir, STATS.name)?)?;
     let counters = stats::read(&array)?;
+    let counters = stats::Counters(&counters);
     if json {
-        println!("{}", stats::to_json(&counters));
+        println!("{}", counters.to_json());
     } else {
-        print!("{}", stats::to_text(&counters));
+        print!("{}", counters.to_text());
     }
     require_live_loader(pin_dir);
     Ok(())
@@ -226,23 +227,23 @@ fn print_stats(pin_dir: &Path, json: bool) -> Result<()> {
 fn print_expectations(pin_dir: &Path, json: bool) -> Result<()> {
     let table = EXPECTATIONS.from_map(open_pin(pin_dir, EXPECTATIONS.name)?)?;
     let now = monotonic_ns();
-    print_rows(&tables::expectations(&table, now), now, json);
+    print_rows(&tables::expectations(&table, now), json);
     require_live_loader(pin_dir);
     Ok(())
 }
 
 fn print_flows(pin_dir: &Path, json: bool) -> Result<()> {
     let table = FLOWS.from_map(open_pin(pin_dir, FLOWS.name)?)?;
-    print_rows(&tables::flows(&table), monotonic_ns(), json);
+    print_rows(&tables::flows(&table, monotonic_ns()), json);
     require_live_loader(pin_dir);
     Ok(())
 }
 
-fn print_rows<R: Row>(rows: &[R], now_ns: u64, json: bool) {
+fn print_rows<R: Row>(rows: &[R], json: bool) {
     if json {
-        println!("{}", tables::to_json(rows, now_ns));
+        println!("{}", tables::to_json(rows));
     } else {
-        print!("{}", tables::to_text(rows, now_ns));
+        print!("{}", tables::to_text(rows));
     }
 }
 
@@ -276,6 +277,8 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
     checks::settings(&settings)?;
     checks::dirs_writable(pin_dir)?;
     refuse_guarded_elsewhere(&args.interfaces, pin_dir)?;
+    // Bound before anything is attached: an address in use refuses the start, not the scrape.
+    let metrics_listener = args.metrics_listen.map(metrics::bind).transpose()?;
     let pins = PinDir::acquire(pin_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -378,6 +381,10 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
         pin_dir.display()
     );
 
+    if let Some(listener) = metrics_listener {
+        metrics::start(&runtime, listener, &settings, pin_dir)?;
+    }
+
     let mut instance = Instance {
         ebpf,
         pins,
@@ -459,49 +466,11 @@ fn status(pin_dir: &Path, json: bool) -> Result<()> {
         );
     };
     let alive = pins::loader_alive(pin_dir);
-    let now = now_unix();
-    let exists = |name: &str| attach::check_interface(name).is_ok();
+    let report = Status::new(&record, alive, |name| attach::check_interface(name).is_ok());
     if json {
-        let mut value = record.to_json();
-        value["alive"] = alive.into();
-        for interface in value["interfaces"].as_array_mut().into_iter().flatten() {
-            let name = interface["name"].as_str().unwrap_or_default().to_owned();
-            interface["exists"] = exists(&name).into();
-        }
-        println!("{value}");
+        println!("{}", report.to_json());
     } else {
-        if alive {
-            println!(
-                "ftp-loader {} (pid {}) running for {}s with pin directory {}",
-                record.version,
-                record.pid,
-                now.saturating_sub(record.started),
-                pin_dir.display()
-            );
-        } else {
-            println!(
-                "no loader process is alive for pin directory {} (the last was ftp-loader {}, pid {}); what it attached stays attached and keeps guarding",
-                pin_dir.display(),
-                record.version,
-                record.pid
-            );
-        }
-        for i in &record.interfaces {
-            if i.present && exists(&i.name) {
-                println!(
-                    "{}: guard on {} ingress, scanner on egress via {}, attached for {}s",
-                    i.name,
-                    i.ingress.name(),
-                    i.egress.name(),
-                    now.saturating_sub(i.since)
-                );
-            } else {
-                println!(
-                    "{}: deleted; nothing guards it until it comes back and a loader attaches again",
-                    i.name
-                );
-            }
-        }
+        print!("{}", report.to_text(now_unix()));
     }
     if !alive {
         std::process::exit(NO_LOADER);

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 
 pub const RECORD_DIR: &str = "/run/ftp-tracker";
 
@@ -41,7 +41,21 @@ impl Hook {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// By name, as `status` shows it.
+impl Serialize for Hook {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Hook {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Self::from_name(&name).ok_or_else(|| D::Error::custom(format!("no hook is named {name}")))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
     pub name: String,
     pub ingress: Hook,
@@ -52,7 +66,7 @@ pub struct Interface {
     pub present: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub pin_dir: PathBuf,
     /// The network namespace the interfaces belong to (its inode): interface names are
@@ -117,7 +131,7 @@ impl Record {
     /// The record of the instance with pin directory `pin_dir`, if one was written.
     pub fn read(pin_dir: &Path) -> Option<Self> {
         let text = std::fs::read_to_string(path_for(pin_dir)).ok()?;
-        Self::from_json(&serde_json::from_str(&text).ok()?)
+        serde_json::from_str(&text).ok()
     }
 
     /// Every record on this machine.
@@ -127,7 +141,7 @@ impl Record {
         };
         entries
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-            .filter_map(|text| Self::from_json(&serde_json::from_str(&text).ok()?))
+            .filter_map(|text| serde_json::from_str(&text).ok())
             .collect()
     }
 
@@ -136,8 +150,8 @@ impl Record {
         let path = path_for(&self.pin_dir);
         // Written whole and renamed, so that a reader never sees half of it.
         let partial = path.with_extension("json.partial");
-        std::fs::write(&partial, self.to_json().to_string())
-            .with_context(|| format!("writing {}", partial.display()))?;
+        let text = serde_json::to_string(self).context("serializing the record")?;
+        std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
         std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))
     }
 
@@ -153,47 +167,6 @@ impl Record {
     pub fn set(&mut self, interface: Interface) {
         self.interfaces.retain(|i| i.name != interface.name);
         self.interfaces.push(interface);
-    }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "pin_dir": self.pin_dir,
-            "netns": self.netns,
-            "pid": self.pid,
-            "version": self.version,
-            "started": self.started,
-            "interfaces": self.interfaces.iter().map(|i| json!({
-                "name": i.name,
-                "ingress": i.ingress.name(),
-                "egress": i.egress.name(),
-                "since": i.since,
-                "present": i.present,
-            })).collect::<Vec<_>>(),
-        })
-    }
-
-    fn from_json(value: &Value) -> Option<Self> {
-        let interfaces = value["interfaces"]
-            .as_array()?
-            .iter()
-            .map(|i| {
-                Some(Interface {
-                    name: i["name"].as_str()?.to_owned(),
-                    ingress: Hook::from_name(i["ingress"].as_str()?)?,
-                    egress: Hook::from_name(i["egress"].as_str()?)?,
-                    since: i["since"].as_u64()?,
-                    present: i["present"].as_bool()?,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self {
-            pin_dir: PathBuf::from(value["pin_dir"].as_str()?),
-            netns: value["netns"].as_u64()?,
-            pid: u32::try_from(value["pid"].as_u64()?).ok()?,
-            version: value["version"].as_str()?.to_owned(),
-            started: value["started"].as_u64()?,
-            interfaces,
-        })
     }
 }
 
@@ -211,7 +184,12 @@ mod tests {
             since: 5,
             present: true,
         });
-        assert_eq!(Record::from_json(&record.to_json()), Some(record));
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(
+            text.contains(r#""ingress":"native XDP","egress":"tc""#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), record);
         assert_eq!(
             path_for(Path::new("/sys/fs/bpf/ftp-tracker")),
             Path::new("/run/ftp-tracker/sys_fs_bpf_ftp-tracker.json")

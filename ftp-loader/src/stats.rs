@@ -5,6 +5,7 @@ use std::borrow::Borrow;
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuArray};
 use ftp_ebpf_common::stats::Counter;
+use serde::Serialize;
 
 /// The counters of STATS (`ftp_ebpf_common::contract::STATS`).
 pub fn read<T: Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Result<Vec<(Counter, u64)>> {
@@ -19,30 +20,62 @@ pub fn read<T: Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Result<Vec<(Coun
         .collect()
 }
 
-/// One flat JSON object of counter name to integer.
-pub fn to_json(counters: &[(Counter, u64)]) -> String {
-    let object: serde_json::Map<String, serde_json::Value> = counters
-        .iter()
-        .map(|(c, v)| (c.name().to_owned(), (*v).into()))
-        .collect();
-    serde_json::Value::Object(object).to_string()
+/// The counters as `stats` reports them: one flat JSON object of name to value, and a
+/// line of name, value and meaning per counter.
+pub struct Counters<'a>(pub &'a [(Counter, u64)]);
+
+impl Serialize for Counters<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(c, v)| (c.name(), v)))
+    }
 }
 
-pub fn to_text(counters: &[(Counter, u64)]) -> String {
-    let width = counters
-        .iter()
-        .map(|(c, _)| c.name().len())
-        .max()
-        .unwrap_or(0);
-    counters
-        .iter()
-        .map(|(c, v)| format!("{:<width$}  {:>12}  {}\n", c.name(), v, c.help()))
-        .collect()
+impl Counters<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("names and integers serialize")
+    }
+
+    pub fn to_text(&self) -> String {
+        let width = self
+            .0
+            .iter()
+            .map(|(c, _)| c.name().len())
+            .max()
+            .unwrap_or(0);
+        self.0
+            .iter()
+            .map(|(c, v)| format!("{:<width$}  {:>12}  {}\n", c.name(), v, c.help()))
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One flat object of every counter, and a line per counter of the same values.
+    #[test]
+    fn json_and_text_come_from_the_same_counters() {
+        let counters: Vec<(Counter, u64)> = Counter::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (c, i as u64))
+            .collect();
+        let counters = Counters(&counters);
+        let json: serde_json::Value = serde_json::from_str(&counters.to_json()).unwrap();
+        let text = counters.to_text();
+        for (i, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(json[counter.name()], i as u64);
+            assert!(
+                text.lines().any(|l| {
+                    let mut words = l.split_whitespace();
+                    words.next() == Some(counter.name()) && words.next() == Some(&i.to_string())
+                }),
+                "{text}"
+            );
+        }
+        assert_eq!(json.as_object().unwrap().len(), Counter::ALL.len());
+    }
 
     /// Admins read the table in docs/usage.md; it must say what the code counts.
     #[test]

@@ -321,9 +321,20 @@ impl Lab {
 
     /// Starts ftp-loader on the server's interface and waits until its maps are pinned.
     pub fn start_loader(&mut self, extra_args: &[&str]) -> Result<()> {
+        self.start_loader_with_env(extra_args, &[])
+    }
+
+    /// As `start_loader`, with these environment variables set for the loader.
+    pub fn start_loader_with_env(
+        &mut self,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         ensure!(self.loader.is_none(), "the loader already runs");
-        let log = std::fs::File::create(self.dir.join("loader.log"))?;
+        // Truncated, not replaced, if it exists: a test may have taken its inode.
+        let log = std::fs::File::create(self.loader_log_path())?;
         let child = nsenter(&self.server_ns, &self.loader_bin)
+            .envs(env.iter().copied())
             .arg(SERVER_IF)
             .arg("--data-ports")
             .arg(format!("{}-65535", 1024))
@@ -336,7 +347,7 @@ impl Lab {
             .spawn()
             .context("starting ftp-loader")?;
         self.loader = Some(child);
-        let log = self.dir.join("loader.log");
+        let log = self.loader_log_path();
         let loader = &mut self.loader;
         // Its tables may be pinned already (by a predecessor): it is ready once it has
         // attached to its interface and says how to stop it. Verifying the programs takes
@@ -398,7 +409,12 @@ impl Lab {
     }
 
     pub fn loader_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("loader.log")).unwrap_or_default()
+        std::fs::read_to_string(self.loader_log_path()).unwrap_or_default()
+    }
+
+    /// The file the loader's stdout and stderr go to.
+    pub fn loader_log_path(&self) -> PathBuf {
+        self.dir.join("loader.log")
     }
 
     /// Stops the loader the way an admin does (SIGTERM) and returns how it exited.

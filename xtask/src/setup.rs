@@ -76,6 +76,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "bpftool",
         "to check nothing stays attached after the loader exits",
     ),
+    (
+        "prometheus",
+        "promtool, which checks a live scrape of the loader's metrics endpoint",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
