@@ -121,8 +121,16 @@ pub fn parse(
                 keys.join(", ")
             );
         };
-        let values = values(value.get_ref())
-            .ok_or_else(|| anyhow::anyhow!("{place}: `{name}` takes a value or a list of values, not a {}", value.get_ref().type_str()))?;
+        let values = values(value.get_ref()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{place}: `{name}` takes a value or a list of values, not a {}",
+                value.get_ref().type_str()
+            )
+        })?;
+        let repeatable = matches!(arg.get_action(), ArgAction::Append | ArgAction::Count);
+        if value.get_ref().is_array() && !repeatable {
+            bail!("{place}: `{name}` takes one value, not a list");
+        }
         let tokens = tokens(arg, &values);
         // Checked alone, so that a mistake is reported at its line.
         let mut alone = vec![OsString::from(run.get_name())];

@@ -20,8 +20,7 @@ use ftp_loader::{
     monotonic_ns,
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
-    reload,
-    stats,
+    reload, stats,
     tables::{self, Row},
     watch::{Event, Watch},
 };
@@ -126,6 +125,9 @@ struct RunArgs {
     #[arg(long)]
     exit_on_interface_loss: bool,
 }
+
+#[cfg(test)]
+mod config_tests;
 
 /// `stats`, the listings and `status` exit with this when what they read is there but no
 /// loader process is alive.
@@ -786,10 +788,7 @@ impl Instance {
     fn reload(&mut self) {
         let started = Instant::now();
         match self.try_reload() {
-            Ok(done) => info!(
-                "SIGHUP: {done} ({} ms)",
-                started.elapsed().as_millis()
-            ),
+            Ok(done) => info!("SIGHUP: {done} ({} ms)", started.elapsed().as_millis()),
             Err(error) => warn!("SIGHUP: {error:#}; the running settings stay"),
         }
     }
@@ -803,7 +802,9 @@ impl Instance {
             file,
         } = configured(&self.argv)?;
         let run = Cli::command();
-        let run = run.find_subcommand("run").context("ftp-loader has a run command")?;
+        let run = run
+            .find_subcommand("run")
+            .context("ftp-loader has a run command")?;
         let changes = reload::changes(run, &self.matches, &matches);
         let (applied, restart): (Vec<_>, Vec<_>) =
             changes.iter().partition(|c| reload::applies(&c.key));
@@ -881,7 +882,9 @@ impl Instance {
             // Connections already open on a new control port are followed from now on.
             match adopt::adopt(&mut self.ebpf, &settings.control_ports) {
                 Ok(count) => done.push(format!("adopted {count} control connection(s)")),
-                Err(error) => warn!("{error:#}; the control connections open on the new control ports are not adopted"),
+                Err(error) => warn!(
+                    "{error:#}; the control connections open on the new control ports are not adopted"
+                ),
             }
         }
         self.choice = args.xdp_mode;

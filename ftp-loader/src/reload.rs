@@ -120,7 +120,14 @@ mod tests {
     fn changes_name_each_changed_option_as_the_command_line_spells_it() {
         let command = <Cli as clap::CommandFactory>::command();
         let old = matches(&["--allow-port", "10250", "--loose"]);
-        let new = matches(&["--allow-port", "10250", "--allow-port", "10251", "--max-flows", "9"]);
+        let new = matches(&[
+            "--allow-port",
+            "10250",
+            "--allow-port",
+            "10251",
+            "--max-flows",
+            "9",
+        ]);
         let changes = changes(&command, &old, &new);
         let text: Vec<String> = changes.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -137,15 +144,21 @@ mod tests {
 
     #[test]
     fn a_reload_applies_the_running_settings_and_keeps_the_sizes() {
-        for key in ["allow-port", "min-data-port", "loose", "expect-timeout", "data-ports"] {
+        for key in [
+            "allow-port",
+            "min-data-port",
+            "loose",
+            "expect-timeout",
+            "data-ports",
+        ] {
             assert!(applies(key), "{key}");
         }
         for key in ["max-expectations", "max-flows", "max-controls", "verbose"] {
             assert!(!applies(key), "{key}");
         }
         let running = Settings::default();
-        let wanted = Settings::from_arg_matches(&matches(&["--max-flows", "9", "--loose", "-v"]))
-            .unwrap();
+        let wanted =
+            Settings::from_arg_matches(&matches(&["--max-flows", "9", "--loose", "-v"])).unwrap();
         let applied = effective(&running, wanted);
         assert_eq!(applied.max_flows, running.max_flows);
         assert!(!applied.verbose);
