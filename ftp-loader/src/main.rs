@@ -789,18 +789,21 @@ impl Instance {
         let started = Instant::now();
         match self.try_reload() {
             Ok(done) => info!("SIGHUP: {done} ({} ms)", started.elapsed().as_millis()),
-            Err(error) => warn!("SIGHUP: {error:#}; the running settings stay"),
+            Err(error) => warn!("SIGHUP: {error:#}"),
         }
     }
 
-    /// Everything is checked before anything changes; the interfaces to add are attached
-    /// first (what may still fail), then the settings written, then the rest changed.
+    /// Everything is checked before anything changes. Then the interfaces to add are
+    /// attached (what most likely fails: undone if it does) and the settings written; the
+    /// rest (moving guards to another hook, detaching) cannot be undone, so a failure there
+    /// is reported as partial, and the next SIGHUP tries again.
     fn try_reload(&mut self) -> Result<String> {
+        let kept = |error: anyhow::Error| anyhow::anyhow!("{error:#}; the running settings stay");
         let Configured {
             args,
             matches,
             file,
-        } = configured(&self.argv)?;
+        } = configured(&self.argv).map_err(kept)?;
         let run = Cli::command();
         let run = run
             .find_subcommand("run")
@@ -809,8 +812,6 @@ impl Instance {
         let (applied, restart): (Vec<_>, Vec<_>) =
             changes.iter().partition(|c| reload::applies(&c.key));
         let settings = reload::effective(&self.settings, args.settings);
-        checks::settings(&settings)?;
-        require_interfaces(&args.interfaces, file.as_deref())?;
         let added: Vec<String> = args
             .interfaces
             .iter()
@@ -824,60 +825,37 @@ impl Instance {
             .filter(|name| self.record.interface(name).is_none_or(|i| i.present))
             .cloned()
             .collect();
-        checks::interfaces(&present)?;
-        refuse_guarded_elsewhere(&added, &self.record.pin_dir)?;
+        checks::settings(&settings)
+            .and_then(|()| require_interfaces(&args.interfaces, file.as_deref()))
+            .and_then(|()| checks::interfaces(&present))
+            .and_then(|()| refuse_guarded_elsewhere(&added, &self.record.pin_dir))
+            .map_err(kept)?;
 
-        let mut done: Vec<String> = Vec::new();
         let mut new: Vec<Attached> = Vec::new();
-        for name in &added {
-            match attach::attach(&mut self.ebpf, name, args.xdp_mode, None) {
-                Ok(attached) => new.push(attached),
-                Err(error) => {
-                    for attached in &new {
-                        let _ = attached.detach();
-                    }
-                    return Err(error.context(format!("attaching to {name}")));
-                }
+        let attached = added.iter().try_for_each(|name| {
+            new.push(attach::attach(&mut self.ebpf, name, args.xdp_mode, None)?);
+            Ok(())
+        });
+        if let Err(error) = attached.and_then(|()| ebpf::configure(&mut self.ebpf, &settings)) {
+            for done in &new {
+                let _ = done.detach();
             }
+            return Err(kept(error));
         }
-        ebpf::configure(&mut self.ebpf, &settings)?;
-        if args.xdp_mode != self.choice {
-            // Where the hook stays, the programs are replaced in place; where it changes,
-            // the new hook guards before the old one goes (attach::attach).
-            for attached in &mut self.attached {
-                let before = attached.record.ingress;
-                *attached = attach::attach(
-                    &mut self.ebpf,
-                    &attached.record.name,
-                    args.xdp_mode,
-                    Some(&attached.record),
-                )?;
-                if attached.record.ingress != before {
-                    done.push(format!("re-attached {attached}"));
-                }
-                self.record.set(attached.record.clone());
-            }
-        }
-        let removed: Vec<String> = self
-            .record
-            .interfaces
-            .iter()
-            .map(|i| i.name.clone())
-            .filter(|name| !args.interfaces.contains(name))
-            .collect();
-        for name in &removed {
-            if let Some(at) = self.attached.iter().position(|a| &a.record.name == name) {
-                self.attached.remove(at).detach()?;
-            }
-            self.record.interfaces.retain(|i| &i.name != name);
-            done.push(format!("detached from {name}"));
-        }
+        let mut done: Vec<String> = Vec::new();
         for attached in new {
             done.push(format!("attached to {attached}"));
             self.record.set(attached.record.clone());
             self.attached.push(attached);
         }
+        let rest = self.move_and_detach(args.xdp_mode, &args.interfaces, &mut done);
         self.record.write()?;
+        rest.map_err(|error| {
+            anyhow::anyhow!(
+                "{error:#}; the settings were applied{}, the rest not: SIGHUP again to retry",
+                done.iter().map(|d| format!(", {d}")).collect::<String>()
+            )
+        })?;
         if settings.control_ports != self.settings.control_ports {
             // Connections already open on a new control port are followed from now on.
             match adopt::adopt(&mut self.ebpf, &settings.control_ports) {
@@ -909,6 +887,49 @@ impl Instance {
             text += &format!("; {}", reload::restart_sentence(&restart));
         }
         Ok(text + "; no expectation or flow was touched")
+    }
+
+    /// At reload: moves the guards to the hook a changed `--xdp-mode` asks for, and detaches
+    /// from the interfaces no longer named. Each step is recorded as it is done.
+    fn move_and_detach(
+        &mut self,
+        choice: XdpChoice,
+        interfaces: &[String],
+        done: &mut Vec<String>,
+    ) -> Result<()> {
+        if choice != self.choice {
+            // Where the hook stays, the programs are replaced in place; where it changes,
+            // the new hook guards before the old one goes (attach::attach).
+            for attached in &mut self.attached {
+                let before = attached.record.ingress;
+                *attached = attach::attach(
+                    &mut self.ebpf,
+                    &attached.record.name,
+                    choice,
+                    Some(&attached.record),
+                )?;
+                self.record.set(attached.record.clone());
+                if attached.record.ingress != before {
+                    done.push(format!("re-attached {attached}"));
+                }
+            }
+        }
+        let removed: Vec<String> = self
+            .record
+            .interfaces
+            .iter()
+            .map(|i| i.name.clone())
+            .filter(|name| !interfaces.contains(name))
+            .collect();
+        for name in removed {
+            if let Some(at) = self.attached.iter().position(|a| a.record.name == name) {
+                self.attached[at].detach()?;
+                self.attached.remove(at);
+            }
+            self.record.interfaces.retain(|i| i.name != name);
+            done.push(format!("detached from {name}"));
+        }
+        Ok(())
     }
 
     fn addresses_changed(&mut self) {
