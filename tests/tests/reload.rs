@@ -154,18 +154,20 @@ fn sighup_applies_the_file_and_keeps_every_expectation_and_flow() {
     drop(flow);
 }
 
-/// An invalid file keeps the running settings, and the log names its line.
+/// An invalid file keeps the running settings, and the log names its line; so does a file
+/// naming an interface that does not exist.
 #[test]
 fn an_invalid_file_keeps_the_running_settings() {
-    let lab = lab_with_config("reload-invalid", "loose = false\n", &[SERVER_IF], &[]);
+    let interfaces = format!("interfaces = [\"{SERVER_IF}\"]\n");
+    let lab = lab_with_config("reload-invalid", &interfaces, &[], &[]);
     write_config(
         &lab,
-        &format!("allow-port = [{UNANNOUNCED}]\n\nmin-data-port = \"low\"\n"),
+        &format!("{interfaces}allow-port = [{UNANNOUNCED}]\n\nmin-data-port = \"low\"\n"),
     );
     let line = reload(&lab);
     let file = config(&lab);
     assert!(
-        line.contains(&format!("SIGHUP: {} line 3: ", file.display()))
+        line.contains(&format!("SIGHUP: {} line 4: ", file.display()))
             && line.ends_with("the running settings stay"),
         "{line}"
     );
@@ -176,8 +178,20 @@ fn an_invalid_file_keeps_the_running_settings() {
     let status = lab.loader_report(&["status"]).unwrap();
     assert!(status.contains("running for"), "{status}");
 
+    write_config(
+        &lab,
+        &format!("interfaces = [\"{SERVER_IF}\", \"nosuch0\"]\nallow-port = [{UNANNOUNCED}]\n"),
+    );
+    let line = reload(&lab);
+    assert!(
+        line.contains("no network interface named `nosuch0`")
+            && line.ends_with("the running settings stay"),
+        "{line}"
+    );
+    assert!(!lab.unannounced_reachable());
+
     // Fixed, it applies.
-    write_config(&lab, &format!("allow-port = [{UNANNOUNCED}]\n"));
+    write_config(&lab, &format!("{interfaces}allow-port = [{UNANNOUNCED}]\n"));
     let line = reload(&lab);
     assert!(line.contains("SIGHUP: applied"), "{line}");
     assert!(lab.unannounced_reachable());
