@@ -234,6 +234,9 @@ pub fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<()> {
         // zeros; an initialised entry holds NEVER or a time since boot.
         let class = plan.class(port);
         let info = match ports.get(&u32::from(port), 0) {
+            // Left alone: rewriting it could put back an older time than one the programs
+            // wrote since it was read (an announcement during a reload, lost).
+            Ok(old) if old.announced != 0 && old.class == class as u8 => continue,
             Ok(old) if old.announced != 0 => PortInfo {
                 class: class as u8,
                 ..old

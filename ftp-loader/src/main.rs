@@ -1,23 +1,27 @@
 use std::{
+    ffi::OsString,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
 use clap::{
-    Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind, parser::ValueSource,
+    ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind,
+    parser::ValueSource,
 };
 use ftp_ebpf_common::contract::{EXPECTATIONS, FLOWS, STATS};
 use ftp_loader::{
     addrs, adopt,
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
+    config::{self, DEFAULT_CONFIG},
     ebpf::{self, Settings},
     logging, metrics, monotonic_ns,
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
-    stats,
+    reload, stats,
     status::Status,
     tables::{self, Row},
     watch::{Event, Watch},
@@ -102,9 +106,14 @@ impl Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Interfaces to attach to; runs until SIGINT or SIGTERM, then detaches.
-    #[arg(required = true, value_name = "INTERFACE")]
+    /// Interfaces to attach to (or the configuration file's); runs until SIGINT or
+    /// SIGTERM, then detaches.
+    #[arg(value_name = "INTERFACE")]
     interfaces: Vec<String>,
+    /// TOML file whose keys are these options' long names (and `interfaces`); options on
+    /// the command line win. Read again at SIGHUP. The default file is read if it exists.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
     #[command(flatten)]
     settings: Settings,
     /// Where the ingress guard runs: auto picks native XDP on a physical NIC whose driver
@@ -122,6 +131,9 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR:PORT", value_parser = metrics::parse_listen)]
     metrics_listen: Option<SocketAddr>,
 }
+
+#[cfg(test)]
+mod config_tests;
 
 /// `stats`, the listings and `status` exit with this when what they read is there but no
 /// loader process is alive.
@@ -167,17 +179,67 @@ fn parse() -> Cli {
     cli
 }
 
+/// The run options as the command line `argv` and the configuration file give them.
+struct Configured {
+    args: RunArgs,
+    /// clap's matches of them (the `run` command's): what a reload compares.
+    matches: ArgMatches,
+    /// The file read, if any.
+    file: Option<PathBuf>,
+}
+
+/// `run`'s options from the command line `argv` and the configuration file: the file's
+/// keys become arguments, except those the command line gives, and clap parses the lot.
+/// At start and again at each SIGHUP.
+fn configured(argv: &[OsString]) -> Result<Configured> {
+    let command = Cli::command();
+    let parse = |argv: &[OsString]| -> Result<(RunArgs, ArgMatches)> {
+        let all = command
+            .clone()
+            .try_get_matches_from(argv)
+            .map_err(|e| anyhow::anyhow!("{}", config::clap_sentence(&e)))?;
+        let matches = all.subcommand_matches("run").unwrap_or(&all).clone();
+        let args = RunArgs::from_arg_matches(&matches)
+            .map_err(|e| anyhow::anyhow!("{}", config::clap_sentence(&e)))?;
+        Ok((args, matches))
+    };
+    let (args, matches) = parse(argv)?;
+    let named = matches.value_source("config") == Some(ValueSource::CommandLine);
+    let Some(file) = config::path(&args.config, named).map(Path::to_owned) else {
+        return Ok(Configured {
+            args,
+            matches,
+            file: None,
+        });
+    };
+    let run = command
+        .find_subcommand("run")
+        .context("ftp-loader has a run command")?;
+    let from_file = config::read(&file, run, |id| {
+        matches.value_source(id) == Some(ValueSource::CommandLine)
+    })?;
+    let (args, matches) = parse(&from_file.added_to(argv))?;
+    Ok(Configured {
+        args,
+        matches,
+        file: Some(file),
+    })
+}
+
 fn main() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
     let Cli {
         options: Options { pin_dir, json },
         command,
-        run: top_run,
+        run: _,
     } = parse();
-    let verbose = match &command {
-        None => top_run.settings.verbose,
-        Some(Command::Run(args)) => args.settings.verbose,
-        Some(_) => false,
-    };
+    let running = matches!(command, None | Some(Command::Run(_))).then(|| {
+        configured(&argv).unwrap_or_else(|error| {
+            eprintln!("ftp-loader: {error:#}");
+            std::process::exit(1);
+        })
+    });
+    let verbose = running.as_ref().is_some_and(|r| r.args.settings.verbose);
     logging::init(verbose);
     let listing = matches!(
         command,
@@ -195,8 +257,10 @@ fn main() {
         Some(Command::Flows) => print_flows(&pin_dir, json),
         Some(Command::Status) => status(&pin_dir, json),
         Some(Command::Unload { interfaces, all: _ }) => unload(&pin_dir, &interfaces),
-        Some(Command::Run(args)) => run(args, &pin_dir),
-        None => run(top_run, &pin_dir),
+        Some(Command::Run(_)) | None => match running {
+            Some(configured) => run(configured, &pin_dir, argv),
+            None => unreachable!("the options of run are read before it runs"),
+        },
     };
     if let Err(error) = result {
         logging::fatal(&error);
@@ -268,7 +332,13 @@ fn require_live_loader(pin_dir: &Path) {
     std::process::exit(NO_LOADER);
 }
 
-fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
+fn run(configured: Configured, pin_dir: &Path, argv: Vec<OsString>) -> Result<()> {
+    let Configured {
+        args,
+        matches,
+        file,
+    } = configured;
+    require_interfaces(&args.interfaces, file.as_deref())?;
     checks::capabilities(Task::Run)?;
     checks::interfaces(&args.interfaces)?;
     let settings = args.settings;
@@ -351,6 +421,12 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
     let adopted = adopt::adopt(&mut ebpf, &settings.control_ports);
 
     info!("{}", describe(&settings));
+    if let Some(file) = &file {
+        info!(
+            "configuration: {} (read again at SIGHUP; the command line's options win)",
+            file.display()
+        );
+    }
     info!(
         "this host's addresses: {} known to the guard",
         addresses.known
@@ -392,6 +468,9 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
         attached,
         choice: args.xdp_mode,
         exit_on_interface_loss: args.exit_on_interface_loss,
+        argv,
+        matches,
+        settings,
     };
     let exit = runtime.block_on(serve(&mut instance, signals, logger, watch));
     let Instance {
@@ -431,6 +510,18 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
         // Failing here is the loader's problem, not the guard's: it stays attached.
         Err(error) => Err(error),
     }
+}
+
+/// Refuses to run with no interface to guard.
+fn require_interfaces(interfaces: &[String], file: Option<&Path>) -> Result<()> {
+    if interfaces.is_empty() {
+        let file = file.map_or(Path::new(DEFAULT_CONFIG), |f| f);
+        bail!(
+            "no interface to guard: name them on the command line (`ftp-loader run eth0`) or as `interfaces = [\"eth0\"]` in {}",
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses interfaces that another instance (another pin directory) guards.
@@ -574,6 +665,11 @@ struct Instance {
     attached: Vec<Attached>,
     choice: XdpChoice,
     exit_on_interface_loss: bool,
+    /// The command line, read again with the configuration file at SIGHUP.
+    argv: Vec<OsString>,
+    /// The run options it runs with, as clap matched them.
+    matches: ArgMatches,
+    settings: Settings,
 }
 
 /// How the loader stops.
@@ -627,9 +723,9 @@ async fn serve(
             _ = signals.interrupt.recv() => break Exit::Detach,
             _ = signals.terminate.recv() => break Exit::Detach,
             _ = signals.leave.recv() => break Exit::Leave,
-            _ = signals.hangup.recv() => info!(
-                "SIGHUP: nothing to reload; ftp-loader has no configuration file yet, its settings are its command line"
-            ),
+            // Served between two signals: one that comes meanwhile waits for it (a few
+            // milliseconds), it does not kill the loader.
+            _ = signals.hangup.recv() => instance.reload(),
             guard = logs.readable_mut() => {
                 let mut guard = guard?;
                 guard.get_inner_mut().flush();
@@ -654,6 +750,155 @@ async fn serve(
 }
 
 impl Instance {
+    /// SIGHUP: the command line and the configuration file read again and applied, or, if
+    /// they cannot be, the running settings kept.
+    fn reload(&mut self) {
+        let started = Instant::now();
+        match self.try_reload() {
+            Ok(done) => info!("SIGHUP: {done} ({} ms)", started.elapsed().as_millis()),
+            Err(error) => warn!("SIGHUP: {error:#}"),
+        }
+    }
+
+    /// Everything is checked before anything changes. Then the interfaces to add are
+    /// attached (what most likely fails: undone if it does) and the settings written; the
+    /// rest (moving guards to another hook, detaching) cannot be undone, so a failure there
+    /// is reported as partial, and the next SIGHUP tries again.
+    fn try_reload(&mut self) -> Result<String> {
+        let kept = |error: anyhow::Error| anyhow::anyhow!("{error:#}; the running settings stay");
+        let Configured {
+            args,
+            matches,
+            file,
+        } = configured(&self.argv).map_err(kept)?;
+        let run = Cli::command();
+        let run = run
+            .find_subcommand("run")
+            .context("ftp-loader has a run command")?;
+        let changes = reload::changes(run, &self.matches, &matches);
+        let (applied, restart): (Vec<_>, Vec<_>) =
+            changes.iter().partition(|c| reload::applies(&c.key));
+        let settings = reload::effective(&self.settings, args.settings);
+        let added: Vec<String> = args
+            .interfaces
+            .iter()
+            .filter(|name| self.record.interface(name).is_none())
+            .cloned()
+            .collect();
+        // Those waiting to come back do not exist now; every other must, once.
+        let present: Vec<String> = args
+            .interfaces
+            .iter()
+            .filter(|name| self.record.interface(name).is_none_or(|i| i.present))
+            .cloned()
+            .collect();
+        checks::settings(&settings)
+            .and_then(|()| require_interfaces(&args.interfaces, file.as_deref()))
+            .and_then(|()| checks::interfaces(&present))
+            .and_then(|()| refuse_guarded_elsewhere(&added, &self.record.pin_dir))
+            .map_err(kept)?;
+
+        let mut new: Vec<Attached> = Vec::new();
+        let attached = added.iter().try_for_each(|name| {
+            new.push(attach::attach(&mut self.ebpf, name, args.xdp_mode, None)?);
+            Ok(())
+        });
+        if let Err(error) = attached.and_then(|()| ebpf::configure(&mut self.ebpf, &settings)) {
+            for done in &new {
+                let _ = done.detach();
+            }
+            return Err(kept(error));
+        }
+        let mut done: Vec<String> = Vec::new();
+        for attached in new {
+            done.push(format!("attached to {attached}"));
+            self.record.set(attached.record.clone());
+            self.attached.push(attached);
+        }
+        let rest = self.move_and_detach(args.xdp_mode, &args.interfaces, &mut done);
+        self.record.write()?;
+        rest.map_err(|error| {
+            anyhow::anyhow!(
+                "{error:#}; the settings were applied{}, the rest not: SIGHUP again to retry",
+                done.iter().map(|d| format!(", {d}")).collect::<String>()
+            )
+        })?;
+        if settings.control_ports != self.settings.control_ports {
+            // Connections already open on a new control port are followed from now on.
+            match adopt::adopt(&mut self.ebpf, &settings.control_ports) {
+                Ok(count) => done.push(format!("adopted {count} control connection(s)")),
+                Err(error) => warn!(
+                    "{error:#}; the control connections open on the new control ports are not adopted"
+                ),
+            }
+        }
+        self.choice = args.xdp_mode;
+        self.exit_on_interface_loss = args.exit_on_interface_loss;
+        self.settings = settings;
+        self.matches = matches;
+
+        let source = file.map_or_else(
+            || "the command line (no configuration file)".to_owned(),
+            |f| f.display().to_string(),
+        );
+        let mut text = if applied.is_empty() {
+            format!("nothing to change in {source}")
+        } else {
+            let list: Vec<String> = applied.iter().map(ToString::to_string).collect();
+            format!("applied {source}: {}", list.join(", "))
+        };
+        if !done.is_empty() {
+            text += &format!("; {}", done.join("; "));
+        }
+        if !restart.is_empty() {
+            text += &format!("; {}", reload::restart_sentence(&restart));
+        }
+        Ok(text + "; no expectation or flow was touched")
+    }
+
+    /// At reload: moves the guards to the hook a changed `--xdp-mode` asks for, and detaches
+    /// from the interfaces no longer named. Each step is recorded as it is done.
+    fn move_and_detach(
+        &mut self,
+        choice: XdpChoice,
+        interfaces: &[String],
+        done: &mut Vec<String>,
+    ) -> Result<()> {
+        if choice != self.choice {
+            // Where the hook stays, the programs are replaced in place; where it changes,
+            // the new hook guards before the old one goes (attach::attach).
+            for attached in &mut self.attached {
+                let before = attached.record.ingress;
+                *attached = attach::attach(
+                    &mut self.ebpf,
+                    &attached.record.name,
+                    choice,
+                    Some(&attached.record),
+                )?;
+                self.record.set(attached.record.clone());
+                if attached.record.ingress != before {
+                    done.push(format!("re-attached {attached}"));
+                }
+            }
+        }
+        let removed: Vec<String> = self
+            .record
+            .interfaces
+            .iter()
+            .map(|i| i.name.clone())
+            .filter(|name| !interfaces.contains(name))
+            .collect();
+        for name in removed {
+            if let Some(at) = self.attached.iter().position(|a| a.record.name == name) {
+                self.attached[at].detach()?;
+                self.attached.remove(at);
+            }
+            self.record.interfaces.retain(|i| i.name != name);
+            done.push(format!("detached from {name}"));
+        }
+        Ok(())
+    }
+
     fn addresses_changed(&mut self) {
         match addrs::sync(&mut self.ebpf) {
             Ok(done) if done.changed() => info!(

@@ -321,7 +321,13 @@ impl Lab {
 
     /// Starts ftp-loader on the server's interface and waits until its maps are pinned.
     pub fn start_loader(&mut self, extra_args: &[&str]) -> Result<()> {
-        self.start_loader_with_env(extra_args, &[])
+        self.start_loader_on(&[SERVER_IF], extra_args)
+    }
+
+    /// As `start_loader`, on `interfaces` (none: those of the configuration file that
+    /// `extra_args` names).
+    pub fn start_loader_on(&mut self, interfaces: &[&str], extra_args: &[&str]) -> Result<()> {
+        self.spawn_loader(interfaces, extra_args, &[])
     }
 
     /// As `start_loader`, with these environment variables set for the loader.
@@ -330,12 +336,21 @@ impl Lab {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<()> {
+        self.spawn_loader(&[SERVER_IF], extra_args, env)
+    }
+
+    fn spawn_loader(
+        &mut self,
+        interfaces: &[&str],
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         ensure!(self.loader.is_none(), "the loader already runs");
         // Truncated, not replaced, if it exists: a test may have taken its inode.
         let log = std::fs::File::create(self.loader_log_path())?;
         let child = nsenter(&self.server_ns, &self.loader_bin)
             .envs(env.iter().copied())
-            .arg(SERVER_IF)
+            .args(interfaces)
             .arg("--data-ports")
             .arg(format!("{}-65535", 1024))
             .arg("--pin-dir")

@@ -149,6 +149,44 @@ fn a_missing_interface_is_named() {
     );
 }
 
+/// Configuration file mistakes name the file and the line; a file that sets a contradiction
+/// is refused as the same options on the command line are; no interface anywhere is named
+/// as what is missing.
+#[test]
+fn a_configuration_mistake_names_the_file_and_its_line() {
+    let lab = lab("config");
+    let file = lab.file("ftp-tracker.toml");
+    let path = file.to_str().unwrap();
+    for (text, parts) in [
+        (
+            "loose = true\ncontrol-ports = [21]\n",
+            &["line 2: `control-ports` is not a setting", "control-port,"][..],
+        ),
+        (
+            "data-ports = 1024\n",
+            &["line 1: invalid value '1024' for '--data-ports"],
+        ),
+        (
+            "allow-port = [80]\n",
+            &["--allow-port 80 lies outside --data-ports"],
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let sentence = refused_run(&lab, &["--config", path]);
+        assert_mentions(&sentence, parts);
+    }
+    std::fs::write(&file, "loose = true\n").unwrap();
+    let pin_dir = lab.pin_dir.to_str().unwrap();
+    let sentence = refusal(&loader(
+        &lab,
+        &["run", "--config", path, "--pin-dir", pin_dir],
+    ));
+    assert_mentions(&sentence, &["no interface to guard", path]);
+    let missing = lab.file("missing.toml");
+    let sentence = refused_run(&lab, &["--config", missing.to_str().unwrap()]);
+    assert_mentions(&sentence, &["there is no configuration file", "--config"]);
+}
+
 /// The number after `give 1 to ` (or `give 1 to about `) in a sentence.
 fn upper_bound(sentence: &str) -> u64 {
     let rest = sentence
