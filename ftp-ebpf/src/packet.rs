@@ -322,11 +322,13 @@ impl Segment {
     pub fn parse(frame: &impl Frame, link: LinkLayer) -> Parsed {
         if link == LinkLayer::Ip {
             // No protocol field precedes the header: its version says, as it does to the
-            // stack (ip_rcv and ipv6_rcv drop a packet whose version is not theirs).
-            let Some(version) = header::<u8>(frame, 0) else {
+            // stack (ip_rcv and ipv6_rcv drop a packet whose version is not theirs). Read
+            // through the shorter IP header, which either family's packet holds (a
+            // one-byte bound becomes `data >= data_end`, which the verifier does not follow).
+            let Some(ip) = header::<Ipv4Hdr>(frame, 0) else {
                 return Parsed::Malformed;
             };
-            return match *version >> 4 {
+            return match ip.version_ihl >> 4 {
                 4 => Self::ipv4(frame, 0),
                 6 => Self::ipv6(frame, 0),
                 _ => Parsed::Other,
