@@ -321,10 +321,15 @@ impl Lab {
 
     /// Starts ftp-loader on the server's interface and waits until its maps are pinned.
     pub fn start_loader(&mut self, extra_args: &[&str]) -> Result<()> {
+        self.start_loader_on(&[SERVER_IF], extra_args)
+    }
+
+    /// `start_loader` on other interfaces of the server.
+    pub fn start_loader_on(&mut self, interfaces: &[&str], extra_args: &[&str]) -> Result<()> {
         ensure!(self.loader.is_none(), "the loader already runs");
         let log = std::fs::File::create(self.dir.join("loader.log"))?;
         let child = nsenter(&self.server_ns, &self.loader_bin)
-            .arg(SERVER_IF)
+            .args(interfaces)
             .arg("--data-ports")
             .arg(format!("{}-65535", 1024))
             .arg("--pin-dir")
