@@ -197,7 +197,7 @@ pub const INGRESS_TC_PROGRAM: &str = "ftp_ingress_tc";
 pub const EGRESS_PROGRAM: &str = "ftp_egress";
 
 /// The tc ingress guard for interfaces whose frames start at the IP header (tun,
-/// WireGuard, PPP, IP tunnels); loaded only when one is guarded.
+/// WireGuard, PPP, raw-IP modems); loaded only when one is guarded.
 pub const INGRESS_TC_L3_PROGRAM: &str = "ftp_ingress_tc_l3";
 /// The egress scanner for the same interfaces.
 pub const EGRESS_L3_PROGRAM: &str = "ftp_egress_l3";
@@ -208,7 +208,7 @@ pub const EGRESS_L3_PROGRAM: &str = "ftp_egress_l3";
 pub enum LinkLayer {
     /// An Ethernet header, possibly with VLAN tags (802.1Q, QinQ).
     Ethernet,
-    /// Nothing: frames start at the IP header (tun, WireGuard, PPP, IP-in-IP tunnels).
+    /// Nothing: frames start at the IP header (tun, WireGuard, PPP, raw-IP modems).
     Ip,
 }
 

@@ -48,7 +48,7 @@ pub fn ftp_egress(ctx: TcContext) -> i32 {
 }
 
 /// `ftp_ingress_tc` for interfaces whose frames start at the IP header (tun, WireGuard,
-/// PPP, IP tunnels). A program of its own, so that the Ethernet programs carry no test of
+/// PPP, raw-IP modems). A program of its own, so that the Ethernet programs carry no test of
 /// the link kind, and loaded only when such an interface is guarded.
 #[classifier]
 pub fn ftp_ingress_tc_l3(ctx: TcContext) -> i32 {

@@ -48,14 +48,10 @@ impl LinkType {
     pub fn link(self, interface: &str) -> Result<LinkLayer> {
         match self.number {
             libc::ARPHRD_ETHER => return Ok(LinkLayer::Ethernet),
-            // tun and WireGuard (none), PPP, raw-IP modems and IP-in-IP tunnels have no
-            // header of their own at tc: data starts at the IP header, both ways.
-            libc::ARPHRD_NONE
-            | libc::ARPHRD_PPP
-            | ARPHRD_RAWIP
-            | libc::ARPHRD_TUNNEL
-            | libc::ARPHRD_TUNNEL6
-            | libc::ARPHRD_SIT => return Ok(LinkLayer::Ip),
+            // tun and WireGuard (none), PPP and raw-IP modems have no header of their own
+            // at tc: their drivers set the MAC header to the IP header of what they
+            // receive, and nothing is prepended before what they send reaches tc.
+            libc::ARPHRD_NONE | libc::ARPHRD_PPP | ARPHRD_RAWIP => return Ok(LinkLayer::Ip),
             _ => {}
         }
         let what = format!(
@@ -66,13 +62,19 @@ impl LinkType {
             libc::ARPHRD_LOOPBACK => bail!(
                 "{what}: no connection from another host arrives on it, and the host's own connections would look forged there; guard the interfaces the FTP clients reach this host through"
             ),
-            // With a remote address fixed, frames start at the inner IP header; without
-            // one (NBMA), at the outer one: the layout depends on how the tunnel was made.
-            libc::ARPHRD_IPGRE | ARPHRD_IP6GRE => bail!(
-                "{what}: where its frames start depends on the tunnel's mode; carry the FTP traffic in a gretap or ip6gretap tunnel (Ethernet) or an ipip, sit or ip6tnl one instead, and guard that"
+            // Where tc finds their frames starting depends on the tunnel's mode (GRE
+            // without a fixed remote address keeps the outer header in front) and, for the
+            // IP-in-IP drivers, on whether the kernel resets the MAC header to the inner
+            // packet: a guard reading the outer header would let every SYN pass.
+            libc::ARPHRD_IPGRE
+            | ARPHRD_IP6GRE
+            | libc::ARPHRD_TUNNEL
+            | libc::ARPHRD_TUNNEL6
+            | libc::ARPHRD_SIT => bail!(
+                "{what}: an IP tunnel's frames may start at its outer IP header, where the guard would see no TCP at all; carry the FTP traffic in a WireGuard tunnel or an Ethernet one (gretap, ip6gretap, VXLAN) instead, and guard that"
             ),
             _ => bail!(
-                "{what}: only Ethernet interfaces and interfaces whose frames start at the IP header (tun, WireGuard, PPP, IP tunnels) can be guarded; guard the interface its IP traffic arrives on instead"
+                "{what}: only Ethernet interfaces and interfaces whose frames start at the IP header (tun, WireGuard, PPP, raw-IP modems) can be guarded; guard the interface its IP traffic arrives on instead"
             ),
         }
     }
@@ -121,7 +123,7 @@ mod tests {
             LinkType::new(libc::ARPHRD_ETHER).link("eth0").unwrap(),
             LinkLayer::Ethernet
         );
-        for number in [libc::ARPHRD_NONE, libc::ARPHRD_PPP, libc::ARPHRD_SIT] {
+        for number in [libc::ARPHRD_NONE, libc::ARPHRD_PPP, ARPHRD_RAWIP] {
             assert_eq!(LinkType::new(number).link("tun0").unwrap(), LinkLayer::Ip);
         }
         for (number, interface, fix) in [
@@ -131,6 +133,7 @@ mod tests {
                 "guard the interfaces the FTP clients",
             ),
             (libc::ARPHRD_IPGRE, "gre1", "gretap"),
+            (libc::ARPHRD_TUNNEL, "ipip0", "WireGuard"),
             (
                 libc::ARPHRD_CAN,
                 "can0",
