@@ -1,7 +1,8 @@
 //! ftp-tracker's kernel programs: on each interface's ingress the guard, as XDP or as a tc
 //! program (the loader attaches whichever costs less there), and a tc program on its
-//! egress; interfaces without an Ethernet header get tc programs of their own. All of them scan FTP control segments in whichever direction they travel; the
-//! ingress ones also guard the data ports.
+//! egress; interfaces without an Ethernet header get tc programs of their own. All of them
+//! scan FTP control segments in whichever direction they travel; the ingress ones also
+//! guard the data ports.
 #![no_std]
 #![no_main]
 

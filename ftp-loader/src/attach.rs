@@ -198,30 +198,22 @@ pub fn attach(
 /// The ingress hook `choice` asks for on `interface`: (hook, why, whether to fall back to
 /// tc if native XDP is refused). For `auto` on a NIC, "why" names the driver.
 fn choose(interface: &str, choice: XdpChoice, link: LinkLayer) -> Result<(Hook, String, bool)> {
+    let requested = "as requested".to_owned();
     if link == LinkLayer::Ip {
         // The XDP program is built for Ethernet frames only; layer-3 devices have tc
         // variants (contract::LinkLayer), which cost one program pair to verify, not two.
+        let why = format!(
+            "{interface} has no Ethernet header (its frames start at the IP header), where ftp-tracker guards only on tc"
+        );
         return match choice {
-            XdpChoice::Auto | XdpChoice::Tc => Ok((
-                Hook::Clsact,
-                format!(
-                    "{}: {interface} has no Ethernet header (its frames start at the IP header), where ftp-tracker guards on tc",
-                    if choice == XdpChoice::Auto {
-                        "auto"
-                    } else {
-                        "as requested"
-                    }
-                ),
-                false,
-            )),
-            XdpChoice::Native | XdpChoice::Skb => bail!(
-                "{interface} has no Ethernet header (its frames start at the IP header), where ftp-tracker guards only on tc: drop --xdp-mode {}, or give --xdp-mode tc",
-                if choice == XdpChoice::Native {
-                    "native"
-                } else {
-                    "skb"
-                }
-            ),
+            XdpChoice::Auto => Ok((Hook::Clsact, format!("auto: {why}"), false)),
+            XdpChoice::Tc => Ok((Hook::Clsact, requested, false)),
+            XdpChoice::Native | XdpChoice::Skb => {
+                let asked = clap::ValueEnum::to_possible_value(&choice)
+                    .map(|value| value.get_name().to_owned())
+                    .unwrap_or_default();
+                bail!("{why}: drop --xdp-mode {asked}, or give --xdp-mode tc")
+            }
         };
     }
     let info = driver_info(interface);
@@ -229,7 +221,6 @@ fn choose(interface: &str, choice: XdpChoice, link: LinkLayer) -> Result<(Hook, 
         Some((driver, bus)) if !bus.is_empty() => Some(driver.clone()),
         _ => None,
     };
-    let requested = "as requested".to_owned();
     Ok(match (choice, physical_driver) {
         (XdpChoice::Native, _) => (Hook::XdpNative, requested, false),
         (XdpChoice::Skb, _) => (Hook::XdpGeneric, requested, false),
