@@ -12,18 +12,27 @@ const ARPHRD_RAWIP: u16 = 519;
 /// GRE over IPv6; libc does not name it.
 const ARPHRD_IP6GRE: u16 = 823;
 
-/// How an interface's link type is guarded, if it is.
+/// An interface's link type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinkType {
+struct LinkType {
     /// Its ARPHRD_* number.
-    pub number: u16,
-    /// What the kernel calls it (`ip -d link` shows `link/<name>`).
-    pub name: &'static str,
+    number: u16,
+    /// What `ip link` calls it (`link/<name>`), for the types an admin may meet.
+    name: Option<&'static str>,
+}
+
+impl std::fmt::Display for LinkType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name {
+            Some(name) => write!(f, "{name} ({})", self.number),
+            None => write!(f, "number {}", self.number),
+        }
+    }
 }
 
 impl LinkType {
     fn new(number: u16) -> Self {
-        let name = match number {
+        let name = Some(match number {
             libc::ARPHRD_ETHER => "ether",
             libc::ARPHRD_NONE => "none",
             libc::ARPHRD_PPP => "ppp",
@@ -33,19 +42,19 @@ impl LinkType {
             libc::ARPHRD_SIT => "sit",
             libc::ARPHRD_LOOPBACK => "loopback",
             libc::ARPHRD_IPGRE => "gre",
-            ARPHRD_IP6GRE => "ip6gre",
+            ARPHRD_IP6GRE => "gre6",
             libc::ARPHRD_INFINIBAND => "infiniband",
             libc::ARPHRD_CAN => "can",
             libc::ARPHRD_IEEE80211_RADIOTAP => "ieee802.11/radiotap",
             libc::ARPHRD_IEEE802154 => "ieee802.15.4",
-            _ => "another",
-        };
+            _ => return Self { number, name: None },
+        });
         Self { number, name }
     }
 
     /// The programs that guard this link type, or the sentence refusing it for
     /// `interface`.
-    pub fn link(self, interface: &str) -> Result<LinkLayer> {
+    fn link(self, interface: &str) -> Result<LinkLayer> {
         match self.number {
             libc::ARPHRD_ETHER => return Ok(LinkLayer::Ethernet),
             // tun and WireGuard (none), PPP and raw-IP modems have no header of their own
@@ -54,10 +63,7 @@ impl LinkType {
             libc::ARPHRD_NONE | libc::ARPHRD_PPP | ARPHRD_RAWIP => return Ok(LinkLayer::Ip),
             _ => {}
         }
-        let what = format!(
-            "ftp-tracker cannot guard {interface}, whose link type is {} ({})",
-            self.name, self.number
-        );
+        let what = format!("ftp-tracker cannot guard {interface}, whose link type is {self}");
         match self.number {
             libc::ARPHRD_LOOPBACK => bail!(
                 "{what}: no connection from another host arrives on it, and the host's own connections would look forged there; guard the interfaces the FTP clients reach this host through"
@@ -83,7 +89,7 @@ impl LinkType {
 /// The link type of `interface` in this process's network namespace (asked through a
 /// socket, as `attach::driver_info` is, rather than /sys, which may show another
 /// namespace's interfaces).
-pub fn link_type(interface: &str) -> Result<LinkType> {
+fn link_type(interface: &str) -> Result<LinkType> {
     attach::check_interface(interface)?;
     // SAFETY: all-zero is a valid ifreq (a name and a union of plain data).
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -139,6 +145,11 @@ mod tests {
                 "can0",
                 "guard the interface its IP traffic arrives on",
             ),
+            (
+                4242,
+                "odd0",
+                "guard the interface its IP traffic arrives on",
+            ),
         ] {
             let sentence = LinkType::new(number)
                 .link(interface)
@@ -147,7 +158,7 @@ mod tests {
             assert!(
                 sentence.starts_with(&format!(
                     "ftp-tracker cannot guard {interface}, whose link type is "
-                )) && sentence.contains(&format!("({number})"))
+                )) && sentence.contains(&number.to_string())
                     && sentence.contains(fix)
                     && !sentence.contains('\n')
                     && sentence.matches(". ").count() == 0,
