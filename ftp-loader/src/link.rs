@@ -56,7 +56,9 @@ impl LinkType {
     /// `interface`.
     fn link(self, interface: &str) -> Result<LinkLayer> {
         match self.number {
-            libc::ARPHRD_ETHER => return Ok(LinkLayer::Ethernet),
+            // Loopback frames carry an Ethernet header too (of zero addresses). Guarding
+            // `lo` guards the host's connections to its own guarded ports.
+            libc::ARPHRD_ETHER | libc::ARPHRD_LOOPBACK => return Ok(LinkLayer::Ethernet),
             // tun and WireGuard (none), PPP and raw-IP modems have no header of their own
             // at tc: their drivers set the MAC header to the IP header of what they
             // receive, and nothing is prepended before what they send reaches tc.
@@ -65,9 +67,6 @@ impl LinkType {
         }
         let what = format!("ftp-tracker cannot guard {interface}, whose link type is {self}");
         match self.number {
-            libc::ARPHRD_LOOPBACK => bail!(
-                "{what}: no connection from another host arrives on it, and the host's own connections would look forged there; guard the interfaces the FTP clients reach this host through"
-            ),
             // Where tc finds their frames starting depends on the tunnel's mode (GRE
             // without a fixed remote address keeps the outer header in front) and, for the
             // IP-in-IP drivers, on whether the kernel resets the MAC header to the inner
@@ -125,18 +124,20 @@ mod tests {
 
     #[test]
     fn ethernet_and_layer_3_links_are_guarded_others_refused_in_one_sentence() {
-        assert_eq!(
-            LinkType::new(libc::ARPHRD_ETHER).link("eth0").unwrap(),
-            LinkLayer::Ethernet
-        );
+        for number in [libc::ARPHRD_ETHER, libc::ARPHRD_LOOPBACK] {
+            assert_eq!(
+                LinkType::new(number).link("eth0").unwrap(),
+                LinkLayer::Ethernet
+            );
+        }
         for number in [libc::ARPHRD_NONE, libc::ARPHRD_PPP, ARPHRD_RAWIP] {
             assert_eq!(LinkType::new(number).link("tun0").unwrap(), LinkLayer::Ip);
         }
         for (number, interface, fix) in [
             (
-                libc::ARPHRD_LOOPBACK,
-                "lo",
-                "guard the interfaces the FTP clients",
+                libc::ARPHRD_INFINIBAND,
+                "ib0",
+                "guard the interface its IP traffic arrives on",
             ),
             (libc::ARPHRD_IPGRE, "gre1", "gretap"),
             (libc::ARPHRD_TUNNEL, "ipip0", "WireGuard"),

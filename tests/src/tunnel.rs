@@ -60,6 +60,22 @@ fn open_tun(ns: &str, name: &str) -> Result<File> {
     })
 }
 
+/// A tun device in the namespace `ns` whose link type the kernel reports as `link_type`
+/// (an ARPHRD_* number, set with TUNSETLINK as userspace stacks do): a real interface of a
+/// link type this kernel may have no driver for. It goes when the file is closed.
+pub fn tun_of_type(ns: &str, name: &str, link_type: u16) -> Result<File> {
+    const TUNSETLINK: libc::c_ulong = 0x4004_54cd;
+    let file = open_tun(ns, name)?;
+    // SAFETY: TUNSETLINK takes the type as its integer argument.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETLINK, libc::c_ulong::from(link_type)) };
+    ensure!(
+        rc == 0,
+        "TUNSETLINK {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(file)
+}
+
 impl Tunnel {
     /// Makes the tunnel and routes each host's lab addresses to the other through it.
     pub fn new(lab: &Lab) -> Result<Self> {
