@@ -190,7 +190,47 @@ pub const INGRESS_TC_PROGRAM: &str = "ftp_ingress_tc";
 /// The egress scanner, a tc program.
 pub const EGRESS_PROGRAM: &str = "ftp_egress";
 
-pub const PROGRAM_NAMES: [&str; 3] = [INGRESS_PROGRAM, INGRESS_TC_PROGRAM, EGRESS_PROGRAM];
+/// The tc ingress guard for interfaces whose frames start at the IP header (tun,
+/// WireGuard, PPP, raw-IP modems); loaded only when one is guarded.
+pub const INGRESS_TC_L3_PROGRAM: &str = "ftp_ingress_tc_l3";
+/// The egress scanner for the same interfaces.
+pub const EGRESS_L3_PROGRAM: &str = "ftp_egress_l3";
+
+/// What precedes the IP header on an interface, and so which tc programs guard it (the
+/// programs are shared by interfaces, so the offset of the IP header is each program's own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkLayer {
+    /// An Ethernet header, possibly with VLAN tags (802.1Q, QinQ).
+    Ethernet,
+    /// Nothing: frames start at the IP header (tun, WireGuard, PPP, raw-IP modems).
+    Ip,
+}
+
+impl LinkLayer {
+    /// The tc ingress guard for this link.
+    pub const fn ingress_tc_program(self) -> &'static str {
+        match self {
+            Self::Ethernet => INGRESS_TC_PROGRAM,
+            Self::Ip => INGRESS_TC_L3_PROGRAM,
+        }
+    }
+
+    /// The egress scanner for this link.
+    pub const fn egress_program(self) -> &'static str {
+        match self {
+            Self::Ethernet => EGRESS_PROGRAM,
+            Self::Ip => EGRESS_L3_PROGRAM,
+        }
+    }
+}
+
+pub const PROGRAM_NAMES: [&str; 5] = [
+    INGRESS_PROGRAM,
+    INGRESS_TC_PROGRAM,
+    EGRESS_PROGRAM,
+    INGRESS_TC_L3_PROGRAM,
+    EGRESS_L3_PROGRAM,
+];
 
 // The globals.
 
@@ -347,8 +387,8 @@ mod user {
             .map_err(|e| ContractError::Program(INGRESS_PROGRAM, e))
     }
 
-    /// A tc program: the ingress guard (`INGRESS_TC_PROGRAM`) or the egress scanner
-    /// (`EGRESS_PROGRAM`).
+    /// A tc program: the ingress guard (`INGRESS_TC_PROGRAM`, `INGRESS_TC_L3_PROGRAM`) or
+    /// the egress scanner (`EGRESS_PROGRAM`, `EGRESS_L3_PROGRAM`).
     pub fn classifier<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a SchedClassifier> {
         debug_assert!(name != INGRESS_PROGRAM);
         program(ebpf, name)?

@@ -55,7 +55,7 @@ counters! {
     FlowsClosing => "flows_closing": "tracked connections that sent FIN or RST",
     FlowOutOfWindow => "flow_out_of_window": "FIN/RST of tracked data connections outside their TCP window, ignored",
     MalformedPackets => "malformed_packets": "truncated IP/TCP headers, passed uninspected",
-    UninspectableDropped => "uninspectable_dropped": "inbound packets hiding their TCP flags (tiny first fragments, over-long IPv6 header chains), dropped",
+    UninspectableDropped => "uninspectable_dropped": "inbound packets hiding their TCP flags (tiny first fragments, over-long IPv6 header chains, more than two VLAN tags), dropped",
 }
 
 pub const COUNTERS: u32 = Counter::ALL.len() as u32;

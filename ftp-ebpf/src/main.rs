@@ -1,7 +1,8 @@
 //! ftp-tracker's kernel programs: on each interface's ingress the guard, as XDP or as a tc
 //! program (the loader attaches whichever costs less there), and a tc program on its
-//! egress. All of them scan FTP control segments in whichever direction they travel; the
-//! ingress ones also guard the data ports.
+//! egress; interfaces without an Ethernet header get tc programs of their own. All of them
+//! scan FTP control segments in whichever direction they travel; the ingress ones also
+//! guard the data ports.
 #![no_std]
 #![no_main]
 
@@ -16,7 +17,9 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use ftp_ebpf_common::{flow::refreshes, parse::Sender, policy::PortClass, stats::Counter};
+use ftp_ebpf_common::{
+    contract::LinkLayer, flow::refreshes, parse::Sender, policy::PortClass, stats::Counter,
+};
 
 use crate::{
     maps::{config, count, now_ns},
@@ -25,7 +28,7 @@ use crate::{
 
 #[xdp]
 pub fn ftp_ingress(ctx: XdpContext) -> u32 {
-    if inspect(&ctx, Direction::Ingress) {
+    if inspect(&ctx, Direction::Ingress, LinkLayer::Ethernet) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -36,19 +39,43 @@ pub fn ftp_ingress(ctx: XdpContext) -> u32 {
 /// veth, XDP (generic or native) runs before GRO, once per wire packet; tc runs after it.
 #[classifier]
 pub fn ftp_ingress_tc(ctx: TcContext) -> i32 {
-    packet::linearize_headers(&ctx);
-    if inspect(&ctx, Direction::Ingress) {
+    ingress_tc(&ctx, LinkLayer::Ethernet)
+}
+
+/// Egress only learns (announcements, outbound data connections); it never drops.
+#[classifier]
+pub fn ftp_egress(ctx: TcContext) -> i32 {
+    egress(&ctx, LinkLayer::Ethernet)
+}
+
+/// `ftp_ingress_tc` for interfaces whose frames start at the IP header (tun, WireGuard,
+/// PPP, raw-IP modems). A program of its own, so that the Ethernet programs carry no test of
+/// the link kind, and loaded only when such an interface is guarded.
+#[classifier]
+pub fn ftp_ingress_tc_l3(ctx: TcContext) -> i32 {
+    ingress_tc(&ctx, LinkLayer::Ip)
+}
+
+/// `ftp_egress` for the same interfaces.
+#[classifier]
+pub fn ftp_egress_l3(ctx: TcContext) -> i32 {
+    egress(&ctx, LinkLayer::Ip)
+}
+
+#[inline(always)]
+fn ingress_tc(ctx: &TcContext, link: LinkLayer) -> i32 {
+    packet::linearize_headers(ctx);
+    if inspect(ctx, Direction::Ingress, link) {
         TC_ACT_UNSPEC
     } else {
         TC_ACT_SHOT
     }
 }
 
-/// Egress only learns (announcements, outbound data connections); it never drops.
-#[classifier]
-pub fn ftp_egress(ctx: TcContext) -> i32 {
-    packet::linearize_headers(&ctx);
-    inspect(&ctx, Direction::Egress);
+#[inline(always)]
+fn egress(ctx: &TcContext, link: LinkLayer) -> i32 {
+    packet::linearize_headers(ctx);
+    inspect(ctx, Direction::Egress, link);
     // Let the next program in the chain (or the default action) decide.
     TC_ACT_UNSPEC
 }
@@ -57,9 +84,10 @@ pub fn ftp_egress(ctx: TcContext) -> i32 {
 /// are not ours, a packet of a tracked transfer) end after the header parse and two array
 /// lookups; keys are built and hash maps consulted only for SYNs to guarded ports, SYN-ACK,
 /// FIN and RST of tracked ones, a sample of tracked packets and control segments.
+/// `link` is a constant in each entry point, so each program is built for its own link.
 #[inline(always)]
-fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
-    let segment = match Segment::parse(frame) {
+fn inspect<F: Frame>(frame: &F, direction: Direction, link: LinkLayer) -> bool {
+    let segment = match Segment::parse(frame, link) {
         Parsed::Tcp(segment) => segment,
         Parsed::Other => return true,
         Parsed::Malformed => {

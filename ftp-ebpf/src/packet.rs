@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use ftp_ebpf_common::{
     addr::{Addr, FAMILY_IPV4, FAMILY_IPV6},
-    contract::SCRATCH_ENTRIES,
+    contract::{LinkLayer, SCRATCH_ENTRIES},
     flow::FlowKey,
     window::{MAX_TCP_OPTIONS, NO_WINDOW_SCALE, Numbers, OPTIONS_BUFFER, OptionsWalk},
 };
@@ -44,7 +44,7 @@ const IPPROTO_TCP: u8 = 6;
 
 use ftp_ebpf_common::window::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
-/// What a header parse reads directly when it can: Ethernet, one VLAN tag, IPv6 with a
+/// What a header parse reads directly when it can: Ethernet, two VLAN tags, IPv6 with a
 /// few extension headers or IPv4 with options, TCP with options.
 const MAX_HEADERS: u32 = 256;
 /// Ethernet + IPv6 + TCP without options: less than this in the linear area means the
@@ -211,9 +211,13 @@ pub enum Parsed {
     /// Truncated or inconsistent headers the stack will reject anyway: passed, counted.
     Malformed,
     /// A packet whose TCP flags cannot be seen although the stack would accept it: a first
-    /// fragment too short to hold them, or IPv6 extension headers deeper than we walk.
+    /// fragment too short to hold them, IPv6 extension headers deeper than we walk, or
+    /// more VLAN tags than we read.
     Uninspectable,
 }
+
+/// VLAN tags read in the data: QinQ (802.1ad outer, 802.1Q inner) or 802.1Q twice.
+const MAX_VLAN_TAGS: usize = 2;
 
 /// IPv6 extension headers walked before giving up; real traffic carries one or two.
 const MAX_IPV6_EXTENSIONS: usize = 4;
@@ -315,13 +319,33 @@ impl Segment {
     }
 
     #[inline(always)]
-    pub fn parse(frame: &impl Frame) -> Parsed {
+    pub fn parse(frame: &impl Frame, link: LinkLayer) -> Parsed {
+        if link == LinkLayer::Ip {
+            // No protocol field precedes the header: its version says, as it does to the
+            // stack (ip_rcv and ipv6_rcv drop a packet whose version is not theirs). Read
+            // through the shorter IP header, which either family's packet holds (a
+            // one-byte bound becomes `data >= data_end`, which the verifier does not follow).
+            let Some(ip) = header::<Ipv4Hdr>(frame, 0) else {
+                return Parsed::Malformed;
+            };
+            return match ip.version_ihl >> 4 {
+                4 => Self::ipv4(frame, 0),
+                6 => Self::ipv6(frame, 0),
+                _ => Parsed::Other,
+            };
+        }
         let Some(eth) = header::<EthHdr>(frame, 0) else {
             return Parsed::Malformed;
         };
         let mut proto = u16::from_be(eth.proto);
         let mut offset = size_of::<EthHdr>();
-        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        // A tag the NIC or the stack took off (vlan offload; at tc ingress the stack always
+        // takes the outer one off first) lives in the skb's metadata, not in the data, so
+        // the data holds at most the rest: reading it is right in both cases.
+        for _ in 0..MAX_VLAN_TAGS {
+            if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+                break;
+            }
             let Some(vlan) = header::<VlanHdr>(frame, offset) else {
                 return Parsed::Malformed;
             };
@@ -331,6 +355,9 @@ impl Segment {
         match proto {
             ETH_P_IPV4 => Self::ipv4(frame, offset),
             ETH_P_IPV6 => Self::ipv6(frame, offset),
+            // The stack strips tag after tag (priority tags, VLAN 0, even without a VLAN
+            // device): a deeper stack could hide a SYN from the guard but not from it.
+            ETH_P_8021Q | ETH_P_8021AD => Parsed::Uninspectable,
             _ => Parsed::Other,
         }
     }

@@ -16,9 +16,12 @@ use aya::{
     },
 };
 
-use ftp_ebpf_common::contract::{self, EGRESS_PROGRAM, INGRESS_TC_PROGRAM};
+use ftp_ebpf_common::contract::{self, LinkLayer};
 
-use crate::record::{Hook, Interface, now_unix};
+use crate::{
+    ebpf, link,
+    record::{Hook, Interface, now_unix},
+};
 
 /// What `--xdp-mode` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -142,6 +145,8 @@ pub fn attach(
     choice: XdpChoice,
     previous: Option<&Interface>,
 ) -> Result<Attached> {
+    let link = link::link(interface)?;
+    let (wanted, mut reason, fall_back) = choose(interface, choice, link)?;
     // The tc programs need the clsact qdisc; it may already be there.
     if let Err(e) = tc::qdisc_add_clsact(interface) {
         let exists =
@@ -152,7 +157,6 @@ pub fn attach(
     }
     let previous = previous.filter(|p| p.present);
     let old_ingress = previous.map(|p| p.ingress);
-    let (wanted, mut reason, fall_back) = choose(interface, choice);
     let ingress = if wanted.is_xdp() {
         match attach_xdp(ebpf, interface, wanted, old_ingress) {
             Ok(()) => {
@@ -163,13 +167,13 @@ pub fn attach(
             }
             Err(error) if fall_back => {
                 reason = format!("auto: {reason} refused native XDP ({error:#})");
-                attach_tc(ebpf, interface, TcAttachType::Ingress, old_ingress)?;
+                attach_tc(ebpf, interface, TcAttachType::Ingress, old_ingress, link)?;
                 Hook::Clsact
             }
             Err(error) => return Err(error),
         }
     } else {
-        attach_tc(ebpf, interface, TcAttachType::Ingress, old_ingress)?;
+        attach_tc(ebpf, interface, TcAttachType::Ingress, old_ingress, link)?;
         Hook::Clsact
     };
     // The old ingress hook goes only once the new one guards.
@@ -177,7 +181,7 @@ pub fn attach(
         detach_ingress(interface, old)?;
     }
     let old_egress = previous.map(|p| p.egress);
-    attach_tc(ebpf, interface, TcAttachType::Egress, old_egress)?;
+    attach_tc(ebpf, interface, TcAttachType::Egress, old_egress, link)?;
     Ok(Attached {
         record: Interface {
             name: interface.to_owned(),
@@ -193,14 +197,31 @@ pub fn attach(
 
 /// The ingress hook `choice` asks for on `interface`: (hook, why, whether to fall back to
 /// tc if native XDP is refused). For `auto` on a NIC, "why" names the driver.
-fn choose(interface: &str, choice: XdpChoice) -> (Hook, String, bool) {
+fn choose(interface: &str, choice: XdpChoice, link: LinkLayer) -> Result<(Hook, String, bool)> {
+    let requested = "as requested".to_owned();
+    if link == LinkLayer::Ip {
+        // The XDP program is built for Ethernet frames only; layer-3 devices have tc
+        // variants (contract::LinkLayer), which cost one program pair to verify, not two.
+        let why = format!(
+            "{interface} has no Ethernet header (its frames start at the IP header), where ftp-tracker guards only on tc"
+        );
+        return match choice {
+            XdpChoice::Auto => Ok((Hook::Clsact, format!("auto: {why}"), false)),
+            XdpChoice::Tc => Ok((Hook::Clsact, requested, false)),
+            XdpChoice::Native | XdpChoice::Skb => {
+                let asked = clap::ValueEnum::to_possible_value(&choice)
+                    .map(|value| value.get_name().to_owned())
+                    .unwrap_or_default();
+                bail!("{why}: drop --xdp-mode {asked}, or give --xdp-mode tc")
+            }
+        };
+    }
     let info = driver_info(interface);
     let physical_driver = match &info {
         Some((driver, bus)) if !bus.is_empty() => Some(driver.clone()),
         _ => None,
     };
-    let requested = "as requested".to_owned();
-    match (choice, physical_driver) {
+    Ok(match (choice, physical_driver) {
         (XdpChoice::Native, _) => (Hook::XdpNative, requested, false),
         (XdpChoice::Skb, _) => (Hook::XdpGeneric, requested, false),
         (XdpChoice::Tc, _) => (Hook::Clsact, requested, false),
@@ -215,7 +236,7 @@ fn choose(interface: &str, choice: XdpChoice) -> (Hook, String, bool) {
             )
         }
         (XdpChoice::Auto, Some(driver)) => (Hook::XdpNative, format!("driver {driver}"), true),
-    }
+    })
 }
 
 fn xdp_mode(hook: Hook) -> XdpMode {
@@ -250,12 +271,19 @@ fn attach_xdp(ebpf: &mut Ebpf, interface: &str, hook: Hook, old: Option<Hook>) -
     })
 }
 
-fn attach_tc(ebpf: &mut Ebpf, interface: &str, at: TcAttachType, old: Option<Hook>) -> Result<()> {
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    interface: &str,
+    at: TcAttachType,
+    old: Option<Hook>,
+    link: LinkLayer,
+) -> Result<()> {
     let program = if at == TcAttachType::Egress {
-        EGRESS_PROGRAM
+        link.egress_program()
     } else {
-        INGRESS_TC_PROGRAM
+        link.ingress_tc_program()
     };
+    ebpf::load_program(ebpf, program)?;
     let direction = if at == TcAttachType::Egress {
         "egress"
     } else {

@@ -14,8 +14,8 @@ use aya_obj::generated::{BPF_F_NO_PREALLOC, bpf_attr, bpf_cmd, bpf_map_type};
 use ftp_ebpf_common::contract::{MAX_EXPECT_TIMEOUT_SECS, MAX_EXPECTED};
 
 use crate::{
-    attach,
     ebpf::{OBJECT, Settings},
+    link,
     record::RECORD_DIR,
 };
 
@@ -227,11 +227,11 @@ pub fn pin_readable(dir: &Path, map: &str) -> Result<()> {
     Ok(())
 }
 
-/// Each interface once, and each one existing.
+/// Each interface once, each one existing, and each of a link type that can be guarded.
 pub fn interfaces(names: &[String]) -> Result<()> {
     let mut seen: Vec<(u32, &str)> = Vec::new();
     for name in names {
-        attach::check_interface(name)?;
+        link::link(name)?;
         let c_name = CString::new(name.as_str())?;
         // SAFETY: a valid NUL-terminated name.
         let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };

@@ -248,6 +248,17 @@ pub fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// Loads the tc program `name` through the verifier unless it is loaded already: the
+/// layer-3 variants (`contract::LinkLayer::Ip`) wait until an interface needs them, so that
+/// guarding only Ethernet interfaces costs no verifier time for them.
+pub fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
+    let classifier = contract::classifier_mut(ebpf, name)?;
+    if classifier.fd().is_ok() {
+        return Ok(());
+    }
+    verified(name, classifier.load())
+}
+
 /// A verifier's refusal in one sentence: its log runs to thousands of lines, so it goes to
 /// a file the sentence names.
 fn verified(name: &str, loaded: Result<(), ProgramError>) -> Result<()> {

@@ -179,6 +179,28 @@ pub fn ipv4_first_fragment(src: IpAddr, dst: IpAddr, l4: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// 802.1ad (QinQ's outer tag) and 802.1Q, as a VLAN tag's first field names them.
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const ETH_P_8021Q: u16 = 0x8100;
+
+/// An Ethernet frame with VLAN tags (protocol, VLAN id), outermost first, put between its
+/// addresses and its type: `[(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)]` is a QinQ frame.
+pub fn vlan_tagged(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut tagged = frame[..12].to_vec();
+    for &(protocol, id) in tags {
+        tagged.extend_from_slice(&protocol.to_be_bytes());
+        tagged.extend_from_slice(&id.to_be_bytes());
+    }
+    tagged.extend_from_slice(&frame[12..]);
+    tagged
+}
+
+/// The IP packet an Ethernet frame carries: what a layer-3 interface (tun, WireGuard)
+/// carries, with no link header at all.
+pub fn without_ethernet(frame: &[u8]) -> Vec<u8> {
+    frame[14..].to_vec()
+}
+
 fn ethernet(macs: Macs, ether_type: u16) -> Vec<u8> {
     let mut frame = [macs.dst, macs.src].concat();
     frame.extend_from_slice(&ether_type.to_be_bytes());

@@ -1,7 +1,8 @@
 //! Test fixtures built from real parts: a two-host lab in network namespaces running real
 //! FTP servers, clients and ftp-loader, crafted FTP control sessions watched by ftp-loader
 //! and the kernel's own FTP helper, and hand-made Ethernet frames for `BPF_PROG_TEST_RUN`
-//! or written onto the lab's link (`inject`).
+//! or written onto the lab's link (`inject`), and a layer-3 link between the hosts
+//! (`tunnel`).
 
 pub mod clients;
 pub mod frame;
@@ -10,6 +11,7 @@ pub mod inject;
 pub mod lab;
 pub mod servers;
 pub mod session;
+pub mod tunnel;
 
 /// The tests attach programs and create namespaces: say so plainly when not root.
 pub fn require_root() {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use ftp_ebpf_common::contract::{MAP_NAMES, PROGRAM_NAMES};
+use ftp_ebpf_common::contract::{LinkLayer, MAP_NAMES, PROGRAM_NAMES};
 use ftp_lab::{
     clients::{self, Client, Mode},
     lab::{CLIENT_IP, Family, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
@@ -95,7 +95,14 @@ const VERIFIER_BUDGET: u32 = 200_000;
 #[test]
 fn programs_verify_within_budget() {
     require_root();
-    let ebpf = ebpf::load(&Settings::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut ebpf = ebpf::load(&Settings::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    // The layer-3 programs are loaded once a layer-3 interface is guarded: here, now.
+    for name in [
+        LinkLayer::Ip.ingress_tc_program(),
+        LinkLayer::Ip.egress_program(),
+    ] {
+        ebpf::load_program(&mut ebpf, name).unwrap_or_else(|e| panic!("{e:#}"));
+    }
     // The loader finds what it loaded by the contract's names (the loader's unit tests
     // check their types against the object).
     for name in MAP_NAMES {

@@ -718,3 +718,69 @@ fn a_closed_pipe_ends_a_listing_quietly() {
         }
     }
 }
+
+/// A link type the programs cannot read (here tun devices that report GRE's and
+/// InfiniBand's, which this kernel has no driver for) is refused by name with its type and
+/// what to do instead; a layer-3 interface (a tun device, whose frames start at the IP
+/// header) is refused XDP, which reads only Ethernet, and told to use tc. Nothing is left
+/// attached or pinned.
+#[test]
+fn unguardable_link_types_are_refused_in_one_sentence() {
+    let lab = lab("links");
+    let pin_dir = lab.pin_dir.to_str().unwrap();
+    for (link_type, name, expected) in [
+        (
+            libc::ARPHRD_IPGRE,
+            "gre (778)",
+            "carry the FTP traffic in a WireGuard tunnel or an Ethernet one",
+        ),
+        (
+            libc::ARPHRD_INFINIBAND,
+            "infiniband (32)",
+            "guard the interface its IP traffic arrives on instead",
+        ),
+    ] {
+        let _device = ftp_lab::tunnel::tun_of_type(&lab.server_ns, "odd0", link_type).unwrap();
+        let sentence = refusal(&loader(&lab, &["odd0", "--pin-dir", pin_dir]));
+        assert_mentions(
+            &sentence,
+            &[
+                &format!("cannot guard odd0, whose link type is {name}"),
+                expected,
+            ],
+        );
+        assert!(!lab.pin_dir.exists(), "a refused run left {pin_dir} behind");
+    }
+
+    let _tunnel = ftp_lab::tunnel::Tunnel::new(&lab).unwrap();
+    let tun = ftp_lab::tunnel::SERVER_TUN;
+    for mode in ["skb", "native"] {
+        let sentence = refusal(&loader(
+            &lab,
+            &[tun, "--xdp-mode", mode, "--pin-dir", pin_dir],
+        ));
+        assert_mentions(
+            &sentence,
+            &[
+                &format!("{tun} has no Ethernet header"),
+                &format!("drop --xdp-mode {mode}, or give --xdp-mode tc"),
+            ],
+        );
+        assert!(!lab.pin_dir.exists(), "a refused run left {pin_dir} behind");
+        let filters = run(Command::new("tc").args([
+            "-n",
+            &lab.server_ns,
+            "filter",
+            "show",
+            "dev",
+            tun,
+            "ingress",
+        ]))
+        .unwrap();
+        assert!(
+            filters.stdout.is_empty(),
+            "a refused run left a filter on {tun}: {}",
+            String::from_utf8_lossy(&filters.stdout)
+        );
+    }
+}

@@ -14,7 +14,8 @@ use aya::{
 use ftp_ebpf_common::{
     addr::AddrKey,
     contract::{
-        self, CONTROLS, EGRESS_PROGRAM, EXPECTATIONS, FLOWS, INGRESS_TC_PROGRAM, LOCAL_ADDRS, STATS,
+        self, CONTROLS, EGRESS_L3_PROGRAM, EGRESS_PROGRAM, EXPECTATIONS, FLOWS,
+        INGRESS_TC_L3_PROGRAM, INGRESS_TC_PROGRAM, LOCAL_ADDRS, STATS,
     },
     control::CLOSED,
     expect::{ExpectKey, ExpectValue},
@@ -23,8 +24,9 @@ use ftp_ebpf_common::{
 };
 use ftp_lab::{
     frame::{
-        ACK, ControlSession, FIN, IPPROTO_DSTOPTS, IPPROTO_TCP, IPPROTO_UDP, PSH, RST, Random, SYN,
-        Tcp, dest_options, ip_frame, ipv4_first_fragment,
+        ACK, ControlSession, ETH_P_8021AD, ETH_P_8021Q, FIN, IPPROTO_DSTOPTS, IPPROTO_TCP,
+        IPPROTO_UDP, PSH, RST, Random, SYN, Tcp, dest_options, ip_frame, ipv4_first_fragment,
+        vlan_tagged, without_ethernet,
     },
     lab::{Lab, SERVER_IF, default_loader_bin, in_netns, run},
     require_root,
@@ -1256,6 +1258,119 @@ fn a_client_forging_its_servers_replies_on_a_gateway_is_off_path() {
             ("control_packets", 2),
             ("control_wrong_path", 1),
             ("expectations_created", 1),
+        ])
+    );
+}
+
+/// QinQ: 802.1ad outside, 802.1Q inside; and 802.1Q twice.
+const DOUBLE_TAGS: [[(u16, u16); 2]; 2] = [
+    [(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)],
+    [(ETH_P_8021Q, 100), (ETH_P_8021Q, 200)],
+];
+
+/// Double-tagged frames, with both tags in the data as XDP sees them (and tc, unless the
+/// stack or the NIC took the outer one into the packet's metadata): the guard reads
+/// through both. An unannounced SYN is dropped, a control session's reply announces, and
+/// the announced SYN passes; a third tag hides the TCP flags, and is dropped inbound.
+#[test]
+fn double_tagged_frames_are_guarded() {
+    for tags in DOUBLE_TAGS {
+        let p = Programs::new();
+        let tagged = |frame: Vec<u8>| vlan_tagged(&frame, &tags);
+        let unannounced = tagged(syn(CLIENT, 51000, SERVER, 10000));
+        assert_eq!(p.ingress(&unannounced), XDP_DROP, "{tags:x?}");
+        assert_eq!(p.ingress_tc(&unannounced), TC_ACT_SHOT, "{tags:x?}");
+        assert_eq!(
+            p.ingress(&tagged(syn(CLIENT6, 51000, SERVER6, 10000))),
+            XDP_DROP,
+            "{tags:x?}"
+        );
+        let mut s = session();
+        let [client_syn, syn_ack, ack] = s.handshake();
+        assert_eq!(p.ingress(&tagged(client_syn)), XDP_PASS, "{tags:x?}");
+        p.egress(&tagged(syn_ack));
+        assert_eq!(p.ingress(&tagged(ack)), XDP_PASS, "{tags:x?}");
+        p.egress(&tagged(
+            s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n"),
+        ));
+        assert_eq!(
+            p.expected_keys(),
+            [expect_key(CLIENT, SERVER, 10000)],
+            "{tags:x?}"
+        );
+        assert_eq!(p.ingress(&unannounced), XDP_PASS, "{tags:x?}");
+        assert_eq!(
+            p.stats(),
+            BTreeMap::from([
+                ("control_packets", 1),
+                ("expectations_created", 1),
+                ("expectations_matched", 1),
+                ("flows_tracked", 1),
+                ("unsolicited_dropped", 3),
+            ]),
+            "{tags:x?}"
+        );
+    }
+    let p = Programs::new();
+    let triple = vlan_tagged(
+        &syn(CLIENT, 51000, SERVER, 10000),
+        &[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)],
+    );
+    assert_eq!(p.ingress(&triple), XDP_DROP);
+    assert_eq!(p.ingress_tc(&triple), TC_ACT_SHOT);
+    assert_eq!(
+        p.egress(&triple),
+        TC_ACT_UNSPEC,
+        "outbound is never dropped"
+    );
+    assert_eq!(p.stats(), BTreeMap::from([("uninspectable_dropped", 2)]));
+}
+
+/// On a layer-3 interface (tun, WireGuard, PPP) frames start at the IP header; the
+/// programs the loader attaches there (loaded, as there, only on demand) guard them as
+/// the Ethernet ones guard Ethernet frames, in both families.
+#[test]
+fn layer_3_programs_guard_frames_that_start_at_the_ip_header() {
+    let mut p = Programs::new();
+    for name in [INGRESS_TC_L3_PROGRAM, EGRESS_L3_PROGRAM] {
+        ebpf::load_program(&mut p.ebpf, name).expect("the layer-3 programs verify");
+    }
+    let ingress = |frame: Vec<u8>| p.tc(INGRESS_TC_L3_PROGRAM, &without_ethernet(&frame));
+    let egress = |frame: Vec<u8>| p.tc(EGRESS_L3_PROGRAM, &without_ethernet(&frame));
+    for (mut s, reply, port) in [
+        (
+            session(),
+            &b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n"[..],
+            10000,
+        ),
+        (
+            session6(),
+            &b"229 Entering Extended Passive Mode (|||10001|)\r\n"[..],
+            10001,
+        ),
+    ] {
+        let unannounced = syn(s.client, 51000, s.server, port);
+        assert_eq!(ingress(unannounced.clone()), TC_ACT_SHOT, "{reply:?}");
+        let [client_syn, syn_ack, ack] = s.handshake();
+        assert_eq!(ingress(client_syn), TC_ACT_UNSPEC);
+        assert_eq!(egress(syn_ack), TC_ACT_UNSPEC);
+        assert_eq!(ingress(ack), TC_ACT_UNSPEC);
+        assert_eq!(egress(s.reply(reply)), TC_ACT_UNSPEC);
+        assert_eq!(ingress(unannounced.clone()), TC_ACT_UNSPEC, "{reply:?}");
+        assert_eq!(
+            ingress(syn(s.client, 51001, s.server, port)),
+            TC_ACT_SHOT,
+            "a second connection to the consumed port, {reply:?}"
+        );
+    }
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([
+            ("control_packets", 2),
+            ("expectations_created", 2),
+            ("expectations_matched", 2),
+            ("flows_tracked", 2),
+            ("unsolicited_dropped", 4),
         ])
     );
 }
