@@ -168,7 +168,10 @@ mod tests {
         assert_eq!(v6.key().0, 40);
         assert_eq!(v6.key().1.family, 6);
         assert_eq!(cidr("::/0").unwrap().key(), (8, SourceKey::new(6, [0; 16])));
-        assert_eq!(cidr("0.0.0.0/0").unwrap().key(), (8, SourceKey::new(4, [0; 16])));
+        assert_eq!(
+            cidr("0.0.0.0/0").unwrap().key(),
+            (8, SourceKey::new(4, [0; 16]))
+        );
         assert_eq!(LOOKUP_PREFIX, 136);
     }
 

@@ -14,18 +14,26 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
+    allow,
     maps::{EXPECTATIONS, FLOWS, LOCAL_ADDRS, config, count, now_ns},
+    monitor,
     packet::{Direction, Frame, Segment},
     share,
 };
+
+/// Whether `flow`'s source is one of this host's own addresses.
+#[inline(always)]
+pub fn local(flow: &FlowKey) -> bool {
+    let key = AddrKey::new(flow.family, flow.src);
+    // SAFETY: a plain-data map value, only tested for presence.
+    unsafe { LOCAL_ADDRS.get(&key) }.is_some()
+}
 
 /// Whether a segment arriving on ingress claims one of this host's own addresses as its
 /// source: the host's own segments leave through egress, so this one is forged. Counted.
 #[inline(never)]
 pub fn spoofed(flow: &FlowKey) -> bool {
-    let key = AddrKey::new(flow.family, flow.src);
-    // SAFETY: a plain-data map value, only tested for presence.
-    let local = unsafe { LOCAL_ADDRS.get(&key) }.is_some();
+    let local = local(flow);
     if local {
         count(Counter::SpoofedSourceDropped);
     }
@@ -117,7 +125,7 @@ pub fn new_connection(
             debug!(&(), "admitted data connection to port {}", syn.dst_port);
             true
         }
-        SynVerdict::Admit | SynVerdict::Unsolicited => refuse(direction),
+        SynVerdict::Admit | SynVerdict::Unsolicited => refuse_syn(syn, direction),
         SynVerdict::Expired => {
             if EXPECTATIONS.remove(&key).is_ok() {
                 if let Some(expectation) = expectation {
@@ -127,17 +135,40 @@ pub fn new_connection(
             if inbound {
                 count(Counter::ExpectationsExpired);
             }
-            refuse(direction)
+            refuse_syn(syn, direction)
         }
     }
 }
 
+/// A SYN to a guarded port that nothing admits, its addresses not read yet; returns
+/// whether it may pass (`refuse_syn`). They are read only when `--allow-from` needs them.
+#[inline(always)]
+pub fn refuse(frame: &impl Frame, segment: &Segment, direction: Direction) -> bool {
+    if direction == Direction::Ingress && config().allow_from != 0 {
+        if let Some(syn) = segment.flow(frame) {
+            return refuse_syn(&syn, direction);
+        }
+    }
+    refused(segment.dst_port, direction)
+}
+
+/// A SYN to a guarded port that nothing admits; returns whether it may pass. Inbound ones
+/// from an `--allow-from` network do.
+#[inline(always)]
+pub fn refuse_syn(syn: &FlowKey, direction: Direction) -> bool {
+    if direction == Direction::Ingress && config().allow_from != 0 && allow::admits(syn) {
+        return true;
+    }
+    refused(syn.dst_port, direction)
+}
+
 /// Outbound SYNs are the host's own connections: never dropped.
 #[inline(always)]
-pub fn refuse(direction: Direction) -> bool {
+fn refused(port: u16, direction: Direction) -> bool {
     let inbound = direction == Direction::Ingress;
     if inbound {
         count(Counter::UnsolicitedDropped);
+        monitor::refused_syn(port);
     }
     !inbound
 }

@@ -4,10 +4,15 @@
 //! ingress ones also guard the data ports.
 #![no_std]
 #![no_main]
+// BPF inline assembly, for the atomic add of `monitor` (built with RUSTC_BOOTSTRAP, as
+// aya-ebpf itself needs).
+#![feature(asm_experimental_arch)]
 
+mod allow;
 mod control;
 mod guard;
 mod maps;
+mod monitor;
 mod packet;
 mod share;
 
@@ -25,7 +30,7 @@ use crate::{
 
 #[xdp]
 pub fn ftp_ingress(ctx: XdpContext) -> u32 {
-    if inspect(&ctx, Direction::Ingress) {
+    if inspect(&ctx, Direction::Ingress) || monitor::spare() {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -37,7 +42,7 @@ pub fn ftp_ingress(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn ftp_ingress_tc(ctx: TcContext) -> i32 {
     packet::linearize_headers(&ctx);
-    if inspect(&ctx, Direction::Ingress) {
+    if inspect(&ctx, Direction::Ingress) || monitor::spare() {
         TC_ACT_UNSPEC
     } else {
         TC_ACT_SHOT
@@ -93,11 +98,11 @@ fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
         // SAFETY: as above.
         let port = unsafe { &*to };
         if port.never_used() {
-            return guard::refuse(direction);
+            return guard::refuse(frame, &segment, direction);
         }
         let now = now_ns();
         if !port.may_be_solicited(now, config().expect_timeout_ns) {
-            return guard::refuse(direction);
+            return guard::refuse(frame, &segment, direction);
         }
         let Some(syn) = segment.flow(frame) else {
             return true;
