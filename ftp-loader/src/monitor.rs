@@ -1,0 +1,99 @@
+//! What `--monitor` reports: the guarded ports enforcement would have refused SYNs to
+//! (WOULD_DROP), and whether a running instance enforces or only monitors (its pinned
+//! CONFIG, which a reload rewrites).
+
+use std::{borrow::Borrow, cmp::Reverse, path::Path};
+
+use anyhow::Result;
+use aya::maps::{Array, MapData};
+use ftp_ebpf_common::{config::Config, contract::CONFIG};
+use serde_json::{Value, json};
+
+use crate::{pins, tables::Row};
+
+/// A guarded port, and the SYNs to it the guard refused while it monitored.
+pub struct WouldDrop {
+    pub port: u16,
+    pub syns: u64,
+}
+
+/// The ports with refused SYNs, most first.
+pub fn would_drop<T: Borrow<MapData>>(array: &Array<T, u64>) -> Result<Vec<WouldDrop>> {
+    let mut rows = Vec::new();
+    for (port, syns) in (0..=u16::MAX).zip(array.iter()) {
+        let syns = syns?;
+        if syns > 0 {
+            rows.push(WouldDrop { port, syns });
+        }
+    }
+    rows.sort_by_key(|row| (Reverse(row.syns), row.port));
+    Ok(rows)
+}
+
+impl WouldDrop {
+    /// The option that keeps the port open to everyone.
+    fn admit_with(&self) -> String {
+        format!("--allow-port {}", self.port)
+    }
+}
+
+impl Row for WouldDrop {
+    const WHAT: &'static str = "port";
+
+    fn json(&self, _now_ns: u64) -> Value {
+        json!({ "port": self.port, "syns": self.syns, "admit_with": self.admit_with() })
+    }
+
+    fn text(&self, _now_ns: u64) -> String {
+        format!(
+            "port {:>5}: {:>10} SYN(s) enforcement would drop; to keep it open to everyone: {}",
+            self.port,
+            self.syns,
+            self.admit_with()
+        )
+    }
+}
+
+/// How a running instance's programs treat what the guard refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    /// `--monitor`: passed and counted.
+    Monitor,
+}
+
+impl Mode {
+    pub fn of(config: &Config) -> Self {
+        if config.monitor != 0 {
+            Self::Monitor
+        } else {
+            Self::Enforce
+        }
+    }
+
+    /// The instance's pinned CONFIG says; None when this user cannot read it.
+    pub fn running(pin_dir: &Path) -> Option<Self> {
+        let config = CONFIG
+            .from_map(pins::open(pin_dir, CONFIG.name).ok()?)
+            .ok()?;
+        Some(Self::of(&config.get(&0, 0).ok()?))
+    }
+
+    /// As `status --json` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Monitor => "monitor",
+        }
+    }
+
+    /// What `status` and the start-up line say.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforcing: refused connections are dropped",
+            Self::Monitor => {
+                "MONITORING ONLY: nothing is dropped; what enforcement would drop is counted (`ftp-loader would-drop` lists it by port)"
+            }
+        }
+    }
+}
