@@ -186,12 +186,16 @@ fn an_allowed_network_reaches_unannounced_listeners_and_no_other_source_does() {
     assert_eq!(counter(&lab, "unsolicited_dropped"), dropped);
     assert!(!reachable_from(&lab, STRANGER), "another source got in");
 
-    // A reload that no longer lists the network closes it again.
+    // A reload that lists another network replaces the list: the old one is closed again,
+    // the new one open.
+    let stranger_net = settings(|s| s.allow_from = vec!["192.0.2.64/26".parse().unwrap()]);
+    configure_pinned(&lab.pin_dir, &stranger_net).unwrap();
+    assert!(!lab.unannounced_reachable(), "a dropped network still gets in");
+    assert!(reachable_from(&lab, STRANGER));
+    // And one that lists none closes it for everyone.
     configure_pinned(&lab.pin_dir, &settings(|_| {})).unwrap();
-    assert!(
-        !lab.unannounced_reachable(),
-        "a dropped network still gets in"
-    );
+    assert!(!reachable_from(&lab, STRANGER));
+    assert!(!lab.unannounced_reachable());
 }
 
 #[test]
