@@ -1,16 +1,19 @@
 //! `--monitor` and `--allow-from`, with the real loader in the namespace lab: monitoring
 //! passes what enforcement drops and lists it by port; flipping to enforcement on the
 //! running instance's tables keeps its expectations and flows and drops again; an allowed
-//! network reaches an unannounced listener, any other source still does not, and a reload
-//! that drops the network closes it again.
+//! network reaches an unannounced listener, any other source (nor a forgery of the host's
+//! own address inside the network) still does not, and a reload that replaces the network
+//! closes it again.
 
 use std::net::Ipv4Addr;
 
 use ftp_lab::{
+    frame::{SYN, Tcp},
     ftp::Ftp,
+    inject::{Link, PacketSocket},
     lab::{
-        BLOB_PATH, CLIENT_IP, Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns,
-        nsenter, run,
+        BLOB_PATH, CLIENT_IF, CLIENT_IP, Lab, SERVER_IF, SERVER_IP, UNANNOUNCED,
+        default_loader_bin, in_netns, nsenter, run, wait_for,
     },
     require_root,
     servers::Server,
@@ -186,11 +189,29 @@ fn an_allowed_network_reaches_unannounced_listeners_and_no_other_source_does() {
     assert_eq!(counter(&lab, "unsolicited_dropped"), dropped);
     assert!(!reachable_from(&lab, STRANGER), "another source got in");
 
+    // The allowed network holds the server's own address too: a SYN claiming it, written
+    // onto the link from outside, is a forgery and is refused, not allowed.
+    let allowed = counter(&lab, "allowed_from_source");
+    let sender = PacketSocket::sender_in(&lab.client_ns, CLIENT_IF).unwrap();
+    let forged = Tcp::new(SERVER_IP, 40000, SERVER_IP, UNANNOUNCED, SYN);
+    let link = Link::find(&lab).unwrap();
+    sender
+        .send(&forged.frame_on(link.to_server(), &[]))
+        .unwrap();
+    wait_for("the guard to refuse the forged SYN", || {
+        Ok(counter(&lab, "unsolicited_dropped") > dropped)
+    })
+    .unwrap();
+    assert_eq!(counter(&lab, "allowed_from_source"), allowed);
+
     // A reload that lists another network replaces the list: the old one is closed again,
     // the new one open.
     let stranger_net = settings(|s| s.allow_from = vec!["192.0.2.64/26".parse().unwrap()]);
     configure_pinned(&lab.pin_dir, &stranger_net).unwrap();
-    assert!(!lab.unannounced_reachable(), "a dropped network still gets in");
+    assert!(
+        !lab.unannounced_reachable(),
+        "a dropped network still gets in"
+    );
     assert!(reachable_from(&lab, STRANGER));
     // And one that lists none closes it for everyone.
     configure_pinned(&lab.pin_dir, &settings(|_| {})).unwrap();
