@@ -5,7 +5,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_log_ebpf::debug;
 use ftp_ebpf_common::{
-    addr::AddrKey,
+    addr::{Addr, AddrKey},
     expect::ExpectKey,
     flow::{FlowKey, FlowValue, Observed},
     policy::{PortInfo, SynVerdict, coarse_time, syn_verdict},
@@ -21,10 +21,10 @@ use crate::{
     share,
 };
 
-/// Whether `flow`'s source is one of this host's own addresses.
+/// Whether `addr` is one of this host's own addresses.
 #[inline(always)]
-pub fn local(flow: &FlowKey) -> bool {
-    let key = AddrKey::new(flow.family, flow.src);
+pub fn local(family: u8, addr: Addr) -> bool {
+    let key = AddrKey::new(family, addr);
     // SAFETY: a plain-data map value, only tested for presence.
     unsafe { LOCAL_ADDRS.get(&key) }.is_some()
 }
@@ -33,7 +33,7 @@ pub fn local(flow: &FlowKey) -> bool {
 /// source: the host's own segments leave through egress, so this one is forged. Counted.
 #[inline(never)]
 pub fn spoofed(flow: &FlowKey) -> bool {
-    let local = local(flow);
+    let local = local(flow.family, flow.src);
     if local {
         count(Counter::SpoofedSourceDropped);
     }
@@ -125,7 +125,7 @@ pub fn new_connection(
             debug!(&(), "admitted data connection to port {}", syn.dst_port);
             true
         }
-        SynVerdict::Admit | SynVerdict::Unsolicited => refuse_syn(syn, direction),
+        SynVerdict::Admit | SynVerdict::Unsolicited => refuse(frame, segment, direction),
         SynVerdict::Expired => {
             if EXPECTATIONS.remove(&key).is_ok() {
                 if let Some(expectation) = expectation {
@@ -135,40 +135,23 @@ pub fn new_connection(
             if inbound {
                 count(Counter::ExpectationsExpired);
             }
-            refuse_syn(syn, direction)
+            refuse(frame, segment, direction)
         }
     }
 }
 
-/// A SYN to a guarded port that nothing admits, its addresses not read yet; returns
-/// whether it may pass (`refuse_syn`). They are read only when `--allow-from` needs them.
+/// A SYN to a guarded port that nothing admits; returns whether it may pass. Outbound
+/// SYNs are the host's own connections: never dropped. Inbound ones from an `--allow-from`
+/// network pass.
 #[inline(always)]
 pub fn refuse(frame: &impl Frame, segment: &Segment, direction: Direction) -> bool {
-    if direction == Direction::Ingress && config().allow_from != 0 {
-        if let Some(syn) = segment.flow(frame) {
-            return refuse_syn(&syn, direction);
-        }
-    }
-    refused(segment.dst_port, direction)
-}
-
-/// A SYN to a guarded port that nothing admits; returns whether it may pass. Inbound ones
-/// from an `--allow-from` network do.
-#[inline(always)]
-pub fn refuse_syn(syn: &FlowKey, direction: Direction) -> bool {
-    if direction == Direction::Ingress && config().allow_from != 0 && allow::admits(syn) {
+    if direction != Direction::Ingress {
         return true;
     }
-    refused(syn.dst_port, direction)
-}
-
-/// Outbound SYNs are the host's own connections: never dropped.
-#[inline(always)]
-fn refused(port: u16, direction: Direction) -> bool {
-    let inbound = direction == Direction::Ingress;
-    if inbound {
-        count(Counter::UnsolicitedDropped);
-        monitor::refused_syn(port);
+    if config().allow_from != 0 && allow::admits(frame, segment) {
+        return true;
     }
-    !inbound
+    count(Counter::UnsolicitedDropped);
+    monitor::refused_syn(segment.dst_port);
+    false
 }
