@@ -623,7 +623,10 @@ fn describe(settings: &Settings) -> String {
     );
     if !settings.allow_from.is_empty() {
         let networks: Vec<String> = settings.allow_from.iter().map(|n| n.to_string()).collect();
-        text += &format!(", except from {}", networks.join(", "));
+        text += &format!(
+            "; new connections from {} pass without one",
+            networks.join(", ")
+        );
     }
     if settings.loose {
         text += "; LOOSE: addresses other than the announcer's are accepted (third-party transfers and FTP bounce possible)";
