@@ -17,10 +17,17 @@ pub struct WouldDrop {
     pub syns: u64,
 }
 
-/// The ports with refused SYNs, most first.
+/// The ports with refused SYNs in WOULD_DROP, most first.
 pub fn would_drop<T: Borrow<MapData>>(array: &Array<T, u64>) -> Result<Vec<WouldDrop>> {
+    ranked(array.iter())
+}
+
+/// The ports with refused SYNs, given each port's count in port order, most first.
+fn ranked<E: std::error::Error + Send + Sync + 'static>(
+    counts: impl Iterator<Item = Result<u64, E>>,
+) -> Result<Vec<WouldDrop>> {
     let mut rows = Vec::new();
-    for (port, syns) in (0..=u16::MAX).zip(array.iter()) {
+    for (port, syns) in (0..=u16::MAX).zip(counts) {
         let syns = syns?;
         if syns > 0 {
             rows.push(WouldDrop { port, syns });
@@ -95,5 +102,27 @@ impl Mode {
                 "MONITORING ONLY: nothing is dropped; what enforcement would drop is counted (`ftp-loader would-drop` lists it by port)"
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_ranked_by_refused_syns_then_number() {
+        let mut counts = vec![0u64; 65536];
+        counts[3306] = 5;
+        counts[9100] = 40;
+        counts[1024] = 5;
+        counts[65535] = 1;
+        let rows = ranked(counts.into_iter().map(Ok::<_, std::io::Error>)).unwrap();
+        let ranked: Vec<(u16, u64)> = rows.iter().map(|r| (r.port, r.syns)).collect();
+        assert_eq!(ranked, [(9100, 40), (1024, 5), (3306, 5), (65535, 1)]);
+        assert_eq!(
+            rows[0].json(0),
+            json!({ "port": 9100, "syns": 40, "admit_with": "--allow-port 9100" })
+        );
+        assert!(rows[0].text(0).ends_with("--allow-port 9100"));
     }
 }
