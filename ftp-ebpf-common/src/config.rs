@@ -32,7 +32,10 @@ pub struct Config {
     pub monitor: u8,
     /// 1: somebody reads the event stream, so the programs write it.
     pub events: u8,
-    pub _reserved: [u8; 6],
+    /// 1: ALLOW_FROM holds networks (`--allow-from`), so a refused SYN's source is looked
+    /// up there; 0 spares the lookup.
+    pub allow_from: u8,
+    pub _reserved: [u8; 5],
 }
 
 impl Config {
@@ -47,7 +50,8 @@ impl Config {
         loose: 0,
         monitor: 0,
         events: 0,
-        _reserved: [0; 6],
+        allow_from: 0,
+        _reserved: [0; 5],
     };
 
     pub fn rules(&self) -> Rules {

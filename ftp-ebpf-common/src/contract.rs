@@ -12,6 +12,7 @@ use core::marker::PhantomData;
 
 use crate::{
     addr::AddrKey,
+    allow::SourceKey,
     config::Config,
     control::ControlState,
     expect::{ExpectKey, ExpectValue},
@@ -55,6 +56,8 @@ pub const MAX_EXPECT_TIMEOUT_SECS: u64 = crate::policy::MAX_EXPECT_TIMEOUT_NS / 
 pub const LOCAL_ADDRS_ENTRIES: u32 = 4096;
 /// Entries of PORTS: one per TCP port.
 pub const PORTS_ENTRIES: u32 = u16::MAX as u32 + 1;
+/// Entries of ALLOW_FROM: the most `--allow-from` networks.
+pub const ALLOW_FROM_ENTRIES: u32 = 1024;
 /// Entries of the per-CPU scratch buffers: one per direction.
 pub const SCRATCH_ENTRIES: u32 = 2;
 
@@ -91,6 +94,13 @@ impl ArrayKind for Shared {
 
 impl ArrayKind for PerCpu {
     const PER_CPU: bool = true;
+}
+
+/// A longest-prefix-match trie of `K` (the key's data after its prefix length) to `V`.
+pub struct LpmTable<K, V> {
+    pub name: &'static str,
+    pub entries: u32,
+    types: PhantomData<fn() -> (K, V)>,
 }
 
 /// A global the loader sets at load time, of type `T`.
@@ -133,6 +143,22 @@ impl<V, K: ArrayKind> ArrayTable<V, K> {
     }
 }
 
+impl<K, V> LpmTable<K, V> {
+    const fn new(name: &'static str, entries: u32) -> Self {
+        Self {
+            name,
+            entries,
+            types: PhantomData,
+        }
+    }
+}
+
+impl<K, V> core::fmt::Display for LpmTable<K, V> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
 impl<K, V> core::fmt::Display for HashTable<K, V> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.name)
@@ -163,12 +189,18 @@ pub const PORTS: ArrayTable<PortInfo, Shared> = ArrayTable::new("PORTS", PORTS_E
 pub const STATS: ArrayTable<u64, PerCpu> = ArrayTable::new("STATS", COUNTERS);
 /// The settings the programs read while they run (`config::Config`), in entry 0.
 pub const CONFIG: ArrayTable<Config, Shared> = ArrayTable::new("CONFIG", 1);
+/// SYNs to each guarded port that the guard refused while it only monitored (`--monitor`),
+/// indexed by port. Shared, not per CPU (that would be 512 KiB per CPU), with atomic adds;
+/// u64, not a spare u32 of `PortInfo`, which a flood would wrap within minutes.
+pub const WOULD_DROP: ArrayTable<u64, Shared> = ArrayTable::new("WOULD_DROP", PORTS_ENTRIES);
+/// The `--allow-from` networks (`allow::Cidr::key`), value unused (1).
+pub const ALLOW_FROM: LpmTable<SourceKey, u8> = LpmTable::new("ALLOW_FROM", ALLOW_FROM_ENTRIES);
 /// Per-CPU scratch space of the kernel programs (their types are the kernel's own).
 pub const OPTIONS: &str = "OPTIONS";
 pub const SCAN: &str = "SCAN";
 
 /// Every map of the object.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 12] = [
     EXPECTATIONS.name,
     CONTROLS.name,
     FLOWS.name,
@@ -177,6 +209,8 @@ pub const MAP_NAMES: [&str; 10] = [
     PORTS.name,
     STATS.name,
     CONFIG.name,
+    WOULD_DROP.name,
+    ALLOW_FROM.name,
     OPTIONS,
     SCAN,
 ];
@@ -248,7 +282,10 @@ pub use user::*;
 mod user {
     use aya::{
         Ebpf, EbpfLoader, Pod,
-        maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray},
+        maps::{
+            Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray,
+            lpm_trie::{Key, LpmTrie},
+        },
         programs::{SchedClassifier, Xdp},
     };
 
@@ -339,6 +376,33 @@ mod user {
         /// The array of a loaded object, to write.
         pub fn of_mut<'a>(&self, ebpf: &'a mut Ebpf) -> Result<Array<&'a mut MapData, V>> {
             Array::try_from(map_mut(ebpf, self.name)?).map_err(|e| ContractError::Map(self.name, e))
+        }
+
+        /// The array as a pin (`Map::from_map_data`) holds it.
+        pub fn from_map(&self, map: Map) -> Result<Array<MapData, V>> {
+            Array::try_from(map).map_err(|e| ContractError::Map(self.name, e))
+        }
+    }
+
+    impl<K: Pod, V: Pod> LpmTable<K, V> {
+        pub fn map_type(&self) -> MapType {
+            MapType::LpmTrie
+        }
+
+        /// The trie of a loaded object, to write.
+        pub fn of_mut<'a>(&self, ebpf: &'a mut Ebpf) -> Result<LpmTrie<&'a mut MapData, K, V>> {
+            LpmTrie::try_from(map_mut(ebpf, self.name)?)
+                .map_err(|e| ContractError::Map(self.name, e))
+        }
+
+        /// The trie as a pin (`Map::from_map_data`) holds it.
+        pub fn from_map(&self, map: Map) -> Result<LpmTrie<MapData, K, V>> {
+            LpmTrie::try_from(map).map_err(|e| ContractError::Map(self.name, e))
+        }
+
+        /// A key of the trie: `data`'s first `prefix_len` bits.
+        pub fn key(&self, prefix_len: u32, data: K) -> Key<K> {
+            Key::new(prefix_len, data)
         }
     }
 

@@ -9,6 +9,7 @@
 extern crate std;
 
 pub mod addr;
+pub mod allow;
 pub mod config;
 pub mod contract;
 pub mod control;
@@ -47,5 +48,6 @@ mod pod {
         crate::addr::AddrKey,
         crate::share::ClientShare,
         crate::config::Config,
+        crate::allow::SourceKey,
     );
 }

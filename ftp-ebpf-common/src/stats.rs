@@ -56,6 +56,8 @@ counters! {
     FlowOutOfWindow => "flow_out_of_window": "FIN/RST of tracked data connections outside their TCP window, ignored",
     MalformedPackets => "malformed_packets": "truncated IP/TCP headers, passed uninspected",
     UninspectableDropped => "uninspectable_dropped": "inbound packets hiding their TCP flags (tiny first fragments, over-long IPv6 header chains, more than two VLAN tags), dropped",
+    WouldDrop => "would_drop": "inbound packets the guard refused and passed anyway because it only monitors (--monitor); `ftp-loader would-drop` lists the SYNs by port",
+    AllowedFromSource => "allowed_from_source": "SYNs to guarded ports that nothing announced, passed because their source is in an --allow-from network",
 }
 
 pub const COUNTERS: u32 = Counter::ALL.len() as u32;

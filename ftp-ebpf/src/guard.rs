@@ -5,7 +5,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_log_ebpf::debug;
 use ftp_ebpf_common::{
-    addr::AddrKey,
+    addr::{Addr, AddrKey},
     expect::ExpectKey,
     flow::{FlowKey, FlowValue, Observed},
     policy::{PortInfo, SynVerdict, coarse_time, syn_verdict},
@@ -14,18 +14,26 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
+    allow,
     maps::{EXPECTATIONS, FLOWS, LOCAL_ADDRS, config, count, now_ns},
+    monitor,
     packet::{Direction, Frame, Segment},
     share,
 };
+
+/// Whether `addr` is one of this host's own addresses.
+#[inline(always)]
+pub fn local(family: u8, addr: Addr) -> bool {
+    let key = AddrKey::new(family, addr);
+    // SAFETY: a plain-data map value, only tested for presence.
+    unsafe { LOCAL_ADDRS.get(&key) }.is_some()
+}
 
 /// Whether a segment arriving on ingress claims one of this host's own addresses as its
 /// source: the host's own segments leave through egress, so this one is forged. Counted.
 #[inline(never)]
 pub fn spoofed(flow: &FlowKey) -> bool {
-    let key = AddrKey::new(flow.family, flow.src);
-    // SAFETY: a plain-data map value, only tested for presence.
-    let local = unsafe { LOCAL_ADDRS.get(&key) }.is_some();
+    let local = local(flow.family, flow.src);
     if local {
         count(Counter::SpoofedSourceDropped);
     }
@@ -117,7 +125,7 @@ pub fn new_connection(
             debug!(&(), "admitted data connection to port {}", syn.dst_port);
             true
         }
-        SynVerdict::Admit | SynVerdict::Unsolicited => refuse(direction),
+        SynVerdict::Admit | SynVerdict::Unsolicited => refuse(frame, segment, direction),
         SynVerdict::Expired => {
             if EXPECTATIONS.remove(&key).is_ok() {
                 if let Some(expectation) = expectation {
@@ -127,17 +135,23 @@ pub fn new_connection(
             if inbound {
                 count(Counter::ExpectationsExpired);
             }
-            refuse(direction)
+            refuse(frame, segment, direction)
         }
     }
 }
 
-/// Outbound SYNs are the host's own connections: never dropped.
+/// A SYN to a guarded port that nothing admits; returns whether it may pass. Outbound
+/// SYNs are the host's own connections: never dropped. Inbound ones from an `--allow-from`
+/// network pass.
 #[inline(always)]
-pub fn refuse(direction: Direction) -> bool {
-    let inbound = direction == Direction::Ingress;
-    if inbound {
-        count(Counter::UnsolicitedDropped);
+pub fn refuse(frame: &impl Frame, segment: &Segment, direction: Direction) -> bool {
+    if direction != Direction::Ingress {
+        return true;
     }
-    !inbound
+    if config().allow_from != 0 && allow::admits(frame, segment) {
+        return true;
+    }
+    count(Counter::UnsolicitedDropped);
+    monitor::refused_syn(segment.dst_port);
+    false
 }

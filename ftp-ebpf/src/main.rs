@@ -5,10 +5,15 @@
 //! guard the data ports.
 #![no_std]
 #![no_main]
+// BPF inline assembly, for the atomic add of `monitor` (built with RUSTC_BOOTSTRAP, as
+// aya-ebpf itself needs).
+#![feature(asm_experimental_arch)]
 
+mod allow;
 mod control;
 mod guard;
 mod maps;
+mod monitor;
 mod packet;
 mod share;
 
@@ -28,7 +33,7 @@ use crate::{
 
 #[xdp]
 pub fn ftp_ingress(ctx: XdpContext) -> u32 {
-    if inspect(&ctx, Direction::Ingress, LinkLayer::Ethernet) {
+    if inspect(&ctx, Direction::Ingress, LinkLayer::Ethernet) || monitor::spare() {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -65,7 +70,7 @@ pub fn ftp_egress_l3(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn ingress_tc(ctx: &TcContext, link: LinkLayer) -> i32 {
     packet::linearize_headers(ctx);
-    if inspect(ctx, Direction::Ingress, link) {
+    if inspect(ctx, Direction::Ingress, link) || monitor::spare() {
         TC_ACT_UNSPEC
     } else {
         TC_ACT_SHOT
@@ -121,11 +126,11 @@ fn inspect<F: Frame>(frame: &F, direction: Direction, link: LinkLayer) -> bool {
         // SAFETY: as above.
         let port = unsafe { &*to };
         if port.never_used() {
-            return guard::refuse(direction);
+            return guard::refuse(frame, &segment, direction);
         }
         let now = now_ns();
         if !port.may_be_solicited(now, config().expect_timeout_ns) {
-            return guard::refuse(direction);
+            return guard::refuse(frame, &segment, direction);
         }
         let Some(syn) = segment.flow(frame) else {
             return true;

@@ -298,6 +298,21 @@ impl Segment {
         walk.scale
     }
 
+    /// The source address, as `addr::split` lays it out, copied by the load-bytes helper
+    /// rather than read directly: a subprogram given the frame can use it, where direct
+    /// packet access there fails the verifier once the compiler passes it the data
+    /// pointers as numbers.
+    #[inline(always)]
+    pub fn load_source(&self, frame: &impl Frame) -> Option<Addr> {
+        let mut addr = [0u8; 16];
+        let (offset, len) = if self.family == FAMILY_IPV4 {
+            (self.ip_offset + 12, 4)
+        } else {
+            (self.ip_offset + 8, 16)
+        };
+        (frame.load_bytes(offset as u32, addr.as_mut_ptr(), len) == 0).then_some(addr)
+    }
+
     /// The connection as this segment travels.
     #[inline(always)]
     pub fn flow(&self, frame: &impl Frame) -> Option<FlowKey> {

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Result, anyhow, bail};
 use aya::{EbpfError, maps::MapError};
 use aya_obj::generated::{BPF_F_NO_PREALLOC, bpf_attr, bpf_cmd, bpf_map_type};
-use ftp_ebpf_common::contract::{MAX_EXPECT_TIMEOUT_SECS, MAX_EXPECTED};
+use ftp_ebpf_common::contract::{ALLOW_FROM_ENTRIES, MAX_EXPECT_TIMEOUT_SECS, MAX_EXPECTED};
 
 use crate::{
     ebpf::{OBJECT, Settings},
@@ -292,6 +292,12 @@ pub fn settings(settings: &Settings) -> Result<()> {
                 "--allow-port {port} lies outside --data-ports {lo}-{hi}, where nothing is guarded anyway: drop it, or widen --data-ports to include it"
             );
         }
+    }
+    if settings.allow_from.len() > ALLOW_FROM_ENTRIES as usize {
+        bail!(
+            "--allow-from is given {} times, more than the {ALLOW_FROM_ENTRIES} networks the programs hold: merge them into wider networks",
+            settings.allow_from.len()
+        );
     }
     let max_secs = MAX_EXPECT_TIMEOUT_SECS;
     if settings.expect_timeout_secs > max_secs {

@@ -1,18 +1,23 @@
 //! The embedded kernel object and how it is loaded with an instance's settings.
 
-use std::{path::Path, sync::LazyLock};
+use std::{borrow::BorrowMut, path::Path, sync::LazyLock};
 
 use anyhow::{Context, Result, bail};
-use aya::{Ebpf, EbpfLoader, programs::ProgramError};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, lpm_trie::LpmTrie},
+    programs::ProgramError,
+};
 use clap::Args;
 use ftp_ebpf_common::{
+    allow::{Cidr, SourceKey},
     config::Config,
     contract::{
-        self, AYA_LOG_LEVEL, CLIENTS, CONFIG, CONTROLS, DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORTS,
-        DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_MAX_CONTROLS,
-        DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PER_CLIENT,
-        DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS, INGRESS_PROGRAM,
-        INGRESS_TC_PROGRAM, MAX_EXPECTED, NS_PER_SEC, PORTS,
+        self, ALLOW_FROM, AYA_LOG_LEVEL, CLIENTS, CONFIG, CONTROLS, DEFAULT_CONTROL_PORT,
+        DEFAULT_DATA_PORTS, DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS,
+        DEFAULT_MAX_CONTROLS, DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS,
+        DEFAULT_MAX_PER_CLIENT, DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS,
+        INGRESS_PROGRAM, INGRESS_TC_PROGRAM, MAX_EXPECTED, NS_PER_SEC, PORTS,
     },
     policy::{PortInfo, PortPlan},
 };
@@ -85,6 +90,14 @@ pub struct Settings {
     #[arg(long, default_value_t = DEFAULT_MIN_DATA_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub min_data_port: u16,
+    /// Track and count as when enforcing, but let every packet pass: `ftp-loader
+    /// would-drop` then lists, by port, the connections enforcement would refuse.
+    #[arg(long)]
+    pub monitor: bool,
+    /// A network (ADDRESS/LENGTH or ADDRESS, IPv4 or IPv6) whose new connections to the
+    /// guarded ports pass, announced or not: monitoring hosts, backup servers (repeatable).
+    #[arg(long = "allow-from", value_name = "CIDR")]
+    pub allow_from: Vec<Cidr>,
     /// Log every admitted data connection.
     #[arg(short, long)]
     pub verbose: bool,
@@ -105,6 +118,8 @@ impl Default for Settings {
             max_per_client: DEFAULT_MAX_PER_CLIENT,
             loose: false,
             min_data_port: DEFAULT_MIN_DATA_PORT,
+            monitor: false,
+            allow_from: Vec::new(),
             verbose: false,
         }
     }
@@ -154,6 +169,8 @@ impl Settings {
             min_data_port: self.min_data_port,
             max_expected: self.max_expected,
             loose: u8::from(self.loose),
+            monitor: u8::from(self.monitor),
+            allow_from: u8::from(!self.allow_from.is_empty()),
             ..Config::DEFAULT
         }
     }
@@ -211,22 +228,53 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// Writes the settings the programs read while they run: CONFIG and the ports' classes.
-/// Called before anything is attached, and again at reload: what the tables hold (the
-/// expectations, the flows, when each port was last announced and admitted) is kept.
+/// Writes the settings the programs read while they run: ALLOW_FROM, the ports' classes
+/// and CONFIG. Called before anything is attached, and again at reload: what the tables
+/// hold (the expectations, the flows, when each port was last announced and admitted, the
+/// counters) is kept, so switching between monitoring and enforcing loses nothing.
 pub fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<()> {
-    let mut config = CONFIG.of_mut(ebpf)?;
-    // Whether somebody reads the event stream is the readers' to say, not the settings'.
-    let events = config.get(&0, 0).map_or(0, |current| current.events);
-    config.set(
-        0,
-        Config {
-            events,
-            ..settings.config()
-        },
-        0,
-    )?;
-    let mut ports = PORTS.of_mut(ebpf)?;
+    write_allow_from(&mut ALLOW_FROM.of_mut(ebpf)?, settings)?;
+    write_ports(&mut PORTS.of_mut(ebpf)?, settings)?;
+    write_config(&mut CONFIG.of_mut(ebpf)?, settings)
+}
+
+/// As `configure`, on the tables a running instance pinned in `pin_dir`, from another
+/// process.
+pub fn configure_pinned(pin_dir: &Path, settings: &Settings) -> Result<()> {
+    checks::settings(settings)?;
+    let open = |name| crate::pins::open(pin_dir, name);
+    write_allow_from(&mut ALLOW_FROM.from_map(open(ALLOW_FROM.name)?)?, settings)?;
+    write_ports(&mut PORTS.from_map(open(PORTS.name)?)?, settings)?;
+    write_config(&mut CONFIG.from_map(open(CONFIG.name)?)?, settings)
+}
+
+/// The `--allow-from` networks, replacing the previous list: those no longer listed are
+/// removed after the new ones are in, so that a network listed in both never misses.
+fn write_allow_from<T: BorrowMut<MapData>>(
+    trie: &mut LpmTrie<T, SourceKey, u8>,
+    settings: &Settings,
+) -> Result<()> {
+    let listed: Vec<(u32, SourceKey)> = settings.allow_from.iter().map(Cidr::key).collect();
+    for &(prefix, data) in &listed {
+        trie.insert(&ALLOW_FROM.key(prefix, data), 1, 0)
+            .with_context(|| format!("writing {ALLOW_FROM}"))?;
+    }
+    let stale: Vec<_> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !listed.contains(&(key.prefix_len(), key.data())))
+        .collect();
+    for key in stale {
+        trie.remove(&key)
+            .with_context(|| format!("writing {ALLOW_FROM}"))?;
+    }
+    Ok(())
+}
+
+fn write_ports<T: BorrowMut<MapData>>(
+    ports: &mut Array<T, PortInfo>,
+    settings: &Settings,
+) -> Result<()> {
     let plan = settings.port_plan();
     for port in 0..=u16::MAX {
         // A table inherited from a previous instance keeps when each port was last
@@ -257,6 +305,25 @@ pub fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
         return Ok(());
     }
     verified(name, classifier.load())
+}
+
+/// Written last: a flag it sets (monitoring off, say) takes effect once the tables it
+/// relies on are written.
+fn write_config<T: BorrowMut<MapData>>(
+    config: &mut Array<T, Config>,
+    settings: &Settings,
+) -> Result<()> {
+    // Whether somebody reads the event stream is the readers' to say, not the settings'.
+    let events = config.get(&0, 0).map_or(0, |current| current.events);
+    config.set(
+        0,
+        Config {
+            events,
+            ..settings.config()
+        },
+        0,
+    )?;
+    Ok(())
 }
 
 /// A verifier's refusal in one sentence: its log runs to thousands of lines, so it goes to
@@ -316,7 +383,7 @@ mod tests {
     use aya_obj::generated::bpf_map_type;
     use ftp_ebpf_common::contract::{
         ArrayKind, ArrayTable, CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, GlobalVar, HashTable,
-        LOCAL_ADDRS, MAP_NAMES, PROGRAM_NAMES, STATS,
+        LOCAL_ADDRS, LpmTable, MAP_NAMES, PROGRAM_NAMES, STATS, WOULD_DROP,
     };
 
     use super::*;
@@ -342,6 +409,16 @@ mod tests {
         };
         assert_eq!(map.map_type(), kind as u32, "{table}'s type");
         assert_eq!(map.key_size() as usize, size_of::<u32>(), "{table}'s key");
+        assert_eq!(map.value_size() as usize, size_of::<V>(), "{table}'s value");
+        assert_eq!(map.max_entries(), table.entries, "{table}'s entries");
+    }
+
+    fn check_lpm<K: Pod, V: Pod>(object: &aya_obj::Object, table: LpmTable<K, V>) {
+        let map = &object.maps[table.name];
+        let kind = bpf_map_type::BPF_MAP_TYPE_LPM_TRIE;
+        assert_eq!(map.map_type(), kind as u32, "{table}'s type");
+        let key = size_of::<u32>() + size_of::<K>();
+        assert_eq!(map.key_size() as usize, key, "{table}'s key");
         assert_eq!(map.value_size() as usize, size_of::<V>(), "{table}'s value");
         assert_eq!(map.max_entries(), table.entries, "{table}'s entries");
     }
@@ -380,6 +457,8 @@ mod tests {
         check_array(&object, PORTS);
         check_array(&object, STATS);
         check_array(&object, CONFIG);
+        check_array(&object, WOULD_DROP);
+        check_lpm(&object, ALLOW_FROM);
         for name in PROGRAM_NAMES {
             assert!(
                 object.programs.contains_key(name),

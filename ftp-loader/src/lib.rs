@@ -10,6 +10,7 @@ pub mod ebpf;
 pub mod link;
 pub mod logging;
 pub mod metrics;
+pub mod monitor;
 pub mod pins;
 pub mod record;
 pub mod reload;

@@ -11,14 +11,16 @@ use clap::{
     ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind,
     parser::ValueSource,
 };
-use ftp_ebpf_common::contract::{EXPECTATIONS, FLOWS, STATS};
+use ftp_ebpf_common::contract::{EXPECTATIONS, FLOWS, STATS, WOULD_DROP};
 use ftp_loader::{
     addrs, adopt,
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     config::{self, DEFAULT_CONFIG},
     ebpf::{self, Settings},
-    logging, metrics, monotonic_ns,
+    logging, metrics,
+    monitor::{self, Mode},
+    monotonic_ns,
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
     reload, stats,
@@ -60,8 +62,8 @@ struct Options {
     /// commands find them.
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
-    /// Print JSON: `stats` one flat object of counter name to integer, `expectations` and
-    /// `flows` an array of objects, `status` one object.
+    /// Print JSON: `stats` one flat object of counter name to integer, `expectations`,
+    /// `flows` and `would-drop` an array of objects, `status` one object.
     #[arg(long, global = true)]
     json: bool,
 }
@@ -76,6 +78,9 @@ enum Command {
     Expectations,
     /// List the tracked data connections, like `conntrack -L`.
     Flows,
+    /// List the guarded ports SYNs were refused to while monitoring (--monitor), most
+    /// first, with the --allow-port that would admit them.
+    WouldDrop,
     /// Show what is attached where, since when, by which build, and whether a loader
     /// process is alive.
     Status,
@@ -98,6 +103,7 @@ impl Command {
             Self::Stats => "stats",
             Self::Expectations => "expectations",
             Self::Flows => "flows",
+            Self::WouldDrop => "would-drop",
             Self::Status => "status",
             Self::Unload { .. } => "unload",
         }
@@ -172,8 +178,9 @@ fn parse() -> Cli {
         Some(_) => None,
     };
     if let Some(name) = json_for.filter(|_| cli.options.json) {
-        let message =
-            format!("--json is for stats, expectations, flows and status, not `{name}`: drop it");
+        let message = format!(
+            "--json is for stats, expectations, flows, would-drop and status, not `{name}`: drop it"
+        );
         command.error(ErrorKind::ArgumentConflict, message).exit();
     }
     cli
@@ -243,7 +250,13 @@ fn main() {
     logging::init(verbose);
     let listing = matches!(
         command,
-        Some(Command::Stats | Command::Expectations | Command::Flows | Command::Status)
+        Some(
+            Command::Stats
+                | Command::Expectations
+                | Command::Flows
+                | Command::WouldDrop
+                | Command::Status
+        )
     );
     if listing {
         // A listing piped into `head` ends when the pipe closes, as other tools' listings
@@ -255,6 +268,7 @@ fn main() {
         Some(Command::Stats) => print_stats(&pin_dir, json),
         Some(Command::Expectations) => print_expectations(&pin_dir, json),
         Some(Command::Flows) => print_flows(&pin_dir, json),
+        Some(Command::WouldDrop) => print_would_drop(&pin_dir, json),
         Some(Command::Status) => status(&pin_dir, json),
         Some(Command::Unload { interfaces, all: _ }) => unload(&pin_dir, &interfaces),
         Some(Command::Run(_)) | None => match running {
@@ -299,6 +313,18 @@ fn print_expectations(pin_dir: &Path, json: bool) -> Result<()> {
 fn print_flows(pin_dir: &Path, json: bool) -> Result<()> {
     let table = FLOWS.from_map(open_pin(pin_dir, FLOWS.name)?)?;
     print_rows(&tables::flows(&table, monotonic_ns()), json);
+    require_live_loader(pin_dir);
+    Ok(())
+}
+
+fn print_would_drop(pin_dir: &Path, json: bool) -> Result<()> {
+    let array = WOULD_DROP.from_map(open_pin(pin_dir, WOULD_DROP.name)?)?;
+    print_rows(&monitor::would_drop(&array)?, json);
+    if !json && Mode::running(pin_dir) == Some(Mode::Enforce) {
+        println!(
+            "counted while monitoring; the running loader enforces: such SYNs are dropped now"
+        );
+    }
     require_live_loader(pin_dir);
     Ok(())
 }
@@ -557,7 +583,9 @@ fn status(pin_dir: &Path, json: bool) -> Result<()> {
         );
     };
     let alive = pins::loader_alive(pin_dir);
-    let report = Status::new(&record, alive, |name| attach::check_interface(name).is_ok());
+    let report = Status::new(&record, alive, Mode::running(pin_dir), |name| {
+        attach::check_interface(name).is_ok()
+    });
     if json {
         println!("{}", report.to_json());
     } else {
@@ -651,8 +679,18 @@ fn describe(settings: &Settings) -> String {
         settings.max_per_client,
         settings.expect_timeout_secs
     );
+    if !settings.allow_from.is_empty() {
+        let networks: Vec<String> = settings.allow_from.iter().map(|n| n.to_string()).collect();
+        text += &format!(
+            "; new connections from {} pass without one",
+            networks.join(", ")
+        );
+    }
     if settings.loose {
         text += "; LOOSE: addresses other than the announcer's are accepted (third-party transfers and FTP bounce possible)";
+    }
+    if settings.monitor {
+        text += &format!("; {}", Mode::Monitor.describe());
     }
     text
 }

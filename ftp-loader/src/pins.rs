@@ -14,7 +14,8 @@ use aya::{
     maps::{HashMap, Map, MapData, MapType},
 };
 use ftp_ebpf_common::contract::{
-    ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EXPECTATIONS, FLOWS, HashTable, PORTS, STATS,
+    ALLOW_FROM, ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EXPECTATIONS, FLOWS, HashTable,
+    LpmTable, PORTS, STATS, WOULD_DROP,
 };
 
 use crate::ebpf::Settings;
@@ -62,13 +63,28 @@ fn array<V: Pod, K: ArrayKind>(table: ArrayTable<V, K>) -> StateMap {
     }
 }
 
+fn lpm<K: Pod, V: Pod>(table: LpmTable<K, V>) -> StateMap {
+    StateMap {
+        name: table.name,
+        kind: table.map_type(),
+        // The prefix length, then the data.
+        key_size: size_of::<u32>() + size_of::<K>(),
+        value_size: size_of::<V>(),
+        copy: None,
+        entries: Some(table.entries),
+    }
+}
+
 /// The names of the tables pinned for the next instance: every map whose contents must
 /// survive a restart. The scan buffers are scratch space, the log buffer belongs to one
-/// loader, and each loader fills LOCAL_ADDRS anew. CONFIG is pinned so that the commands
-/// that read a running instance can see its settings.
-pub const STATE_MAP_NAMES: [&str; 7] = [
+/// loader, and each loader fills LOCAL_ADDRS anew. CONFIG (and ALLOW_FROM, which the
+/// loader also writes anew) are pinned so that the commands that read a running instance
+/// can see and change its settings.
+pub const STATE_MAP_NAMES: [&str; 9] = [
     STATS.name,
     CONFIG.name,
+    ALLOW_FROM.name,
+    WOULD_DROP.name,
     PORTS.name,
     EXPECTATIONS.name,
     FLOWS.name,
@@ -81,6 +97,8 @@ fn state_maps() -> [StateMap; STATE_MAP_NAMES.len()] {
     [
         array(STATS),
         array(CONFIG),
+        lpm(ALLOW_FROM),
+        array(WOULD_DROP),
         array(PORTS),
         hash(EXPECTATIONS),
         hash(FLOWS),

@@ -6,7 +6,14 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::record::{Interface, Record};
+use crate::{
+    monitor::Mode,
+    record::{Interface, Record},
+};
+
+fn mode_name<S: serde::Serializer>(mode: &Option<Mode>, to: S) -> Result<S::Ok, S::Error> {
+    to.serialize_some(&mode.map(Mode::name))
+}
 
 /// An interface of the record, and whether an interface of that name exists now.
 #[derive(Debug, Serialize)]
@@ -27,12 +34,21 @@ pub struct Status<'a> {
     pub started: u64,
     /// Whether a loader process holds the pin directory.
     pub alive: bool,
+    /// Whether the programs enforce or only monitor, from the pinned CONFIG (which a
+    /// reload rewrites); None when this user cannot read it.
+    #[serde(serialize_with = "mode_name")]
+    pub mode: Option<Mode>,
     pub interfaces: Vec<InterfaceStatus<'a>>,
 }
 
 impl<'a> Status<'a> {
     /// `exists` says whether an interface of that name exists now.
-    pub fn new(record: &'a Record, alive: bool, exists: impl Fn(&str) -> bool) -> Self {
+    pub fn new(
+        record: &'a Record,
+        alive: bool,
+        mode: Option<Mode>,
+        exists: impl Fn(&str) -> bool,
+    ) -> Self {
         Self {
             pin_dir: &record.pin_dir,
             netns: record.netns,
@@ -40,6 +56,7 @@ impl<'a> Status<'a> {
             version: &record.version,
             started: record.started,
             alive,
+            mode,
             interfaces: record
                 .interfaces
                 .iter()
@@ -73,6 +90,10 @@ impl<'a> Status<'a> {
                 self.pid
             )
         };
+        if let Some(mode) = self.mode {
+            text += mode.describe();
+            text += "\n";
+        }
         for InterfaceStatus {
             interface: i,
             exists,
@@ -117,7 +138,7 @@ mod tests {
                 present,
             });
         }
-        let status = Status::new(&record, true, |name| name == "eth0");
+        let status = Status::new(&record, true, Some(Mode::Monitor), |name| name == "eth0");
         let json: serde_json::Value = serde_json::from_str(&status.to_json()).unwrap();
         assert_eq!(
             json,
@@ -128,6 +149,7 @@ mod tests {
                 "version": record.version,
                 "started": 100,
                 "alive": true,
+                "mode": "monitor",
                 "interfaces": [
                     {"name": "eth0", "ingress": "native XDP", "egress": "tc", "since": 110, "present": true, "exists": true},
                     {"name": "eth1", "ingress": "native XDP", "egress": "tc", "since": 110, "present": false, "exists": false},
@@ -137,8 +159,10 @@ mod tests {
         assert_eq!(
             status.to_text(130),
             format!(
-                "ftp-loader {} (pid {}) running for 30s with pin directory /sys/fs/bpf/x\neth0: guard on native XDP ingress, scanner on egress via tc, attached for 20s\neth1: deleted; nothing guards it until it comes back and a loader attaches again\n",
-                record.version, record.pid
+                "ftp-loader {} (pid {}) running for 30s with pin directory /sys/fs/bpf/x\n{}\neth0: guard on native XDP ingress, scanner on egress via tc, attached for 20s\neth1: deleted; nothing guards it until it comes back and a loader attaches again\n",
+                record.version,
+                record.pid,
+                Mode::Monitor.describe()
             )
         );
     }

@@ -700,7 +700,7 @@ fn a_closed_pipe_ends_a_listing_quietly() {
     let mut lab = lab("pipe");
     lab.start_loader(&[]).unwrap();
     let pin_dir = lab.pin_dir.to_str().unwrap();
-    for listing in ["stats", "expectations", "flows", "status"] {
+    for listing in ["stats", "expectations", "flows", "would-drop", "status"] {
         for json in [false, true] {
             let mut args = vec![listing, "--pin-dir", pin_dir];
             if json {

@@ -15,7 +15,7 @@ use ftp_ebpf_common::{
     addr::AddrKey,
     contract::{
         self, CONTROLS, EGRESS_L3_PROGRAM, EGRESS_PROGRAM, EXPECTATIONS, FLOWS,
-        INGRESS_TC_L3_PROGRAM, INGRESS_TC_PROGRAM, LOCAL_ADDRS, STATS,
+        INGRESS_TC_L3_PROGRAM, INGRESS_TC_PROGRAM, LOCAL_ADDRS, STATS, WOULD_DROP,
     },
     control::CLOSED,
     expect::{ExpectKey, ExpectValue},
@@ -1373,4 +1373,109 @@ fn layer_3_programs_guard_frames_that_start_at_the_ip_header() {
             ("unsolicited_dropped", 4),
         ])
     );
+}
+
+/// The SYNs to `port` that the guard refused while monitoring.
+fn would_drop(p: &mut Programs, port: u16) -> u64 {
+    WOULD_DROP
+        .of_mut(&mut p.ebpf)
+        .unwrap()
+        .get(&u32::from(port), 0)
+        .unwrap()
+}
+
+#[test]
+fn monitoring_passes_what_the_guard_refuses_and_counts_it_until_switched_off() {
+    let mut p = Programs::load(Settings {
+        monitor: true,
+        ..Settings::default()
+    });
+    // Refused on the fast path (a port never announced), at either ingress hook.
+    assert_eq!(p.ingress(&syn(STRANGER, 51000, SERVER, 10250)), XDP_PASS);
+    assert_eq!(
+        p.ingress_tc(&syn(STRANGER, 51001, SERVER, 10250)),
+        TC_ACT_UNSPEC
+    );
+    // Refused after the lookup (a port announced to another client).
+    let mut s = p.open(session());
+    p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16)\r\n"));
+    assert_eq!(p.ingress(&syn(STRANGER, 51002, SERVER, 10000)), XDP_PASS);
+    // Not a SYN, but dropped when enforcing all the same.
+    let tcp = Tcp::new(CLIENT, 51000, SERVER, 10000, SYN).segment(&[]);
+    let tiny = ipv4_first_fragment(CLIENT.into(), SERVER.into(), &tcp[..8]);
+    assert_eq!(p.ingress(&tiny), XDP_PASS);
+    // The announced connection is admitted as when enforcing, and not counted.
+    assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_PASS);
+    assert_eq!(p.flows().len(), 1);
+    // Outbound SYNs are never refused.
+    assert_eq!(
+        p.egress(&syn(SERVER, 40000, STRANGER, 10251)),
+        TC_ACT_UNSPEC
+    );
+    let stats = p.stats();
+    assert_eq!(stats["would_drop"], 4, "{stats:?}");
+    assert_eq!(stats["unsolicited_dropped"], 3, "{stats:?}");
+    assert_eq!(stats["uninspectable_dropped"], 1, "{stats:?}");
+    assert_eq!(would_drop(&mut p, 10250), 2);
+    assert_eq!(would_drop(&mut p, 10000), 1);
+    assert_eq!(would_drop(&mut p, 10251), 0);
+
+    // Enforcing, configured in place: the same SYNs are dropped, and not counted as
+    // would-be drops.
+    ebpf::configure(&mut p.ebpf, &Settings::default()).unwrap();
+    assert_eq!(p.ingress(&syn(STRANGER, 51003, SERVER, 10250)), XDP_DROP);
+    assert_eq!(p.ingress(&tiny), XDP_DROP);
+    assert_eq!(p.stats()["would_drop"], 4);
+    assert_eq!(would_drop(&mut p, 10250), 2);
+    assert_eq!(p.flows().len(), 1, "the admitted flow is kept");
+}
+
+#[test]
+fn allowed_networks_pass_the_guard_in_their_own_family_only() {
+    let mut p = Programs::load(Settings {
+        allow_from: vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8:0:0:8000::/65".parse().unwrap(),
+        ],
+        ..Settings::default()
+    });
+    let inside6: Ipv6Addr = "2001:db8::8000:0:0:2".parse().unwrap();
+    assert_eq!(p.ingress(&syn(STRANGER, 51000, SERVER, 10250)), XDP_PASS);
+    assert_eq!(p.ingress(&syn(inside6, 51000, SERVER6, 10250)), XDP_PASS);
+    assert_eq!(
+        p.ingress_tc(&syn(STRANGER, 51001, SERVER, 10250)),
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10250)), XDP_DROP);
+    assert_eq!(p.ingress(&syn(CLIENT6, 51000, SERVER6, 10250)), XDP_DROP);
+    assert!(p.flows().is_empty(), "allowed connections are not tracked");
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([("allowed_from_source", 3), ("unsolicited_dropped", 2)])
+    );
+
+    // Every IPv6 address lets no IPv4 one in.
+    ebpf::configure(
+        &mut p.ebpf,
+        &Settings {
+            allow_from: vec!["::/0".parse().unwrap()],
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(p.ingress(&syn(CLIENT6, 51001, SERVER6, 10250)), XDP_PASS);
+    assert_eq!(p.ingress(&syn(STRANGER, 51002, SERVER, 10250)), XDP_DROP);
+
+    // A listed network never lets the host's own addresses in from outside.
+    ebpf::configure(
+        &mut p.ebpf,
+        &Settings {
+            allow_from: vec!["0.0.0.0/0".parse().unwrap()],
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    p.set_local_addrs(&[SERVER.into()]);
+    assert_eq!(p.ingress(&syn(SERVER, 51000, SERVER, 10250)), XDP_DROP);
+    assert_eq!(p.ingress(&syn(STRANGER, 51003, SERVER, 10250)), XDP_PASS);
 }
