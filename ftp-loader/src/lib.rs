@@ -6,6 +6,8 @@ pub mod adopt;
 pub mod attach;
 pub mod checks;
 pub mod ebpf;
+pub mod generate;
+pub mod notify;
 pub mod pins;
 pub mod record;
 pub mod stats;

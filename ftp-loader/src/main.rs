@@ -11,7 +11,8 @@ use ftp_loader::{
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     ebpf::{self, Settings},
-    monotonic_ns,
+    generate,
+    monotonic_ns, notify,
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
     stats,
@@ -81,6 +82,15 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Print the completion script for SHELL (e.g. `ftp-loader completions bash >
+    /// /etc/bash_completion.d/ftp-loader`); the package installs them for bash, zsh and fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), for the package.
+    #[command(hide = true)]
+    Manpage,
 }
 
 impl Command {
@@ -92,6 +102,8 @@ impl Command {
             Self::Flows => "flows",
             Self::Status => "status",
             Self::Unload { .. } => "unload",
+            Self::Completions { .. } => "completions",
+            Self::Manpage => "manpage",
         }
     }
 }
@@ -148,7 +160,12 @@ fn parse() -> Cli {
     }
     let json_for = match &cli.command {
         None => Some("run"),
-        Some(sub @ (Command::Run(_) | Command::Unload { .. })) => Some(sub.name()),
+        Some(
+            sub @ (Command::Run(_)
+            | Command::Unload { .. }
+            | Command::Completions { .. }
+            | Command::Manpage),
+        ) => Some(sub.name()),
         Some(_) => None,
     };
     if let Some(name) = json_for.filter(|_| cli.options.json) {
@@ -195,6 +212,11 @@ fn main() {
         Some(Command::Flows) => print_flows(&pin_dir, json),
         Some(Command::Status) => status(&pin_dir, json),
         Some(Command::Unload { interfaces, all: _ }) => unload(&pin_dir, &interfaces),
+        Some(Command::Completions { shell }) => {
+            generate::completions(shell, Cli::command());
+            Ok(())
+        }
+        Some(Command::Manpage) => generate::manpage(Cli::command()),
         Some(Command::Run(args)) => run(args, &pin_dir),
         None => run(top_run, &pin_dir),
     };
@@ -386,7 +408,11 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
         choice: args.xdp_mode,
         exit_on_interface_loss: args.exit_on_interface_loss,
     };
+    runtime.spawn(notify::report_status(pin_dir.to_owned()));
+    // Attached, adopted and served from here on: units ordered after this one may start.
+    notify::ready(pin_dir);
     let exit = runtime.block_on(serve(&mut instance, signals, logger, watch));
+    notify::stopping();
     let Instance {
         ebpf,
         pins,
@@ -658,9 +684,13 @@ async fn serve(
             _ = signals.interrupt.recv() => break Exit::Detach,
             _ = signals.terminate.recv() => break Exit::Detach,
             _ = signals.leave.recv() => break Exit::Leave,
-            _ = signals.hangup.recv() => info!(
-                "SIGHUP: nothing to reload; ftp-loader has no configuration file yet, its settings are its command line"
-            ),
+            _ = signals.hangup.recv() => {
+                notify::reloading();
+                info!(
+                    "SIGHUP: nothing to reload; ftp-loader has no configuration file yet, its settings are its command line"
+                );
+                notify::ready(&instance.record.pin_dir);
+            }
             guard = logs.readable_mut() => {
                 let mut guard = guard?;
                 guard.get_inner_mut().flush();
