@@ -198,7 +198,14 @@ fn main() {
         .init();
     let listing = matches!(
         command,
-        Some(Command::Stats | Command::Expectations | Command::Flows | Command::Status)
+        Some(
+            Command::Stats
+                | Command::Expectations
+                | Command::Flows
+                | Command::Status
+                | Command::Completions { .. }
+                | Command::Manpage
+        )
     );
     if listing {
         // A listing piped into `head` ends when the pipe closes, as other tools' listings
