@@ -131,8 +131,17 @@ fn the_package_installs_its_binary_man_page_completions_configuration_and_licenc
     .unwrap();
     let page_text = String::from_utf8_lossy(&page.stdout);
     assert!(page.status.success(), "man -l: {}", text(&page));
-    for part in ["NAME", "ftp-loader", "--data-ports", "expectations", "VERSION"] {
-        assert!(page_text.contains(part), "the man page lacks {part}:\n{page_text}");
+    for part in [
+        "NAME",
+        "ftp-loader",
+        "--data-ports",
+        "expectations",
+        "VERSION",
+    ] {
+        assert!(
+            page_text.contains(part),
+            "the man page lacks {part}:\n{page_text}"
+        );
     }
     assert!(
         !page_text.contains("manpage"),
@@ -140,17 +149,29 @@ fn the_package_installs_its_binary_man_page_completions_configuration_and_licenc
     );
 
     for (file, shell_syntax) in [
-        ("usr/share/bash-completion/completions/ftp-loader", "complete -F"),
-        ("usr/share/zsh/vendor-completions/_ftp-loader", "#compdef ftp-loader"),
+        (
+            "usr/share/bash-completion/completions/ftp-loader",
+            "complete -F",
+        ),
+        (
+            "usr/share/zsh/vendor-completions/_ftp-loader",
+            "#compdef ftp-loader",
+        ),
         (
             "usr/share/fish/vendor_completions.d/ftp-loader.fish",
             "complete -c ftp-loader",
         ),
     ] {
-        let script = std::fs::read_to_string(root.join(file))
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert!(script.contains(shell_syntax), "{file} is not the script: {script}");
-        assert!(script.contains("expectations"), "{file} lacks the subcommands");
+        let script =
+            std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            script.contains(shell_syntax),
+            "{file} is not the script: {script}"
+        );
+        assert!(
+            script.contains("expectations"),
+            "{file} lacks the subcommands"
+        );
     }
     // The bash script parses.
     run(Command::new("bash")
@@ -271,7 +292,10 @@ impl Unit {
 fn service_uid(user: &str) -> u32 {
     let ids = |name: &str| run(Command::new("id").args(["-u", name])).ok();
     if let Some(output) = ids(user) {
-        return String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+        return String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap();
     }
     (61000..62000)
         .find(|uid| {
@@ -341,9 +365,15 @@ exec "$@""#
         .arg(format!("--reuid={uid}"))
         .arg(format!("--regid={uid}"))
         .arg("--clear-groups")
-        .arg(format!("--bounding-set=-all,{}", unit.caps("CapabilityBoundingSet")))
+        .arg(format!(
+            "--bounding-set=-all,{}",
+            unit.caps("CapabilityBoundingSet")
+        ))
         .arg(format!("--inh-caps={}", unit.caps("AmbientCapabilities")))
-        .arg(format!("--ambient-caps={}", unit.caps("AmbientCapabilities")));
+        .arg(format!(
+            "--ambient-caps={}",
+            unit.caps("AmbientCapabilities")
+        ));
     assert_eq!(unit.one("NoNewPrivileges"), "yes");
     command.arg("--no-new-privs");
     command
@@ -467,7 +497,9 @@ fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads()
     // It is who the unit says.
     let status = proc_status(loader.0.id());
     assert!(
-        status["Uid"].split_whitespace().all(|id| id == uid.to_string()),
+        status["Uid"]
+            .split_whitespace()
+            .all(|id| id == uid.to_string()),
         "{status:?}"
     );
     assert_eq!(status["NoNewPrivs"], "1");
