@@ -1,12 +1,12 @@
-//! Where `cargo xtask package` leaves the Debian package (and what it is made of), for the
-//! packaging tests to install and xtask to report.
+//! Where `cargo xtask package` leaves the Debian package, for the packaging tests to
+//! install and xtask to report.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// The directory, relative to the workspace, holding the generated man page, completions
-/// and the .deb; made afresh by each `cargo xtask package`, so it holds one .deb.
+/// The directory, relative to the workspace, holding the .deb; made afresh by each
+/// `cargo xtask package`, so it holds one.
 pub const PACKAGE_DIR: &str = "target/package";
 
 /// `PACKAGE_DIR` in this workspace.

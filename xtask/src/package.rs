@@ -21,6 +21,10 @@ use crate::{
     setup,
 };
 
+/// Where the man page and completions are written, beside the binary: cargo-deb takes
+/// asset paths under target/release/ as build output (`[package.metadata.deb]`).
+const ASSETS: &str = "package";
+
 /// The completion scripts: the shell, and the file name the package's assets give it.
 const COMPLETIONS: [(&str, &str); 3] = [
     ("bash", "ftp-loader.bash"),
@@ -41,15 +45,18 @@ pub fn run(Options {}: Options) -> Result<()> {
 /// Builds the release binary and the .deb (set-up must have run); returns the .deb's path.
 pub fn package() -> Result<PathBuf> {
     let binary = build::release()?;
-    let dir = dir();
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))?;
+    let assets = binary.with_file_name(ASSETS);
+    for made_afresh in [&assets, &dir()] {
+        if made_afresh.exists() {
+            std::fs::remove_dir_all(made_afresh)
+                .with_context(|| format!("emptying {}", made_afresh.display()))?;
+        }
+        std::fs::create_dir_all(made_afresh)?;
     }
-    std::fs::create_dir_all(&dir)?;
     for (shell, file) in COMPLETIONS {
-        std::fs::write(dir.join(file), output_of(&binary, &["completions", shell])?)?;
+        std::fs::write(assets.join(file), output_of(&binary, &["completions", shell])?)?;
     }
-    let page = dir.join("ftp-loader.8");
+    let page = assets.join("ftp-loader.8");
     std::fs::write(&page, output_of(&binary, &["manpage"])?)?;
     // Debian's man pages are gzipped; -n keeps the name and time out, for a reproducible
     // package.
