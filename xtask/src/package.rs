@@ -54,7 +54,10 @@ pub fn package() -> Result<PathBuf> {
         std::fs::create_dir_all(made_afresh)?;
     }
     for (shell, file) in COMPLETIONS {
-        std::fs::write(assets.join(file), output_of(&binary, &["completions", shell])?)?;
+        std::fs::write(
+            assets.join(file),
+            output_of(&binary, &["completions", shell])?,
+        )?;
     }
     let page = assets.join("ftp-loader.8");
     std::fs::write(&page, output_of(&binary, &["manpage"])?)?;
