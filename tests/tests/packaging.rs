@@ -17,7 +17,7 @@ use ftp_lab::{
     package::built_deb,
     require_root,
 };
-use ftp_loader::{pins::DEFAULT_PIN_DIR, record::RECORD_DIR};
+use ftp_loader::{notify, pins::DEFAULT_PIN_DIR, record::RECORD_DIR};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// Where the package puts what the tests look at.
@@ -417,7 +417,7 @@ impl NotifySocket {
         Some(String::from_utf8_lossy(&buffer[..len]).into_owned())
     }
 
-    /// Messages until one has the line `wanted`: all of them, in order.
+    /// Messages until one has a line starting with `wanted`: all of them, in order.
     fn until(&self, wanted: &str, limit: Duration, process: &mut Child, log: &Path) -> Vec<String> {
         let deadline = Instant::now() + limit;
         let mut messages = Vec::new();
@@ -431,7 +431,7 @@ impl NotifySocket {
                 std::fs::read_to_string(log).unwrap_or_default()
             );
             if let Some(message) = self.next(left.min(Duration::from_secs(1))) {
-                let done = message.lines().any(|line| line == wanted);
+                let done = message.lines().any(|line| line.starts_with(wanted));
                 messages.push(message);
                 if done {
                     return messages;
@@ -469,7 +469,7 @@ fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads()
     let root = install(&lab);
     let unit = Unit::read(&root);
     let uid = service_uid(unit.one("User"));
-    let notify = NotifySocket::bind(&lab.file("notify"));
+    let systemd = NotifySocket::bind(&lab.file("notify"));
     let log = lab.file("service.log");
     let mut loader = Running(start_as_the_unit(
         &lab,
@@ -482,7 +482,7 @@ fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads()
     let service_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // Verifying the programs takes seconds, more on a machine running tests in parallel.
-    let messages = notify.until("READY=1", LIMIT, &mut loader.0, &log);
+    let messages = systemd.until("READY=1", LIMIT, &mut loader.0, &log);
     // Ready means guarding: the unannounced listener is closed at once.
     assert!(
         !lab.unannounced_reachable(),
@@ -515,7 +515,7 @@ fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads()
     assert_eq!(unit.one("ExecReload"), "/bin/kill -HUP $MAINPID");
     // SAFETY: signalling our own child (setpriv and the rest exec'd into the loader).
     unsafe { libc::kill(loader.0.id() as i32, libc::SIGHUP) };
-    let messages = notify.until("READY=1", LIMIT, &mut loader.0, &log);
+    let messages = systemd.until("READY=1", LIMIT, &mut loader.0, &log);
     let reloading = messages
         .iter()
         .position(|m| m.lines().any(|l| l == "RELOADING=1"))
@@ -527,10 +527,23 @@ fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads()
     assert!(!lab.unannounced_reachable(), "{}", service_log());
     assert!(loader.0.try_wait().unwrap().is_none(), "{}", service_log());
 
+    // STATUS= is refreshed from the live counters: the attempts on the unannounced
+    // listener since READY=1 show.
+    let limit = notify::STATUS_INTERVAL + Duration::from_secs(5);
+    let messages = systemd.until("STATUS=", limit, &mut loader.0, &log);
+    let status = messages.last().unwrap();
+    let dropped: u64 = status
+        .split(" unannounced SYNs dropped")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of dropped SYNs in {status:?}"));
+    assert!(dropped >= 1, "{status:?}");
+
     // `systemctl stop`: STOPPING=1, and a clean exit.
     // SAFETY: as above.
     unsafe { libc::kill(loader.0.id() as i32, libc::SIGTERM) };
-    notify.until("STOPPING=1", LIMIT, &mut loader.0, &log);
+    systemd.until("STOPPING=1", LIMIT, &mut loader.0, &log);
     wait_within("the loader to exit", LIMIT, || {
         Ok(loader.0.try_wait()?.is_some())
     })
