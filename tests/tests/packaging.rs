@@ -6,6 +6,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::{SocketAddr, TcpStream},
     os::unix::{fs::PermissionsExt, net::UnixDatagram},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -13,9 +14,13 @@ use std::{
 };
 
 use ftp_lab::{
-    lab::{Lab, SERVER_IF, UNANNOUNCED, default_loader_bin, output_within, run, wait_within},
+    lab::{
+        Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns, output_within, run,
+        wait_within,
+    },
     package::built_deb,
     require_root,
+    servers::Server,
 };
 use ftp_loader::{notify, pins::DEFAULT_PIN_DIR, record::RECORD_DIR};
 
@@ -466,6 +471,15 @@ impl Drop for Running {
 fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads() {
     let mut lab = lab("unit");
     lab.start_listener(UNANNOUNCED).unwrap();
+    // A control connection open before the start, for the service's user to adopt.
+    Server::Vsftpd.start(&mut lab).unwrap();
+    let _control = in_netns(&lab.client_ns, || {
+        Ok(TcpStream::connect_timeout(
+            &SocketAddr::from((SERVER_IP, 21)),
+            Duration::from_secs(10),
+        )?)
+    })
+    .unwrap();
     let root = install(&lab);
     let unit = Unit::read(&root);
     let uid = service_uid(unit.one("User"));
@@ -493,6 +507,13 @@ fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads()
     assert!(
         ready.contains("STATUS=guarding: "),
         "READY=1 without the counters' status: {ready:?}"
+    );
+    // As that user it found the open control connection among the host's sockets
+    // (sock_diag).
+    assert!(
+        service_log().contains("adopted 1 control connection(s)"),
+        "{}",
+        service_log()
     );
     // It is who the unit says.
     let status = proc_status(loader.0.id());
