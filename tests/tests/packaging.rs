@@ -295,8 +295,7 @@ impl Unit {
 /// A uid for the unit's user: its own if this host has it (the package installed), else
 /// one no account here has, which is all that user is (a system user with no rights).
 fn service_uid(user: &str) -> u32 {
-    let ids = |name: &str| run(Command::new("id").args(["-u", name])).ok();
-    if let Some(output) = ids(user) {
+    if let Ok(output) = run(Command::new("id").args(["-u", user])) {
         return String::from_utf8_lossy(&output.stdout)
             .trim()
             .parse()
