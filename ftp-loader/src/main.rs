@@ -18,9 +18,9 @@ use ftp_loader::{
     checks::{self, Task},
     config::{self, DEFAULT_CONFIG},
     ebpf::{self, Settings},
-    logging, metrics,
+    generate, logging, metrics,
     monitor::{self, Mode},
-    monotonic_ns,
+    monotonic_ns, notify,
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
     reload, stats,
@@ -94,6 +94,15 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Print the completion script for SHELL (e.g. `ftp-loader completions bash >
+    /// /etc/bash_completion.d/ftp-loader`); the package installs them for bash, zsh and fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), for the package.
+    #[command(hide = true)]
+    Manpage,
 }
 
 impl Command {
@@ -106,6 +115,8 @@ impl Command {
             Self::WouldDrop => "would-drop",
             Self::Status => "status",
             Self::Unload { .. } => "unload",
+            Self::Completions { .. } => "completions",
+            Self::Manpage => "manpage",
         }
     }
 }
@@ -174,7 +185,12 @@ fn parse() -> Cli {
     }
     let json_for = match &cli.command {
         None => Some("run"),
-        Some(sub @ (Command::Run(_) | Command::Unload { .. })) => Some(sub.name()),
+        Some(
+            sub @ (Command::Run(_)
+            | Command::Unload { .. }
+            | Command::Completions { .. }
+            | Command::Manpage),
+        ) => Some(sub.name()),
         Some(_) => None,
     };
     if let Some(name) = json_for.filter(|_| cli.options.json) {
@@ -256,6 +272,8 @@ fn main() {
                 | Command::Flows
                 | Command::WouldDrop
                 | Command::Status
+                | Command::Completions { .. }
+                | Command::Manpage
         )
     );
     if listing {
@@ -271,6 +289,11 @@ fn main() {
         Some(Command::WouldDrop) => print_would_drop(&pin_dir, json),
         Some(Command::Status) => status(&pin_dir, json),
         Some(Command::Unload { interfaces, all: _ }) => unload(&pin_dir, &interfaces),
+        Some(Command::Completions { shell }) => {
+            generate::completions(shell, Cli::command());
+            Ok(())
+        }
+        Some(Command::Manpage) => generate::manpage(Cli::command()),
         Some(Command::Run(_)) | None => match running {
             Some(configured) => run(configured, &pin_dir, argv),
             None => unreachable!("the options of run are read before it runs"),
@@ -498,7 +521,11 @@ fn run(configured: Configured, pin_dir: &Path, argv: Vec<OsString>) -> Result<()
         matches,
         settings,
     };
+    runtime.spawn(notify::report_status(pin_dir.to_owned()));
+    // Attached, adopted and served from here on: units ordered after this one may start.
+    notify::ready(pin_dir);
     let exit = runtime.block_on(serve(&mut instance, signals, logger, watch));
+    notify::stopping();
     let Instance {
         ebpf,
         pins,
@@ -763,7 +790,11 @@ async fn serve(
             _ = signals.leave.recv() => break Exit::Leave,
             // Served between two signals: one that comes meanwhile waits for it (a few
             // milliseconds), it does not kill the loader.
-            _ = signals.hangup.recv() => instance.reload(),
+            _ = signals.hangup.recv() => {
+                notify::reloading();
+                instance.reload();
+                notify::ready(&instance.record.pin_dir);
+            }
             guard = logs.readable_mut() => {
                 let mut guard = guard?;
                 guard.get_inner_mut().flush();

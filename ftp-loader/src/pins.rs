@@ -189,10 +189,13 @@ pub struct PinDir {
 impl PinDir {
     pub fn acquire(dir: &Path) -> Result<Self> {
         let parent = dir.parent().unwrap_or(Path::new("/"));
-        if !is_bpffs(parent) && parent == Path::new(BPF_FS) {
+        // A pin directory on bpffs whose parent is not: a bind mount, as the systemd unit
+        // makes one so that its user needs no way through the root-only /sys/fs/bpf.
+        let bound = is_bpffs(dir) && !is_bpffs(parent);
+        if !bound && !is_bpffs(parent) && parent == Path::new(BPF_FS) {
             mount_bpffs()?;
         }
-        if !is_bpffs(parent) {
+        if !bound && !is_bpffs(parent) {
             bail!(
                 "--pin-dir {} must lie inside a BPF filesystem (such as {BPF_FS}), and {} is not one: give a --pin-dir under {BPF_FS}",
                 dir.display(),

@@ -9,6 +9,7 @@ pub mod frame;
 pub mod ftp;
 pub mod inject;
 pub mod lab;
+pub mod package;
 pub mod servers;
 pub mod session;
 pub mod tunnel;

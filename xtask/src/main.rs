@@ -7,12 +7,14 @@
 //!          with --kernel 6.1|6.12, the end-to-end essentials on that Debian kernel under qemu
 //!   demo   the tracker in a two-host namespace lab, start to finish
 //!   bench  what it costs, against doing nothing and against iptables + the kernel helper
+//!   package  the Debian package (cargo-deb): binary, unit, configuration, man page, completions
 
 mod bench;
 mod build;
 mod cargo;
 mod demo;
 mod kernel;
+mod package;
 mod setup;
 mod test;
 
@@ -38,6 +40,9 @@ enum Command {
     /// Measure speed and memory against baselines measured in the same run; prints a table,
     /// writes target/bench/report.json and, unless --quick, docs/benchmarks.md.
     Bench(bench::Options),
+    /// Build the Debian package into target/package: the release binary, the systemd unit,
+    /// the default configuration, the man page, completions, README and licences.
+    Package(package::Options),
 }
 
 fn main() {
@@ -47,6 +52,7 @@ fn main() {
         Command::Test(options) => test::run(options),
         Command::Demo(options) => demo::run(options),
         Command::Bench(options) => bench::run(options),
+        Command::Package(options) => package::run(options),
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");

@@ -80,10 +80,23 @@ const PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool, which checks a live scrape of the loader's metrics endpoint",
     ),
+    (
+        "systemd",
+        "systemd-analyze, to verify the packaged unit in the package test",
+    ),
+    (
+        "man-db",
+        "man, to read the packaged man page in the package test",
+    ),
+    (
+        "dpkg-dev",
+        "dpkg-shlibdeps, with which cargo-deb works out the package's dependencies",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 #[derive(Parser)]
 pub struct Options {}
@@ -103,6 +116,7 @@ pub fn prepare() -> Result<()> {
     install(PACKAGES)?;
     unpack_peers()?;
     install_bpf_linker()?;
+    install_cargo_deb()?;
     Ok(())
 }
 
@@ -224,6 +238,33 @@ fn install_bpf_linker() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22", "--root"])
             .arg(cargo_home())
             .env("PATH", path),
+    )?;
+    Ok(())
+}
+
+fn install_cargo_deb() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let version = Command::new(&cargo)
+        .args(["deb", "--version"])
+        .stderr(Stdio::null())
+        .output();
+    if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DEB_VERSION)) {
+        return Ok(());
+    }
+    println!(
+        "xtask: installing cargo-deb {CARGO_DEB_VERSION} from crates.io: it builds the Debian package (`cargo xtask package`, which the tests install; a minute or two)"
+    );
+    stream(
+        Command::new(cargo)
+            .args([
+                "install",
+                "cargo-deb",
+                "--version",
+                CARGO_DEB_VERSION,
+                "--locked",
+                "--root",
+            ])
+            .arg(cargo_home()),
     )?;
     Ok(())
 }

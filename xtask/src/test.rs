@@ -8,7 +8,7 @@ use crate::{
     bench, build,
     cargo::{HOST_PACKAGES, cargo},
     kernel::{self, Kernel},
-    setup,
+    package, setup,
 };
 
 #[derive(Parser)]
@@ -25,8 +25,10 @@ pub fn run(Options { kernel }: Options) -> Result<()> {
     if let Some(kernel) = kernel {
         return kernel::run(kernel);
     }
-    // The end-to-end tests run the loader binary next to them.
+    // The end-to-end tests run the loader binary next to them; the packaging tests install
+    // the .deb.
     cargo(&["build", "--package", "ftp-loader"])?;
+    package::package()?;
     cargo(&[&["test", "--no-fail-fast"], HOST_PACKAGES].concat())?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(
