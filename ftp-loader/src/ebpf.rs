@@ -238,16 +238,6 @@ pub fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<()> {
     write_config(&mut CONFIG.of_mut(ebpf)?, settings)
 }
 
-/// As `configure`, on the tables a running instance pinned in `pin_dir`, from another
-/// process.
-pub fn configure_pinned(pin_dir: &Path, settings: &Settings) -> Result<()> {
-    checks::settings(settings)?;
-    let open = |name| crate::pins::open(pin_dir, name);
-    write_allow_from(&mut ALLOW_FROM.from_map(open(ALLOW_FROM.name)?)?, settings)?;
-    write_ports(&mut PORTS.from_map(open(PORTS.name)?)?, settings)?;
-    write_config(&mut CONFIG.from_map(open(CONFIG.name)?)?, settings)
-}
-
 /// The `--allow-from` networks, replacing the previous list: those no longer listed are
 /// removed after the new ones are in, so that a network listed in both never misses.
 fn write_allow_from<T: BorrowMut<MapData>>(

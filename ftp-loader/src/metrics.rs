@@ -17,13 +17,13 @@ use aya::{
     maps::{IterableMap, MapData},
 };
 use ftp_ebpf_common::{
-    contract::{CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, HashTable, STATS},
+    contract::{CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, HashTable, STATS, WOULD_DROP},
     policy::PortClass,
     stats::Counter,
 };
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter},
     registry::Registry,
 };
@@ -35,6 +35,7 @@ use tokio::{
 
 use crate::{
     ebpf::Settings,
+    monitor::{self, Mode, WouldDrop},
     pins,
     record::{self, Record},
     stats,
@@ -117,6 +118,10 @@ pub struct Snapshot {
     pub record: Option<Record>,
     /// `record::build()` of this binary.
     pub build: String,
+    /// Whether the programs enforce or only monitor; `None` if CONFIG cannot be read.
+    pub mode: Option<Mode>,
+    /// The guarded ports SYNs were refused to while monitoring.
+    pub would_drop: Vec<WouldDrop>,
 }
 
 fn table<K: Pod, V: Pod>(pin_dir: &Path, table: HashTable<K, V>) -> Result<Table> {
@@ -146,11 +151,15 @@ impl Snapshot {
             table(pin_dir, CONTROLS)?,
             table(pin_dir, CLIENTS)?,
         ];
+        let would_drop =
+            monitor::would_drop(&WOULD_DROP.from_map(pins::open(pin_dir, WOULD_DROP.name)?)?)?;
         Ok(Self {
             counters,
             tables,
             record: Record::read(pin_dir),
             build: record::build(),
+            mode: Mode::running(pin_dir),
+            would_drop,
         })
     }
 
@@ -215,12 +224,34 @@ impl Collector for Snapshot {
                 let labels = [
                     ("interface", interface.name.as_str()),
                     ("hook", hook),
-                    ("mode", mode.name()),
+                    ("mode", mode.mode()),
                 ];
                 attached
                     .encode_family(&labels)?
                     .encode_gauge(&u32::from(interface.present))?;
             }
+        }
+        if let Some(mode) = self.mode {
+            encoder
+                .encode_descriptor(
+                    "monitoring",
+                    "1 while the programs only monitor (--monitor: nothing is dropped), 0 while they enforce",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&u32::from(mode == Mode::Monitor))?;
+        }
+        let mut would_drop = encoder.encode_descriptor(
+            "would_drop_syns",
+            "SYNs to this guarded port the guard refused while monitoring (what enforcement would drop; --allow-port admits them)",
+            None,
+            MetricType::Counter,
+        )?;
+        for row in &self.would_drop {
+            let port = row.port.to_string();
+            would_drop
+                .encode_family(&[("port", port.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&row.syns, None)?;
         }
         let mut build = encoder.encode_descriptor(
             "build_info",
@@ -460,6 +491,12 @@ mod tests {
             }],
             record: Some(record),
             build: "0.1.0+programs.0000abcd".into(),
+            mode: Some(Mode::Monitor),
+            would_drop: vec![WouldDrop {
+                port: 9100,
+                syns: 4,
+                admit_with: "--allow-port 9100".into(),
+            }],
         }
     }
 
@@ -477,9 +514,11 @@ mod tests {
             for line in [
                 "ftp_tracker_table_entries{table=\"flows\"} 3",
                 "ftp_tracker_table_capacity{table=\"flows\"} 262144",
-                "ftp_tracker_attached{interface=\"eth0\",hook=\"ingress\",mode=\"native XDP\"} 1",
+                "ftp_tracker_attached{interface=\"eth0\",hook=\"ingress\",mode=\"native\"} 1",
                 "ftp_tracker_attached{interface=\"eth0\",hook=\"egress\",mode=\"tc\"} 1",
                 "ftp_tracker_build_info{version=\"0.1.0+programs.0000abcd\"} 1",
+                "ftp_tracker_monitoring 1",
+                "ftp_tracker_would_drop_syns_total{port=\"9100\"} 4",
             ] {
                 assert!(text.contains(line), "{line}:\n{text}");
             }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::{pins, tables::Row};
 
 /// A guarded port, and the SYNs to it the guard refused while it monitored.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct WouldDrop {
     pub port: u16,
     pub syns: u64,

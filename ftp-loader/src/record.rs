@@ -32,6 +32,15 @@ impl Hook {
         }
     }
 
+    /// As `--xdp-mode` spells it: the metrics' label, which has no spaces.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Hook::XdpNative => "native",
+            Hook::XdpGeneric => "skb",
+            Hook::Clsact => "tc",
+        }
+    }
+
     fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|h| h.name() == name)
     }

@@ -319,6 +319,33 @@ impl Lab {
         netns(&self.client_ns, program)
     }
 
+    /// The configuration file a test writes for the loader (`--config`).
+    pub fn config_path(&self) -> PathBuf {
+        self.file("ftp-tracker.toml")
+    }
+
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        std::fs::write(self.config_path(), text)?;
+        Ok(())
+    }
+
+    /// Sends SIGHUP and returns the loader's line about it, once written.
+    pub fn reload(&self) -> Result<String> {
+        let before = self.loader_log().matches("SIGHUP: ").count();
+        self.signal_loader(libc::SIGHUP)?;
+        wait_for("the loader to answer SIGHUP", || {
+            Ok(self.loader_log().matches("SIGHUP: ").count() > before)
+        })?;
+        let log = self.loader_log();
+        let line = log
+            .lines()
+            .rfind(|line| line.contains("SIGHUP: "))
+            .unwrap_or_default();
+        // Shown with the test's output if it fails.
+        eprintln!("{line}");
+        Ok(line.to_owned())
+    }
+
     /// Starts ftp-loader on the server's interface and waits until its maps are pinned.
     pub fn start_loader(&mut self, extra_args: &[&str]) -> Result<()> {
         self.start_loader_on(&[SERVER_IF], extra_args)

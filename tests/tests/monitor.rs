@@ -1,6 +1,6 @@
 //! `--monitor` and `--allow-from`, with the real loader in the namespace lab: monitoring
 //! passes what enforcement drops and lists it by port; flipping to enforcement on the
-//! running instance's tables keeps its expectations and flows and drops again; an allowed
+//! running instance by a reload keeps its expectations and flows and drops again; an allowed
 //! network reaches an unannounced listener, any other source (nor a forgery of the host's
 //! own address inside the network) still does not, and a reload that replaces the network
 //! closes it again.
@@ -18,15 +18,24 @@ use ftp_lab::{
     require_root,
     servers::Server,
 };
-use ftp_loader::ebpf::{Settings, configure_pinned};
 use serde_json::Value;
 
-/// The settings the lab's loader runs with (`Lab::start_loader` passes the default
-/// `--data-ports`), plus `change`.
-fn settings(change: impl FnOnce(&mut Settings)) -> Settings {
-    let mut settings = Settings::default();
-    change(&mut settings);
-    settings
+/// Where the monitoring test's loader serves its metrics (loopback of the server host).
+const METRICS: &str = "127.0.0.1:9645";
+
+/// Starts the lab's loader reading the lab's configuration file, `text`.
+fn start_with_config(lab: &mut Lab, text: &str) {
+    lab.write_config(text).unwrap();
+    let file = lab.config_path();
+    lab.start_loader(&["--config", file.to_str().unwrap()])
+        .unwrap();
+}
+
+/// Writes `text` as the configuration file and has the running loader apply it.
+fn reload_with(lab: &Lab, text: &str) {
+    lab.write_config(text).unwrap();
+    let line = lab.reload().unwrap();
+    assert!(line.contains("SIGHUP: applied"), "{line}");
 }
 
 fn counter(lab: &Lab, name: &str) -> u64 {
@@ -73,7 +82,10 @@ fn monitoring_passes_and_lists_what_enforcement_drops_and_flipping_keeps_state()
     let mut lab = Lab::new("monitor", &default_loader_bin()).expect("lab");
     Server::Vsftpd.start(&mut lab).unwrap();
     lab.start_listener(UNANNOUNCED).unwrap();
-    lab.start_loader(&["--monitor"]).unwrap();
+    start_with_config(
+        &mut lab,
+        &format!("monitor = true\nmetrics-listen = \"{METRICS}\"\n"),
+    );
     let log = lab.loader_log();
     assert!(log.contains("MONITORING ONLY"), "{log}");
     assert_eq!(mode(&lab), "monitor");
@@ -108,14 +120,30 @@ fn monitoring_passes_and_lists_what_enforcement_drops_and_flipping_keeps_state()
         text.contains(&format!("--allow-port {UNANNOUNCED}")) && text.contains("1 port listed"),
         "{text}"
     );
+    // The metrics say so too, by port.
+    let scrape = run(lab
+        .server("curl")
+        .args(["-sf", &format!("http://{METRICS}/metrics")]))
+    .unwrap();
+    let scrape = String::from_utf8_lossy(&scrape.stdout);
+    assert!(scrape.contains("ftp_tracker_monitoring 1"), "{scrape}");
+    assert!(
+        scrape.contains(&format!(
+            "ftp_tracker_would_drop_syns_total{{port=\"{UNANNOUNCED}\"}} {unsolicited}"
+        )),
+        "{scrape}"
+    );
     // The announced data port was admitted, not counted.
     assert!(
         rows.iter().all(|r| r["port"] != announced.port()),
         "{rows:?}"
     );
 
-    // Enforcement, on the same tables of the running instance (what a reload writes).
-    configure_pinned(&lab.pin_dir, &settings(|s| s.monitor = false)).unwrap();
+    // Enforcement, by a reload of the running instance.
+    reload_with(
+        &lab,
+        &format!("monitor = false\nmetrics-listen = \"{METRICS}\"\n"),
+    );
     assert_eq!(mode(&lab), "enforce");
     assert!(
         !lab.unannounced_reachable(),
@@ -137,8 +165,11 @@ fn monitoring_passes_and_lists_what_enforcement_drops_and_flipping_keeps_state()
     assert_eq!(transferred, blob);
     assert!(expected_ports(&lab).is_empty(), "the expectation was used");
 
-    // And back to monitoring, again in place.
-    configure_pinned(&lab.pin_dir, &settings(|s| s.monitor = true)).unwrap();
+    // And back to monitoring, again by a reload.
+    reload_with(
+        &lab,
+        &format!("monitor = true\nmetrics-listen = \"{METRICS}\"\n"),
+    );
     assert_eq!(mode(&lab), "monitor");
     assert!(lab.unannounced_reachable());
     assert_eq!(counter(&lab, "would_drop"), unsolicited + 1);
@@ -173,8 +204,7 @@ fn an_allowed_network_reaches_unannounced_listeners_and_no_other_source_does() {
     lab.add_client_address(STRANGER).unwrap();
     // The client's own address (192.0.2.2) lies in the /30; STRANGER does not. The IPv6
     // network shares the trie: it must not let IPv4 sources in.
-    lab.start_loader(&["--allow-from", "192.0.2.0/30", "--allow-from", "::/0"])
-        .unwrap();
+    start_with_config(&mut lab, "allow-from = [\"192.0.2.0/30\", \"::/0\"]\n");
     let log = lab.loader_log();
     assert!(
         log.contains("; new connections from 192.0.2.0/30, ::/0 pass without one"),
@@ -209,15 +239,14 @@ fn an_allowed_network_reaches_unannounced_listeners_and_no_other_source_does() {
 
     // A reload that lists another network replaces the list: the old one is closed again,
     // the new one open.
-    let stranger_net = settings(|s| s.allow_from = vec!["192.0.2.64/26".parse().unwrap()]);
-    configure_pinned(&lab.pin_dir, &stranger_net).unwrap();
+    reload_with(&lab, "allow-from = [\"192.0.2.64/26\"]\n");
     assert!(
         !lab.unannounced_reachable(),
         "a dropped network still gets in"
     );
     assert!(reachable_from(&lab, STRANGER));
     // And one that lists none closes it for everyone.
-    configure_pinned(&lab.pin_dir, &settings(|_| {})).unwrap();
+    reload_with(&lab, "");
     assert!(!reachable_from(&lab, STRANGER));
     assert!(!lab.unannounced_reachable());
 }

@@ -11,20 +11,11 @@ use ftp_ebpf_common::contract::DEFAULT_MAX_FLOWS;
 use ftp_lab::{
     lab::{
         CLIENT_IP, Family, Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns,
-        run, wait_for,
+        run,
     },
     require_root,
     session::{self, ControlConnection, Expectation, Step},
 };
-
-/// The configuration file of a lab, written by the test.
-fn config(lab: &Lab) -> std::path::PathBuf {
-    lab.file("ftp-tracker.toml")
-}
-
-fn write_config(lab: &Lab, text: &str) {
-    std::fs::write(config(lab), text).unwrap();
-}
 
 /// A lab with no FTP server (the test plays the control connections) and a plain listener
 /// on `UNANNOUNCED`, its loader reading the lab's configuration file `text`.
@@ -32,27 +23,12 @@ fn lab_with_config(tag: &str, text: &str, interfaces: &[&str], args: &[&str]) ->
     require_root();
     let mut lab = Lab::new(tag, &default_loader_bin()).expect("lab");
     lab.start_listener(UNANNOUNCED).unwrap();
-    write_config(&lab, text);
-    let file = config(&lab);
+    lab.write_config(text).unwrap();
+    let file = lab.config_path();
     let mut all = vec!["--config", file.to_str().unwrap()];
     all.extend_from_slice(args);
     lab.start_loader_on(interfaces, &all).unwrap();
     lab
-}
-
-/// Sends SIGHUP and returns the loader's line about it, once written.
-fn reload(lab: &Lab) -> String {
-    let before = lab.loader_log().matches("SIGHUP: ").count();
-    lab.signal_loader(libc::SIGHUP).unwrap();
-    wait_for("the loader to answer SIGHUP", || {
-        Ok(lab.loader_log().matches("SIGHUP: ").count() > before)
-    })
-    .unwrap();
-    let log = lab.loader_log();
-    let line = log.lines().rfind(|line| line.contains("SIGHUP: ")).unwrap();
-    // Shown with the test's output if it fails.
-    eprintln!("{line}");
-    line.to_owned()
 }
 
 /// A listener bound (not accepting: the kernel completes the handshakes) on the server's
@@ -125,11 +101,11 @@ fn sighup_applies_the_file_and_keeps_every_expectation_and_flow() {
     assert!(flows_before >= 1, "the data connection is not tracked");
     assert!(!lab.unannounced_reachable());
 
-    write_config(
-        &lab,
-        &format!("allow-port = [{UNANNOUNCED}]\nmin-data-port = 10302\n"),
-    );
-    let line = reload(&lab);
+    lab.write_config(&format!(
+        "allow-port = [{UNANNOUNCED}]\nmin-data-port = 10302\n"
+    ))
+    .unwrap();
+    let line = lab.reload().unwrap();
     assert!(
         line.contains(&format!("allow-port (none) -> {UNANNOUNCED}"))
             && line.contains("min-data-port 1024 -> 10302"),
@@ -160,12 +136,12 @@ fn sighup_applies_the_file_and_keeps_every_expectation_and_flow() {
 fn an_invalid_file_keeps_the_running_settings() {
     let interfaces = format!("interfaces = [\"{SERVER_IF}\"]\n");
     let lab = lab_with_config("reload-invalid", &interfaces, &[], &[]);
-    write_config(
-        &lab,
-        &format!("{interfaces}allow-port = [{UNANNOUNCED}]\n\nmin-data-port = \"low\"\n"),
-    );
-    let line = reload(&lab);
-    let file = config(&lab);
+    lab.write_config(&format!(
+        "{interfaces}allow-port = [{UNANNOUNCED}]\n\nmin-data-port = \"low\"\n"
+    ))
+    .unwrap();
+    let line = lab.reload().unwrap();
+    let file = lab.config_path();
     assert!(
         line.contains(&format!("SIGHUP: {} line 4: ", file.display()))
             && line.ends_with("the running settings stay"),
@@ -178,11 +154,11 @@ fn an_invalid_file_keeps_the_running_settings() {
     let status = lab.loader_report(&["status"]).unwrap();
     assert!(status.contains("running for"), "{status}");
 
-    write_config(
-        &lab,
-        &format!("interfaces = [\"{SERVER_IF}\", \"nosuch0\"]\nallow-port = [{UNANNOUNCED}]\n"),
-    );
-    let line = reload(&lab);
+    lab.write_config(&format!(
+        "interfaces = [\"{SERVER_IF}\", \"nosuch0\"]\nallow-port = [{UNANNOUNCED}]\n"
+    ))
+    .unwrap();
+    let line = lab.reload().unwrap();
     assert!(
         line.contains("no network interface named `nosuch0`")
             && line.ends_with("the running settings stay"),
@@ -191,8 +167,9 @@ fn an_invalid_file_keeps_the_running_settings() {
     assert!(!lab.unannounced_reachable());
 
     // Fixed, it applies.
-    write_config(&lab, &format!("{interfaces}allow-port = [{UNANNOUNCED}]\n"));
-    let line = reload(&lab);
+    lab.write_config(&format!("{interfaces}allow-port = [{UNANNOUNCED}]\n"))
+        .unwrap();
+    let line = lab.reload().unwrap();
     assert!(line.contains("SIGHUP: applied"), "{line}");
     assert!(lab.unannounced_reachable());
 }
@@ -237,11 +214,9 @@ fn interfaces_added_and_removed_in_the_file_attach_and_detach_only_them() {
     assert!(ingress.contains("ftp_"), "{ingress}");
     let since = status_of(&lab, SERVER_IF).unwrap()["since"].clone();
 
-    write_config(
-        &lab,
-        &format!("interfaces = [\"{SERVER_IF}\", \"{extra}\"]\n"),
-    );
-    let line = reload(&lab);
+    lab.write_config(&format!("interfaces = [\"{SERVER_IF}\", \"{extra}\"]\n"))
+        .unwrap();
+    let line = lab.reload().unwrap();
     assert!(line.contains(&format!("attached to {extra}")), "{line}");
     assert!(filters(&lab, extra, "ingress").contains("ftp_"));
     assert!(filters(&lab, extra, "egress").contains("ftp_"));
@@ -251,8 +226,9 @@ fn interfaces_added_and_removed_in_the_file_attach_and_detach_only_them() {
     assert!(status_of(&lab, extra).is_some());
     assert_eq!(status_of(&lab, SERVER_IF).unwrap()["since"], since);
 
-    write_config(&lab, &format!("interfaces = [\"{SERVER_IF}\"]\n"));
-    let line = reload(&lab);
+    lab.write_config(&format!("interfaces = [\"{SERVER_IF}\"]\n"))
+        .unwrap();
+    let line = lab.reload().unwrap();
     assert!(line.contains(&format!("detached from {extra}")), "{line}");
     assert!(!filters(&lab, extra, "ingress").contains("ftp_"));
     assert!(!filters(&lab, extra, "egress").contains("ftp_"));
@@ -260,11 +236,11 @@ fn interfaces_added_and_removed_in_the_file_attach_and_detach_only_them() {
     assert!(status_of(&lab, extra).is_none());
     assert!(!lab.unannounced_reachable());
 
-    write_config(
-        &lab,
-        &format!("interfaces = [\"{SERVER_IF}\"]\nxdp-mode = \"skb\"\n"),
-    );
-    let line = reload(&lab);
+    lab.write_config(&format!(
+        "interfaces = [\"{SERVER_IF}\"]\nxdp-mode = \"skb\"\n"
+    ))
+    .unwrap();
+    let line = lab.reload().unwrap();
     assert!(line.contains("xdp-mode auto -> skb"), "{line}");
     let link = run(lab.server("ip").args(["link", "show", SERVER_IF])).unwrap();
     assert!(
@@ -291,11 +267,9 @@ fn the_command_line_beats_the_file_and_sizes_need_a_restart() {
         &["--allow-port", "10251"],
     );
     assert!(!lab.unannounced_reachable());
-    write_config(
-        &lab,
-        &format!("allow-port = [{UNANNOUNCED}]\nmax-flows = 1000\n"),
-    );
-    let line = reload(&lab);
+    lab.write_config(&format!("allow-port = [{UNANNOUNCED}]\nmax-flows = 1000\n"))
+        .unwrap();
+    let line = lab.reload().unwrap();
     assert!(
         line.contains("nothing to change")
             && line.contains(&format!(
