@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
-    frame::Macs,
+    frame::{Macs, Random},
     lab::{self, CLIENT_IF, Lab, SERVER_IF, in_netns},
 };
 
@@ -339,5 +339,26 @@ impl Segment {
             SocketAddr::new(dst, port(2)?),
             segment,
         ))
+    }
+}
+
+/// An attacker on the client's side of the lab's link: writes frames onto it with
+/// AF_PACKET, and reads what the server answers (or a real connection's sequence numbers)
+/// off it.
+pub struct OnLink {
+    pub sender: PacketSocket,
+    pub sniffer: PacketSocket,
+    pub link: Link,
+    pub random: Random,
+}
+
+impl OnLink {
+    pub fn new(lab: &Lab) -> Result<Self> {
+        Ok(Self {
+            sender: PacketSocket::sender_in(&lab.client_ns, CLIENT_IF)?,
+            sniffer: PacketSocket::sniffer_in(&lab.client_ns, CLIENT_IF)?,
+            link: Link::find(lab)?,
+            random: Random::new(),
+        })
     }
 }

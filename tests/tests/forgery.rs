@@ -13,12 +13,11 @@ use std::{
 };
 
 use ftp_lab::{
-    frame::{ACK, PSH, RST, Random, Tcp},
+    frame::{ACK, PSH, RST, Tcp},
     ftp::Ftp,
-    inject::{Link, PacketSocket},
+    inject::OnLink,
     lab::{
-        BLOB_PATH, CLIENT_IF, CLIENT_IP, Lab, SERVER_IP, default_loader_bin, in_netns,
-        output_within, wait_for,
+        BLOB_PATH, CLIENT_IP, Lab, SERVER_IP, default_loader_bin, in_netns, output_within, wait_for,
     },
     require_root,
     servers::Server,
@@ -75,19 +74,13 @@ struct Stream {
 /// The attacker on the client's side of the link, plus the cheat: a sniffer that reads a
 /// real connection's sequence numbers off the link.
 struct Forger {
-    sender: PacketSocket,
-    sniffer: PacketSocket,
-    link: Link,
-    random: Random,
+    on: OnLink,
 }
 
 impl Forger {
     fn new(lab: &Lab) -> Self {
         Self {
-            sender: PacketSocket::sender_in(&lab.client_ns, CLIENT_IF).unwrap(),
-            sniffer: PacketSocket::sniffer_in(&lab.client_ns, CLIENT_IF).unwrap(),
-            link: Link::find(lab).unwrap(),
-            random: Random::new(),
+            on: OnLink::new(lab).unwrap(),
         }
     }
 
@@ -97,9 +90,10 @@ impl Forger {
         let (client, server) = (ftp.local_addr().unwrap(), ftp.peer_addr().unwrap());
         // What queued before (a transfer may have filled the queue, and then the NOOP's
         // segment would find no room) is dropped first.
-        self.sniffer.last_segment(server, client).unwrap();
+        self.on.sniffer.last_segment(server, client).unwrap();
         ftp.command("NOOP", 200).unwrap();
         let segment = self
+            .on
             .sniffer
             .last_segment(server, client)
             .unwrap()
@@ -115,8 +109,9 @@ impl Forger {
     /// `counted`: only then has the guard judged it, and the table can be read.
     fn send(&self, lab: &Lab, tcp: Tcp, payload: &[u8], counted: &str, what: &str) {
         let before = counter(lab, counted);
-        self.sender
-            .send(&tcp.frame_on(self.link.to_server(), payload))
+        self.on
+            .sender
+            .send(&tcp.frame_on(self.on.link.to_server(), payload))
             .unwrap();
         wait_for(&format!("{counted} to count {what}"), || {
             Ok(counter(lab, counted) > before)
@@ -198,12 +193,12 @@ fn forged_control_segments_open_nothing() {
             check(&what);
         }
         for _ in 0..3 {
-            let port = forger.random.port_except(client.port());
+            let port = forger.on.random.port_except(client.port());
             let what = format!("a forged {name} on no connection (client port {port})");
             let forged = end
                 .segment(SocketAddr::new(client.ip(), port), DATA)
-                .seq(forger.random.next_u32())
-                .ack(forger.random.next_u32());
+                .seq(forger.on.random.next_u32())
+                .ack(forger.on.random.next_u32());
             forger.send(&lab, forged, line, nowhere_counter, &what);
             check(&what);
         }
@@ -250,7 +245,7 @@ fn forged_resets_end_nothing() {
     let stream = forger.stream(&mut ftp);
     for (end, counted) in [(End::Client, OUT_OF_WINDOW), (End::Server, SPOOFED)] {
         let (next, _) = end.numbers(&stream);
-        let seq = next.wrapping_add(forger.random.far());
+        let seq = next.wrapping_add(forger.on.random.far());
         let what = format!("a forged RST from the {end:?} at {seq} (next {next})");
         forger.send(&lab, end.segment(client, RST).seq(seq), &[], counted, &what);
     }

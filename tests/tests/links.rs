@@ -9,12 +9,10 @@ use std::{
 
 use ftp_lab::{
     clients::{self, Client, Mode},
-    frame::{ACK, ETH_P_8021AD, ETH_P_8021Q, Random, SYN, Tcp, vlan_tagged},
+    frame::{ACK, ETH_P_8021AD, ETH_P_8021Q, SYN, Tcp, vlan_tagged},
     ftp::Ftp,
-    inject::{Link, PacketSocket},
-    lab::{
-        CLIENT_IF, CLIENT_IP, Family, Lab, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns,
-    },
+    inject::OnLink,
+    lab::{CLIENT_IP, Family, Lab, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns},
     require_root,
     servers::Server,
     tunnel::{SERVER_TUN, Tunnel},
@@ -84,38 +82,33 @@ const DOUBLE_TAGS: [[(u16, u16); 2]; 2] = [
 /// Writes double-tagged SYNs onto the client's end of the veth and watches for the
 /// server's answer.
 struct Prober {
-    sender: PacketSocket,
-    sniffer: PacketSocket,
-    link: Link,
-    random: Random,
+    on: OnLink,
 }
 
 impl Prober {
     fn new(lab: &Lab) -> Self {
         Self {
-            sender: PacketSocket::sender_in(&lab.client_ns, CLIENT_IF).unwrap(),
-            sniffer: PacketSocket::sniffer_in(&lab.client_ns, CLIENT_IF).unwrap(),
-            link: Link::find(lab).unwrap(),
-            random: Random::new(),
+            on: OnLink::new(lab).unwrap(),
         }
     }
 
     /// Whether the server answers a SYN to `port` tagged with `tags` with a SYN-ACK
     /// within a second (the client's stack, which never sent it, then resets it).
     fn answered(&mut self, port: u16, tags: &[(u16, u16)]) -> bool {
-        let client_port = self.random.port_except(port);
+        let client_port = self.on.random.port_except(port);
         let (from, to) = (
             SocketAddr::from((SERVER_IP, port)),
             SocketAddr::from((CLIENT_IP, client_port)),
         );
         let syn = Tcp::new(CLIENT_IP, client_port, SERVER_IP, port, SYN)
-            .seq(self.random.next_u32())
-            .frame_on(self.link.to_server(), &[]);
-        self.sniffer.segments().unwrap();
-        self.sender.send(&vlan_tagged(&syn, tags)).unwrap();
+            .seq(self.on.random.next_u32())
+            .frame_on(self.on.link.to_server(), &[]);
+        self.on.sniffer.segments().unwrap();
+        self.on.sender.send(&vlan_tagged(&syn, tags)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(1);
         while Instant::now() < deadline {
             let answer = self
+                .on
                 .sniffer
                 .segments()
                 .unwrap()
