@@ -1,12 +1,14 @@
 //! The Debian package `cargo xtask package` built (cargo xtask test builds it first),
 //! installed into a throwaway root with `dpkg --root`: what it installs runs and documents
-//! itself, its unit verifies, and its binary, started the way the unit starts it (the
-//! unit's user, capabilities, no-new-privileges, environment and pin directory
-//! arrangement), tells systemd it is ready only once the guard is attached, and reloads.
+//! itself, its unit verifies, and its binary, started the way the unit starts it (its
+//! ExecStart= as written, the unit's user, capabilities, no-new-privileges, environment,
+//! pin directory arrangement, and the installed configuration at its default path),
+//! refuses the shipped configuration in one sentence, and with the interfaces named in it
+//! tells systemd it is ready only once the guard is attached, and reloads edits of it.
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, TcpListener},
     os::unix::{fs::PermissionsExt, net::UnixDatagram},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -14,21 +16,21 @@ use std::{
 };
 
 use ftp_lab::{
+    ftp::{self, Ftp},
     lab::{
-        Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns, output_within, run,
-        wait_within,
+        BLOB_PATH, Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns,
+        output_within, run, wait_within,
     },
     package::built_deb,
     require_root,
     servers::Server,
 };
-use ftp_loader::{notify, pins::DEFAULT_PIN_DIR, record::RECORD_DIR};
+use ftp_loader::{config::DEFAULT_CONFIG, notify, pins::DEFAULT_PIN_DIR, record::RECORD_DIR};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// Where the package puts what the tests look at.
 const BINARY: &str = "usr/sbin/ftp-loader";
 const UNIT: &str = "usr/lib/systemd/system/ftp-tracker.service";
-const CONFIG: &str = "etc/ftp-tracker/ftp-tracker.toml";
 const MAN_PAGE: &str = "usr/share/man/man8/ftp-loader.8.gz";
 const DOCS: &str = "usr/share/doc/ftp-tracker";
 
@@ -100,6 +102,29 @@ fn installed_binary(root: &Path, args: &[&str]) -> String {
     let output = output_within(Command::new(root.join(BINARY)).args(args), LIMIT).unwrap();
     assert!(output.status.success(), "{args:?}: {}", text(&output));
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The installed configuration file (DEFAULT_CONFIG in the throwaway root).
+fn config(root: &Path) -> PathBuf {
+    root.join(DEFAULT_CONFIG.trim_start_matches('/'))
+}
+
+/// Edits the installed configuration as an admin does: the line `from` becomes `to`. In
+/// place, so that the file the service sees through its bind mount changes.
+fn edit_config(root: &Path, from: &str, to: &str) {
+    let path = config(root);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| *l == from).count(),
+        1,
+        "{DEFAULT_CONFIG} has no line `{from}` to edit:\n{text}"
+    );
+    let edited: String = text
+        .lines()
+        .map(|l| if l == from { to } else { l })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    std::fs::write(&path, edited).unwrap();
 }
 
 #[test]
@@ -184,14 +209,26 @@ fn the_package_installs_its_binary_man_page_completions_configuration_and_licenc
         .arg(root.join("usr/share/bash-completion/completions/ftp-loader")))
     .unwrap();
 
-    // The configuration survives upgrades and edits.
+    // The configuration survives upgrades and edits: a conffile, the repository's template.
     assert!(
-        query("Conffiles").contains(&format!("/{CONFIG} ")),
-        "{CONFIG} is not a conffile: {}",
+        query("Conffiles").contains(&format!("{DEFAULT_CONFIG} ")),
+        "{DEFAULT_CONFIG} is not a conffile: {}",
         query("Conffiles")
     );
-    assert!(root.join(CONFIG).is_file());
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shipped = std::fs::read_to_string(config(&root)).unwrap();
+    assert_eq!(
+        shipped,
+        std::fs::read_to_string(source.join("dist/ftp-tracker.toml")).unwrap()
+    );
+    // Every setting commented out (its default), and no interface named: what the admin
+    // edits before the first start.
+    let set: Vec<&str> = shipped
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(set, ["interfaces = []"], "{DEFAULT_CONFIG} sets more");
     assert_eq!(
         std::fs::read_to_string(root.join(UNIT)).unwrap(),
         std::fs::read_to_string(source.join("dist/ftp-tracker.service")).unwrap()
@@ -310,14 +347,18 @@ fn service_uid(user: &str) -> u32 {
 }
 
 /// The installed binary started the way the unit starts it, in the lab's server
-/// namespace, with the interface and the lab's pin directory on its command line.
+/// namespace: its ExecStart= as written, no argument added, so that it reads the installed
+/// configuration at DEFAULT_CONFIG and pins in DEFAULT_PIN_DIR, as under systemd.
 ///
-/// systemd does, and so does this: the ExecStartPre=+ commands as root; the
-/// RuntimeDirectory= (RECORD_DIR) fresh and the user's; the private /sys/fs/bpf
-/// (TemporaryFileSystem=) with only the pin directory bound into it (BindPaths=); then
-/// User=, Group= (no supplementary groups), CapabilityBoundingSet=, AmbientCapabilities=,
-/// NoNewPrivileges= and an environment of PATH, the user's names and NOTIFY_SOCKET only.
-/// The rest of the sandbox (ProtectSystem= and friends) only takes away.
+/// systemd does, and so does this: the ExecStartPre=+ commands as root, on the host, where
+/// the unit's pin directory is the lab's; the RuntimeDirectory= (RECORD_DIR) fresh and the
+/// user's; the private /sys/fs/bpf (TemporaryFileSystem=) with only that directory bound
+/// into it at DEFAULT_PIN_DIR (BindPaths=); then User=, Group= (no supplementary groups),
+/// CapabilityBoundingSet=, AmbientCapabilities=, NoNewPrivileges= and an environment of
+/// PATH, the user's names and NOTIFY_SOCKET only. The rest of the sandbox (ProtectSystem=
+/// and friends) only takes away. The host's /etc stays as it is: in the private mount
+/// namespace, /etc is an overlay of it that has a directory for the installed root's
+/// configuration directory to be bound on.
 fn start_as_the_unit(
     lab: &Lab,
     root: &Path,
@@ -329,7 +370,7 @@ fn start_as_the_unit(
     let pin_dir = lab.pin_dir.to_string_lossy().into_owned();
     let user = unit.one("User");
     assert_eq!(unit.one("Group"), user);
-    // The unit's pin directory is the loader's default; the lab has its own.
+    // The unit's pin directory is the loader's default; the lab's stands for it on the host.
     assert_eq!(unit.one("BindPaths"), DEFAULT_PIN_DIR);
     assert_eq!(unit.one("TemporaryFileSystem"), "/sys/fs/bpf");
     assert_eq!(
@@ -348,13 +389,19 @@ fn start_as_the_unit(
     let exec: Vec<&str> = unit.one("ExecStart").split_whitespace().collect();
     let stage = lab.file("pin-stage");
     std::fs::create_dir_all(&stage).unwrap();
+    let config_dir = Path::new(DEFAULT_CONFIG).parent().unwrap();
+    let etc_layer = lab.file("etc-layer");
+    std::fs::create_dir_all(etc_layer.join(config_dir.strip_prefix("/etc").unwrap())).unwrap();
     let mounts = format!(
         r#"set -e
 mount -t tmpfs -o mode=0755 tmpfs {RECORD_DIR} && chown {uid}:{uid} {RECORD_DIR}
 mount --bind "$PIN_DIR" "$STAGE"
 mount -t tmpfs -o mode=0755 tmpfs /sys/fs/bpf
-mkdir -p "$PIN_DIR" && mount --move "$STAGE" "$PIN_DIR"
-exec "$@""#
+mkdir {DEFAULT_PIN_DIR} && mount --move "$STAGE" {DEFAULT_PIN_DIR}
+mount -t overlay overlay -o "lowerdir=$ETC_LAYER:/etc" /etc
+mount --bind "$CONFIG_DIR" {config_dir}
+exec "$@""#,
+        config_dir = config_dir.display()
     );
     // The mount point of the runtime directory; systemd makes it as root.
     std::fs::create_dir_all(RECORD_DIR).unwrap();
@@ -391,11 +438,10 @@ exec "$@""#
         .arg(format!("NOTIFY_SOCKET={}", notify.display()))
         .arg(root.join(exec[0].trim_start_matches('/')))
         .args(&exec[1..])
-        // Until the configuration file names them, the interfaces and the pin directory
-        // go on the command line.
-        .args([SERVER_IF, "--pin-dir", &pin_dir])
         .env("PIN_DIR", &pin_dir)
         .env("STAGE", &stage)
+        .env("ETC_LAYER", &etc_layer)
+        .env("CONFIG_DIR", config(root).parent().unwrap())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
@@ -466,36 +512,115 @@ impl Drop for Running {
     }
 }
 
+/// What the unit needs started from a fresh install: the lab's notify socket, the unit
+/// read, its user's uid.
+struct Service {
+    root: PathBuf,
+    unit: Unit,
+    uid: u32,
+    systemd: NotifySocket,
+    log: PathBuf,
+}
+
+impl Service {
+    fn install(lab: &Lab) -> Self {
+        let root = install(lab);
+        let unit = Unit::read(&root);
+        let uid = service_uid(unit.one("User"));
+        Self {
+            systemd: NotifySocket::bind(&lab.file("notify")),
+            log: lab.file("service.log"),
+            root,
+            unit,
+            uid,
+        }
+    }
+
+    /// `systemctl start ftp-tracker`, as far as the loader can tell.
+    fn start(&self, lab: &Lab) -> Running {
+        Running(start_as_the_unit(
+            lab,
+            &self.root,
+            &self.unit,
+            self.uid,
+            &lab.file("notify"),
+            &self.log,
+        ))
+    }
+
+    /// What the loader wrote to stdout and stderr (the journal, under systemd).
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Started right after the install, before the admin named an interface in the shipped
+/// configuration: it says so in one sentence, exits 1 (a failed start) and was never
+/// ready.
+#[test]
+fn with_the_shipped_configuration_the_unit_says_to_name_the_interfaces() {
+    let lab = lab("unnamed");
+    let service = Service::install(&lab);
+    let mut loader = service.start(&lab);
+    wait_within("the loader to exit", LIMIT, || {
+        Ok(loader.0.try_wait()?.is_some())
+    })
+    .unwrap();
+    let exit = loader.0.wait().unwrap();
+    assert_eq!(exit.code(), Some(1), "{exit}: {}", service.log());
+    assert_eq!(
+        service.log(),
+        format!(
+            "ftp-loader: no interface to guard: name them on the command line (`ftp-loader run eth0`) or as `interfaces = [\"eth0\"]` in {DEFAULT_CONFIG}\n"
+        )
+    );
+    assert_eq!(service.systemd.next(Duration::from_millis(100)), None);
+}
+
+/// A port in the guarded range that the configuration never opens, with a listener: what
+/// the guard must close until SIGTERM detaches it.
+const GUARDED: u16 = UNANNOUNCED + 1;
+
+/// The live expectations as `ftp-loader expectations --json` lists them, less their
+/// remaining time.
+fn expectations(lab: &Lab) -> Vec<serde_json::Value> {
+    let mut list = lab.loader_json("expectations").unwrap();
+    let list = list.as_array_mut().unwrap();
+    for entry in list.iter_mut() {
+        entry.as_object_mut().unwrap().remove("expires_in_secs");
+    }
+    list.clone()
+}
+
 #[test]
 fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads() {
     let mut lab = lab("unit");
     lab.start_listener(UNANNOUNCED).unwrap();
-    // A control connection open before the start, for the service's user to adopt.
-    Server::Vsftpd.start(&mut lab).unwrap();
-    let _control = in_netns(&lab.client_ns, || {
-        Ok(TcpStream::connect_timeout(
-            &SocketAddr::from((SERVER_IP, 21)),
-            Duration::from_secs(10),
-        )?)
+    let _guarded = in_netns(&lab.server_ns, || {
+        Ok(TcpListener::bind((SERVER_IP, GUARDED))?)
     })
     .unwrap();
-    let root = install(&lab);
-    let unit = Unit::read(&root);
-    let uid = service_uid(unit.one("User"));
-    let systemd = NotifySocket::bind(&lab.file("notify"));
-    let log = lab.file("service.log");
-    let mut loader = Running(start_as_the_unit(
-        &lab,
-        &root,
-        &unit,
-        uid,
-        &lab.file("notify"),
-        &log,
-    ));
-    let service_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // A control connection open before the start, for the service's user to adopt.
+    Server::Vsftpd.start(&mut lab).unwrap();
+    let mut ftp = in_netns(&lab.client_ns, || Ftp::open(ftp::TIMEOUT)).unwrap();
+    let reachable = |port| {
+        lab.client_connects(IpAddr::from(SERVER_IP), port, Duration::from_millis(500))
+            .unwrap()
+    };
+    let service = Service::install(&lab);
+    // The admin names the interface in the installed configuration, and nothing else.
+    edit_config(
+        &service.root,
+        "interfaces = []",
+        &format!("interfaces = [\"{SERVER_IF}\"]"),
+    );
+    let mut loader = service.start(&lab);
+    let systemd = &service.systemd;
+    let log = &service.log;
+    let service_log = || service.log();
 
     // Verifying the programs takes seconds, more on a machine running tests in parallel.
-    let messages = systemd.until("READY=1", LIMIT, &mut loader.0, &log);
+    let messages = systemd.until("READY=1", LIMIT, &mut loader.0, log);
     // Ready means guarding: the unannounced listener is closed at once.
     assert!(
         !lab.unannounced_reachable(),
@@ -507,6 +632,14 @@ fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads()
         ready.contains("STATUS=guarding: "),
         "READY=1 without the counters' status: {ready:?}"
     );
+    // It read the installed configuration at the default path, and pinned in the default
+    // directory.
+    for line in [
+        format!("configuration: {DEFAULT_CONFIG} "),
+        format!("`ftp-loader stats --pin-dir {DEFAULT_PIN_DIR}`"),
+    ] {
+        assert!(service_log().contains(&line), "{line}: {}", service_log());
+    }
     // As that user it found the open control connection among the host's sockets
     // (sock_diag).
     assert!(
@@ -519,7 +652,7 @@ fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads()
     assert!(
         status["Uid"]
             .split_whitespace()
-            .all(|id| id == uid.to_string()),
+            .all(|id| id == service.uid.to_string()),
         "{status:?}"
     );
     assert_eq!(status["NoNewPrivs"], "1");
@@ -527,15 +660,31 @@ fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads()
     let caps = format!("{:016x}", 1u64 << 12 | 1 << 38 | 1 << 39);
     assert_eq!(status["CapEff"], caps, "{status:?}");
     assert_eq!(status["CapBnd"], caps, "{status:?}");
-    // Its pins are the host's, where `ftp-loader stats` finds them and sees it alive.
+    // Its pins are the host's (the lab's directory, bound at the default path), where
+    // `ftp-loader stats` finds them and sees it alive.
     let counters = lab.stats().unwrap();
     assert!(counters["unsolicited_dropped"] >= 1, "{counters:?}");
+    // The adopted control connection announces: an expectation.
+    ftp.log_in().unwrap();
+    let announced = ftp.pasv().unwrap();
+    let before = expectations(&lab);
+    assert!(
+        before.len() == 1 && before[0]["port"] == announced.port(),
+        "{announced}: {before:?}"
+    );
 
+    // The admin opens the unannounced listener in the configuration, and
     // `systemctl reload` (ExecReload=): RELOADING=1, then READY=1, still guarding.
-    assert_eq!(unit.one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    edit_config(
+        &service.root,
+        "# allow-port = []",
+        &format!("allow-port = [{UNANNOUNCED}]"),
+    );
+    assert_eq!(service.unit.one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    let counters = lab.stats().unwrap();
     // SAFETY: signalling our own child (setpriv and the rest exec'd into the loader).
     unsafe { libc::kill(loader.0.id() as i32, libc::SIGHUP) };
-    let messages = systemd.until("READY=1", LIMIT, &mut loader.0, &log);
+    let messages = systemd.until("READY=1", LIMIT, &mut loader.0, log);
     let reloading = messages
         .iter()
         .position(|m| m.lines().any(|l| l == "RELOADING=1"))
@@ -544,31 +693,51 @@ fn started_as_the_unit_starts_it_the_binary_is_ready_once_guarding_and_reloads()
         messages[reloading].contains("MONOTONIC_USEC="),
         "{messages:?}"
     );
-    assert!(!lab.unannounced_reachable(), "{}", service_log());
     assert!(loader.0.try_wait().unwrap().is_none(), "{}", service_log());
+    let applied = format!("SIGHUP: applied {DEFAULT_CONFIG}: allow-port (none) -> {UNANNOUNCED}");
+    assert!(service_log().contains(&applied), "{}", service_log());
+    // The setting changed: the listener is open, the rest of the range still guarded.
+    assert!(reachable(UNANNOUNCED), "{}", service_log());
+    assert!(!reachable(GUARDED), "{}", service_log());
+    // And no state was lost: the expectation is still there, and still admits its data
+    // connection.
+    assert_eq!(expectations(&lab), before);
+    let after = lab.stats().unwrap();
+    for counter in ["expectations_created", "flows_tracked"] {
+        assert_eq!(after[counter], counters[counter], "{counter}");
+    }
+    let blob = in_netns(&lab.client_ns, || ftp.retr_from(announced, BLOB_PATH)).unwrap();
+    assert!(blob == lab.blob().unwrap(), "the download differs");
+    let counters = lab.stats().unwrap();
+    assert_eq!(counters["flows_tracked"], after["flows_tracked"] + 1);
 
     // STATUS= is refreshed from the live counters: the attempts on the unannounced
-    // listener since READY=1 show.
+    // listener, the announcement and the download since READY=1 show.
     let limit = notify::STATUS_INTERVAL + Duration::from_secs(5);
-    let messages = systemd.until("STATUS=", limit, &mut loader.0, &log);
+    let messages = systemd.until("STATUS=", limit, &mut loader.0, log);
     let status = messages.last().unwrap();
-    let dropped: u64 = status
-        .split(" unannounced SYNs dropped")
-        .next()
-        .and_then(|before| before.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count of dropped SYNs in {status:?}"));
-    assert!(dropped >= 1, "{status:?}");
+    let figures = format!(
+        "guarding: {} data connections announced, {} admitted, {} unannounced SYNs dropped",
+        counters["expectations_created"],
+        counters["flows_tracked"],
+        counters["unsolicited_dropped"]
+    );
+    assert!(status.contains(&figures), "{status:?}: not {figures}");
+    assert!(counters["unsolicited_dropped"] >= 1, "{counters:?}");
 
-    // `systemctl stop`: STOPPING=1, and a clean exit.
+    // `systemctl stop`: STOPPING=1, a clean exit, the guard detached and the pins gone.
     // SAFETY: as above.
     unsafe { libc::kill(loader.0.id() as i32, libc::SIGTERM) };
-    systemd.until("STOPPING=1", LIMIT, &mut loader.0, &log);
+    systemd.until("STOPPING=1", LIMIT, &mut loader.0, log);
     wait_within("the loader to exit", LIMIT, || {
         Ok(loader.0.try_wait()?.is_some())
     })
     .unwrap();
     let exit = loader.0.wait().unwrap();
     assert!(exit.success(), "it ended with {exit}: {}", service_log());
-    assert!(lab.unannounced_reachable(), "still guarded after the stop");
+    assert!(reachable(GUARDED), "still guarded after the stop");
+    let pins: Vec<_> = std::fs::read_dir(&lab.pin_dir)
+        .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
+        .unwrap_or_default();
+    assert!(pins.is_empty(), "pins left after the stop: {pins:?}");
 }
