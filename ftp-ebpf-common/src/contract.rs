@@ -14,6 +14,7 @@ use crate::{
     addr::AddrKey,
     config::Config,
     control::ControlState,
+    event::EventBucket,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
     policy::PortInfo,
@@ -57,6 +58,17 @@ pub const LOCAL_ADDRS_ENTRIES: u32 = 4096;
 pub const PORTS_ENTRIES: u32 = u16::MAX as u32 + 1;
 /// Entries of the per-CPU scratch buffers: one per direction.
 pub const SCRATCH_ENTRIES: u32 = 2;
+/// Bytes of the EVENTS ring buffer (a power-of-two number of pages): 2730 events of 88
+/// bytes behind the ring's 8-byte headers, seconds of a busy server's announcements should
+/// the reader stall.
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Drop and refusal events (`event::EventKind::limited`) one CPU writes at once before
+/// the rate limit applies...
+pub const EVENT_BURST: u32 = 100;
+/// ...and a second after that (one token every `EVENT_TOKEN_NS`); the rest are counted
+/// (`events_suppressed`).
+pub const EVENT_RATE_PER_SEC: u64 = 100;
+pub const EVENT_TOKEN_NS: u64 = NS_PER_SEC / EVENT_RATE_PER_SEC;
 
 /// A hash map (LRU or plain) of `K` to `V`.
 pub struct HashTable<K, V> {
@@ -93,12 +105,10 @@ impl ArrayKind for PerCpu {
     const PER_CPU: bool = true;
 }
 
-/// A global the loader sets at load time, of type `T`.
-pub struct GlobalVar<T> {
+/// A ring buffer of `bytes` bytes (BPF_MAP_TYPE_RINGBUF).
+pub struct RingBuffer {
     pub name: &'static str,
-    /// Whether the object must have it (false: aya-log's, absent without log lines).
-    pub required: bool,
-    types: PhantomData<fn() -> T>,
+    pub bytes: u32,
 }
 
 impl<K, V> HashTable<K, V> {
@@ -163,12 +173,19 @@ pub const PORTS: ArrayTable<PortInfo, Shared> = ArrayTable::new("PORTS", PORTS_E
 pub const STATS: ArrayTable<u64, PerCpu> = ArrayTable::new("STATS", COUNTERS);
 /// The settings the programs read while they run (`config::Config`), in entry 0.
 pub const CONFIG: ArrayTable<Config, Shared> = ArrayTable::new("CONFIG", 1);
+/// The events (`event::Event`), for `ftp-loader events` and `run --log-events`.
+pub const EVENTS: RingBuffer = RingBuffer {
+    name: "EVENTS",
+    bytes: EVENTS_RING_BYTES,
+};
+/// Each CPU's token bucket of the limited events.
+pub const EVENT_BUCKETS: ArrayTable<EventBucket, PerCpu> = ArrayTable::new("EVENT_BUCKETS", 1);
 /// Per-CPU scratch space of the kernel programs (their types are the kernel's own).
 pub const OPTIONS: &str = "OPTIONS";
 pub const SCAN: &str = "SCAN";
 
 /// Every map of the object.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 12] = [
     EXPECTATIONS.name,
     CONTROLS.name,
     FLOWS.name,
@@ -177,6 +194,8 @@ pub const MAP_NAMES: [&str; 10] = [
     PORTS.name,
     STATS.name,
     CONFIG.name,
+    EVENTS.name,
+    EVENT_BUCKETS.name,
     OPTIONS,
     SCAN,
 ];
@@ -192,23 +211,14 @@ pub const EGRESS_PROGRAM: &str = "ftp_egress";
 
 pub const PROGRAM_NAMES: [&str; 3] = [INGRESS_PROGRAM, INGRESS_TC_PROGRAM, EGRESS_PROGRAM];
 
-// The globals.
-
-/// aya-log's level filter: 3 = info, 4 = debug.
-pub const AYA_LOG_LEVEL: GlobalVar<u8> = GlobalVar {
-    name: "AYA_LOG_LEVEL",
-    required: false,
-    types: PhantomData,
-};
-
 #[cfg(feature = "user")]
 pub use user::*;
 
 #[cfg(feature = "user")]
 mod user {
     use aya::{
-        Ebpf, EbpfLoader, Pod,
-        maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray},
+        Ebpf, Pod,
+        maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray, RingBuf},
         programs::{SchedClassifier, Xdp},
     };
 
@@ -315,10 +325,21 @@ mod user {
         }
     }
 
-    impl<T: Pod> GlobalVar<T> {
-        /// Sets the global in the object `loader` loads.
-        pub fn set<'a>(&self, loader: &mut EbpfLoader<'a>, value: &'a T) {
-            loader.override_global(self.name, value, self.required);
+    impl RingBuffer {
+        pub fn map_type(&self) -> MapType {
+            MapType::RingBuf
+        }
+
+        /// The ring as a pin (`Map::from_map_data`) holds it.
+        pub fn from_map(&self, map: Map) -> Result<RingBuf<MapData>> {
+            RingBuf::try_from(map).map_err(|e| ContractError::Map(self.name, e))
+        }
+    }
+
+    impl<V: Pod> ArrayTable<V, Shared> {
+        /// The array as a pin (`Map::from_map_data`) holds it.
+        pub fn from_map(&self, map: Map) -> Result<Array<MapData, V>> {
+            Array::try_from(map).map_err(|e| ContractError::Map(self.name, e))
         }
     }
 

@@ -12,6 +12,7 @@ pub mod addr;
 pub mod config;
 pub mod contract;
 pub mod control;
+pub mod event;
 pub mod expect;
 pub mod flow;
 pub mod parse;
@@ -47,5 +48,7 @@ mod pod {
         crate::addr::AddrKey,
         crate::share::ClientShare,
         crate::config::Config,
+        crate::event::Event,
+        crate::event::EventBucket,
     );
 }

@@ -56,6 +56,8 @@ counters! {
     FlowOutOfWindow => "flow_out_of_window": "FIN/RST of tracked data connections outside their TCP window, ignored",
     MalformedPackets => "malformed_packets": "truncated IP/TCP headers, passed uninspected",
     UninspectableDropped => "uninspectable_dropped": "inbound packets hiding their TCP flags (tiny first fragments, over-long IPv6 header chains), dropped",
+    EventsSuppressed => "events_suppressed": "drop and refusal events not written while somebody follows the events, because they came faster than the rate limit (per CPU: bursts of 100, then 100 a second)",
+    EventsLost => "events_lost": "events not written because the event ring buffer was full (its reader lags behind)",
 }
 
 pub const COUNTERS: u32 = Counter::ALL.len() as u32;
