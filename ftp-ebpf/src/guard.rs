@@ -3,9 +3,9 @@
 //! outside.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use aya_log_ebpf::debug;
 use ftp_ebpf_common::{
     addr::AddrKey,
+    event::EventKind,
     expect::ExpectKey,
     flow::{FlowKey, FlowValue, Observed},
     policy::{PortInfo, SynVerdict, coarse_time, syn_verdict},
@@ -14,6 +14,7 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
+    events,
     maps::{EXPECTATIONS, FLOWS, LOCAL_ADDRS, config, count, now_ns},
     packet::{Direction, Frame, Segment},
     share,
@@ -114,10 +115,19 @@ pub fn new_connection(
             } else {
                 count(Counter::FlowTableFull);
             }
-            debug!(&(), "admitted data connection to port {}", syn.dst_port);
+            events::syn(
+                EventKind::Admitted,
+                syn,
+                expectation.map(|expectation| &expectation.control),
+            );
             true
         }
-        SynVerdict::Admit | SynVerdict::Unsolicited => refuse(direction),
+        SynVerdict::Admit | SynVerdict::Unsolicited => {
+            if inbound {
+                events::syn(EventKind::UnsolicitedDropped, syn, None);
+            }
+            refuse(direction)
+        }
         SynVerdict::Expired => {
             if EXPECTATIONS.remove(&key).is_ok() {
                 if let Some(expectation) = expectation {
@@ -126,10 +136,24 @@ pub fn new_connection(
             }
             if inbound {
                 count(Counter::ExpectationsExpired);
+                events::syn(
+                    EventKind::Expired,
+                    syn,
+                    expectation.map(|expectation| &expectation.control),
+                );
             }
             refuse(direction)
         }
     }
+}
+
+/// A SYN refused before its key was built (`refuse`), with its event.
+#[inline(always)]
+pub fn unsolicited(frame: &impl Frame, segment: &Segment, direction: Direction) -> bool {
+    if direction == Direction::Ingress {
+        events::packet(frame, segment, EventKind::UnsolicitedDropped);
+    }
+    refuse(direction)
 }
 
 /// Outbound SYNs are the host's own connections: never dropped.

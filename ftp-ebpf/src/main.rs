@@ -6,6 +6,7 @@
 #![no_main]
 
 mod control;
+mod events;
 mod guard;
 mod maps;
 mod packet;
@@ -93,11 +94,11 @@ fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
         // SAFETY: as above.
         let port = unsafe { &*to };
         if port.never_used() {
-            return guard::refuse(direction);
+            return guard::unsolicited(frame, &segment, direction);
         }
         let now = now_ns();
         if !port.may_be_solicited(now, config().expect_timeout_ns) {
-            return guard::refuse(direction);
+            return guard::unsolicited(frame, &segment, direction);
         }
         let Some(syn) = segment.flow(frame) else {
             return true;

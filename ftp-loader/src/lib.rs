@@ -6,6 +6,7 @@ pub mod adopt;
 pub mod attach;
 pub mod checks;
 pub mod ebpf;
+pub mod events;
 pub mod pins;
 pub mod record;
 pub mod stats;

@@ -5,12 +5,13 @@ use aya::Ebpf;
 use clap::{
     Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind, parser::ValueSource,
 };
-use ftp_ebpf_common::contract::{EXPECTATIONS, FLOWS, STATS};
+use ftp_ebpf_common::contract::{EVENTS, EXPECTATIONS, FLOWS, STATS};
 use ftp_loader::{
     addrs, adopt,
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     ebpf::{self, Settings},
+    events::{self, Reader},
     monotonic_ns,
     pins::{self, DEFAULT_PIN_DIR, Inherited, PinDir},
     record::{Record, current_netns, now_unix},
@@ -53,7 +54,7 @@ struct Options {
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// Print JSON: `stats` one flat object of counter name to integer, `expectations` and
-    /// `flows` an array of objects, `status` one object.
+    /// `flows` an array of objects, `status` one object, `events` one object per line.
     #[arg(long, global = true)]
     json: bool,
 }
@@ -68,6 +69,9 @@ enum Command {
     Expectations,
     /// List the tracked data connections, like `conntrack -L`.
     Flows,
+    /// Follow the events (announced, admitted, refused, expired, dropped) as they happen,
+    /// like `conntrack -E expect`, until SIGINT or SIGTERM.
+    Events,
     /// Show what is attached where, since when, by which build, and whether a loader
     /// process is alive.
     Status,
@@ -90,6 +94,7 @@ impl Command {
             Self::Stats => "stats",
             Self::Expectations => "expectations",
             Self::Flows => "flows",
+            Self::Events => "events",
             Self::Status => "status",
             Self::Unload { .. } => "unload",
         }
@@ -113,6 +118,10 @@ struct RunArgs {
     /// back and attaching again.
     #[arg(long)]
     exit_on_interface_loss: bool,
+    /// Log each event (announced, admitted, refused, expired, dropped) with its addresses,
+    /// one line each; it is then the events' one reader (`ftp-loader events` is refused).
+    #[arg(long)]
+    log_events: bool,
 }
 
 /// `stats`, the listings and `status` exit with this when what they read is there but no
@@ -152,8 +161,9 @@ fn parse() -> Cli {
         Some(_) => None,
     };
     if let Some(name) = json_for.filter(|_| cli.options.json) {
-        let message =
-            format!("--json is for stats, expectations, flows and status, not `{name}`: drop it");
+        let message = format!(
+            "--json is for stats, expectations, flows, events and status, not `{name}`: drop it"
+        );
         command.error(ErrorKind::ArgumentConflict, message).exit();
     }
     cli
@@ -193,6 +203,7 @@ fn main() {
         Some(Command::Stats) => print_stats(&pin_dir, json),
         Some(Command::Expectations) => print_expectations(&pin_dir, json),
         Some(Command::Flows) => print_flows(&pin_dir, json),
+        Some(Command::Events) => follow_events(&pin_dir, json),
         Some(Command::Status) => status(&pin_dir, json),
         Some(Command::Unload { interfaces, all: _ }) => unload(&pin_dir, &interfaces),
         Some(Command::Run(args)) => run(args, &pin_dir),
@@ -236,6 +247,23 @@ fn print_flows(pin_dir: &Path, json: bool) -> Result<()> {
     print_rows(&tables::flows(&table), monotonic_ns(), json);
     require_live_loader(pin_dir);
     Ok(())
+}
+
+/// `ftp-loader events`: prints the events until SIGINT, SIGTERM, a closed pipe or the
+/// instance's end.
+fn follow_events(pin_dir: &Path, json: bool) -> Result<()> {
+    open_pin(pin_dir, EVENTS.name)?;
+    let reader = Reader::open(pin_dir)?;
+    if !pins::loader_alive(pin_dir) {
+        eprintln!(
+            "ftp-loader: no loader process is alive for {}; the guard it left attached still writes events",
+            pin_dir.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(events::follow(reader, json))
 }
 
 fn print_rows<R: Row>(rows: &[R], now_ns: u64, json: bool) {
@@ -308,7 +336,6 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
             pins.remove_all();
         }
     })?;
-    let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the eBPF log reader")?;
 
     let mut record = Record::new(pin_dir);
     let mut attached: Vec<Attached> = Vec::new();
@@ -378,6 +405,7 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
         pin_dir.display()
     );
 
+    let events = args.log_events.then(|| Reader::open(pin_dir)).transpose()?;
     let mut instance = Instance {
         ebpf,
         pins,
@@ -386,7 +414,7 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
         choice: args.xdp_mode,
         exit_on_interface_loss: args.exit_on_interface_loss,
     };
-    let exit = runtime.block_on(serve(&mut instance, signals, logger, watch));
+    let exit = runtime.block_on(serve(&mut instance, signals, events, watch));
     let Instance {
         ebpf,
         pins,
@@ -636,19 +664,23 @@ impl Signals {
     }
 }
 
-/// Waits for signals, the programs' log lines and interfaces coming and going. Nothing here
-/// walks the tables (the programs expire entries themselves), so a signal is served at
-/// once whatever their size.
+/// Waits for signals, events (with --log-events) and interfaces coming and going. Nothing
+/// here walks the tables (the programs expire entries themselves), so a signal is served
+/// at once whatever their size.
 async fn serve(
     instance: &mut Instance,
     mut signals: Signals,
-    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    events: Option<Reader>,
     watch: Watch,
 ) -> Result<Exit> {
-    // SAFETY: the logger owns its ring buffer descriptor, which outlives the registration
-    // (both are dropped together with `logs`).
-    let mut logs = unsafe { AsyncFd::register(logger) }
-        .map_err(|e| anyhow::anyhow!("watching the eBPF log buffer: {}", e.into_parts().1))?;
+    let mut events = match events {
+        // SAFETY: the reader owns its ring buffer descriptor, which outlives the
+        // registration (both are dropped together with `events`).
+        Some(reader) => Some(unsafe { AsyncFd::register(reader) }.map_err(|e| {
+            anyhow::anyhow!("watching the event ring buffer: {}", e.into_parts().1)
+        })?),
+        None => None,
+    };
     // SAFETY: the watch owns its socket, which outlives the registration (both are dropped
     // together with `links`).
     let mut links = unsafe { AsyncFd::register(watch) }
@@ -661,10 +693,13 @@ async fn serve(
             _ = signals.hangup.recv() => info!(
                 "SIGHUP: nothing to reload; ftp-loader has no configuration file yet, its settings are its command line"
             ),
-            guard = logs.readable_mut() => {
-                let mut guard = guard?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
+            guard = async { events.as_mut()?.readable_mut().await.ok() }, if events.is_some() => {
+                if let Some(mut guard) = guard {
+                    for row in guard.get_inner_mut().rows() {
+                        info!("event: {row}");
+                    }
+                    guard.clear_ready();
+                }
             }
             guard = links.readable_mut() => {
                 let mut guard = guard?;
@@ -680,7 +715,11 @@ async fn serve(
             }
         }
     };
-    logs.get_mut().flush();
+    if let Some(events) = &mut events {
+        for row in events.get_mut().rows() {
+            info!("event: {row}");
+        }
+    }
     Ok(exit)
 }
 

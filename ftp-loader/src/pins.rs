@@ -14,10 +14,11 @@ use aya::{
     maps::{HashMap, Map, MapData, MapType},
 };
 use ftp_ebpf_common::contract::{
-    ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EXPECTATIONS, FLOWS, HashTable, PORTS, STATS,
+    ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EVENTS, EXPECTATIONS, FLOWS, HashTable,
+    PORTS, RingBuffer, STATS,
 };
 
-use crate::ebpf::Settings;
+use crate::{ebpf::Settings, events::READER_LOCK};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftp-tracker";
 
@@ -62,11 +63,23 @@ fn array<V: Pod, K: ArrayKind>(table: ArrayTable<V, K>) -> StateMap {
     }
 }
 
+fn ring(ring: RingBuffer) -> StateMap {
+    StateMap {
+        name: ring.name,
+        kind: ring.map_type(),
+        key_size: 0,
+        value_size: 0,
+        copy: None,
+        entries: Some(ring.bytes),
+    }
+}
+
 /// The names of the tables pinned for the next instance: every map whose contents must
-/// survive a restart. The scan buffers are scratch space, the log buffer belongs to one
-/// loader, and each loader fills LOCAL_ADDRS anew. CONFIG is pinned so that the commands
-/// that read a running instance can see its settings.
-pub const STATE_MAP_NAMES: [&str; 7] = [
+/// survive a restart. The scan buffers and rate limits are scratch space, and each loader
+/// fills LOCAL_ADDRS anew. CONFIG is pinned so that the commands that read a running
+/// instance can see its settings and `ftp-loader events` can switch the events on, EVENTS
+/// so that it can read them (across a restart of the loader too).
+pub const STATE_MAP_NAMES: [&str; 8] = [
     STATS.name,
     CONFIG.name,
     PORTS.name,
@@ -74,6 +87,7 @@ pub const STATE_MAP_NAMES: [&str; 7] = [
     FLOWS.name,
     CONTROLS.name,
     CLIENTS.name,
+    EVENTS.name,
 ];
 
 /// The tables of `STATE_MAP_NAMES`, as the contract types them.
@@ -86,6 +100,7 @@ fn state_maps() -> [StateMap; STATE_MAP_NAMES.len()] {
         hash(FLOWS),
         hash(CONTROLS),
         hash(CLIENTS),
+        ring(EVENTS),
     ]
 }
 
@@ -281,6 +296,7 @@ pub fn remove_pins(dir: &Path) {
     for name in STATE_MAP_NAMES {
         let _ = std::fs::remove_file(dir.join(name));
     }
+    let _ = std::fs::remove_dir(dir.join(READER_LOCK));
     let _ = std::fs::remove_dir(dir);
 }
 
