@@ -254,6 +254,11 @@ fn print_flows(pin_dir: &Path, json: bool) -> Result<()> {
 fn follow_events(pin_dir: &Path, json: bool) -> Result<()> {
     open_pin(pin_dir, EVENTS.name)?;
     let reader = Reader::open(pin_dir)?;
+    // On stderr, as tcpdump says what it listens to: the events alone go to stdout.
+    eprintln!(
+        "ftp-loader: following the events of pin directory {} (Ctrl-C ends)",
+        pin_dir.display()
+    );
     if !pins::loader_alive(pin_dir) {
         eprintln!(
             "ftp-loader: no loader process is alive for {}; the guard it left attached still writes events",
