@@ -319,6 +319,12 @@ mod user {
                 .map_err(|e| ContractError::Map(self.name, e))
         }
 
+        /// The array of a loaded object, to write.
+        pub fn of_mut<'a>(&self, ebpf: &'a mut Ebpf) -> Result<PerCpuArray<&'a mut MapData, V>> {
+            PerCpuArray::try_from(map_mut(ebpf, self.name)?)
+                .map_err(|e| ContractError::Map(self.name, e))
+        }
+
         /// The array as a pin (`Map::from_map_data`) holds it.
         pub fn from_map(&self, map: Map) -> Result<PerCpuArray<MapData, V>> {
             PerCpuArray::try_from(map).map_err(|e| ContractError::Map(self.name, e))
