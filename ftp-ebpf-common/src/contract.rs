@@ -62,6 +62,10 @@ pub const SCRATCH_ENTRIES: u32 = 2;
 /// bytes behind the ring's 8-byte headers, seconds of a busy server's announcements should
 /// the reader stall.
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// How often a reader of the events looks for new ones: the programs wake it only when
+/// the ring is half full (a wakeup costs an interrupt per event), so this bounds how late
+/// an event is shown.
+pub const EVENTS_POLL_MS: u64 = 100;
 /// Drop and refusal events (`event::EventKind::limited`) one CPU writes at once before
 /// the rate limit applies...
 pub const EVENT_BURST: u32 = 100;

@@ -19,7 +19,7 @@ use aya::maps::{Array, MapData, RingBuf};
 use ftp_ebpf_common::{
     addr::{Family, to_ip},
     config::Config,
-    contract::{CONFIG, EVENTS},
+    contract::{CONFIG, EVENTS, EVENTS_POLL_MS},
     event::{Event, EventKind, Reason},
     flow::FlowKey,
 };
@@ -287,32 +287,42 @@ pub async fn follow(reader: Reader, json: bool) -> Result<()> {
     // (both are dropped together with `ring`).
     let mut ring = unsafe { AsyncFd::register(reader) }
         .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {}", e.into_parts().1))?;
-    // Noticing the instance's end takes a look now and then: nothing signals it.
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = poll_interval();
     let mut out = std::io::stdout().lock();
     loop {
-        tokio::select! {
+        let rows = tokio::select! {
             _ = interrupt.recv() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
             _ = tick.tick() => {
+                // Nothing signals the instance's end: it is noticed on a look like this.
                 if ring.get_ref().instance_gone() {
                     eprintln!("ftp-loader: the instance stopped and removed its pins: no more events");
                     return Ok(());
                 }
+                ring.get_mut().rows()
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                for row in guard.get_inner_mut().rows() {
-                    let line = if json { row.json() } else { row.to_string() };
-                    // A reader piped into `head` ends when the pipe closes, as a listing does.
-                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                        return Ok(());
-                    }
-                }
+                let rows = guard.get_inner_mut().rows();
                 guard.clear_ready();
+                rows
+            }
+        };
+        for row in rows {
+            let line = if json { row.json() } else { row.to_string() };
+            // A reader piped into `head` ends when the pipe closes, as a listing does.
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                return Ok(());
             }
         }
     }
+}
+
+/// When a reader looks for events the programs did not wake it for.
+pub fn poll_interval() -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(EVENTS_POLL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 fn set_events(config: &mut Array<MapData, Config>, on: bool) -> Result<()> {

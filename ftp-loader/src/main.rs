@@ -690,6 +690,7 @@ async fn serve(
     // together with `links`).
     let mut links = unsafe { AsyncFd::register(watch) }
         .map_err(|e| anyhow::anyhow!("watching interfaces and addresses: {}", e.into_parts().1))?;
+    let mut poll = events::poll_interval();
     let exit = loop {
         tokio::select! {
             _ = signals.interrupt.recv() => break Exit::Detach,
@@ -700,10 +701,13 @@ async fn serve(
             ),
             guard = async { events.as_mut()?.readable_mut().await.ok() }, if events.is_some() => {
                 if let Some(mut guard) = guard {
-                    for row in guard.get_inner_mut().rows() {
-                        info!("event: {row}");
-                    }
+                    log_events(guard.get_inner_mut());
                     guard.clear_ready();
+                }
+            }
+            _ = poll.tick(), if events.is_some() => {
+                if let Some(events) = &mut events {
+                    log_events(events.get_mut());
                 }
             }
             guard = links.readable_mut() => {
@@ -721,11 +725,16 @@ async fn serve(
         }
     };
     if let Some(events) = &mut events {
-        for row in events.get_mut().rows() {
-            info!("event: {row}");
-        }
+        log_events(events.get_mut());
     }
     Ok(exit)
+}
+
+/// --log-events: one line per event.
+fn log_events(reader: &mut Reader) {
+    for row in reader.rows() {
+        info!("event: {row}");
+    }
 }
 
 impl Instance {
