@@ -93,11 +93,8 @@ fn inspect<F: Frame>(frame: &F, direction: Direction) -> bool {
     } else if to_class == PortClass::Guarded && segment.is_syn() {
         // SAFETY: as above.
         let port = unsafe { &*to };
-        if port.never_used() {
-            return guard::unsolicited(frame, &segment, direction);
-        }
-        let now = now_ns();
-        if !port.may_be_solicited(now, config().expect_timeout_ns) {
+        // One call for both: each call of a subprogram is verified again.
+        if port.never_used() || !port.may_be_solicited(now_ns(), config().expect_timeout_ns) {
             return guard::unsolicited(frame, &segment, direction);
         }
         let Some(syn) = segment.flow(frame) else {

@@ -259,6 +259,23 @@ impl Reader {
     }
 }
 
+/// At a loader's start: a reader killed before it could clear `Config::events` left the
+/// programs writing for nobody (into a full ring); they stop unless a reader is alive.
+pub fn stop_if_unread(pin_dir: &Path) -> Result<()> {
+    // A reader creates the directory: without it there never was one.
+    let Ok(lock) = File::open(pin_dir.join(READER_LOCK)) else {
+        return Ok(());
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        set_events(
+            &mut CONFIG.from_map(pins::open(pin_dir, CONFIG.name)?)?,
+            false,
+        )?;
+    }
+    Ok(())
+}
+
 impl AsRawFd for Reader {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.ring.as_raw_fd()

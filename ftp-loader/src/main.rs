@@ -252,7 +252,8 @@ fn print_flows(pin_dir: &Path, json: bool) -> Result<()> {
 /// `ftp-loader events`: prints the events until SIGINT, SIGTERM, a closed pipe or the
 /// instance's end.
 fn follow_events(pin_dir: &Path, json: bool) -> Result<()> {
-    open_pin(pin_dir, EVENTS.name)?;
+    checks::capabilities(Task::Read)?;
+    checks::pin_readable(pin_dir, EVENTS.name)?;
     let reader = Reader::open(pin_dir)?;
     // On stderr, as tcpdump says what it listens to: the events alone go to stdout.
     eprintln!(
@@ -410,7 +411,12 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
         pin_dir.display()
     );
 
-    let events = args.log_events.then(|| Reader::open(pin_dir)).transpose()?;
+    let events = if args.log_events {
+        Some(Reader::open(pin_dir)?)
+    } else {
+        events::stop_if_unread(pin_dir)?;
+        None
+    };
     let mut instance = Instance {
         ebpf,
         pins,

@@ -2,13 +2,14 @@
 //! unannounced SYNs, `run --log-events`, the one-reader rule and the rate limit of drops.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     process::{Child, ChildStderr, Stdio},
     time::{Duration, Instant},
 };
 
+use aya::maps::{Map, MapData};
 use ftp_ebpf_common::{
-    contract::{EVENT_BURST, EVENT_TOKEN_NS},
+    contract::{CONFIG, EVENT_BURST, EVENT_TOKEN_NS},
     window::TCP_SYN,
 };
 use ftp_lab::{
@@ -23,8 +24,9 @@ use serde_json::{Value, json};
 struct Follower {
     /// Taken when it is stopped.
     child: Option<Child>,
-    /// Kept open: the reader's later sentences would otherwise hit a closed pipe.
-    _stderr: BufReader<ChildStderr>,
+    /// What it says after its first line; kept open, as its later sentences would
+    /// otherwise hit a closed pipe.
+    stderr: BufReader<ChildStderr>,
 }
 
 impl Follower {
@@ -45,7 +47,7 @@ impl Follower {
         );
         Follower {
             child: Some(child),
-            _stderr: stderr,
+            stderr,
         }
     }
 
@@ -71,6 +73,13 @@ impl Drop for Follower {
             let _ = child.wait();
         }
     }
+}
+
+/// `Config::events` as the programs read it: whether they write events.
+fn events_flag(lab: &Lab) -> u8 {
+    let pin = MapData::from_pin(lab.pin_dir.join(CONFIG.name)).unwrap();
+    let config = CONFIG.from_map(Map::from_map_data(pin).unwrap()).unwrap();
+    config.get(&0, 0).unwrap().events
 }
 
 fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -111,7 +120,13 @@ fn unannounced_syn(lab: &Lab) {
 #[test]
 fn a_session_and_an_unannounced_syn_appear_with_their_addresses() {
     let lab = Lab::guarded("events");
+    assert_eq!(
+        events_flag(&lab),
+        0,
+        "nobody reads: the programs write nothing"
+    );
     let follower = Follower::start(&lab);
+    assert_eq!(events_flag(&lab), 1);
 
     // The one-reader rule: a second reader gets one sentence.
     let second = lab.loader_command(&["events"]).unwrap();
@@ -159,9 +174,42 @@ fn a_session_and_an_unannounced_syn_appear_with_their_addresses() {
         assert_eq!(syn["dst_port"], UNANNOUNCED);
         assert!(syn.get("control").is_none(), "{syn}");
     }
-    // Nobody reads any more: the programs write nothing, so nothing is lost either.
+    assert_eq!(
+        events_flag(&lab),
+        0,
+        "the reader ended: the programs stop writing"
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_reader_quietly() {
+    let lab = Lab::guarded("eventpipe");
+    let mut follower = Follower::start(&lab);
+    let mut child = follower.child.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
     unannounced_syn(&lab);
-    assert_eq!(lab.stats().unwrap()["events_lost"], 0);
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("unsolicited_dropped"), "{line}");
+    drop(stdout);
+    // The next event finds the pipe closed.
+    unannounced_syn(&lab);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ftp-loader events outlived its pipe"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let mut said = String::new();
+    follower.stderr.read_to_string(&mut said).unwrap();
+    assert_eq!(said, "", "a closed pipe ends it quietly");
+    assert_eq!(events_flag(&lab), 0);
 }
 
 #[test]
