@@ -6,8 +6,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::{
+    addr::Addr,
     contract::{EVENT_BURST, EVENT_TOKEN_NS},
     flow::FlowKey,
+    parse::{FAMILY_OWN_ADDRESS, Sender},
 };
 
 /// What happened. The numbers are the ring buffer's layout; 0 is no event.
@@ -133,6 +135,13 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// Whether the line was understood, so that the refusal names what it announced.
+    pub const fn understood(self) -> bool {
+        !matches!(self, Self::ParseError | Self::LineTooLong)
+    }
+}
+
 impl From<crate::policy::Refusal> for Reason {
     fn from(refusal: crate::policy::Refusal) -> Self {
         match refusal {
@@ -152,14 +161,35 @@ pub struct Event {
     pub kind: u8,
     /// A `Reason` (`EventKind::Refused`), else 0.
     pub reason: u8,
-    pub _pad: [u8; 6],
+    /// `Refused`: the `parse::Sender` of the line, whose own address a 229 means.
+    pub announcer: u8,
+    pub _pad: [u8; 5],
     /// `Announced`: the connector (`src`, any source port: 0) and the listener (`dst`,
-    /// `dst_port` the announced port). `Refused`: the announced address and port in `dst`
-    /// and `dst_port` (family 0 when the line was not understood). The others: the SYN.
+    /// `dst_port` the announced port). `Refused`: the announcement as the scanner found it,
+    /// its family (`parse::FAMILY_OWN_ADDRESS` for a 229's), address and port in `family`,
+    /// `dst` and `dst_port` (nothing when the line was not understood, `Reason::understood`):
+    /// the reader, not the programs, resolves it (`Event::announced`). The others: the SYN.
     pub flow: FlowKey,
     /// The control connection (client -> server) that announced it; zeros when none is
     /// known (`UnsolicitedDropped`, `WouldDrop`, `AllowedFrom`).
     pub control: FlowKey,
+}
+
+impl Event {
+    /// `Refused`: the family and address the announcement named, a 229's (the announcer's
+    /// own) resolved from the control connection; None when the line was not understood.
+    pub fn announced(&self) -> Option<(u8, Addr)> {
+        if !Reason::from_u8(self.reason)?.understood() {
+            return None;
+        }
+        match self.flow.family {
+            FAMILY_OWN_ADDRESS if self.announcer == Sender::Server as u8 => {
+                Some((self.control.family, self.control.dst))
+            }
+            FAMILY_OWN_ADDRESS => Some((self.control.family, self.control.src)),
+            family => Some((family, self.flow.dst)),
+        }
+    }
 }
 
 /// A per-CPU token bucket for the limited events (`EventKind::limited`): `EVENT_BURST`

@@ -15,7 +15,7 @@ use ftp_ebpf_common::{
     event::{Event, EventBucket, EventKind, Reason},
     expect::ExpectKey,
     flow::FlowKey,
-    parse::{Announcement, FAMILY_OWN_ADDRESS, Sender},
+    parse::{Announcement, Sender},
     stats::Counter,
 };
 
@@ -65,7 +65,8 @@ fn reserve(kind: EventKind, reason: u8) -> *mut Event {
     unsafe {
         (*event).kind = kind as u8;
         (*event).reason = reason;
-        (*event)._pad = [0; 6];
+        (*event).announcer = 0;
+        (*event)._pad = [0; 5];
     }
     event
 }
@@ -179,19 +180,11 @@ fn write_refused(
     unsafe {
         (*event).flow = FlowKey::zeroed();
         if let Some(announced) = announcement {
-            // A 229 names no address: it means the announcer's own (control connections
-            // are keyed client -> server).
-            if announced.family == FAMILY_OWN_ADDRESS {
-                (*event).flow.family = control.family;
-                (*event).flow.dst = if announcer == Sender::Server as u8 {
-                    control.dst
-                } else {
-                    control.src
-                };
-            } else {
-                (*event).flow.family = announced.family;
-                (*event).flow.dst = announced.addr;
-            }
+            // As announced; the reader resolves a 229's address (the announcer's own) from
+            // the control connection: branches here cost verification at every call.
+            (*event).flow.family = announced.family;
+            (*event).announcer = announcer;
+            (*event).flow.dst = announced.addr;
             (*event).flow.dst_port = announced.port;
         }
         (*event).control = *control;

@@ -104,14 +104,18 @@ impl Row {
                 control: connection(&event.control)?,
             },
             EventKind::Refused => {
-                let announced = to_ip(event.flow.family, &event.flow.dst).map(|addr| Endpoint {
-                    addr,
-                    port: event.flow.dst_port,
-                });
+                let named = event.announced();
                 Row::Refused {
                     reason: Reason::from_u8(event.reason)?.name(),
-                    family: family(&event.flow),
-                    announced,
+                    family: named
+                        .and_then(|(family, _)| Family::from_u8(family))
+                        .map(Family::name),
+                    announced: named.and_then(|(family, addr)| {
+                        Some(Endpoint {
+                            addr: to_ip(family, &addr)?,
+                            port: event.flow.dst_port,
+                        })
+                    }),
                     control: connection(&event.control)?,
                 }
             }
@@ -359,6 +363,7 @@ fn set_events(config: &mut Array<MapData, Config>, on: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use bytemuck::Zeroable;
+    use ftp_ebpf_common::parse::{FAMILY_OWN_ADDRESS, Sender};
 
     use super::*;
 
@@ -465,6 +470,26 @@ mod tests {
         assert_eq!(
             row.to_string(),
             "[REFUSED parse_error] master 192.0.2.2:40000 -> 192.0.2.1:21"
+        );
+    }
+
+    #[test]
+    fn a_refused_229_names_the_servers_own_address() {
+        let event = Event {
+            kind: EventKind::Refused as u8,
+            reason: Reason::LowPort as u8,
+            announcer: Sender::Server as u8,
+            flow: FlowKey {
+                family: FAMILY_OWN_ADDRESS,
+                dst_port: 25,
+                ..FlowKey::zeroed()
+            },
+            control: key("2001:db8::2", 40000, "2001:db8::1", 21),
+            ..Event::zeroed()
+        };
+        assert_eq!(
+            Row::decode(&bytes(&event)).unwrap().to_string(),
+            "[REFUSED low_port] ipv6 tcp [2001:db8::1]:25 master [2001:db8::2]:40000 -> [2001:db8::1]:21"
         );
     }
 
