@@ -342,6 +342,18 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
             pins.remove_all();
         }
     })?;
+    // Before anything is attached: a reader already following the events refuses
+    // --log-events.
+    let events = if args.log_events {
+        Some(Reader::open(pin_dir).inspect_err(|_| {
+            if !had_state {
+                pins.remove_all();
+            }
+        })?)
+    } else {
+        events::stop_if_unread(pin_dir)?;
+        None
+    };
 
     let mut record = Record::new(pin_dir);
     let mut attached: Vec<Attached> = Vec::new();
@@ -411,12 +423,6 @@ fn run(args: RunArgs, pin_dir: &Path) -> Result<()> {
         pin_dir.display()
     );
 
-    let events = if args.log_events {
-        Some(Reader::open(pin_dir)?)
-    } else {
-        events::stop_if_unread(pin_dir)?;
-        None
-    };
     let mut instance = Instance {
         ebpf,
         pins,
