@@ -8,6 +8,7 @@
 
 mod baseline;
 mod bulk;
+mod events;
 mod flood;
 pub mod guard;
 mod packet;
@@ -136,6 +137,7 @@ type Measure = fn(&Bench) -> Result<Section>;
 /// Every section, in the order a full run takes them. Each lives in a module of its own.
 const REGISTRY: &[(&str, Measure)] = &[
     ("per-packet", packet::run),
+    ("events", events::run),
     ("bulk", bulk::run),
     ("flood", flood::run),
     ("sessions", sessions::run),

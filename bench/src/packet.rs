@@ -23,8 +23,8 @@ use super::{
     scale::{self, syn},
 };
 
-const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
 /// A class of packet and the most it may cost.
 struct Class {
@@ -47,14 +47,14 @@ enum Target {
 }
 
 /// Control connections each control class is measured on.
-const FRESH_CONNECTIONS: u16 = 4000;
+pub const FRESH_CONNECTIONS: u16 = 4000;
 
 /// The same segment on `FRESH_CONNECTIONS` control connections (client ports), with their
 /// handshakes to run first: each segment is the first of its connection after the
 /// handshake, so it is judged by the connection's windows and read. The same frame run
 /// again would be a retransmission, which is not read, and the control table (LRU) keeps
 /// every connection.
-fn fresh(segment: impl Fn(&ControlSession) -> Vec<u8>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+pub fn fresh(segment: impl Fn(&ControlSession) -> Vec<u8>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut setup = Vec::new();
     let mut frames = Vec::new();
     for i in 0..FRESH_CONNECTIONS {
@@ -215,14 +215,7 @@ fn product_ns_per_packet(
     repeat: u32,
 ) -> Result<f64> {
     if class.frames.len() > 1 {
-        // Each round reads its segments as new connections again.
-        if let Some(map) = ebpf.map_mut(CONTROLS.name) {
-            let mut controls = CONTROLS.from_map_mut(map)?;
-            let keys: Vec<FlowKey> = controls.keys().filter_map(Result::ok).collect();
-            for key in keys {
-                controls.remove(&key)?;
-            }
-        }
+        forget_controls(ebpf)?;
     }
     let xdp: &Xdp = ebpf
         .program(program)
@@ -237,6 +230,19 @@ fn product_ns_per_packet(
         // The kernel reports the mean time of one run.
         Ok(result.duration.as_nanos() as f64)
     })
+}
+
+/// Empties the control table, so that the next round reads its segments as new
+/// connections again.
+pub fn forget_controls(ebpf: &mut Ebpf) -> Result<()> {
+    if let Some(map) = ebpf.map_mut(CONTROLS.name) {
+        let mut controls = CONTROLS.from_map_mut(map)?;
+        let keys: Vec<FlowKey> = controls.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            controls.remove(&key)?;
+        }
+    }
+    Ok(())
 }
 
 fn addr(n: u32) -> [u8; 16] {

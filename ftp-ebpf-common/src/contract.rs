@@ -15,6 +15,7 @@ use crate::{
     allow::SourceKey,
     config::Config,
     control::ControlState,
+    event::EventBucket,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
     policy::PortInfo,
@@ -60,6 +61,21 @@ pub const PORTS_ENTRIES: u32 = u16::MAX as u32 + 1;
 pub const ALLOW_FROM_ENTRIES: u32 = 1024;
 /// Entries of the per-CPU scratch buffers: one per direction.
 pub const SCRATCH_ENTRIES: u32 = 2;
+/// Bytes of the EVENTS ring buffer (a power-of-two number of pages): 2730 events of 88
+/// bytes behind the ring's 8-byte headers, seconds of a busy server's announcements should
+/// the reader stall.
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// How often a reader of the events looks for new ones: the programs wake it only when
+/// the ring is half full (a wakeup costs an interrupt per event), so this bounds how late
+/// an event is shown.
+pub const EVENTS_POLL_MS: u64 = 100;
+/// Drop and refusal events (`event::EventKind::limited`) one CPU writes at once before
+/// the rate limit applies...
+pub const EVENT_BURST: u32 = 100;
+/// ...and a second after that (one token every `EVENT_TOKEN_NS`); the rest are counted
+/// (`events_suppressed`).
+pub const EVENT_RATE_PER_SEC: u64 = 100;
+pub const EVENT_TOKEN_NS: u64 = NS_PER_SEC / EVENT_RATE_PER_SEC;
 
 /// A hash map (LRU or plain) of `K` to `V`.
 pub struct HashTable<K, V> {
@@ -103,12 +119,10 @@ pub struct LpmTable<K, V> {
     types: PhantomData<fn() -> (K, V)>,
 }
 
-/// A global the loader sets at load time, of type `T`.
-pub struct GlobalVar<T> {
+/// A ring buffer of `bytes` bytes (BPF_MAP_TYPE_RINGBUF).
+pub struct RingBuffer {
     pub name: &'static str,
-    /// Whether the object must have it (false: aya-log's, absent without log lines).
-    pub required: bool,
-    types: PhantomData<fn() -> T>,
+    pub bytes: u32,
 }
 
 impl<K, V> HashTable<K, V> {
@@ -195,12 +209,19 @@ pub const CONFIG: ArrayTable<Config, Shared> = ArrayTable::new("CONFIG", 1);
 pub const WOULD_DROP: ArrayTable<u64, Shared> = ArrayTable::new("WOULD_DROP", PORTS_ENTRIES);
 /// The `--allow-from` networks (`allow::Cidr::key`), value unused (1).
 pub const ALLOW_FROM: LpmTable<SourceKey, u8> = LpmTable::new("ALLOW_FROM", ALLOW_FROM_ENTRIES);
+/// The events (`event::Event`), for `ftp-loader events` and `run --log-events`.
+pub const EVENTS: RingBuffer = RingBuffer {
+    name: "EVENTS",
+    bytes: EVENTS_RING_BYTES,
+};
+/// Each CPU's token bucket of the limited events.
+pub const EVENT_BUCKETS: ArrayTable<EventBucket, PerCpu> = ArrayTable::new("EVENT_BUCKETS", 1);
 /// Per-CPU scratch space of the kernel programs (their types are the kernel's own).
 pub const OPTIONS: &str = "OPTIONS";
 pub const SCAN: &str = "SCAN";
 
 /// Every map of the object.
-pub const MAP_NAMES: [&str; 12] = [
+pub const MAP_NAMES: [&str; 14] = [
     EXPECTATIONS.name,
     CONTROLS.name,
     FLOWS.name,
@@ -211,6 +232,8 @@ pub const MAP_NAMES: [&str; 12] = [
     CONFIG.name,
     WOULD_DROP.name,
     ALLOW_FROM.name,
+    EVENTS.name,
+    EVENT_BUCKETS.name,
     OPTIONS,
     SCAN,
 ];
@@ -266,24 +289,15 @@ pub const PROGRAM_NAMES: [&str; 5] = [
     EGRESS_L3_PROGRAM,
 ];
 
-// The globals.
-
-/// aya-log's level filter: 3 = info, 4 = debug.
-pub const AYA_LOG_LEVEL: GlobalVar<u8> = GlobalVar {
-    name: "AYA_LOG_LEVEL",
-    required: false,
-    types: PhantomData,
-};
-
 #[cfg(feature = "user")]
 pub use user::*;
 
 #[cfg(feature = "user")]
 mod user {
     use aya::{
-        Ebpf, EbpfLoader, Pod,
+        Ebpf, Pod,
         maps::{
-            Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray,
+            Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray, RingBuf,
             lpm_trie::{Key, LpmTrie},
         },
         programs::{SchedClassifier, Xdp},
@@ -413,16 +427,26 @@ mod user {
                 .map_err(|e| ContractError::Map(self.name, e))
         }
 
+        /// The array of a loaded object, to write.
+        pub fn of_mut<'a>(&self, ebpf: &'a mut Ebpf) -> Result<PerCpuArray<&'a mut MapData, V>> {
+            PerCpuArray::try_from(map_mut(ebpf, self.name)?)
+                .map_err(|e| ContractError::Map(self.name, e))
+        }
+
         /// The array as a pin (`Map::from_map_data`) holds it.
         pub fn from_map(&self, map: Map) -> Result<PerCpuArray<MapData, V>> {
             PerCpuArray::try_from(map).map_err(|e| ContractError::Map(self.name, e))
         }
     }
 
-    impl<T: Pod> GlobalVar<T> {
-        /// Sets the global in the object `loader` loads.
-        pub fn set<'a>(&self, loader: &mut EbpfLoader<'a>, value: &'a T) {
-            loader.override_global(self.name, value, self.required);
+    impl RingBuffer {
+        pub fn map_type(&self) -> MapType {
+            MapType::RingBuf
+        }
+
+        /// The ring as a pin (`Map::from_map_data`) holds it.
+        pub fn from_map(&self, map: Map) -> Result<RingBuf<MapData>> {
+            RingBuf::try_from(map).map_err(|e| ContractError::Map(self.name, e))
         }
     }
 

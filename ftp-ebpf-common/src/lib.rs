@@ -13,6 +13,7 @@ pub mod allow;
 pub mod config;
 pub mod contract;
 pub mod control;
+pub mod event;
 pub mod expect;
 pub mod flow;
 pub mod parse;
@@ -49,5 +50,7 @@ mod pod {
         crate::share::ClientShare,
         crate::config::Config,
         crate::allow::SourceKey,
+        crate::event::Event,
+        crate::event::EventBucket,
     );
 }

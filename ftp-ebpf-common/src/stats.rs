@@ -58,6 +58,8 @@ counters! {
     UninspectableDropped => "uninspectable_dropped": "inbound packets hiding their TCP flags (tiny first fragments, over-long IPv6 header chains, more than two VLAN tags), dropped",
     WouldDrop => "would_drop": "inbound packets the guard refused and passed anyway because it only monitors (--monitor); `ftp-loader would-drop` lists the SYNs by port",
     AllowedFromSource => "allowed_from_source": "SYNs to guarded ports that nothing announced, passed because their source is in an --allow-from network",
+    EventsSuppressed => "events_suppressed": "drop and refusal events not written while somebody follows the events, because they came faster than the rate limit (per CPU: bursts of 100, then 100 a second)",
+    EventsLost => "events_lost": "events not written because the event ring buffer was full (its reader lags behind)",
 }
 
 pub const COUNTERS: u32 = Counter::ALL.len() as u32;

@@ -8,11 +8,12 @@ use aya_ebpf::{
 use ftp_ebpf_common::{
     allow::{LOOKUP_PREFIX, SourceKey},
     contract::ALLOW_FROM_ENTRIES,
+    event::EventKind,
     stats::Counter,
 };
 
 use crate::{
-    guard,
+    events, guard,
     maps::count,
     packet::{Frame, Segment},
 };
@@ -36,5 +37,6 @@ pub fn admits(frame: &impl Frame, segment: &Segment) -> bool {
         return false;
     }
     count(Counter::AllowedFromSource);
+    events::packet(frame, segment, EventKind::AllowedFrom);
     true
 }

@@ -10,10 +10,10 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::generated::bpf_loop, macros::map, maps::PerCpuArray,
 };
-use aya_log_ebpf::warn;
 use ftp_ebpf_common::{
     contract::SCRATCH_ENTRIES,
     control::{ControlState, Hook, SegmentPlan, Tracked, control_key},
+    event::Reason,
     expect::{ExpectKey, ExpectValue},
     flow::FlowKey,
     parse::{Announcement, LineScanner, ParseError, Sender, Step},
@@ -23,6 +23,7 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
+    events,
     maps::{self, CONTROLS, EXPECTATIONS, config, count, now_ns},
     packet::{Direction, Frame, Segment},
     share,
@@ -84,6 +85,9 @@ pub struct ControlScan {
     stopped: u8,
     /// Set when the segment has more unread bytes than the window holds.
     truncated: u8,
+    /// The `Reason` of the segment's last line refused unparsed, or 0: its event is written
+    /// after the loop, as code in the callback must stay small.
+    unparsed: u8,
     /// Bytes of `buf` to scan.
     len: u32,
     pending: [Announcement; MAX_ANNOUNCEMENTS],
@@ -262,6 +266,7 @@ fn prepare(
     }
     work.announced = 0;
     work.stopped = 0;
+    work.unparsed = 0;
     work.truncated = u8::from(unread > len);
     work.len = len;
     true
@@ -279,6 +284,9 @@ fn finish(
         if index < usize::from(work.announced) {
             record(work, state, index);
         }
+    }
+    if let Some(reason) = Reason::from_u8(work.unparsed) {
+        events::refused(reason, None, &work.control, work.sender());
     }
     let stream = state.stream(work.sender());
     stream.scanner = work.scanner;
@@ -331,10 +339,12 @@ fn scan_byte(work: &mut ControlScan, byte: u8) -> bool {
         Step::Continue => false,
         Step::Malformed(ParseError::LineTooLong) => {
             count(Counter::LineTooLong);
+            work.unparsed = Reason::LineTooLong as u8;
             false
         }
         Step::Malformed(_) => {
             count(Counter::ParseErrors);
+            work.unparsed = Reason::ParseError as u8;
             false
         }
         Step::Announced(announcement) => {
@@ -353,15 +363,17 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
     let announcer = work.sender();
     let slot = match policy::judge(&announcement, &work.control, announcer, &config().rules()) {
         Ok(slot) => slot,
-        Err(Refusal::FamilyMismatch) => return count(Counter::FamilyMismatch),
-        Err(Refusal::LowPort) => return count(Counter::LowPortRefused),
-        Err(Refusal::AddressMismatch) => {
-            count(Counter::AddressMismatch);
-            warn!(
-                &(),
-                "refused: control connection to port {} announced another host's address (port {})",
-                work.control.dst_port,
-                announcement.port
+        Err(refusal) => {
+            count(match refusal {
+                Refusal::FamilyMismatch => Counter::FamilyMismatch,
+                Refusal::LowPort => Counter::LowPortRefused,
+                Refusal::AddressMismatch => Counter::AddressMismatch,
+            });
+            events::refused(
+                refusal.into(),
+                Some(&announcement),
+                &work.control,
+                announcer,
             );
             return;
         }
@@ -369,7 +381,14 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
     // A client holding its share may still move its own expectations around (a new PASV
     // displacing the last one), not add to them.
     if state.adds(&slot, config().max_expected) && !share::take(&work.control, work.now_ns) {
-        return count(Counter::ClientShareRefused);
+        count(Counter::ClientShareRefused);
+        events::refused(
+            Reason::ClientShare,
+            Some(&announcement),
+            &work.control,
+            announcer,
+        );
+        return;
     }
     if let Some(displaced) = state.remember(slot, config().max_expected) {
         work.key = displaced.key(&work.control);
@@ -385,8 +404,15 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
             // SAFETY: an array map value; racing writers only ever store timestamps.
             unsafe { (*port).announced = coarse_time(work.now_ns) };
         }
+        events::announced(&work.key, &work.control);
     } else {
         count(Counter::ExpectationTableFull);
+        events::refused(
+            Reason::TableFull,
+            Some(&announcement),
+            &work.control,
+            announcer,
+        );
     }
 }
 

@@ -3,9 +3,9 @@
 //! outside.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use aya_log_ebpf::debug;
 use ftp_ebpf_common::{
     addr::{Addr, AddrKey},
+    event::EventKind,
     expect::ExpectKey,
     flow::{FlowKey, FlowValue, Observed},
     policy::{PortInfo, SynVerdict, coarse_time, syn_verdict},
@@ -14,7 +14,7 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
-    allow,
+    allow, events,
     maps::{EXPECTATIONS, FLOWS, LOCAL_ADDRS, config, count, now_ns},
     monitor,
     packet::{Direction, Frame, Segment},
@@ -122,10 +122,16 @@ pub fn new_connection(
             } else {
                 count(Counter::FlowTableFull);
             }
-            debug!(&(), "admitted data connection to port {}", syn.dst_port);
+            events::syn(
+                EventKind::Admitted,
+                syn,
+                expectation.map(|expectation| &expectation.control),
+            );
             true
         }
-        SynVerdict::Admit | SynVerdict::Unsolicited => refuse(frame, segment, direction),
+        SynVerdict::Admit | SynVerdict::Unsolicited => {
+            refuse(frame, segment, direction, EventKind::UnsolicitedDropped)
+        }
         SynVerdict::Expired => {
             if EXPECTATIONS.remove(&key).is_ok() {
                 if let Some(expectation) = expectation {
@@ -135,16 +141,23 @@ pub fn new_connection(
             if inbound {
                 count(Counter::ExpectationsExpired);
             }
-            refuse(frame, segment, direction)
+            refuse(frame, segment, direction, EventKind::Expired)
         }
     }
 }
 
-/// A SYN to a guarded port that nothing admits; returns whether it may pass. Outbound
-/// SYNs are the host's own connections: never dropped. Inbound ones from an `--allow-from`
-/// network pass.
+/// A SYN to a guarded port that nothing admits (`kind`: unsolicited, or one whose
+/// expectation expired); returns whether it may pass. Outbound SYNs are the host's own
+/// connections: never dropped. Inbound ones from an `--allow-from` network pass. The rest
+/// are counted, by port too while monitoring, and make an event: what enforcement would
+/// drop while monitoring (`monitor::spare` passes them then).
 #[inline(always)]
-pub fn refuse(frame: &impl Frame, segment: &Segment, direction: Direction) -> bool {
+pub fn refuse(
+    frame: &impl Frame,
+    segment: &Segment,
+    direction: Direction,
+    kind: EventKind,
+) -> bool {
     if direction != Direction::Ingress {
         return true;
     }
@@ -153,5 +166,11 @@ pub fn refuse(frame: &impl Frame, segment: &Segment, direction: Direction) -> bo
     }
     count(Counter::UnsolicitedDropped);
     monitor::refused_syn(segment.dst_port);
+    let kind = if config().monitor != 0 {
+        EventKind::WouldDrop
+    } else {
+        kind
+    };
+    events::packet(frame, segment, kind);
     false
 }

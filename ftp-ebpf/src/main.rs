@@ -11,6 +11,7 @@
 
 mod allow;
 mod control;
+mod events;
 mod guard;
 mod maps;
 mod monitor;
@@ -23,7 +24,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use ftp_ebpf_common::{
-    contract::LinkLayer, flow::refreshes, parse::Sender, policy::PortClass, stats::Counter,
+    contract::LinkLayer, event::EventKind, flow::refreshes, parse::Sender, policy::PortClass,
+    stats::Counter,
 };
 
 use crate::{
@@ -125,12 +127,9 @@ fn inspect<F: Frame>(frame: &F, direction: Direction, link: LinkLayer) -> bool {
     } else if to_class == PortClass::Guarded && segment.is_syn() {
         // SAFETY: as above.
         let port = unsafe { &*to };
-        if port.never_used() {
-            return guard::refuse(frame, &segment, direction);
-        }
-        let now = now_ns();
-        if !port.may_be_solicited(now, config().expect_timeout_ns) {
-            return guard::refuse(frame, &segment, direction);
+        // One call for both: each call of a subprogram is verified again.
+        if port.never_used() || !port.may_be_solicited(now_ns(), config().expect_timeout_ns) {
+            return guard::refuse(frame, &segment, direction, EventKind::UnsolicitedDropped);
         }
         let Some(syn) = segment.flow(frame) else {
             return true;

@@ -13,11 +13,11 @@ use ftp_ebpf_common::{
     allow::{Cidr, SourceKey},
     config::Config,
     contract::{
-        self, ALLOW_FROM, AYA_LOG_LEVEL, CLIENTS, CONFIG, CONTROLS, DEFAULT_CONTROL_PORT,
-        DEFAULT_DATA_PORTS, DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS,
-        DEFAULT_MAX_CONTROLS, DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS,
-        DEFAULT_MAX_PER_CLIENT, DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS,
-        INGRESS_PROGRAM, INGRESS_TC_PROGRAM, MAX_EXPECTED, NS_PER_SEC, PORTS,
+        self, ALLOW_FROM, CLIENTS, CONFIG, CONTROLS, DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORTS,
+        DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_MAX_CONTROLS,
+        DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PER_CLIENT,
+        DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS, INGRESS_PROGRAM,
+        INGRESS_TC_PROGRAM, MAX_EXPECTED, NS_PER_SEC, PORTS,
     },
     policy::{PortInfo, PortPlan},
 };
@@ -98,7 +98,7 @@ pub struct Settings {
     /// guarded ports pass, announced or not: monitoring hosts, backup servers (repeatable).
     #[arg(long = "allow-from", value_name = "CIDR")]
     pub allow_from: Vec<Cidr>,
-    /// Log every admitted data connection.
+    /// Log debug lines too (each admission and drop, with addresses: --log-events).
     #[arg(short, long)]
     pub verbose: bool,
 }
@@ -198,8 +198,6 @@ pub fn load_pinned(settings: &Settings, pins: &PinDir) -> Result<Ebpf> {
 
 fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
     checks::settings(settings)?;
-    // aya-log's levels: 3 = info, 4 = debug.
-    let log_level: u8 = if settings.verbose { 4 } else { 3 };
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, std::path::PathBuf)> = pins
         .map(|pins| {
@@ -212,7 +210,6 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    AYA_LOG_LEVEL.set(&mut loader, &log_level);
     for (map, _, entries) in settings.table_sizes() {
         loader.map_max_entries(map, entries);
     }
@@ -367,13 +364,11 @@ fn kernel_release() -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use aya::Pod;
     use aya_obj::generated::bpf_map_type;
     use ftp_ebpf_common::contract::{
-        ArrayKind, ArrayTable, CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, GlobalVar, HashTable,
-        LOCAL_ADDRS, LpmTable, MAP_NAMES, PROGRAM_NAMES, STATS, WOULD_DROP,
+        ArrayKind, ArrayTable, CLIENTS, CONTROLS, EVENT_BUCKETS, EVENTS, EXPECTATIONS, FLOWS,
+        HashTable, LOCAL_ADDRS, LpmTable, MAP_NAMES, PROGRAM_NAMES, STATS, WOULD_DROP,
     };
 
     use super::*;
@@ -413,19 +408,11 @@ mod tests {
         assert_eq!(map.max_entries(), table.entries, "{table}'s entries");
     }
 
-    fn check_global<T: Pod>(object: &mut aya_obj::Object, global: GlobalVar<T>) {
-        let zeros = vec![0u8; size_of::<T>()];
-        let patch = HashMap::from([(global.name, (zeros.as_slice(), global.required))]);
-        if let Err(e) = object.patch_map_data(patch) {
-            panic!("global {}: {e}", global.name);
-        }
-    }
-
     /// The kernel side names its maps and globals by its statics' identifiers and its
     /// programs by its functions': each must be what the contract says, typed as it says.
     #[test]
     fn the_object_is_what_the_contract_says() {
-        let mut object = aya_obj::Object::parse(OBJECT).unwrap();
+        let object = aya_obj::Object::parse(OBJECT).unwrap();
         for name in MAP_NAMES {
             assert!(
                 object.maps.contains_key(name),
@@ -435,7 +422,7 @@ mod tests {
         let unknown: Vec<&String> = object
             .maps
             .keys()
-            .filter(|name| !name.starts_with('.') && !name.starts_with("AYA_"))
+            .filter(|name| !name.starts_with('.'))
             .filter(|name| !MAP_NAMES.contains(&name.as_str()))
             .collect();
         assert!(unknown.is_empty(), "maps the contract lacks: {unknown:?}");
@@ -449,6 +436,15 @@ mod tests {
         check_array(&object, CONFIG);
         check_array(&object, WOULD_DROP);
         check_lpm(&object, ALLOW_FROM);
+        check_array(&object, EVENT_BUCKETS);
+        let ring = &object.maps[EVENTS.name];
+        assert_eq!(
+            ring.map_type(),
+            bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+            "{}'s type",
+            EVENTS.name
+        );
+        assert_eq!(ring.max_entries(), EVENTS.bytes, "{}'s size", EVENTS.name);
         for name in PROGRAM_NAMES {
             assert!(
                 object.programs.contains_key(name),
@@ -456,7 +452,6 @@ mod tests {
             );
         }
         assert_eq!(object.programs.len(), PROGRAM_NAMES.len());
-        check_global(&mut object, AYA_LOG_LEVEL);
         // The sizes the kernel declares are the defaults.
         let defaults = Settings::default();
         for (name, _, entries) in defaults.table_sizes() {

@@ -7,6 +7,7 @@ pub mod attach;
 pub mod checks;
 pub mod config;
 pub mod ebpf;
+pub mod events;
 pub mod generate;
 pub mod link;
 pub mod logging;

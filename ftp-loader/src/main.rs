@@ -11,13 +11,14 @@ use clap::{
     ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind,
     parser::ValueSource,
 };
-use ftp_ebpf_common::contract::{EXPECTATIONS, FLOWS, STATS, WOULD_DROP};
+use ftp_ebpf_common::contract::{EVENTS, EXPECTATIONS, FLOWS, STATS, WOULD_DROP};
 use ftp_loader::{
     addrs, adopt,
     attach::{self, Attached, XdpChoice},
     checks::{self, Task},
     config::{self, DEFAULT_CONFIG},
     ebpf::{self, Settings},
+    events::{self, Reader},
     generate, logging, metrics,
     monitor::{self, Mode},
     monotonic_ns, notify,
@@ -63,7 +64,8 @@ struct Options {
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// Print JSON: `stats` one flat object of counter name to integer, `expectations`,
-    /// `flows` and `would-drop` an array of objects, `status` one object.
+    /// `flows` and `would-drop` an array of objects, `status` one object, `events` one
+    /// object per line.
     #[arg(long, global = true)]
     json: bool,
 }
@@ -81,6 +83,9 @@ enum Command {
     /// List the guarded ports SYNs were refused to while monitoring (--monitor), most
     /// first, with the --allow-port that would admit them.
     WouldDrop,
+    /// Follow the events (announced, admitted, refused, expired, dropped) as they happen,
+    /// like `conntrack -E expect`, until SIGINT or SIGTERM.
+    Events,
     /// Show what is attached where, since when, by which build, and whether a loader
     /// process is alive.
     Status,
@@ -113,6 +118,7 @@ impl Command {
             Self::Expectations => "expectations",
             Self::Flows => "flows",
             Self::WouldDrop => "would-drop",
+            Self::Events => "events",
             Self::Status => "status",
             Self::Unload { .. } => "unload",
             Self::Completions { .. } => "completions",
@@ -147,6 +153,10 @@ struct RunArgs {
     /// brackets: [::1]:9640). A port in --data-ports needs --allow-port for remote scrapers.
     #[arg(long, value_name = "ADDR:PORT", value_parser = metrics::parse_listen)]
     metrics_listen: Option<SocketAddr>,
+    /// Log each event (announced, admitted, refused, expired, dropped) with its addresses,
+    /// one line each; it is then the events' one reader (`ftp-loader events` is refused).
+    #[arg(long)]
+    log_events: bool,
 }
 
 #[cfg(test)]
@@ -195,7 +205,7 @@ fn parse() -> Cli {
     };
     if let Some(name) = json_for.filter(|_| cli.options.json) {
         let message = format!(
-            "--json is for stats, expectations, flows, would-drop and status, not `{name}`: drop it"
+            "--json is for stats, expectations, flows, would-drop, events and status, not `{name}`: drop it"
         );
         command.error(ErrorKind::ArgumentConflict, message).exit();
     }
@@ -287,6 +297,7 @@ fn main() {
         Some(Command::Expectations) => print_expectations(&pin_dir, json),
         Some(Command::Flows) => print_flows(&pin_dir, json),
         Some(Command::WouldDrop) => print_would_drop(&pin_dir, json),
+        Some(Command::Events) => follow_events(&pin_dir, json),
         Some(Command::Status) => status(&pin_dir, json),
         Some(Command::Unload { interfaces, all: _ }) => unload(&pin_dir, &interfaces),
         Some(Command::Completions { shell }) => {
@@ -350,6 +361,29 @@ fn print_would_drop(pin_dir: &Path, json: bool) -> Result<()> {
     }
     require_live_loader(pin_dir);
     Ok(())
+}
+
+/// `ftp-loader events`: prints the events until SIGINT, SIGTERM, a closed pipe or the
+/// instance's end.
+fn follow_events(pin_dir: &Path, json: bool) -> Result<()> {
+    checks::capabilities(Task::Read)?;
+    checks::pin_readable(pin_dir, EVENTS.name)?;
+    let reader = Reader::open(pin_dir)?;
+    // On stderr, as tcpdump says what it listens to: the events alone go to stdout.
+    eprintln!(
+        "ftp-loader: following the events of pin directory {} (Ctrl-C ends)",
+        pin_dir.display()
+    );
+    if !pins::loader_alive(pin_dir) {
+        eprintln!(
+            "ftp-loader: no loader process is alive for {}; the guard it left attached still writes events",
+            pin_dir.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(events::follow(reader, json))
 }
 
 fn print_rows<R: Row>(rows: &[R], json: bool) {
@@ -430,7 +464,18 @@ fn run(configured: Configured, pin_dir: &Path, argv: Vec<OsString>) -> Result<()
             pins.remove_all();
         }
     })?;
-    let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the eBPF log reader")?;
+    // Before anything is attached: a reader already following the events refuses
+    // --log-events.
+    let events = if args.log_events {
+        Some(Reader::open(pin_dir).inspect_err(|_| {
+            if !had_state {
+                pins.remove_all();
+            }
+        })?)
+    } else {
+        events::stop_if_unread(pin_dir)?;
+        None
+    };
 
     let mut record = Record::new(pin_dir);
     let mut attached: Vec<Attached> = Vec::new();
@@ -524,7 +569,7 @@ fn run(configured: Configured, pin_dir: &Path, argv: Vec<OsString>) -> Result<()
     runtime.spawn(notify::report_status(pin_dir.to_owned()));
     // Attached, adopted and served from here on: units ordered after this one may start.
     notify::ready(pin_dir);
-    let exit = runtime.block_on(serve(&mut instance, signals, logger, watch));
+    let exit = runtime.block_on(serve(&mut instance, signals, events, watch));
     notify::stopping();
     let Instance {
         ebpf,
@@ -766,23 +811,28 @@ impl Signals {
     }
 }
 
-/// Waits for signals, the programs' log lines and interfaces coming and going. Nothing here
-/// walks the tables (the programs expire entries themselves), so a signal is served at
-/// once whatever their size.
+/// Waits for signals, events (with --log-events) and interfaces coming and going. Nothing
+/// here walks the tables (the programs expire entries themselves), so a signal is served
+/// at once whatever their size.
 async fn serve(
     instance: &mut Instance,
     mut signals: Signals,
-    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    events: Option<Reader>,
     watch: Watch,
 ) -> Result<Exit> {
-    // SAFETY: the logger owns its ring buffer descriptor, which outlives the registration
-    // (both are dropped together with `logs`).
-    let mut logs = unsafe { AsyncFd::register(logger) }
-        .map_err(|e| anyhow::anyhow!("watching the eBPF log buffer: {}", e.into_parts().1))?;
+    let mut events = match events {
+        // SAFETY: the reader owns its ring buffer descriptor, which outlives the
+        // registration (both are dropped together with `events`).
+        Some(reader) => Some(unsafe { AsyncFd::register(reader) }.map_err(|e| {
+            anyhow::anyhow!("watching the event ring buffer: {}", e.into_parts().1)
+        })?),
+        None => None,
+    };
     // SAFETY: the watch owns its socket, which outlives the registration (both are dropped
     // together with `links`).
     let mut links = unsafe { AsyncFd::register(watch) }
         .map_err(|e| anyhow::anyhow!("watching interfaces and addresses: {}", e.into_parts().1))?;
+    let mut poll = events::poll_interval();
     let exit = loop {
         tokio::select! {
             _ = signals.interrupt.recv() => break Exit::Detach,
@@ -795,10 +845,16 @@ async fn serve(
                 instance.reload();
                 notify::ready(&instance.record.pin_dir);
             }
-            guard = logs.readable_mut() => {
-                let mut guard = guard?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
+            guard = async { events.as_mut()?.readable_mut().await.ok() }, if events.is_some() => {
+                if let Some(mut guard) = guard {
+                    log_events(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+            }
+            _ = poll.tick(), if events.is_some() => {
+                if let Some(events) = &mut events {
+                    log_events(events.get_mut());
+                }
             }
             guard = links.readable_mut() => {
                 let mut guard = guard?;
@@ -814,8 +870,17 @@ async fn serve(
             }
         }
     };
-    logs.get_mut().flush();
+    if let Some(events) = &mut events {
+        log_events(events.get_mut());
+    }
     Ok(exit)
+}
+
+/// --log-events: one line per event.
+fn log_events(reader: &mut Reader) {
+    for row in reader.rows() {
+        info!("event: {row}");
+    }
 }
 
 impl Instance {

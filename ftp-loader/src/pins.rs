@@ -14,11 +14,11 @@ use aya::{
     maps::{HashMap, Map, MapData, MapType},
 };
 use ftp_ebpf_common::contract::{
-    ALLOW_FROM, ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EXPECTATIONS, FLOWS, HashTable,
-    LpmTable, PORTS, STATS, WOULD_DROP,
+    ALLOW_FROM, ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EVENTS, EXPECTATIONS, FLOWS,
+    HashTable, LpmTable, PORTS, RingBuffer, STATS, WOULD_DROP,
 };
 
-use crate::ebpf::Settings;
+use crate::{ebpf::Settings, events::READER_LOCK};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftp-tracker";
 
@@ -75,12 +75,24 @@ fn lpm<K: Pod, V: Pod>(table: LpmTable<K, V>) -> StateMap {
     }
 }
 
+fn ring(ring: RingBuffer) -> StateMap {
+    StateMap {
+        name: ring.name,
+        kind: ring.map_type(),
+        key_size: 0,
+        value_size: 0,
+        copy: None,
+        entries: Some(ring.bytes),
+    }
+}
+
 /// The names of the tables pinned for the next instance: every map whose contents must
-/// survive a restart. The scan buffers are scratch space, the log buffer belongs to one
-/// loader, and each loader fills LOCAL_ADDRS anew. CONFIG (and ALLOW_FROM, which the
-/// loader also writes anew) are pinned so that the commands that read a running instance
-/// can see and change its settings.
-pub const STATE_MAP_NAMES: [&str; 9] = [
+/// survive a restart. The scan buffers and rate limits are scratch space, and each loader
+/// fills LOCAL_ADDRS anew. CONFIG (and ALLOW_FROM, which the loader also writes anew) are
+/// pinned so that the commands that read a running instance can see its settings and
+/// `ftp-loader events` can switch the events on; EVENTS so that it can read them (across a
+/// restart of the loader too).
+pub const STATE_MAP_NAMES: [&str; 10] = [
     STATS.name,
     CONFIG.name,
     ALLOW_FROM.name,
@@ -90,6 +102,7 @@ pub const STATE_MAP_NAMES: [&str; 9] = [
     FLOWS.name,
     CONTROLS.name,
     CLIENTS.name,
+    EVENTS.name,
 ];
 
 /// The tables of `STATE_MAP_NAMES`, as the contract types them.
@@ -104,6 +117,7 @@ fn state_maps() -> [StateMap; STATE_MAP_NAMES.len()] {
         hash(FLOWS),
         hash(CONTROLS),
         hash(CLIENTS),
+        ring(EVENTS),
     ]
 }
 
@@ -302,6 +316,7 @@ pub fn remove_pins(dir: &Path) {
     for name in STATE_MAP_NAMES {
         let _ = std::fs::remove_file(dir.join(name));
     }
+    let _ = std::fs::remove_dir(dir.join(READER_LOCK));
     let _ = std::fs::remove_dir(dir);
 }
 

@@ -443,11 +443,15 @@ impl Lab {
     /// `ftp-loader <args> --pin-dir <the lab's>` run from another process as an admin
     /// would, whatever its exit status.
     pub fn loader_command(&self, args: &[&str]) -> Result<Output> {
-        Ok(nsenter(&self.server_ns, &self.loader_bin)
-            .args(args)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .output()?)
+        Ok(self.loader_process(args).output()?)
+    }
+
+    /// `ftp-loader <args> --pin-dir <the lab's>` in the server's namespace, to run as an
+    /// admin would from another process (or to keep running, as `events` does).
+    pub fn loader_process(&self, args: &[&str]) -> Command {
+        let mut command = nsenter(&self.server_ns, &self.loader_bin);
+        command.args(args).arg("--pin-dir").arg(&self.pin_dir);
+        command
     }
 
     pub fn loader_log(&self) -> String {
@@ -556,10 +560,7 @@ impl Lab {
     /// What `ftp-loader <args> --pin-dir <the lab's>` prints about the running loader, run
     /// from another process as an admin would.
     pub fn loader_report(&self, args: &[&str]) -> Result<String> {
-        let output = run(nsenter(&self.server_ns, &self.loader_bin)
-            .args(args)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir))?;
+        let output = run(&mut self.loader_process(args))?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }

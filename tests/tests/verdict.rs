@@ -1479,3 +1479,52 @@ fn allowed_networks_pass_the_guard_in_their_own_family_only() {
     assert_eq!(p.ingress(&syn(SERVER, 51000, SERVER, 10250)), XDP_DROP);
     assert_eq!(p.ingress(&syn(STRANGER, 51003, SERVER, 10250)), XDP_PASS);
 }
+
+/// With a reader, each decision is an event naming its addresses: the refusals what the
+/// line announced (a 229 the server's own address), the drop its SYN.
+#[test]
+fn decisions_are_events_with_their_addresses() {
+    use ftp_ebpf_common::{
+        config::Config,
+        contract::{CONFIG, EVENTS},
+    };
+    use ftp_loader::events::Row;
+
+    let mut p = Programs::new();
+    CONFIG
+        .of_mut(&mut p.ebpf)
+        .unwrap()
+        .set(
+            0,
+            Config {
+                events: 1,
+                ..Settings::default().config()
+            },
+            0,
+        )
+        .unwrap();
+    let mut ring = EVENTS
+        .from_map(p.ebpf.take_map(EVENTS.name).unwrap())
+        .unwrap();
+    let mut s = p.open(session());
+    p.ingress(&s.command(b"PORT 198,51,100,9,39,17\r\n"));
+    p.egress(&s.reply(b"229 Entering Extended Passive Mode (|||1023|)\r\n"));
+    p.ingress(&s.command(b"PORT 192,0,2,2,300,1\r\n"));
+    p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n"));
+    p.ingress(&Tcp::new(CLIENT, 51000, SERVER, 10001, SYN).frame(&[]));
+    let mut lines = Vec::new();
+    while let Some(record) = ring.next() {
+        lines.push(Row::decode(&record).expect("a known event").to_string());
+    }
+    let control = format!("master {CLIENT}:{} -> {SERVER}:21", s.client_port);
+    assert_eq!(
+        lines,
+        [
+            format!("[REFUSED address_mismatch] ipv4 tcp 198.51.100.9:10001 {control}"),
+            format!("[REFUSED low_port] ipv4 tcp {SERVER}:1023 {control}"),
+            format!("[REFUSED parse_error] {control}"),
+            format!("[ANNOUNCED] ipv4 tcp {CLIENT} -> {SERVER}:10000 (any source port) {control}"),
+            format!("[UNSOLICITED_DROPPED] ipv4 tcp {CLIENT}:51000 -> {SERVER}:10001"),
+        ]
+    );
+}
