@@ -1527,4 +1527,36 @@ fn decisions_are_events_with_their_addresses() {
             format!("[UNSOLICITED_DROPPED] ipv4 tcp {CLIENT}:51000 -> {SERVER}:10001"),
         ]
     );
+
+    // Monitoring, the same SYN is what enforcement would drop; from an allowed network it
+    // is let in. A reconfiguration keeps the events on (their reader's switch).
+    ebpf::configure(
+        &mut p.ebpf,
+        &Settings {
+            monitor: true,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    p.ingress(&Tcp::new(CLIENT, 51001, SERVER, 10001, SYN).frame(&[]));
+    ebpf::configure(
+        &mut p.ebpf,
+        &Settings {
+            allow_from: vec![format!("{CLIENT}/32").parse().unwrap()],
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    p.ingress(&Tcp::new(CLIENT, 51002, SERVER, 10001, SYN).frame(&[]));
+    let mut lines = Vec::new();
+    while let Some(record) = ring.next() {
+        lines.push(Row::decode(&record).expect("a known event").to_string());
+    }
+    assert_eq!(
+        lines,
+        [
+            format!("[WOULD_DROP] ipv4 tcp {CLIENT}:51001 -> {SERVER}:10001"),
+            format!("[ALLOWED_FROM] ipv4 tcp {CLIENT}:51002 -> {SERVER}:10001"),
+        ]
+    );
 }
