@@ -667,3 +667,13 @@ fn random_bytes(len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A process killed when dropped, so that a failed test leaves no loader running.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

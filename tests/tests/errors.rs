@@ -8,15 +8,15 @@ use std::{
         unix::process::ExitStatusExt,
     },
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
 use ftp_ebpf_common::contract::STATS;
 use ftp_lab::{
     lab::{
-        Lab, SERVER_IF, SERVER_IP, default_loader_bin, nsenter, output_within, run, wait_for,
-        wait_within,
+        Lab, Running, SERVER_IF, SERVER_IP, default_loader_bin, nsenter, output_within, run,
+        wait_for, wait_within,
     },
     require_root,
 };
@@ -476,16 +476,6 @@ fn pin_dir_for_nobody(lab: &mut Lab) -> PathBuf {
         .arg(&dir))
     .unwrap();
     dir
-}
-
-/// A process killed when dropped, so that a failed test leaves no loader running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

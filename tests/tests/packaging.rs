@@ -18,7 +18,7 @@ use std::{
 use ftp_lab::{
     ftp::{self, Ftp},
     lab::{
-        BLOB_PATH, Lab, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns,
+        BLOB_PATH, Lab, Running, SERVER_IF, SERVER_IP, UNANNOUNCED, default_loader_bin, in_netns,
         output_within, run, wait_within,
     },
     package::built_deb,
@@ -500,16 +500,6 @@ fn proc_status(pid: u32) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         .collect()
-}
-
-/// A process killed when dropped, so that a failed test leaves no loader running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// What the unit needs started from a fresh install: the lab's notify socket, the unit
