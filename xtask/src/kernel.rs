@@ -70,6 +70,18 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
         ],
     ),
     ("forgery", &["forged_control_segments_open_nothing"]),
+    (
+        "events",
+        &["a_session_and_an_unannounced_syn_appear_with_their_addresses"],
+    ),
+    (
+        "monitor",
+        &["monitoring_passes_and_lists_what_enforcement_drops_and_flipping_keeps_state"],
+    ),
+    (
+        "reload",
+        &["sighup_applies_the_file_and_keeps_every_expectation_and_flow"],
+    ),
 ];
 
 /// How long the guest may take: it boots in about a minute and runs the tests in a few.
