@@ -8,12 +8,11 @@ use aya_ebpf::{
 use ftp_ebpf_common::{
     allow::{LOOKUP_PREFIX, SourceKey},
     contract::ALLOW_FROM_ENTRIES,
-    event::EventKind,
     stats::Counter,
 };
 
 use crate::{
-    events, guard,
+    guard,
     maps::count,
     packet::{Frame, Segment},
 };
@@ -37,6 +36,5 @@ pub fn admits(frame: &impl Frame, segment: &Segment) -> bool {
         return false;
     }
     count(Counter::AllowedFromSource);
-    events::packet(frame, segment, EventKind::AllowedFrom);
     true
 }
