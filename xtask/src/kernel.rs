@@ -112,7 +112,10 @@ pub fn run(kernel: Kernel) -> Result<()> {
     // leaves its log in the guest's /tmp, which the results keep. The script goes in a
     // file the guest runs: vng hands --exec to the guest on the kernel command line, whose
     // 2048 bytes a list of tests soon outgrows (the guest then hangs at boot).
-    let mut script = format!("uname -r > {}\nfailed=0\n", results.join("release").display());
+    let mut script = format!(
+        "uname -r > {}\nfailed=0\n",
+        results.join("release").display()
+    );
     for run in &runs {
         script += &format!("{run} >> {} 2>&1 || failed=$?\n", log.display());
     }
