@@ -17,7 +17,7 @@ use aya::{
     maps::{IterableMap, MapData},
 };
 use ftp_ebpf_common::{
-    contract::{CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, HashTable, STATS, WOULD_DROP},
+    contract::{CLIENTS, CONTROLS, EXPECTATIONS, FLOWS, HashTable, WOULD_DROP},
     policy::PortClass,
     stats::Counter,
 };
@@ -144,7 +144,7 @@ fn table<K: Pod, V: Pod>(pin_dir: &Path, table: HashTable<K, V>) -> Result<Table
 impl Snapshot {
     /// Reads the instance with pin directory `pin_dir`.
     pub fn read(pin_dir: &Path) -> Result<Self> {
-        let counters = stats::read(&STATS.from_map(pins::open(pin_dir, STATS.name)?)?)?;
+        let counters = stats::read_pinned(pin_dir)?;
         let tables = vec![
             table(pin_dir, EXPECTATIONS)?,
             table(pin_dir, FLOWS)?,

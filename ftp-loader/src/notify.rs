@@ -6,12 +6,11 @@
 
 use std::{path::Path, time::Duration};
 
-use aya::maps::{MapData, PerCpuArray};
-use ftp_ebpf_common::{contract::STATS, stats::Counter};
+use ftp_ebpf_common::stats::Counter;
 use log::warn;
 use sd_notify::NotifyState;
 
-use crate::{pins, stats};
+use crate::{monitor::Mode, stats};
 
 /// How often STATUS= is refreshed: `systemctl status` shows figures at most this old, and
 /// the loader wakes no more often than this for it.
@@ -74,17 +73,13 @@ pub async fn report_status(pin_dir: std::path::PathBuf) {
 /// The counters' summary, read from the instance's pinned STATS, as `ftp-loader stats`
 /// reads them; or why there is none.
 fn status_line(pin_dir: &Path) -> String {
-    let counters = pins::open(pin_dir, STATS.name)
-        .and_then(|map| STATS.from_map(map).map_err(Into::into))
-        .and_then(|array: PerCpuArray<MapData, u64>| stats::read(&array));
-    match counters {
-        Ok(counters) => summary(&counters),
+    match stats::read_pinned(pin_dir) {
+        Ok(counters) => summary(&counters, Mode::running(pin_dir)),
         Err(error) => format!("guarding; counters unreadable: {error:#}"),
     }
 }
 
-/// One line of the counters an admin looks at first; `ftp-loader stats` has them all.
-pub fn summary(counters: &[(Counter, u64)]) -> String {
+pub fn summary(counters: &[(Counter, u64)], mode: Option<Mode>) -> String {
     let value = |wanted: Counter| {
         counters
             .iter()
@@ -94,8 +89,13 @@ pub fn summary(counters: &[(Counter, u64)]) -> String {
     let forged = value(Counter::SpoofedSourceDropped)
         + value(Counter::ControlWrongPath)
         + value(Counter::ControlOutOfWindow);
+    // Monitoring, nothing is dropped: the same counts are what enforcement would drop.
+    let (doing, dropped) = match mode {
+        Some(Mode::Monitor) => ("monitoring only", "would be dropped"),
+        _ => ("guarding", "dropped"),
+    };
     format!(
-        "guarding: {} data connections announced, {} admitted, {} unannounced SYNs dropped, {} forged or stale control segments",
+        "{doing}: {} data connections announced, {} admitted, {} unannounced SYNs {dropped}, {} forged or stale control segments",
         value(Counter::ExpectationsCreated),
         value(Counter::FlowsTracked),
         value(Counter::UnsolicitedDropped),
@@ -125,8 +125,12 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            summary(&counters),
+            summary(&counters, Some(Mode::Enforce)),
             "guarding: 7 data connections announced, 5 admitted, 3 unannounced SYNs dropped, 7 forged or stale control segments"
+        );
+        assert_eq!(
+            summary(&counters, Some(Mode::Monitor)),
+            "monitoring only: 7 data connections announced, 5 admitted, 3 unannounced SYNs would be dropped, 7 forged or stale control segments"
         );
     }
 }

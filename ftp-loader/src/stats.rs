@@ -1,10 +1,10 @@
 //! The programs' counters, summed over CPUs.
 
-use std::borrow::Borrow;
+use std::{borrow::Borrow, path::Path};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, PerCpuArray};
-use ftp_ebpf_common::stats::Counter;
+use ftp_ebpf_common::{contract::STATS, stats::Counter};
 use serde::Serialize;
 
 /// The counters of STATS (`ftp_ebpf_common::contract::STATS`).
@@ -18,6 +18,11 @@ pub fn read<T: Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Result<Vec<(Coun
             Ok((counter, per_cpu.iter().sum()))
         })
         .collect()
+}
+
+/// The counters of the running instance that pinned its tables in `pin_dir`.
+pub fn read_pinned(pin_dir: &Path) -> Result<Vec<(Counter, u64)>> {
+    read(&STATS.from_map(crate::pins::open(pin_dir, STATS.name)?)?)
 }
 
 /// The counters as `stats` reports them: one flat JSON object of name to value, and a
