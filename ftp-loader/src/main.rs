@@ -758,6 +758,23 @@ fn describe(settings: &Settings) -> String {
             networks.join(", ")
         );
     }
+    if !settings.public_addresses.is_empty() {
+        let mappings: Vec<String> = settings
+            .public_addresses
+            .iter()
+            .map(|mapping| match mapping.local() {
+                Some(local) => format!("{} (expected at {local})", mapping.public()),
+                None => format!(
+                    "{} (expected at the address the control connection reached)",
+                    mapping.public()
+                ),
+            })
+            .collect();
+        text += &format!(
+            "; behind 1:1 NAT, this host's announcements of {} are its own",
+            mappings.join(", ")
+        );
+    }
     if settings.loose {
         text += "; LOOSE: addresses other than the announcer's are accepted (third-party transfers and FTP bounce possible)";
     }
