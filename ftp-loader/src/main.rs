@@ -73,7 +73,7 @@ struct Options {
 #[derive(Subcommand)]
 enum Command {
     /// Attach to the interfaces and guard them (what `ftp-loader INTERFACE...` does).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the counters of the running instance.
     Stats,
     /// List the live expectations (announced data connections), like `conntrack -L expect`.
