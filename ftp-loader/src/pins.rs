@@ -15,7 +15,7 @@ use aya::{
 };
 use ftp_ebpf_common::contract::{
     ALLOW_FROM, ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EVENTS, EXPECTATIONS, FLOWS,
-    HashTable, LpmTable, PORTS, PUBLIC_ADDRS, RingBuffer, STATS, WOULD_DROP,
+    HashTable, LpmTable, PORTS, PUBLIC_ADDRS, PUBLIC_ADDRS_ENTRIES, RingBuffer, STATS, WOULD_DROP,
 };
 
 use crate::{ebpf::Settings, events::READER_LOCK};
@@ -113,7 +113,11 @@ fn state_maps() -> [StateMap; STATE_MAP_NAMES.len()] {
         array(STATS),
         array(CONFIG),
         lpm(ALLOW_FROM),
-        hash(PUBLIC_ADDRS),
+        // Not sized by an option: as the programs declare it.
+        StateMap {
+            entries: Some(PUBLIC_ADDRS_ENTRIES),
+            ..hash(PUBLIC_ADDRS)
+        },
         array(WOULD_DROP),
         array(PORTS),
         hash(EXPECTATIONS),
