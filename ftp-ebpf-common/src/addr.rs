@@ -38,6 +38,14 @@ impl Family {
         }
     }
 
+    /// The address a map stores as this family's.
+    pub fn ip(self, addr: &Addr) -> core::net::IpAddr {
+        match self {
+            Self::V4 => core::net::IpAddr::from([addr[0], addr[1], addr[2], addr[3]]),
+            Self::V6 => core::net::IpAddr::from(*addr),
+        }
+    }
+
     /// The family of an address as the programs see it on the wire: an IPv4-mapped IPv6
     /// address (::ffff:a.b.c.d, as a dual-stack socket shows an IPv4 peer) is IPv4.
     pub const fn of(ip: core::net::IpAddr) -> Self {
@@ -137,10 +145,5 @@ pub const fn ipv4(octets: [u8; 4]) -> Addr {
 
 /// The address a map stores, None for an unknown family.
 pub fn to_ip(family: u8, addr: &Addr) -> Option<core::net::IpAddr> {
-    match Family::from_u8(family)? {
-        Family::V4 => Some(core::net::IpAddr::from([
-            addr[0], addr[1], addr[2], addr[3],
-        ])),
-        Family::V6 => Some(core::net::IpAddr::from(*addr)),
-    }
+    Some(Family::from_u8(family)?.ip(addr))
 }

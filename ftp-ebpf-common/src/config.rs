@@ -35,7 +35,10 @@ pub struct Config {
     /// 1: ALLOW_FROM holds networks (`--allow-from`), so a refused SYN's source is looked
     /// up there; 0 spares the lookup.
     pub allow_from: u8,
-    pub _reserved: [u8; 5],
+    /// 1: PUBLIC_ADDRS holds `--public-address` mappings, so an announcement of another
+    /// address by this host is looked up there; 0 spares the lookup.
+    pub public_addresses: u8,
+    pub _reserved: [u8; 4],
 }
 
 impl Config {
@@ -51,7 +54,8 @@ impl Config {
         monitor: 0,
         events: 0,
         allow_from: 0,
-        _reserved: [0; 5],
+        public_addresses: 0,
+        _reserved: [0; 4],
     };
 
     pub fn rules(&self) -> Rules {

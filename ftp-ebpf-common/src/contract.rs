@@ -18,6 +18,7 @@ use crate::{
     event::EventBucket,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
+    nat::PublicAddr,
     policy::PortInfo,
     share::ClientShare,
     stats::COUNTERS,
@@ -57,6 +58,8 @@ pub const MAX_EXPECT_TIMEOUT_SECS: u64 = crate::policy::MAX_EXPECT_TIMEOUT_NS / 
 pub const LOCAL_ADDRS_ENTRIES: u32 = 4096;
 /// Entries of PORTS: one per TCP port.
 pub const PORTS_ENTRIES: u32 = u16::MAX as u32 + 1;
+/// Entries of PUBLIC_ADDRS: the most `--public-address` mappings.
+pub const PUBLIC_ADDRS_ENTRIES: u32 = 256;
 /// Entries of ALLOW_FROM: the most `--allow-from` networks.
 pub const ALLOW_FROM_ENTRIES: u32 = 1024;
 /// Entries of the per-CPU scratch buffers: one per direction.
@@ -209,6 +212,8 @@ pub const CONFIG: ArrayTable<Config, Shared> = ArrayTable::new("CONFIG", 1);
 pub const WOULD_DROP: ArrayTable<u64, Shared> = ArrayTable::new("WOULD_DROP", PORTS_ENTRIES);
 /// The `--allow-from` networks (`allow::Cidr::key`), value unused (1).
 pub const ALLOW_FROM: LpmTable<SourceKey, u8> = LpmTable::new("ALLOW_FROM", ALLOW_FROM_ENTRIES);
+/// The `--public-address` mappings (`nat::PublicMapping::entry`), by PUBLIC.
+pub const PUBLIC_ADDRS: HashTable<AddrKey, PublicAddr> = HashTable::plain("PUBLIC_ADDRS");
 /// The events (`event::Event`), for `ftp-loader events` and `run --log-events`.
 pub const EVENTS: RingBuffer = RingBuffer {
     name: "EVENTS",
@@ -221,7 +226,7 @@ pub const OPTIONS: &str = "OPTIONS";
 pub const SCAN: &str = "SCAN";
 
 /// Every map of the object.
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 15] = [
     EXPECTATIONS.name,
     CONTROLS.name,
     FLOWS.name,
@@ -232,6 +237,7 @@ pub const MAP_NAMES: [&str; 14] = [
     CONFIG.name,
     WOULD_DROP.name,
     ALLOW_FROM.name,
+    PUBLIC_ADDRS.name,
     EVENTS.name,
     EVENT_BUCKETS.name,
     OPTIONS,

@@ -16,6 +16,7 @@ pub mod control;
 pub mod event;
 pub mod expect;
 pub mod flow;
+pub mod nat;
 pub mod parse;
 pub mod policy;
 pub mod seq;
@@ -50,6 +51,7 @@ mod pod {
         crate::share::ClientShare,
         crate::config::Config,
         crate::allow::SourceKey,
+        crate::nat::PublicAddr,
         crate::event::Event,
         crate::event::EventBucket,
     );

@@ -3,9 +3,11 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::{
+    addr::Addr,
     control::ExpectSlot,
     expect::ExpectValue,
     flow::FlowKey,
+    nat::PublicAddr,
     parse::{Announcement, FAMILY_OWN_ADDRESS, Sender},
 };
 
@@ -144,25 +146,28 @@ pub enum Refusal {
 ///
 /// The announcer will listen, the other end of the control connection will connect. The
 /// announced address must be the announcer's own (the kernel helper's rule), so a control
-/// connection can only open a port on the host at its own end.
+/// connection can only open a port on the host at its own end. `public` is the
+/// `--public-address` mapping of the announced address, given only when the announcer is
+/// this host (the caller checks that `own_address` is local): this host's public address is
+/// then its own too, and the listener is the address the NAT translates it to.
 pub fn judge(
     announcement: &Announcement,
     control: &FlowKey,
     announcer: Sender,
     rules: &Rules,
+    public: Option<&PublicAddr>,
 ) -> Result<ExpectSlot, Refusal> {
-    let own = match announcer {
-        Sender::Server => control.dst,
-        Sender::Client => control.src,
-    };
+    let own = own_address(control, announcer);
     let listener = if announcement.family == FAMILY_OWN_ADDRESS {
         own
     } else if announcement.family != control.family {
         return Err(Refusal::FamilyMismatch);
-    } else if announcement.addr != own && !rules.loose {
-        return Err(Refusal::AddressMismatch);
-    } else {
+    } else if announcement.addr == own || (rules.loose && public.is_none()) {
         announcement.addr
+    } else if let Some(public) = public {
+        public.listener(own)
+    } else {
+        return Err(Refusal::AddressMismatch);
     };
     if announcement.port < rules.min_data_port {
         return Err(Refusal::LowPort);
@@ -173,6 +178,14 @@ pub fn judge(
         _pad: 0,
         listener,
     })
+}
+
+/// The announcer's own address on control connection `control`.
+pub fn own_address(control: &FlowKey, announcer: Sender) -> Addr {
+    match announcer {
+        Sender::Server => control.dst,
+        Sender::Client => control.src,
+    }
 }
 
 /// What to do with a SYN (without ACK) to a guarded port.
@@ -229,7 +242,7 @@ mod tests {
     }
 
     fn expect(a: Announcement, announcer: Sender, rules: &Rules) -> Result<ExpectKey, Refusal> {
-        judge(&a, &control(), announcer, rules).map(|slot| slot.key(&control()))
+        judge(&a, &control(), announcer, rules, None).map(|slot| slot.key(&control()))
     }
 
     #[test]
@@ -361,6 +374,54 @@ mod tests {
         };
         let key = expect(command, Sender::Client, &loose).unwrap();
         assert_eq!((key.connector, key.listener), (SERVER, STRANGER));
+    }
+
+    #[test]
+    fn a_public_address_is_the_announcers_own_and_keys_on_the_translated_one() {
+        const PUBLIC: [u8; 16] = ipv4([203, 0, 113, 5]);
+        let reply = announced(Mode::Passive, FAMILY_IPV4, PUBLIC, 10000);
+        let judged = |public: Option<&PublicAddr>, rules: &Rules| {
+            judge(&reply, &control(), Sender::Server, rules, public).map(|s| s.key(&control()))
+        };
+        assert_eq!(judged(None, &RULES), Err(Refusal::AddressMismatch));
+        let own = PublicAddr {
+            local: [0; 16],
+            has_local: 0,
+            _pad: [0; 3],
+        };
+        let key = judged(Some(&own), &RULES).unwrap();
+        assert_eq!(
+            (key.connector, key.listener, key.port),
+            (CLIENT, SERVER, 10000)
+        );
+        let elsewhere = PublicAddr {
+            local: STRANGER,
+            has_local: 1,
+            ..own
+        };
+        assert_eq!(judged(Some(&elsewhere), &RULES).unwrap().listener, STRANGER);
+        // `--loose` alone keys on the public address, where no SYN arrives; the mapping
+        // wins over it.
+        let loose = Rules {
+            loose: true,
+            ..RULES
+        };
+        assert_eq!(judged(None, &loose).unwrap().listener, PUBLIC);
+        assert_eq!(judged(Some(&own), &loose).unwrap().listener, SERVER);
+        // The mapping moves nothing else: the port rule still holds, and an own address
+        // announced as such is keyed on itself.
+        let low = announced(Mode::Passive, FAMILY_IPV4, PUBLIC, 25);
+        assert_eq!(
+            judge(&low, &control(), Sender::Server, &RULES, Some(&elsewhere)),
+            Err(Refusal::LowPort)
+        );
+        let plain = announced(Mode::Passive, FAMILY_IPV4, SERVER, 10000);
+        assert_eq!(
+            judge(&plain, &control(), Sender::Server, &RULES, Some(&elsewhere))
+                .unwrap()
+                .listener,
+            SERVER
+        );
     }
 
     #[test]

@@ -12,8 +12,7 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
-    guard,
-    maps::count,
+    maps::{count, local},
     packet::{Frame, Segment},
 };
 
@@ -32,7 +31,7 @@ pub fn admits(frame: &impl Frame, segment: &Segment) -> bool {
         return false;
     };
     let key = Key::new(LOOKUP_PREFIX, SourceKey::new(segment.family, src));
-    if ALLOW_FROM.get(&key).is_none() || guard::local(segment.family, src) {
+    if ALLOW_FROM.get(&key).is_none() || local(segment.family, src) {
         return false;
     }
     count(Counter::AllowedFromSource);

@@ -25,6 +25,7 @@ use ftp_ebpf_common::{
 use crate::{
     events,
     maps::{self, CONTROLS, EXPECTATIONS, config, count, now_ns},
+    nat,
     packet::{Direction, Frame, Segment},
     share,
 };
@@ -361,7 +362,14 @@ fn scan_byte(work: &mut ControlScan, byte: u8) -> bool {
 fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
     let announcement = work.pending[index & (MAX_ANNOUNCEMENTS - 1)];
     let announcer = work.sender();
-    let slot = match policy::judge(&announcement, &work.control, announcer, &config().rules()) {
+    let public = nat::public_address(&announcement, &work.control, announcer);
+    let slot = match policy::judge(
+        &announcement,
+        &work.control,
+        announcer,
+        &config().rules(),
+        public,
+    ) {
         Ok(slot) => slot,
         Err(refusal) => {
             count(match refusal {

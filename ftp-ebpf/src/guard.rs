@@ -4,7 +4,6 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use ftp_ebpf_common::{
-    addr::{Addr, AddrKey},
     event::EventKind,
     expect::ExpectKey,
     flow::{FlowKey, FlowValue, Observed},
@@ -15,19 +14,11 @@ use ftp_ebpf_common::{
 
 use crate::{
     allow, events,
-    maps::{EXPECTATIONS, FLOWS, LOCAL_ADDRS, config, count, now_ns},
+    maps::{EXPECTATIONS, FLOWS, config, count, local, now_ns},
     monitor,
     packet::{Direction, Frame, Segment},
     share,
 };
-
-/// Whether `addr` is one of this host's own addresses.
-#[inline(always)]
-pub fn local(family: u8, addr: Addr) -> bool {
-    let key = AddrKey::new(family, addr);
-    // SAFETY: a plain-data map value, only tested for presence.
-    unsafe { LOCAL_ADDRS.get(&key) }.is_some()
-}
 
 /// Whether a segment arriving on ingress claims one of this host's own addresses as its
 /// source: the host's own segments leave through egress, so this one is forged. Counted.

@@ -15,6 +15,7 @@ mod events;
 mod guard;
 mod maps;
 mod monitor;
+mod nat;
 mod packet;
 mod share;
 

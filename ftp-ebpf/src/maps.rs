@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use ftp_ebpf_common::{
-    addr::AddrKey,
+    addr::{Addr, AddrKey},
     config::Config,
     contract::{
         DEFAULT_MAX_CONTROLS, DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_FLOWS, LOCAL_ADDRS_ENTRIES,
@@ -70,6 +70,14 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub fn config() -> &'static Config {
     // SAFETY: array map values are plain data, valid for the program's run.
     unsafe { CONFIG.get(0) }.unwrap_or(&Config::DEFAULT)
+}
+
+/// Whether `addr` is one of this host's own addresses.
+#[inline(always)]
+pub fn local(family: u8, addr: Addr) -> bool {
+    let key = AddrKey::new(family, addr);
+    // SAFETY: a plain-data map value, only tested for presence.
+    unsafe { LOCAL_ADDRS.get(&key) }.is_some()
 }
 
 #[inline(always)]

@@ -11,7 +11,9 @@ use std::{
 use anyhow::{Result, anyhow, bail};
 use aya::{EbpfError, maps::MapError};
 use aya_obj::generated::{BPF_F_NO_PREALLOC, bpf_attr, bpf_cmd, bpf_map_type};
-use ftp_ebpf_common::contract::{ALLOW_FROM_ENTRIES, MAX_EXPECT_TIMEOUT_SECS, MAX_EXPECTED};
+use ftp_ebpf_common::contract::{
+    ALLOW_FROM_ENTRIES, MAX_EXPECT_TIMEOUT_SECS, MAX_EXPECTED, PUBLIC_ADDRS_ENTRIES,
+};
 
 use crate::{
     ebpf::{OBJECT, Settings},
@@ -298,6 +300,23 @@ pub fn settings(settings: &Settings) -> Result<()> {
             "--allow-from is given {} times, more than the {ALLOW_FROM_ENTRIES} networks the programs hold: merge them into wider networks",
             settings.allow_from.len()
         );
+    }
+    if settings.public_addresses.len() > PUBLIC_ADDRS_ENTRIES as usize {
+        bail!(
+            "--public-address is given {} times, more than the {PUBLIC_ADDRS_ENTRIES} mappings the programs hold: list only the addresses the FTP servers announce",
+            settings.public_addresses.len()
+        );
+    }
+    for (i, mapping) in settings.public_addresses.iter().enumerate() {
+        if let Some(other) = settings.public_addresses[..i]
+            .iter()
+            .find(|other| other.public() == mapping.public() && *other != mapping)
+        {
+            bail!(
+                "--public-address {other} and {mapping} map {} twice: give it once, with the LOCAL address the NAT translates it to",
+                mapping.public()
+            );
+        }
     }
     let max_secs = MAX_EXPECT_TIMEOUT_SECS;
     if settings.expect_timeout_secs > max_secs {

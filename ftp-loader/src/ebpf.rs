@@ -5,11 +5,12 @@ use std::{borrow::BorrowMut, path::Path, sync::LazyLock};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, lpm_trie::LpmTrie},
+    maps::{Array, HashMap, MapData, lpm_trie::LpmTrie},
     programs::ProgramError,
 };
 use clap::Args;
 use ftp_ebpf_common::{
+    addr::AddrKey,
     allow::{Cidr, SourceKey},
     config::Config,
     contract::{
@@ -17,8 +18,9 @@ use ftp_ebpf_common::{
         DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_MAX_CONTROLS,
         DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PER_CLIENT,
         DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS, INGRESS_PROGRAM,
-        INGRESS_TC_PROGRAM, MAX_EXPECTED, NS_PER_SEC, PORTS,
+        INGRESS_TC_PROGRAM, MAX_EXPECTED, NS_PER_SEC, PORTS, PUBLIC_ADDRS,
     },
+    nat::{PublicAddr, PublicMapping},
     policy::{PortInfo, PortPlan},
 };
 
@@ -98,6 +100,12 @@ pub struct Settings {
     /// guarded ports pass, announced or not: monitoring hosts, backup servers (repeatable).
     #[arg(long = "allow-from", value_name = "CIDR")]
     pub allow_from: Vec<Cidr>,
+    /// This host sits behind a 1:1 NAT that peers reach it through at PUBLIC: announcements
+    /// of PUBLIC made here (a server's 227 set by its masquerade option, a client's PORT)
+    /// are this host's own, and the data connection is expected at LOCAL, or when LOCAL is
+    /// omitted at the address the control connection reached (repeatable).
+    #[arg(long = "public-address", value_name = "PUBLIC[=LOCAL]")]
+    pub public_addresses: Vec<PublicMapping>,
     /// Log debug lines too (each admission and drop, with addresses: --log-events).
     #[arg(short, long)]
     pub verbose: bool,
@@ -120,6 +128,7 @@ impl Default for Settings {
             min_data_port: DEFAULT_MIN_DATA_PORT,
             monitor: false,
             allow_from: Vec::new(),
+            public_addresses: Vec::new(),
             verbose: false,
         }
     }
@@ -171,6 +180,7 @@ impl Settings {
             loose: u8::from(self.loose),
             monitor: u8::from(self.monitor),
             allow_from: u8::from(!self.allow_from.is_empty()),
+            public_addresses: u8::from(!self.public_addresses.is_empty()),
             ..Config::DEFAULT
         }
     }
@@ -225,12 +235,13 @@ fn load_with(settings: &Settings, pins: Option<&PinDir>) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// Writes the settings the programs read while they run: ALLOW_FROM, the ports' classes
-/// and CONFIG. Called before anything is attached, and again at reload: what the tables
+/// Writes the settings the programs read while they run: ALLOW_FROM, PUBLIC_ADDRS, the
+/// ports' classes and CONFIG. Called before anything is attached, and again at reload: what the tables
 /// hold (the expectations, the flows, when each port was last announced and admitted, the
 /// counters) is kept, so switching between monitoring and enforcing loses nothing.
 pub fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<()> {
     write_allow_from(&mut ALLOW_FROM.of_mut(ebpf)?, settings)?;
+    write_public_addresses(&mut PUBLIC_ADDRS.of_mut(ebpf)?, settings)?;
     write_ports(&mut PORTS.of_mut(ebpf)?, settings)?;
     write_config(&mut CONFIG.of_mut(ebpf)?, settings)
 }
@@ -254,6 +265,35 @@ fn write_allow_from<T: BorrowMut<MapData>>(
     for key in stale {
         trie.remove(&key)
             .with_context(|| format!("writing {ALLOW_FROM}"))?;
+    }
+    Ok(())
+}
+
+/// The `--public-address` mappings, replacing the previous ones in the same order as
+/// `write_allow_from`: new and changed ones first, then the stale ones go.
+fn write_public_addresses<T: BorrowMut<MapData>>(
+    table: &mut HashMap<T, AddrKey, PublicAddr>,
+    settings: &Settings,
+) -> Result<()> {
+    let entries: Vec<(AddrKey, PublicAddr)> = settings
+        .public_addresses
+        .iter()
+        .map(PublicMapping::entry)
+        .collect();
+    for (public, value) in &entries {
+        table
+            .insert(public, value, 0)
+            .with_context(|| format!("writing {PUBLIC_ADDRS}"))?;
+    }
+    let stale: Vec<AddrKey> = table
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !entries.iter().any(|(public, _)| public == key))
+        .collect();
+    for key in stale {
+        table
+            .remove(&key)
+            .with_context(|| format!("writing {PUBLIC_ADDRS}"))?;
     }
     Ok(())
 }

@@ -73,7 +73,7 @@ struct Options {
 #[derive(Subcommand)]
 enum Command {
     /// Attach to the interfaces and guard them (what `ftp-loader INTERFACE...` does).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the counters of the running instance.
     Stats,
     /// List the live expectations (announced data connections), like `conntrack -L expect`.
@@ -756,6 +756,23 @@ fn describe(settings: &Settings) -> String {
         text += &format!(
             "; new connections from {} pass without one",
             networks.join(", ")
+        );
+    }
+    if !settings.public_addresses.is_empty() {
+        let mappings: Vec<String> = settings
+            .public_addresses
+            .iter()
+            .map(|mapping| match mapping.local() {
+                Some(local) => format!("{} (expected at {local})", mapping.public()),
+                None => format!(
+                    "{} (expected at the address the control connection reached)",
+                    mapping.public()
+                ),
+            })
+            .collect();
+        text += &format!(
+            "; behind 1:1 NAT, this host's announcements of {} are its own",
+            mappings.join(", ")
         );
     }
     if settings.loose {

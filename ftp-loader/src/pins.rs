@@ -15,7 +15,7 @@ use aya::{
 };
 use ftp_ebpf_common::contract::{
     ALLOW_FROM, ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EVENTS, EXPECTATIONS, FLOWS,
-    HashTable, LpmTable, PORTS, RingBuffer, STATS, WOULD_DROP,
+    HashTable, LpmTable, PORTS, PUBLIC_ADDRS, RingBuffer, STATS, WOULD_DROP,
 };
 
 use crate::{ebpf::Settings, events::READER_LOCK};
@@ -88,14 +88,16 @@ fn ring(ring: RingBuffer) -> StateMap {
 
 /// The names of the tables pinned for the next instance: every map whose contents must
 /// survive a restart. The scan buffers and rate limits are scratch space, and each loader
-/// fills LOCAL_ADDRS anew. CONFIG (and ALLOW_FROM, which the loader also writes anew) are
+/// fills LOCAL_ADDRS anew. CONFIG (and ALLOW_FROM and PUBLIC_ADDRS, which the loader also
+/// writes anew) are
 /// pinned so that the commands that read a running instance can see its settings and
 /// `ftp-loader events` can switch the events on; EVENTS so that it can read them (across a
 /// restart of the loader too).
-pub const STATE_MAP_NAMES: [&str; 10] = [
+pub const STATE_MAP_NAMES: [&str; 11] = [
     STATS.name,
     CONFIG.name,
     ALLOW_FROM.name,
+    PUBLIC_ADDRS.name,
     WOULD_DROP.name,
     PORTS.name,
     EXPECTATIONS.name,
@@ -111,6 +113,7 @@ fn state_maps() -> [StateMap; STATE_MAP_NAMES.len()] {
         array(STATS),
         array(CONFIG),
         lpm(ALLOW_FROM),
+        hash(PUBLIC_ADDRS),
         array(WOULD_DROP),
         array(PORTS),
         hash(EXPECTATIONS),

@@ -384,6 +384,18 @@ fn contradictory_options_are_refused() {
             ],
         ),
         (
+            &[
+                "--public-address",
+                "203.0.113.5=10.0.0.5",
+                "--public-address",
+                "203.0.113.5=10.0.0.6",
+            ],
+            &[
+                "--public-address 203.0.113.5=10.0.0.5 and 203.0.113.5=10.0.0.6 map 203.0.113.5 twice",
+                "give it once",
+            ],
+        ),
+        (
             &["--expect-timeout", "5000000000"],
             &[
                 "--expect-timeout 5000000000 is longer",
@@ -393,6 +405,33 @@ fn contradictory_options_are_refused() {
     ] {
         let sentence = refused_run(&lab, args);
         assert_mentions(&sentence, expected);
+    }
+}
+
+/// A value that is no mapping is refused by the argument parser (status 2), in one
+/// sentence that gives the form.
+#[test]
+fn a_bad_public_address_is_one_sentence_giving_the_form() {
+    let lab = lab("badpublic");
+    for (value, expected) in [
+        (
+            "203.0.113.5=fd00::5",
+            "PUBLIC and LOCAL must be of one family: a 1:1 NAT keeps it",
+        ),
+        (
+            "203.0.113.0/24",
+            "expected PUBLIC or PUBLIC=LOCAL (the address peers reach this host at, and the one the NAT translates it to), e.g. 203.0.113.5 or 203.0.113.5=10.0.0.5",
+        ),
+    ] {
+        let output = loader(&lab, &[SERVER_IF, "--public-address", value]);
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.ends_with(&format!("'--public-address <PUBLIC[=LOCAL]>': {expected}")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("os error") && !stderr.contains("panicked"));
     }
 }
 

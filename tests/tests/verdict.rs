@@ -479,6 +479,70 @@ fn third_party_address_creates_nothing_unless_loose() {
     assert_eq!(loose.expected_keys(), [expect_key(SERVER, STRANGER, 10001)]);
 }
 
+/// `--public-address`: a server behind 1:1 NAT announces its public address (a 227 set by
+/// its masquerade option), a client host behind one announces its own (PORT, EPRT); each
+/// is expected at the address its data connection's SYN reaches once translated. Only
+/// this host's announcements: a peer naming this host's public address is refused.
+#[test]
+fn public_addresses_are_this_hosts_own_behind_one_to_one_nat() {
+    let translated = Ipv4Addr::new(192, 0, 2, 7);
+    let mut p = Programs::load(Settings {
+        public_addresses: vec![
+            "203.0.113.5".parse().unwrap(),
+            format!("203.0.113.6={translated}").parse().unwrap(),
+        ],
+        max_expected: 2,
+        ..Settings::default()
+    });
+    p.set_local_addrs(&[SERVER.into()]);
+    let mut s = p.open(session());
+    p.egress(&s.reply(b"227 Entering Passive Mode (203,0,113,5,39,16)\r\n"));
+    p.egress(&s.reply(b"227 Entering Passive Mode (203,0,113,6,39,17)\r\n"));
+    assert_eq!(
+        p.expected_keys(),
+        [
+            expect_key(CLIENT, SERVER, 10000),
+            expect_key(CLIENT, translated, 10001)
+        ]
+    );
+    assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_PASS);
+    // The client naming the server's public address asks for a bounce to it.
+    p.ingress(&s.command(b"PORT 203,0,113,5,39,18\r\n"));
+    p.ingress(&s.command(b"EPRT |1|203.0.113.5|10003|\r\n"));
+    assert_eq!(p.stats()["address_mismatch"], 2);
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, translated, 10001)]);
+
+    let mut c = Programs::load(Settings {
+        public_addresses: vec!["198.51.100.20".parse().unwrap()],
+        max_expected: 2,
+        ..Settings::default()
+    });
+    c.set_local_addrs(&[CLIENT.into()]);
+    let mut s = c.open_at(Host::Client, session());
+    c.egress(&s.command(b"PORT 198,51,100,20,39,16\r\n"));
+    c.egress(&s.command(b"EPRT |1|198.51.100.20|10001|\r\n"));
+    assert_eq!(
+        c.expected_keys(),
+        [
+            expect_key(SERVER, CLIENT, 10000),
+            expect_key(SERVER, CLIENT, 10001)
+        ]
+    );
+    assert_eq!(c.ingress(&syn(SERVER, 20, CLIENT, 10000)), XDP_PASS);
+    assert!(!c.stats().contains_key("address_mismatch"));
+    // A reload without the mapping takes it away.
+    ebpf::configure(
+        &mut c.ebpf,
+        &Settings {
+            max_expected: 2,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    c.egress(&s.command(b"PORT 198,51,100,20,39,18\r\n"));
+    assert_eq!(c.stats()["address_mismatch"], 1);
+}
+
 #[test]
 fn privileged_data_ports_are_refused_by_default() {
     let p = Programs::new();
