@@ -182,7 +182,7 @@ impl Server {
                     .args(["-c", PYFTPDLIB])
                     .arg(&root)
                     .args([low.to_string(), high.to_string()])
-                    // No masquerading: an empty address.
+                    // The public address its PASV replies name; empty for its own.
                     .arg(
                         masquerade
                             .map(|public| public.to_string())

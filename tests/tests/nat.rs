@@ -10,7 +10,8 @@
 //!   IPv4 downloads the file intact, each transfer is a matched expectation, and the
 //!   unannounced listener stays unreachable through the NAT. In active mode the client's
 //!   PORT or EPRT names the client's own address, which this NAT does not translate: it
-//!   passes unchanged, refused as nothing;
+//!   passes unchanged, nothing is refused, and the server's connection to that address is
+//!   a matched expectation;
 //! - with `--public-address PUBLIC=LOCAL`, a passive transfer is admitted as well.
 //!
 //! Then the client goes behind the NAT too, guarded by a loader of its own: a client that
@@ -92,6 +93,11 @@ impl Row {
             mismatch,
             dropped,
         } = self.delta;
+        if self.unannounced == Some(true) {
+            return Some(format!(
+                "the unannounced listener on port {UNANNOUNCED} answered through the NAT"
+            ));
+        }
         match self.expect {
             Expect::Admitted => match &self.transfer {
                 Err(e) => Some(format!("{e:#}")),
@@ -101,9 +107,6 @@ impl Row {
                         .into(),
                 ),
                 Ok(_) if mismatch > 0 => Some(format!("{mismatch} announcement(s) refused")),
-                Ok(_) if self.unannounced == Some(true) => Some(format!(
-                    "the unannounced listener on port {UNANNOUNCED} answered through the NAT"
-                )),
                 Ok(_) => None,
             },
             Expect::Refused => match &self.transfer {
