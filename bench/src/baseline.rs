@@ -1,5 +1,5 @@
-//! The benchmarks' baseline: an XDP program that does nothing but pass (`r0 = XDP_PASS;
-//! exit`), loaded and run with the bpf(2) syscall directly, so that the cost of ftp-tracker's
+//! The benchmarks' baselines: an XDP program that does nothing but pass (`r0 = XDP_PASS;
+//! exit`), and its tc twin (`r0 = TC_ACT_UNSPEC; exit`), loaded and run with the bpf(2) syscall directly, so that the cost of ftp-tracker's
 //! programs can be stated as a ratio measured in the same run. Two instructions assembled
 //! here: nothing of it is built into, or shipped with, the product.
 
@@ -13,7 +13,10 @@ use anyhow::{Context, Result, bail};
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const XDP_PASS: i32 = 2;
+/// TC_ACT_UNSPEC: what the product's tc programs return for a packet they pass.
+const TC_ACT_UNSPEC: i32 = -1;
 
 /// One eBPF instruction (`struct bpf_insn`): opcode, dst_reg | src_reg << 4, offset, imm.
 #[repr(C)]
@@ -24,23 +27,25 @@ struct Insn {
     imm: i32,
 }
 
-/// `r0 = XDP_PASS; exit`.
-const PROGRAM: [Insn; 2] = [
-    // BPF_ALU64 | BPF_MOV | BPF_K: r0 = imm
-    Insn {
-        code: 0x07 | 0xb0,
-        regs: 0,
-        off: 0,
-        imm: XDP_PASS,
-    },
-    // BPF_JMP | BPF_EXIT
-    Insn {
-        code: 0x05 | 0x90,
-        regs: 0,
-        off: 0,
-        imm: 0,
-    },
-];
+/// `r0 = verdict; exit`.
+const fn program(verdict: i32) -> [Insn; 2] {
+    [
+        // BPF_ALU64 | BPF_MOV | BPF_K: r0 = imm
+        Insn {
+            code: 0x07 | 0xb0,
+            regs: 0,
+            off: 0,
+            imm: verdict,
+        },
+        // BPF_JMP | BPF_EXIT
+        Insn {
+            code: 0x05 | 0x90,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ]
+}
 
 /// `union bpf_attr` is larger than either command's part of it; the kernel wants the rest
 /// zero.
@@ -94,22 +99,35 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// The do-nothing XDP program, loaded.
+/// A do-nothing program, loaded: XDP, or tc for the tc programs' figures.
 pub struct Baseline {
     fd: OwnedFd,
+    verdict: i32,
 }
 
 impl Baseline {
     pub const NAME: &str = "do-nothing XDP";
+    pub const TC_NAME: &str = "do-nothing tc";
 
+    /// The do-nothing XDP program.
     pub fn load() -> Result<Self> {
+        Self::load_as(BPF_PROG_TYPE_XDP, XDP_PASS, *b"xdp_pass")
+    }
+
+    /// The do-nothing tc program, passing as the product's tc programs do.
+    pub fn load_tc() -> Result<Self> {
+        Self::load_as(BPF_PROG_TYPE_SCHED_CLS, TC_ACT_UNSPEC, *b"tc_unspc")
+    }
+
+    fn load_as(prog_type: u32, verdict: i32, short_name: [u8; 8]) -> Result<Self> {
         let license = c"GPL";
         let mut name = [0u8; 16];
-        name[..8].copy_from_slice(b"xdp_pass");
+        name[..8].copy_from_slice(&short_name);
+        let instructions = program(verdict);
         let mut attr = ProgLoad {
-            prog_type: BPF_PROG_TYPE_XDP,
-            insn_cnt: PROGRAM.len() as u32,
-            insns: PROGRAM.as_ptr() as u64,
+            prog_type,
+            insn_cnt: instructions.len() as u32,
+            insns: instructions.as_ptr() as u64,
             license: license.as_ptr() as u64,
             log_level: 0,
             log_size: 0,
@@ -119,10 +137,10 @@ impl Baseline {
             prog_name: name,
             _rest: [0; ATTR_SIZE - 64],
         };
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading the do-nothing XDP program")?;
+        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading a do-nothing program")?;
         // SAFETY: BPF_PROG_LOAD returned a new file descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        Ok(Self { fd })
+        Ok(Self { fd, verdict })
     }
 
     /// Runs the program on `frame` `repeat` times in the kernel (`BPF_PROG_TEST_RUN`, as
@@ -140,9 +158,9 @@ impl Baseline {
             duration: 0,
             _rest: [0; ATTR_SIZE - 40],
         };
-        bpf(BPF_PROG_TEST_RUN, &mut attr).context("running the do-nothing XDP program")?;
-        if attr.retval != XDP_PASS as u32 {
-            bail!("the do-nothing XDP program returned {}", attr.retval);
+        bpf(BPF_PROG_TEST_RUN, &mut attr).context("running a do-nothing program")?;
+        if attr.retval != self.verdict as u32 {
+            bail!("a do-nothing program returned {}", attr.retval);
         }
         Ok(f64::from(attr.duration))
     }

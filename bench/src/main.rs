@@ -10,6 +10,7 @@ mod baseline;
 mod bulk;
 mod events;
 mod flood;
+mod nat;
 pub mod guard;
 mod packet;
 mod report;
@@ -138,6 +139,7 @@ type Measure = fn(&Bench) -> Result<Section>;
 const REGISTRY: &[(&str, Measure)] = &[
     ("per-packet", packet::run),
     ("events", events::run),
+    ("nat", nat::run),
     ("bulk", bulk::run),
     ("flood", flood::run),
     ("sessions", sessions::run),
