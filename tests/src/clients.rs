@@ -3,11 +3,17 @@
 //! fall back silently: curl retries with PASV when an EPSV data connection fails) and that
 //! the file arrived intact.
 
-use std::{fmt, path::Path, process::Command, time::Duration};
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::{Result, ensure};
 
-use crate::lab::{BLOB_PATH, Family, Lab, LabAddrs, last_lines, output_within};
+use crate::lab::{BLOB_PATH, Family, Lab, last_lines, output_within};
 
 /// The longest one transfer may take: in the lab it takes milliseconds, and a client whose
 /// connection is dropped gives up after its own [`TIMEOUT_SECS`].
@@ -116,11 +122,7 @@ pub fn download(lab: &Lab, client: Client, family: Family, mode: Mode) -> Result
         supports(client, family, mode),
         "{client} cannot be made to use {mode} over {family}"
     );
-    let target = lab.file("download");
-    // A file left by an earlier transfer must not pass for this one's.
-    if target.exists() {
-        std::fs::remove_file(&target)?;
-    }
+    let target = fresh_target(lab)?;
     let output = output_within(&mut command(lab, client, family, mode, &target), LIMIT)?;
     let transcript = [&output.stdout[..], &output.stderr[..]].concat();
     let sent = data_commands(client, &transcript);
@@ -134,7 +136,55 @@ pub fn download(lab: &Lab, client: Client, family: Family, mode: Mode) -> Result
         sent == [mode.command()],
         "{client} was to use {mode} alone but sent {sent:?}"
     );
-    let received = std::fs::read(&target)?;
+    received_intact(lab, &target)
+}
+
+/// Fetches the lab's file over IPv4 as a client behind 1:1 NAT that knows its public
+/// address does in active mode: listening on its own `port`, it announces `announced` and
+/// `port` with `mode` (PORT or EPRT), so the server connects to the NAT's public address.
+/// Real clients announce the address their data socket is bound to, which behind NAT is
+/// the private one; this one is Python's ftplib, told what to send. Checks that the file
+/// arrived byte for byte and returns its size. Takes at most [`LIMIT`].
+pub fn download_announcing(lab: &Lab, mode: Mode, announced: Ipv4Addr, port: u16) -> Result<usize> {
+    ensure!(
+        matches!(mode, Mode::Port | Mode::Eprt),
+        "{mode} announces no address of the client's"
+    );
+    let target = fresh_target(lab)?;
+    let output = output_within(
+        lab.client("/usr/bin/python3")
+            .args(["-c", FTPLIB_ANNOUNCING])
+            .arg(lab.server_addr(Family::V4).to_string())
+            .arg(mode.command())
+            .arg(announced.to_string())
+            .arg(port.to_string())
+            .arg(TIMEOUT_SECS)
+            .arg(BLOB_PATH)
+            .arg(&target),
+        LIMIT,
+    )?;
+    ensure!(
+        output.status.success(),
+        "ftplib announcing {announced} port {port} with {mode} failed ({}): {}",
+        output.status,
+        last_lines(&output.stderr, 2)
+    );
+    received_intact(lab, &target)
+}
+
+/// Where a client writes the file it downloads, with no file left there by an earlier
+/// transfer to pass for this one's.
+fn fresh_target(lab: &Lab) -> Result<PathBuf> {
+    let target = lab.file("download");
+    if target.exists() {
+        std::fs::remove_file(&target)?;
+    }
+    Ok(target)
+}
+
+/// Checks that `target` holds the lab's file byte for byte; returns its size.
+pub fn received_intact(lab: &Lab, target: &Path) -> Result<usize> {
+    let received = std::fs::read(target)?;
     let served = lab.blob()?;
     ensure!(
         received == served,
@@ -148,7 +198,7 @@ pub fn download(lab: &Lab, client: Client, family: Family, mode: Mode) -> Result
 /// The client's command line, in the client namespace, with its debug output on (the
 /// commands it sent are read from it).
 fn command(lab: &Lab, client: Client, family: Family, mode: Mode, target: &Path) -> Command {
-    let url = format!("ftp://{}/{BLOB_PATH}", family.server_host());
+    let url = format!("ftp://{}/{BLOB_PATH}", lab.server_host(family));
     match client {
         Client::Curl => {
             let mut command = lab.client("curl");
@@ -182,7 +232,7 @@ fn command(lab: &Lab, client: Client, family: Family, mode: Mode, target: &Path)
                 "set net:timeout {TIMEOUT_SECS}; set net:max-retries 1; \
                  set ftp:auto-passive-mode no; set ftp:ssl-allow no; set xfer:clobber on; \
                  {data}; open ftp://{}; get {BLOB_PATH} -o \"{}\"",
-                family.server_host(),
+                lab.server_host(family),
                 target.display()
             );
             let mut command = lab.client("lftp");
@@ -205,7 +255,7 @@ fn command(lab: &Lab, client: Client, family: Family, mode: Mode, target: &Path)
             let mut command = lab.client("/usr/bin/python3");
             command
                 .args(["-c", FTPLIB])
-                .arg(family.server_ip().to_string())
+                .arg(lab.server_addr(family).to_string())
                 .arg(if mode.passive() { "passive" } else { "active" })
                 .arg(TIMEOUT_SECS)
                 .arg(BLOB_PATH)
@@ -227,6 +277,34 @@ ftp.login()
 ftp.set_pasv(mode == "passive")
 with open(target, "wb") as out:
     ftp.retrbinary("RETR " + path, out.write)
+ftp.quit()
+"#;
+
+/// `download_announcing`'s client: the data socket listens before the announcement, which
+/// names the address given, not the socket's own. RETR's 150 may come before the server
+/// connects (pyftpdlib connects on PORT, vsftpd on RETR): the connection then waits in the
+/// listener's queue.
+const FTPLIB_ANNOUNCING: &str = r#"
+import ftplib, socket, sys
+host, command, announced, port, timeout, path, target = sys.argv[1:]
+port, timeout = int(port), float(timeout)
+listener = socket.create_server(("", port))
+listener.settimeout(timeout)
+ftp = ftplib.FTP(timeout=timeout)
+ftp.set_debuglevel(1)
+ftp.connect(host, 21)
+ftp.login()
+ftp.voidcmd("TYPE I")
+if command == "PORT":
+    ftp.sendport(announced, port)
+else:
+    ftp.sendeprt(announced, port)
+ftp.sendcmd("RETR " + path)
+data, _ = listener.accept()
+with data, open(target, "wb") as out:
+    while chunk := data.recv(65536):
+        out.write(chunk)
+ftp.voidresp()
 ftp.quit()
 "#;
 

@@ -1,7 +1,9 @@
 //! The classic two-host FTP lab: a server host (running one of the FTP servers of
 //! [`crate::servers`], with a passive port range) and a client host, joined by a veth pair,
 //! each in a network namespace of its own, both reachable over IPv4 and IPv6. No netfilter
-//! rule or helper exists in either namespace: ftp-loader alone guards the server.
+//! rule or helper exists in either namespace: ftp-loader alone guards the server. The same
+//! hosts may instead be joined through a router doing 1:1 NAT ([`Lab::behind_nat`], in
+//! [`crate::nat`]).
 //!
 //! Names are unique per process and lab, and `Drop` removes everything the lab made (the
 //! processes, the namespaces with their veth pair, the pin directory, the files), also when
@@ -37,8 +39,6 @@ pub use ftp_ebpf_common::addr::Family;
 pub trait LabAddrs {
     fn server_ip(self) -> IpAddr;
     fn client_ip(self) -> IpAddr;
-    /// The server's address as it goes into a URL's host part.
-    fn server_host(self) -> String;
 }
 
 impl LabAddrs for Family {
@@ -55,13 +55,6 @@ impl LabAddrs for Family {
             Self::V6 => CLIENT_IP6.into(),
         }
     }
-
-    fn server_host(self) -> String {
-        match self {
-            Self::V4 => SERVER_IP.to_string(),
-            Self::V6 => format!("[{SERVER_IP6}]"),
-        }
-    }
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -71,6 +64,16 @@ pub struct Lab {
     pub client_ns: String,
     pub pin_dir: PathBuf,
     id: String,
+    /// The server's IPv4 address as the client reaches it: its own, or behind NAT the
+    /// public one.
+    pub(crate) server_v4: Ipv4Addr,
+    /// The server host's own IPv4 address, where the servers listen: [`SERVER_IP`], except
+    /// in the gateway lab ([`crate::gateway`]), whose placements give it another.
+    pub(crate) server_own_v4: Ipv4Addr,
+    /// The namespace the loader runs in: the server's, unless a test guards another host.
+    loader_ns: String,
+    /// The router's namespace, in a lab behind NAT ([`Lab::behind_nat`]).
+    pub router_ns: Option<String>,
     /// Namespaces a test added (`add_namespace`), removed with the lab's own.
     extra_ns: Vec<String>,
     /// BPF filesystems a test mounted (`mount_bpffs`), unmounted with the lab.
@@ -175,6 +178,13 @@ pub fn default_loader_bin() -> PathBuf {
 impl Lab {
     /// Builds the namespaces, the veth pair and the served files.
     pub fn new(tag: &str, loader_bin: &Path) -> Result<Self> {
+        let lab = Self::unlinked(tag, loader_bin)?;
+        lab.add_link()?;
+        Ok(lab)
+    }
+
+    /// The namespaces and the served files, not yet joined by any link.
+    pub(crate) fn unlinked(tag: &str, loader_bin: &Path) -> Result<Self> {
         ensure!(
             loader_bin.exists(),
             "{} does not exist: build it with `cargo build -p ftp-loader` (cargo xtask test does)",
@@ -186,10 +196,15 @@ impl Lab {
             LABS.fetch_add(1, Ordering::Relaxed)
         );
         let dir = std::env::temp_dir().join(&id);
+        let server_ns = format!("{id}-srv");
         let mut lab = Self {
-            server_ns: format!("{id}-srv"),
+            loader_ns: server_ns.clone(),
+            server_ns,
             client_ns: format!("{id}-cli"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{id}")),
+            server_v4: SERVER_IP,
+            server_own_v4: SERVER_IP,
+            router_ns: None,
             id,
             extra_ns: Vec::new(),
             mounts: Vec::new(),
@@ -206,7 +221,6 @@ impl Lab {
     fn build(&mut self) -> Result<()> {
         run(Command::new("ip").args(["netns", "add", &self.server_ns]))?;
         run(Command::new("ip").args(["netns", "add", &self.client_ns]))?;
-        self.add_link()?;
         let pub_dir = self.ftp_root().join("pub");
         std::fs::create_dir_all(&pub_dir)?;
         std::fs::write(self.ftp_root().join(BLOB_PATH), random_bytes(BLOB_SIZE))?;
@@ -221,47 +235,12 @@ impl Lab {
     /// Creates the veth pair between the namespaces, addressed in both families and up:
     /// when the lab is made, and again by a test that deleted it.
     pub fn add_link(&self) -> Result<()> {
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            SERVER_IF,
-            "netns",
-            &self.server_ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            CLIENT_IF,
-            "netns",
-            &self.client_ns,
-        ]))?;
+        veth((&self.server_ns, SERVER_IF), (&self.client_ns, CLIENT_IF))?;
         for (ns, interface, ip, ip6) in [
             (&self.server_ns, SERVER_IF, SERVER_IP, SERVER_IP6),
             (&self.client_ns, CLIENT_IF, CLIENT_IP, CLIENT_IP6),
         ] {
-            run(Command::new("ip").args([
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                interface,
-            ]))?;
-            // Without nodad the address stays tentative (unusable) for a second or two of
-            // duplicate address detection, on a link where no duplicate can exist.
-            run(Command::new("ip").args([
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip6}/64"),
-                "dev",
-                interface,
-                "nodad",
-            ]))?;
-            run(Command::new("ip").args(["-n", ns, "link", "set", interface, "up"]))?;
-            run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
+            bring_up(ns, interface, &[format!("{ip}/24"), format!("{ip6}/64")])?;
         }
         Ok(())
     }
@@ -354,7 +333,19 @@ impl Lab {
     /// As `start_loader`, on `interfaces` (none: those of the configuration file that
     /// `extra_args` names).
     pub fn start_loader_on(&mut self, interfaces: &[&str], extra_args: &[&str]) -> Result<()> {
-        self.spawn_loader(interfaces, extra_args, &[])
+        self.spawn_loader(&self.server_ns.clone(), interfaces, extra_args, &[])
+    }
+
+    /// As `start_loader_on`, in the network namespace `ns`: to guard another host than the
+    /// server (the client, for its active-mode data connections). The admin commands
+    /// (`stats`, `unload`) then run there too.
+    pub fn start_loader_in(
+        &mut self,
+        ns: &str,
+        interfaces: &[&str],
+        extra_args: &[&str],
+    ) -> Result<()> {
+        self.spawn_loader(ns, interfaces, extra_args, &[])
     }
 
     /// As `start_loader`, with these environment variables set for the loader.
@@ -363,19 +354,21 @@ impl Lab {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<()> {
-        self.spawn_loader(&[SERVER_IF], extra_args, env)
+        self.spawn_loader(&self.server_ns.clone(), &[SERVER_IF], extra_args, env)
     }
 
     fn spawn_loader(
         &mut self,
+        ns: &str,
         interfaces: &[&str],
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<()> {
         ensure!(self.loader.is_none(), "the loader already runs");
+        ns.clone_into(&mut self.loader_ns);
         // Truncated, not replaced, if it exists: a test may have taken its inode.
         let log = std::fs::File::create(self.loader_log_path())?;
-        let child = nsenter(&self.server_ns, &self.loader_bin)
+        let child = nsenter(&self.loader_ns, &self.loader_bin)
             .envs(env.iter().copied())
             .args(interfaces)
             .arg("--data-ports")
@@ -446,10 +439,11 @@ impl Lab {
         Ok(self.loader_process(args).output()?)
     }
 
-    /// `ftp-loader <args> --pin-dir <the lab's>` in the server's namespace, to run as an
-    /// admin would from another process (or to keep running, as `events` does).
+    /// `ftp-loader <args> --pin-dir <the lab's>` in the loader's namespace (the server's,
+    /// unless `start_loader_in` said otherwise), to run as an admin would from another
+    /// process (or to keep running, as `events` does).
     pub fn loader_process(&self, args: &[&str]) -> Command {
-        let mut command = nsenter(&self.server_ns, &self.loader_bin);
+        let mut command = nsenter(&self.loader_ns, &self.loader_bin);
         command.args(args).arg("--pin-dir").arg(&self.pin_dir);
         command
     }
@@ -498,8 +492,38 @@ impl Lab {
     /// Whether the client can connect to the listener on `UNANNOUNCED` (a dropped SYN
     /// makes the attempt time out).
     pub fn unannounced_reachable(&self) -> bool {
-        self.client_connects(SERVER_IP.into(), UNANNOUNCED, Duration::from_millis(500))
-            .unwrap()
+        self.client_connects(
+            self.server_addr(Family::V4),
+            UNANNOUNCED,
+            Duration::from_millis(500),
+        )
+        .unwrap()
+    }
+
+    /// The server's address in `family` as the client reaches it: the server's own
+    /// ([`LabAddrs::server_ip`]), except behind NAT, where IPv4 goes through the public one.
+    pub fn server_addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.server_v4.into(),
+            Family::V6 => family.server_ip(),
+        }
+    }
+
+    /// The server host's own address in `family`, where the servers listen: the lab's
+    /// ([`LabAddrs::server_ip`]), except that the gateway lab gives it another IPv4 address.
+    pub fn server_own(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.server_own_v4.into(),
+            Family::V6 => family.server_ip(),
+        }
+    }
+
+    /// [`Lab::server_addr`] as it goes into a URL's host part.
+    pub fn server_host(&self, family: Family) -> String {
+        match self.server_addr(family) {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        }
     }
 
     /// Starts a plain TCP listener (an HTTP server) on the server's `port`, kept until the
@@ -599,7 +623,7 @@ impl Drop for Lab {
         }
         // A killed loader leaves its guard attached and its record behind: unload removes
         // both (the attachments would go with the namespace, the record would not).
-        let _ = nsenter(&self.server_ns, &self.loader_bin)
+        let _ = nsenter(&self.loader_ns, &self.loader_bin)
             .args(["unload", "--pin-dir"])
             .arg(&self.pin_dir)
             .stdout(Stdio::null())
@@ -627,6 +651,33 @@ pub fn netns(ns: &str, program: &str) -> Command {
     let mut command = Command::new("ip");
     command.args(["netns", "exec", ns, program]);
     command
+}
+
+/// Creates a veth pair with one end in each namespace.
+pub(crate) fn veth((ns, interface): (&str, &str), (peer_ns, peer): (&str, &str)) -> Result<()> {
+    run(Command::new("ip").args([
+        "link", "add", interface, "netns", ns, "type", "veth", "peer", "name", peer, "netns",
+        peer_ns,
+    ]))?;
+    Ok(())
+}
+
+/// Gives `interface` in `ns` these addresses (`ADDRESS/PREFIX`, of either family) and
+/// brings it and the namespace's loopback up.
+pub(crate) fn bring_up(ns: &str, interface: &str, addresses: &[String]) -> Result<()> {
+    for address in addresses {
+        let mut command = Command::new("ip");
+        command.args(["-n", ns, "addr", "add", address, "dev", interface]);
+        // Without nodad an IPv6 address stays tentative (unusable) for a second or two of
+        // duplicate address detection, on a link where no duplicate can exist.
+        if address.contains(':') {
+            command.arg("nodad");
+        }
+        run(&mut command)?;
+    }
+    run(Command::new("ip").args(["-n", ns, "link", "set", interface, "up"]))?;
+    run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
+    Ok(())
 }
 
 /// `nsenter --net`: switches only the network namespace, so the shared bpffs (and the

@@ -1,5 +1,6 @@
 //! The real FTP servers a lab can run: each serves the lab's FTP root anonymously and
-//! read-only, on port 21 of both server addresses (192.0.2.1 and 2001:db8::1), with its
+//! read-only, on port 21 of both server addresses (192.0.2.1 and 2001:db8::1, or the
+//! server's own IPv4 address in the gateway lab: [`Lab::server_own`]), with its
 //! passive ports in [`PASSIVE_PORTS`], in the foreground, and is killed with the lab.
 //!
 //! Their configurations (config files, pure-ftpd's options, pyftpdlib's script) are the
@@ -17,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::lab::{Family, Lab, LabAddrs, PASSIVE_PORTS, SERVER_IP, SERVER_IP6, wait_for};
+use crate::lab::{Family, Lab, PASSIVE_PORTS, SERVER_IP6, wait_for};
 
 /// Where `cargo xtask setup` unpacks the daemons it cannot install: their Debian packages
 /// and vsftpd's all provide `ftp-server` and conflict, so apt would remove one to install
@@ -107,7 +108,7 @@ impl Server {
                     fill(
                         PROFTPD_CONF,
                         &[
-                            ("server_ip", &SERVER_IP),
+                            ("server_ip", &lab.server_own(Family::V4)),
                             ("server_ip6", &SERVER_IP6),
                             ("low", &low),
                             ("high", &high),
@@ -156,7 +157,10 @@ impl Server {
                     .args(["-c", PYFTPDLIB])
                     .arg(&root)
                     .args([low.to_string(), high.to_string()])
-                    .args([SERVER_IP.to_string(), SERVER_IP6.to_string()]);
+                    .args([
+                        lab.server_own(Family::V4).to_string(),
+                        SERVER_IP6.to_string(),
+                    ]);
                 self.spawn(lab, command, &Family::ALL)
             }
         }
@@ -188,7 +192,7 @@ impl Server {
                 Family::V4 => VSFTPD_IPV4,
                 Family::V6 => VSFTPD_IPV6,
             };
-            let listen = fill(listen, &[("address", &family.server_ip())])?;
+            let listen = fill(listen, &[("address", &lab.server_own(family))])?;
             let config = lab.file(&format!("vsftpd-{family}.conf"));
             std::fs::write(&config, format!("{listen}{common}{uploads}{extra}"))?;
             let mut command = match scratch {
@@ -225,7 +229,8 @@ impl Server {
     }
 
     /// Spawns one server process, hands it to the lab, and waits until it accepts
-    /// connections on port 21 of the server's address in each of `families`.
+    /// connections on port 21 of the server's address in each of `families`, reached as
+    /// the client reaches it.
     fn spawn(self, lab: &mut Lab, mut command: Command, families: &[Family]) -> Result<()> {
         let log = File::options()
             .create(true)
@@ -237,8 +242,8 @@ impl Server {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {self}: {command:?}"))?;
-        let ready = families.iter().try_for_each(|family| {
-            let ip = family.server_ip();
+        let ready = families.iter().try_for_each(|&family| {
+            let ip = lab.server_addr(family);
             wait_for(&format!("{self} listening on {ip}:21"), || {
                 if let Some(status) = child.try_wait()? {
                     bail!("{self} exited ({status})");
@@ -298,6 +303,7 @@ fn fill(template: &str, values: &[(&str, &dyn fmt::Display)]) -> Result<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::SERVER_IP;
 
     /// Every fixture's placeholders are the ones its caller fills.
     #[test]
