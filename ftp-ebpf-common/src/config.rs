@@ -38,7 +38,10 @@ pub struct Config {
     /// 1: PUBLIC_ADDRS holds `--public-address` mappings, so an announcement of another
     /// address by this host is looked up there; 0 spares the lookup.
     pub public_addresses: u8,
-    pub _reserved: [u8; 4],
+    /// 1: NAT_INSIDE names interfaces (`--nat-inside`), so an announcement arriving on
+    /// one is looked up there; 0 spares the lookup.
+    pub nat_inside: u8,
+    pub _reserved: [u8; 3],
 }
 
 impl Config {
@@ -55,7 +58,8 @@ impl Config {
         events: 0,
         allow_from: 0,
         public_addresses: 0,
-        _reserved: [0; 4],
+        nat_inside: 0,
+        _reserved: [0; 3],
     };
 
     pub fn rules(&self) -> Rules {

@@ -18,7 +18,7 @@ use crate::{
     event::EventBucket,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
-    nat::PublicAddr,
+    nat::{NatControl, NatInside, PublicAddr},
     policy::PortInfo,
     share::ClientShare,
     stats::COUNTERS,
@@ -60,6 +60,8 @@ pub const LOCAL_ADDRS_ENTRIES: u32 = 4096;
 pub const PORTS_ENTRIES: u32 = u16::MAX as u32 + 1;
 /// Entries of PUBLIC_ADDRS: the most `--public-address` mappings.
 pub const PUBLIC_ADDRS_ENTRIES: u32 = 256;
+/// Entries of NAT_INSIDE: the most `--nat-inside` interfaces.
+pub const NAT_INSIDE_ENTRIES: u32 = 64;
 /// Entries of ALLOW_FROM: the most `--allow-from` networks.
 pub const ALLOW_FROM_ENTRIES: u32 = 1024;
 /// Entries of the per-CPU scratch buffers: one per direction.
@@ -214,6 +216,12 @@ pub const WOULD_DROP: ArrayTable<u64, Shared> = ArrayTable::new("WOULD_DROP", PO
 pub const ALLOW_FROM: LpmTable<SourceKey, u8> = LpmTable::new("ALLOW_FROM", ALLOW_FROM_ENTRIES);
 /// The `--public-address` mappings (`nat::PublicMapping::entry`), by PUBLIC.
 pub const PUBLIC_ADDRS: HashTable<AddrKey, PublicAddr> = HashTable::plain("PUBLIC_ADDRS");
+/// The `--nat-inside` interfaces (`nat::NatInside`), by interface index.
+pub const NAT_INSIDE: HashTable<u32, NatInside> = HashTable::plain("NAT_INSIDE");
+/// What a `--nat-inside` gateway rewrote in each control connection (`nat::NatControl`),
+/// keyed client -> server as the inside interface sees it. As large as CONTROLS when an
+/// interface is `--nat-inside`, one entry otherwise: it costs memory only where used.
+pub const NAT_CONTROLS: HashTable<FlowKey, NatControl> = HashTable::lru("NAT_CONTROLS");
 /// The events (`event::Event`), for `ftp-loader events` and `run --log-events`.
 pub const EVENTS: RingBuffer = RingBuffer {
     name: "EVENTS",
@@ -224,9 +232,10 @@ pub const EVENT_BUCKETS: ArrayTable<EventBucket, PerCpu> = ArrayTable::new("EVEN
 /// Per-CPU scratch space of the kernel programs (their types are the kernel's own).
 pub const OPTIONS: &str = "OPTIONS";
 pub const SCAN: &str = "SCAN";
+pub const NAT_SCRATCH: &str = "NAT_SCRATCH";
 
 /// Every map of the object.
-pub const MAP_NAMES: [&str; 15] = [
+pub const MAP_NAMES: [&str; 18] = [
     EXPECTATIONS.name,
     CONTROLS.name,
     FLOWS.name,
@@ -238,10 +247,13 @@ pub const MAP_NAMES: [&str; 15] = [
     WOULD_DROP.name,
     ALLOW_FROM.name,
     PUBLIC_ADDRS.name,
+    NAT_INSIDE.name,
+    NAT_CONTROLS.name,
     EVENTS.name,
     EVENT_BUCKETS.name,
     OPTIONS,
     SCAN,
+    NAT_SCRATCH,
 ];
 
 // The programs.
@@ -258,6 +270,12 @@ pub const EGRESS_PROGRAM: &str = "ftp_egress";
 pub const INGRESS_TC_L3_PROGRAM: &str = "ftp_ingress_tc_l3";
 /// The egress scanner for the same interfaces.
 pub const EGRESS_L3_PROGRAM: &str = "ftp_egress_l3";
+
+/// The tc ingress guard of a `--nat-inside` interface, which also rewrites what the hosts
+/// behind it announce; loaded only when one is configured.
+pub const INGRESS_NAT_PROGRAM: &str = "ftp_ingress_nat";
+/// The egress scanner of a `--nat-inside` interface, which also adjusts acknowledgements.
+pub const EGRESS_NAT_PROGRAM: &str = "ftp_egress_nat";
 
 /// What precedes the IP header on an interface, and so which tc programs guard it (the
 /// programs are shared by interfaces, so the offset of the IP header is each program's own).
@@ -287,12 +305,14 @@ impl LinkLayer {
     }
 }
 
-pub const PROGRAM_NAMES: [&str; 5] = [
+pub const PROGRAM_NAMES: [&str; 7] = [
     INGRESS_PROGRAM,
     INGRESS_TC_PROGRAM,
     EGRESS_PROGRAM,
     INGRESS_TC_L3_PROGRAM,
     EGRESS_L3_PROGRAM,
+    INGRESS_NAT_PROGRAM,
+    EGRESS_NAT_PROGRAM,
 ];
 
 #[cfg(feature = "user")]

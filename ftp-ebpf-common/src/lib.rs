@@ -20,6 +20,7 @@ pub mod nat;
 pub mod parse;
 pub mod policy;
 pub mod seq;
+pub mod seqadj;
 pub mod share;
 pub mod stats;
 pub mod window;
@@ -52,6 +53,8 @@ mod pod {
         crate::config::Config,
         crate::allow::SourceKey,
         crate::nat::PublicAddr,
+        crate::nat::NatInside,
+        crate::nat::NatControl,
         crate::event::Event,
         crate::event::EventBucket,
     );

@@ -1,3 +1,5 @@
+//! NAT, in two roles.
+//!
 //! `--public-address PUBLIC[=LOCAL]`: a host behind 1:1 NAT (a cloud VM, a server behind a
 //! port-forwarding router) announces the address its peers reach it at, PUBLIC, while its
 //! packets carry its own address. The loader writes each mapping into PUBLIC_ADDRS; an
@@ -5,9 +7,80 @@
 //! address the data connection's SYN will carry once the NAT has translated it: LOCAL, or
 //! when LOCAL is omitted the address the control connection reached.
 
+//!
+//! `--nat-inside IFACE=PUBLIC`: a NAT gateway whose interface IFACE faces the hosts it
+//! translates to PUBLIC (masqueraded clients, servers behind a port forward), which announce
+//! their own private addresses. As the kernel's `nf_nat_ftp` does, the gateway rewrites
+//! each such IPv4 address in the announcement to PUBLIC as the segment arrives on IFACE,
+//! before netfilter sees it, and adjusts the sequence numbers of the rest of the control
+//! connection (`seqadj`): netfilter, the outside interface and the far end then see one
+//! consistent connection whose announcements name PUBLIC.
+
 use bytemuck::{Pod, Zeroable};
 
-use crate::addr::{Addr, AddrKey, Family, split};
+use crate::{
+    addr::{Addr, AddrKey, Family, split},
+    parse::Mode,
+    seqadj::SeqAdjust,
+};
+
+/// NAT_INSIDE's value, by the inside interface's index: what its hosts are translated to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatInside {
+    /// The IPv4 address, as `addr::ipv4` stores it.
+    pub public: Addr,
+}
+
+/// The longest address text: `255,255,255,255`.
+pub const MAX_ADDRESS_TEXT: usize = 15;
+
+/// An IPv4 address as an announcement of `mode` writes it: `198,51,100,1` in a 227 or a
+/// PORT, `198.51.100.1` in an EPRT. Returns the text's length.
+pub fn address_text(addr: &Addr, mode: u8, out: &mut [u8; 16]) -> usize {
+    let separator = if mode == Mode::ExtendedActive as u8 {
+        b'.'
+    } else {
+        b','
+    };
+    let mut len = 0;
+    for (i, &octet) in addr[..4].iter().enumerate() {
+        if i > 0 {
+            out[len & 15] = separator;
+            len += 1;
+        }
+        if octet >= 100 {
+            out[len & 15] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            out[len & 15] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        out[len & 15] = b'0' + octet % 10;
+        len += 1;
+    }
+    len
+}
+
+/// NAT_CONTROLS' value, by control connection (client -> server, as the inside interface
+/// sees it): what the gateway rewrote in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatControl {
+    /// The rewritten direction's sequence numbers (its acknowledgements, the other way).
+    pub adjust: SeqAdjust,
+    /// The stream position (its sender's numbering) of the latest rewritten address text,
+    /// so that a retransmission carrying it is rewritten identically.
+    pub text_seq: u32,
+    pub old_len: u8,
+    pub new_len: u8,
+    /// The `parse::Sender` whose announcements were rewritten (the inside host).
+    pub sender: u8,
+    pub _pad: u8,
+    /// The text written in place of the old one.
+    pub text: [u8; 16],
+}
 
 /// PUBLIC_ADDRS' value: where connections to the key's PUBLIC address arrive.
 #[repr(C)]
@@ -141,6 +214,22 @@ impl core::fmt::Display for PublicMapping {
 #[cfg(test)]
 mod tests {
     use std::string::ToString;
+
+    #[test]
+    fn addresses_are_written_as_each_announcement_writes_them() {
+        for (octets, mode, text) in [
+            ([198, 51, 100, 1], Mode::Passive, &b"198,51,100,1"[..]),
+            ([0, 0, 0, 0], Mode::Active, b"0,0,0,0"),
+            ([255, 255, 255, 255], Mode::Active, b"255,255,255,255"),
+            ([10, 0, 2, 2], Mode::ExtendedActive, b"10.0.2.2"),
+            ([203, 0, 113, 99], Mode::ExtendedActive, b"203.0.113.99"),
+        ] {
+            let mut out = [0u8; 16];
+            let len = address_text(&ipv4(octets), mode as u8, &mut out);
+            assert_eq!(&out[..len], text);
+            assert!(len <= MAX_ADDRESS_TEXT);
+        }
+    }
 
     use super::*;
     use crate::addr::{FAMILY_IPV4, FAMILY_IPV6, ipv4};

@@ -58,6 +58,10 @@ counters! {
     UninspectableDropped => "uninspectable_dropped": "inbound packets hiding their TCP flags (tiny first fragments, over-long IPv6 header chains, more than two VLAN tags), dropped",
     WouldDrop => "would_drop": "inbound packets the guard refused and passed anyway because it only monitors (--monitor); `ftp-loader would-drop` lists the SYNs by port",
     AllowedFromSource => "allowed_from_source": "SYNs to guarded ports that nothing announced, passed because their source is in an --allow-from network",
+    NatRewritten => "nat_rewritten": "announcements of hosts behind a --nat-inside interface rewritten to its public address (227, PORT, EPRT over IPv4)",
+    NatRetransmissionsRewritten => "nat_retransmissions_rewritten": "retransmitted control segments rewritten again as the first time",
+    NatUnrewritable => "nat_unrewritable": "announcements of hosts behind a --nat-inside interface that could not be rewritten (the address split across segments, or more than 224 bytes after it in its segment), passed as they were",
+    NatSackDisabled => "nat_sack_disabled": "control connection handshakes through a --nat-inside interface whose SACK-permitted option was taken off: rewriting moves the numbers SACK blocks carry",
     EventsSuppressed => "events_suppressed": "drop and refusal events not written while somebody follows the events, because they came faster than the rate limit (per CPU: bursts of 100, then 100 a second)",
     EventsLost => "events_lost": "events not written because the event ring buffer was full (its reader lags behind)",
 }

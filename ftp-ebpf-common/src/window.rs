@@ -261,9 +261,10 @@ impl TcpWindows {
     }
 }
 
-/// A walk over a SYN's TCP options for the window scale option, one byte position per
-/// step, so that the programs can take the steps in a bpf_loop callback (which the
-/// verifier checks once) rather than in a loop it would check once per path.
+/// A walk over a SYN's TCP options for the window scale option (and the SACK-permitted
+/// option, which a NAT gateway takes off: `nat`), one byte position per step, so that the
+/// programs can take the steps in a bpf_loop callback (which the verifier checks once)
+/// rather than in a loop it would check once per path.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct OptionsWalk {
@@ -274,7 +275,9 @@ pub struct OptionsWalk {
     pub next: u32,
     /// What was found: the scale, or `NO_WINDOW_SCALE`.
     pub scale: u8,
-    pub _pad: [u8; 3],
+    /// Where the SACK-permitted option starts, plus one; 0 when there is none.
+    pub sack_permitted: u8,
+    pub _pad: [u8; 2],
 }
 
 impl OptionsWalk {
@@ -283,6 +286,7 @@ impl OptionsWalk {
         self.len = len.min(MAX_TCP_OPTIONS as u32);
         self.next = 0;
         self.scale = NO_WINDOW_SCALE;
+        self.sack_permitted = 0;
     }
 
     /// Looks at byte position `at`; false once the walk is over (found, ended, malformed
@@ -291,6 +295,7 @@ impl OptionsWalk {
         const END: u8 = 0;
         const NOP: u8 = 1;
         const WINDOW_SCALE: u8 = 3;
+        const SACK_PERMITTED: u8 = 4;
         if at >= self.len {
             return false;
         }
@@ -309,11 +314,10 @@ impl OptionsWalk {
                 if size < 2 || at + size > self.len {
                     return false;
                 }
-                if kind == WINDOW_SCALE {
-                    if size == 3 {
-                        self.scale = byte(at + 2).min(MAX_WINDOW_SCALE);
-                    }
-                    return false;
+                if kind == WINDOW_SCALE && size == 3 {
+                    self.scale = byte(at + 2).min(MAX_WINDOW_SCALE);
+                } else if kind == SACK_PERMITTED && size == 2 {
+                    self.sack_permitted = at as u8 + 1;
                 }
                 self.next = at + size;
                 true
@@ -494,7 +498,7 @@ mod tests {
     }
 
     /// The walk as the programs take it: a step per byte position until it says stop.
-    fn window_scale(options: &[u8], len: u32) -> u8 {
+    fn walk(options: &[u8], len: u32) -> OptionsWalk {
         let mut walk = OptionsWalk::zeroed();
         walk.bytes[..options.len()].copy_from_slice(options);
         walk.start(len);
@@ -503,7 +507,28 @@ mod tests {
                 break;
             }
         }
-        walk.scale
+        walk
+    }
+
+    fn window_scale(options: &[u8], len: u32) -> u8 {
+        walk(options, len).scale
+    }
+
+    #[test]
+    fn sack_permitted_is_found_wherever_it_stands() {
+        // Linux's SYN: MSS, SACK permitted, timestamps, NOP, window scale 7.
+        let linux = [
+            2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        let found = walk(&linux, 20);
+        assert_eq!((found.sack_permitted, found.scale), (5, 7));
+        // After the window scale, at an odd offset.
+        let late = [1, 3, 3, 7, 4, 2, 0];
+        assert_eq!(walk(&late, 7).sack_permitted, 5);
+        let odd = [1, 4, 2, 1];
+        assert_eq!(walk(&odd, 4).sack_permitted, 2);
+        assert_eq!(walk(&[2, 4, 5, 180], 4).sack_permitted, 0);
+        assert_eq!(walk(&[4, 3, 0, 0], 4).sack_permitted, 0, "a wrong size");
     }
 
     #[test]

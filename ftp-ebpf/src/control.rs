@@ -11,12 +11,13 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::generated::bpf_loop, macros::map, maps::PerCpuArray,
 };
 use ftp_ebpf_common::{
+    addr::FAMILY_IPV4,
     contract::SCRATCH_ENTRIES,
     control::{ControlState, Hook, SegmentPlan, Tracked, control_key},
     event::Reason,
     expect::{ExpectKey, ExpectValue},
     flow::FlowKey,
-    parse::{Announcement, LineScanner, ParseError, Sender, Step},
+    parse::{AddressText, Announcement, LineScanner, ParseError, Sender, Step},
     policy::{self, Refusal, coarse_time},
     stats::Counter,
     window::{Numbers, TCP_ACK, TCP_SYN},
@@ -92,9 +93,50 @@ pub struct ControlScan {
     /// Bytes of `buf` to scan.
     len: u32,
     pending: [Announcement; MAX_ANNOUNCEMENTS],
+    /// Where each pending announcement's address text lies in `buf`.
+    texts: [Located; MAX_ANNOUNCEMENTS],
+    /// The packet offset of `buf[0]`.
+    base: u32,
+    /// What the NAT ingress program is to rewrite in this segment (`take_rewrite`).
+    rewrite: Rewrite,
     /// The expectation being written or removed; kept here, not on the stack, for room.
     key: ExpectKey,
     value: ExpectValue,
+}
+
+/// An announcement's address text: the `buf` index of the byte that announced it, and
+/// where the text lies from there.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Located {
+    at: u32,
+    text: AddressText,
+}
+
+/// An address text a `--nat-inside` interface's ingress program rewrites: found by the
+/// scan, done by `rewrite` after it, on the packet the scan read.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Rewrite {
+    /// The text's packet offset.
+    pub offset: u32,
+    pub len: u16,
+    /// The announcement's `parse::Mode`, which decides how the new text is written.
+    pub mode: u8,
+    /// 1 when there is one.
+    pub found: u8,
+}
+
+/// The rewrite this program's scan of the arriving segment found, if any; forgotten once
+/// taken, so that the next packet on this CPU starts without one.
+#[inline(always)]
+pub fn take_rewrite() -> Option<Rewrite> {
+    let work = SCAN.get_ptr_mut(Direction::Ingress as u32)?;
+    // SAFETY: this CPU's ingress slot; the program using it runs to its end uninterrupted.
+    let work = unsafe { &mut *work };
+    let rewrite = work.rewrite;
+    work.rewrite.found = 0;
+    (rewrite.found != 0).then_some(rewrite)
 }
 
 impl ControlScan {
@@ -268,6 +310,7 @@ fn prepare(
     work.announced = 0;
     work.stopped = 0;
     work.unparsed = 0;
+    work.base = segment.offset + skip;
     work.truncated = u8::from(unread > len);
     work.len = len;
     true
@@ -325,7 +368,7 @@ unsafe extern "C" fn scan_chunk(index: u64, ctx: *mut c_void) -> i64 {
         if work.scanner.ignores(byte) {
             continue;
         }
-        if scan_byte(work, byte) {
+        if scan_byte(work, byte, position as u32) {
             work.stopped = 1;
             return 1;
         }
@@ -333,9 +376,9 @@ unsafe extern "C" fn scan_chunk(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Steps the scanner over one byte; true when no more announcements fit.
+/// Steps the scanner over one byte, `buf[at]`; true when no more announcements fit.
 #[inline(never)]
-fn scan_byte(work: &mut ControlScan, byte: u8) -> bool {
+fn scan_byte(work: &mut ControlScan, byte: u8, at: u32) -> bool {
     match work.scanner.step(byte) {
         Step::Continue => false,
         Step::Malformed(ParseError::LineTooLong) => {
@@ -351,6 +394,10 @@ fn scan_byte(work: &mut ControlScan, byte: u8) -> bool {
         Step::Announced(announcement) => {
             let slot = usize::from(work.announced) & (MAX_ANNOUNCEMENTS - 1);
             work.pending[slot] = announcement;
+            work.texts[slot] = Located {
+                at,
+                text: work.scanner.address_text(),
+            };
             work.announced += 1;
             usize::from(work.announced) == MAX_ANNOUNCEMENTS
         }
@@ -362,6 +409,9 @@ fn scan_byte(work: &mut ControlScan, byte: u8) -> bool {
 fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
     let announcement = work.pending[index & (MAX_ANNOUNCEMENTS - 1)];
     let announcer = work.sender();
+    if rewrites(work, &announcement, index) {
+        return;
+    }
     let public = nat::public_address(&announcement, &work.control, announcer);
     let slot = match policy::judge(
         &announcement,
@@ -422,6 +472,35 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
             announcer,
         );
     }
+}
+
+/// Whether the announcement is one a `--nat-inside` interface rewrites: an IPv4 host
+/// behind it announcing its own address, arriving. Its expectation is then made where the
+/// rewritten announcement leaves (the outside interface, which sees the public address),
+/// not here; the rewrite is left for `rewrite` in `work.rewrite`, or counted as impossible
+/// when the text began in an earlier segment (already passed) or is unknown.
+#[inline(always)]
+fn rewrites(work: &mut ControlScan, announcement: &Announcement, index: usize) -> bool {
+    if work.hook != Direction::Ingress as u8
+        || announcement.family != FAMILY_IPV4
+        || announcement.addr != policy::own_address(&work.control, work.sender())
+        || nat::inside(work.ifindex).is_none()
+    {
+        return false;
+    }
+    let located = work.texts[index & (MAX_ANNOUNCEMENTS - 1)];
+    let back = u32::from(located.text.back);
+    if located.text.len == 0 || back > located.at || work.rewrite.found != 0 {
+        count(Counter::NatUnrewritable);
+        return true;
+    }
+    work.rewrite = Rewrite {
+        offset: work.base + located.at - back,
+        len: located.text.len,
+        mode: announcement.mode,
+        found: 1,
+    };
+    true
 }
 
 /// Removes an expectation if `control` made it (the same key may since have been

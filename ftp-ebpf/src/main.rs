@@ -17,6 +17,7 @@ mod maps;
 mod monitor;
 mod nat;
 mod packet;
+mod rewrite;
 mod share;
 
 use aya_ebpf::{
@@ -68,6 +69,25 @@ pub fn ftp_ingress_tc_l3(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn ftp_egress_l3(ctx: TcContext) -> i32 {
     egress(&ctx, LinkLayer::Ip)
+}
+
+/// `ftp_ingress_tc` for a `--nat-inside` interface of a NAT gateway: after the guard and
+/// the scan, what a host behind it announced is rewritten (`rewrite::arriving`). A program
+/// of its own, loaded only when such an interface is configured.
+#[classifier]
+pub fn ftp_ingress_nat(ctx: TcContext) -> i32 {
+    let verdict = ingress_tc(&ctx, LinkLayer::Ethernet);
+    rewrite::arriving(&ctx, verdict == TC_ACT_UNSPEC);
+    verdict
+}
+
+/// `ftp_egress` for a `--nat-inside` interface: acknowledgements of rewritten bytes are
+/// numbered back before the scan sees them (`rewrite::leaving`).
+#[classifier]
+pub fn ftp_egress_nat(ctx: TcContext) -> i32 {
+    packet::linearize_headers(&ctx);
+    rewrite::leaving(&ctx);
+    egress(&ctx, LinkLayer::Ethernet)
 }
 
 #[inline(always)]

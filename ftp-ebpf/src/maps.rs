@@ -11,7 +11,7 @@ use ftp_ebpf_common::{
     config::Config,
     contract::{
         DEFAULT_MAX_CONTROLS, DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_FLOWS, LOCAL_ADDRS_ENTRIES,
-        PORTS_ENTRIES, SCRATCH_ENTRIES,
+        PORTS_ENTRIES,
     },
     control::ControlState,
     expect::{ExpectKey, ExpectValue},
@@ -68,8 +68,7 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// inlined by the verifier, and BPF calls have only five argument registers.
 #[inline(always)]
 pub fn config() -> &'static Config {
-    // SAFETY: array map values are plain data, valid for the program's run.
-    unsafe { CONFIG.get(0) }.unwrap_or(&Config::DEFAULT)
+    CONFIG.get(0).unwrap_or(&Config::DEFAULT)
 }
 
 /// Whether `addr` is one of this host's own addresses.

@@ -1,12 +1,13 @@
-//! `--public-address` (`ftp_ebpf_common::nat`): this host's addresses as the far side of
-//! its 1:1 NAT knows them, which its announcements name.
+//! NAT (`ftp_ebpf_common::nat`): `--public-address`, this host's addresses as the far side
+//! of its 1:1 NAT knows them, which its announcements name; and `--nat-inside`, the
+//! interfaces of a gateway whose hosts' announcements are rewritten (`rewrite`).
 
 use aya_ebpf::{macros::map, maps::HashMap};
 use ftp_ebpf_common::{
     addr::AddrKey,
-    contract::PUBLIC_ADDRS_ENTRIES,
+    contract::{NAT_INSIDE_ENTRIES, PUBLIC_ADDRS_ENTRIES},
     flow::FlowKey,
-    nat::PublicAddr,
+    nat::{NatInside, PublicAddr},
     parse::{Announcement, Sender},
     policy,
 };
@@ -18,6 +19,21 @@ use crate::maps::{config, local};
 #[map]
 pub static PUBLIC_ADDRS: HashMap<AddrKey, PublicAddr> =
     HashMap::with_max_entries(PUBLIC_ADDRS_ENTRIES, 0);
+
+/// The `--nat-inside` interfaces by index (`contract::NAT_INSIDE`), written by the loader
+/// as it attaches.
+#[map]
+pub static NAT_INSIDE: HashMap<u32, NatInside> = HashMap::with_max_entries(NAT_INSIDE_ENTRIES, 0);
+
+/// What the hosts behind interface `ifindex` are translated to, if it is `--nat-inside`.
+#[inline(always)]
+pub fn inside(ifindex: u32) -> Option<&'static NatInside> {
+    if config().nat_inside == 0 {
+        return None;
+    }
+    // SAFETY: a plain-data map value, only read.
+    unsafe { NAT_INSIDE.get(&ifindex) }
+}
 
 /// The `--public-address` mapping of an address this host announced (None for an
 /// announcement by the far end: a peer naming this host's public address is no more its

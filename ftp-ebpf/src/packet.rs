@@ -268,11 +268,23 @@ impl Segment {
     /// takes a bpf_loop.
     #[inline(never)]
     pub fn window_scale(&self, frame: &impl Frame, direction: Direction) -> u8 {
+        self.walk_options(frame, direction).0
+    }
+
+    /// Where a SYN's SACK-permitted option starts in its options, plus one; 0 without one.
+    #[inline(never)]
+    pub fn sack_permitted(&self, frame: &impl Frame, direction: Direction) -> u8 {
+        self.walk_options(frame, direction).1
+    }
+
+    /// The window scale and the SACK-permitted position.
+    #[inline(always)]
+    fn walk_options(&self, frame: &impl Frame, direction: Direction) -> (u8, u8) {
         if self.options_len == 0 {
-            return NO_WINDOW_SCALE;
+            return (NO_WINDOW_SCALE, 0);
         }
         let Some(walk) = OPTIONS.get_ptr_mut(direction as u32) else {
-            return NO_WINDOW_SCALE;
+            return (NO_WINDOW_SCALE, 0);
         };
         // SAFETY: this CPU's slot for this direction; nothing else uses it meanwhile.
         let walk = unsafe { &mut *walk };
@@ -282,7 +294,7 @@ impl Segment {
         let len = ((u32::from(self.options_len) - 1) & (OPTIONS_BUFFER as u32 - 1)) + 1;
         let start = self.payload_offset - u32::from(self.options_len);
         if frame.load_bytes(start, walk.bytes.as_mut_ptr(), len) != 0 {
-            return NO_WINDOW_SCALE;
+            return (NO_WINDOW_SCALE, 0);
         }
         walk.start(len);
         let mut context: *mut OptionsWalk = walk;
@@ -295,7 +307,12 @@ impl Segment {
                 0,
             )
         };
-        walk.scale
+        (walk.scale, walk.sack_permitted)
+    }
+
+    /// Offset of the IP header.
+    pub fn ip_offset(&self) -> usize {
+        self.ip_offset
     }
 
     /// The source address, as `addr::split` lays it out, copied by the load-bytes helper

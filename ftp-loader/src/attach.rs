@@ -3,6 +3,7 @@
 
 use std::{
     fmt, io,
+    net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd, RawFd},
 };
 
@@ -138,15 +139,30 @@ impl Attached {
 /// Attaches the programs to `interface`. `previous` is what the last instance with this
 /// pin directory attached there: where the hook is the same, its program is replaced in
 /// place (no moment unguarded); where it differs, the new hook is attached before the old
-/// one is removed.
+/// one is removed. `nat`: the interface is `--nat-inside`, its hosts shown as this address.
 pub fn attach(
     ebpf: &mut Ebpf,
     interface: &str,
     choice: XdpChoice,
     previous: Option<&Interface>,
+    nat: Option<Ipv4Addr>,
 ) -> Result<Attached> {
     let link = link::link(interface)?;
-    let (wanted, mut reason, fall_back) = choose(interface, choice, link)?;
+    let programs = match nat {
+        None => Programs::of(link),
+        Some(public) => {
+            nat_inside(ebpf, interface, choice, link, public)?;
+            Programs::NAT
+        }
+    };
+    let (wanted, mut reason, fall_back) = match nat {
+        None => choose(interface, choice, link)?,
+        Some(public) => (
+            Hook::Clsact,
+            format!("--nat-inside: rewrites what its hosts announce to {public}, which takes tc"),
+            false,
+        ),
+    };
     // The tc programs need the clsact qdisc; it may already be there.
     if let Err(e) = tc::qdisc_add_clsact(interface) {
         let exists =
@@ -167,13 +183,25 @@ pub fn attach(
             }
             Err(error) if fall_back => {
                 reason = format!("auto: {reason} refused native XDP ({error:#})");
-                attach_tc(ebpf, interface, TcAttachType::Ingress, old_ingress, link)?;
+                attach_tc(
+                    ebpf,
+                    interface,
+                    TcAttachType::Ingress,
+                    old_ingress,
+                    programs,
+                )?;
                 Hook::Clsact
             }
             Err(error) => return Err(error),
         }
     } else {
-        attach_tc(ebpf, interface, TcAttachType::Ingress, old_ingress, link)?;
+        attach_tc(
+            ebpf,
+            interface,
+            TcAttachType::Ingress,
+            old_ingress,
+            programs,
+        )?;
         Hook::Clsact
     };
     // The old ingress hook goes only once the new one guards.
@@ -181,7 +209,7 @@ pub fn attach(
         detach_ingress(interface, old)?;
     }
     let old_egress = previous.map(|p| p.egress);
-    attach_tc(ebpf, interface, TcAttachType::Egress, old_egress, link)?;
+    attach_tc(ebpf, interface, TcAttachType::Egress, old_egress, programs)?;
     Ok(Attached {
         record: Interface {
             name: interface.to_owned(),
@@ -271,17 +299,68 @@ fn attach_xdp(ebpf: &mut Ebpf, interface: &str, hook: Hook, old: Option<Hook>) -
     })
 }
 
+/// The tc programs an interface gets.
+#[derive(Clone, Copy)]
+struct Programs {
+    ingress: &'static str,
+    egress: &'static str,
+}
+
+impl Programs {
+    const NAT: Self = Self {
+        ingress: contract::INGRESS_NAT_PROGRAM,
+        egress: contract::EGRESS_NAT_PROGRAM,
+    };
+
+    fn of(link: LinkLayer) -> Self {
+        Self {
+            ingress: link.ingress_tc_program(),
+            egress: link.egress_program(),
+        }
+    }
+}
+
+/// Checks that `interface` can be `--nat-inside` and tells the programs its public
+/// address, by its index (which changes when the interface is made again: written at each
+/// attachment).
+fn nat_inside(
+    ebpf: &mut Ebpf,
+    interface: &str,
+    choice: XdpChoice,
+    link: LinkLayer,
+    public: Ipv4Addr,
+) -> Result<()> {
+    if link != LinkLayer::Ethernet {
+        bail!(
+            "--nat-inside {interface}: {interface} has no Ethernet header, and ftp-tracker rewrites only on Ethernet interfaces: put the translated hosts behind an Ethernet interface, or drop --nat-inside {interface}"
+        );
+    }
+    if matches!(choice, XdpChoice::Native | XdpChoice::Skb) {
+        bail!("--nat-inside {interface} rewrites on tc, not XDP: give --xdp-mode auto or tc");
+    }
+    let c_name = std::ffi::CString::new(interface)?;
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    let value = ftp_ebpf_common::nat::NatInside {
+        public: ftp_ebpf_common::addr::ipv4(public.octets()),
+    };
+    contract::NAT_INSIDE
+        .of_mut(ebpf)?
+        .insert(index, value, 0)
+        .with_context(|| format!("writing {}", contract::NAT_INSIDE))
+}
+
 fn attach_tc(
     ebpf: &mut Ebpf,
     interface: &str,
     at: TcAttachType,
     old: Option<Hook>,
-    link: LinkLayer,
+    programs: Programs,
 ) -> Result<()> {
     let program = if at == TcAttachType::Egress {
-        link.egress_program()
+        programs.egress
     } else {
-        link.ingress_tc_program()
+        programs.ingress
     };
     ebpf::load_program(ebpf, program)?;
     let direction = if at == TcAttachType::Egress {

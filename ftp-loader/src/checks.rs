@@ -230,6 +230,38 @@ pub fn pin_readable(dir: &Path, map: &str) -> Result<()> {
 }
 
 /// Each interface once, each one existing, and each of a link type that can be guarded.
+/// `--nat-inside` names guarded interfaces, each once, and leaves one to face the outside:
+/// the expectations of rewritten announcements are made where those leave.
+pub fn nat_inside(settings: &Settings, interfaces: &[String]) -> Result<()> {
+    for (i, nat) in settings.nat_inside.iter().enumerate() {
+        if !interfaces.contains(&nat.interface) {
+            bail!(
+                "--nat-inside {nat} names an interface that is not guarded: add {} to the interfaces",
+                nat.interface
+            );
+        }
+        if settings.nat_inside[..i]
+            .iter()
+            .any(|other| other.interface == nat.interface)
+        {
+            bail!(
+                "--nat-inside names {} twice: give it once, with the address its hosts are shown as",
+                nat.interface
+            );
+        }
+    }
+    if !settings.nat_inside.is_empty()
+        && interfaces
+            .iter()
+            .all(|name| settings.nat_public(name).is_some())
+    {
+        bail!(
+            "every guarded interface is --nat-inside: guard the outside interface too, where the rewritten announcements leave and their data connections arrive"
+        );
+    }
+    Ok(())
+}
+
 pub fn interfaces(names: &[String]) -> Result<()> {
     let mut seen: Vec<(u32, &str)> = Vec::new();
     for name in names {

@@ -1,6 +1,6 @@
 //! The embedded kernel object and how it is loaded with an instance's settings.
 
-use std::{borrow::BorrowMut, path::Path, sync::LazyLock};
+use std::{borrow::BorrowMut, net::Ipv4Addr, path::Path, sync::LazyLock};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -18,7 +18,7 @@ use ftp_ebpf_common::{
         DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_MAX_CONTROLS,
         DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PER_CLIENT,
         DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS, INGRESS_PROGRAM,
-        INGRESS_TC_PROGRAM, MAX_EXPECTED, NS_PER_SEC, PORTS, PUBLIC_ADDRS,
+        INGRESS_TC_PROGRAM, MAX_EXPECTED, NAT_CONTROLS, NS_PER_SEC, PORTS, PUBLIC_ADDRS,
     },
     nat::{PublicAddr, PublicMapping},
     policy::{PortInfo, PortPlan},
@@ -106,6 +106,12 @@ pub struct Settings {
     /// omitted at the address the control connection reached (repeatable).
     #[arg(long = "public-address", value_name = "PUBLIC[=LOCAL]")]
     pub public_addresses: Vec<PublicMapping>,
+    /// On a NAT gateway: INTERFACE faces hosts that the gateway's NAT shows as the IPv4
+    /// address PUBLIC (masqueraded clients, servers behind a port forward). What they
+    /// announce (227, PORT, EPRT) is rewritten to PUBLIC, as the kernel's nf_nat_ftp does;
+    /// INTERFACE must be guarded too, as must the outside interface (repeatable).
+    #[arg(long = "nat-inside", value_name = "INTERFACE=PUBLIC")]
+    pub nat_inside: Vec<NatInterface>,
     /// Log debug lines too (each admission and drop, with addresses: --log-events).
     #[arg(short, long)]
     pub verbose: bool,
@@ -129,8 +135,47 @@ impl Default for Settings {
             monitor: false,
             allow_from: Vec::new(),
             public_addresses: Vec::new(),
+            nat_inside: Vec::new(),
             verbose: false,
         }
+    }
+}
+
+/// One `--nat-inside`: INTERFACE=PUBLIC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatInterface {
+    pub interface: String,
+    pub public: Ipv4Addr,
+}
+
+impl std::str::FromStr for NatInterface {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let form = "expected INTERFACE=PUBLIC (the interface facing the translated hosts, and the IPv4 address the NAT shows them as), e.g. eth1=198.51.100.1";
+        let (interface, public) = text.split_once('=').ok_or(form)?;
+        let interface = interface.trim();
+        if interface.is_empty() {
+            return Err(form.to_owned());
+        }
+        let public: Ipv4Addr = public.trim().parse().map_err(|_| {
+            format!("`{public}` is not an IPv4 address: {form} (IPv6 is not translated, so nothing is rewritten there)")
+        })?;
+        if public.is_unspecified() || public.is_multicast() || public.is_broadcast() {
+            return Err(format!(
+                "{public} is no host's address: give the address the gateway's NAT shows its hosts as"
+            ));
+        }
+        Ok(Self {
+            interface: interface.to_owned(),
+            public,
+        })
+    }
+}
+
+impl std::fmt::Display for NatInterface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.interface, self.public)
     }
 }
 
@@ -157,7 +202,7 @@ pub fn parse_range(text: &str) -> Result<(u16, u16), String> {
 
 impl Settings {
     /// The tables an option sizes: (map, option, entries).
-    pub fn table_sizes(&self) -> [(&'static str, &'static str, u32); 4] {
+    pub fn table_sizes(&self) -> [(&'static str, &'static str, u32); 5] {
         let expectations = "--max-expectations";
         [
             (EXPECTATIONS.name, expectations, self.max_expectations),
@@ -166,7 +211,25 @@ impl Settings {
             (CLIENTS.name, expectations, self.max_expectations),
             (FLOWS.name, "--max-flows", self.max_flows),
             (CONTROLS.name, "--max-controls", self.max_controls),
+            // One entry per rewritten control connection, on a gateway only.
+            (
+                NAT_CONTROLS.name,
+                "--max-controls",
+                if self.nat_inside.is_empty() {
+                    1
+                } else {
+                    self.max_controls
+                },
+            ),
         ]
+    }
+
+    /// The public address of `interface`, when it is `--nat-inside`.
+    pub fn nat_public(&self, interface: &str) -> Option<Ipv4Addr> {
+        self.nat_inside
+            .iter()
+            .find(|nat| nat.interface == interface)
+            .map(|nat| nat.public)
     }
 
     /// The settings the programs read while they run.
@@ -181,6 +244,7 @@ impl Settings {
             monitor: u8::from(self.monitor),
             allow_from: u8::from(!self.allow_from.is_empty()),
             public_addresses: u8::from(!self.public_addresses.is_empty()),
+            nat_inside: u8::from(!self.nat_inside.is_empty()),
             ..Config::DEFAULT
         }
     }
@@ -471,6 +535,9 @@ mod tests {
         check_hash(&object, FLOWS);
         check_hash(&object, CLIENTS);
         check_hash(&object, LOCAL_ADDRS);
+        check_hash(&object, PUBLIC_ADDRS);
+        check_hash(&object, contract::NAT_INSIDE);
+        check_hash(&object, NAT_CONTROLS);
         check_array(&object, PORTS);
         check_array(&object, STATS);
         check_array(&object, CONFIG);

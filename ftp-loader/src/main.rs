@@ -424,6 +424,7 @@ fn run(configured: Configured, pin_dir: &Path, argv: Vec<OsString>) -> Result<()
     require_interfaces(&args.interfaces, file.as_deref())?;
     checks::capabilities(Task::Run)?;
     checks::interfaces(&args.interfaces)?;
+    checks::nat_inside(&args.settings, &args.interfaces)?;
     let settings = args.settings;
     // Refused before the pin directory is taken or bpffs mounted; `ebpf::load` checks the
     // settings again for callers other than this one.
@@ -481,7 +482,8 @@ fn run(configured: Configured, pin_dir: &Path, argv: Vec<OsString>) -> Result<()
     let mut attached: Vec<Attached> = Vec::new();
     for interface in &args.interfaces {
         let before = previous.as_ref().and_then(|r| r.interface(interface));
-        match attach::attach(&mut ebpf, interface, args.xdp_mode, before) {
+        let nat = settings.nat_public(interface);
+        match attach::attach(&mut ebpf, interface, args.xdp_mode, before, nat) {
             Ok(done) => {
                 record.set(done.record.clone());
                 attached.push(done);
@@ -775,6 +777,17 @@ fn describe(settings: &Settings) -> String {
             mappings.join(", ")
         );
     }
+    if !settings.nat_inside.is_empty() {
+        let inside: Vec<String> = settings
+            .nat_inside
+            .iter()
+            .map(|nat| format!("on {} to {}", nat.interface, nat.public))
+            .collect();
+        text += &format!(
+            "; NAT gateway: what the hosts behind it announce is rewritten {}",
+            inside.join(", ")
+        );
+    }
     if settings.loose {
         text += "; LOOSE: addresses other than the announcer's are accepted (third-party transfers and FTP bounce possible)";
     }
@@ -946,12 +959,20 @@ impl Instance {
         checks::settings(&settings)
             .and_then(|()| require_interfaces(&args.interfaces, file.as_deref()))
             .and_then(|()| checks::interfaces(&present))
+            .and_then(|()| checks::nat_inside(&settings, &args.interfaces))
             .and_then(|()| refuse_guarded_elsewhere(&added, &self.record.pin_dir))
             .map_err(kept)?;
 
         let mut new: Vec<Attached> = Vec::new();
         let attached = added.iter().try_for_each(|name| {
-            new.push(attach::attach(&mut self.ebpf, name, args.xdp_mode, None)?);
+            let nat = settings.nat_public(name);
+            new.push(attach::attach(
+                &mut self.ebpf,
+                name,
+                args.xdp_mode,
+                None,
+                nat,
+            )?);
             Ok(())
         });
         if let Err(error) = attached.and_then(|()| ebpf::configure(&mut self.ebpf, &settings)) {
@@ -1020,11 +1041,13 @@ impl Instance {
             // the new hook guards before the old one goes (attach::attach).
             for attached in &mut self.attached {
                 let before = attached.record.ingress;
+                let nat = self.settings.nat_public(&attached.record.name);
                 *attached = attach::attach(
                     &mut self.ebpf,
                     &attached.record.name,
                     choice,
                     Some(&attached.record),
+                    nat,
                 )?;
                 self.record.set(attached.record.clone());
                 if attached.record.ingress != before {
@@ -1090,7 +1113,8 @@ impl Instance {
                 if !returns {
                     return Ok(());
                 }
-                let done = attach::attach(&mut self.ebpf, &name, self.choice, None)
+                let nat = self.settings.nat_public(&name);
+                let done = attach::attach(&mut self.ebpf, &name, self.choice, None, nat)
                     .with_context(|| format!("attaching again to {name}, which came back"))?;
                 info!("interface {name} is back: attached to {done}");
                 self.record.set(done.record.clone());

@@ -15,7 +15,8 @@ use aya::{
 };
 use ftp_ebpf_common::contract::{
     ALLOW_FROM, ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EVENTS, EXPECTATIONS, FLOWS,
-    HashTable, LpmTable, PORTS, PUBLIC_ADDRS, RingBuffer, STATS, WOULD_DROP,
+    HashTable, LpmTable, NAT_CONTROLS, PORTS, PUBLIC_ADDRS, PUBLIC_ADDRS_ENTRIES, RingBuffer,
+    STATS, WOULD_DROP,
 };
 
 use crate::{ebpf::Settings, events::READER_LOCK};
@@ -93,7 +94,7 @@ fn ring(ring: RingBuffer) -> StateMap {
 /// pinned so that the commands that read a running instance can see its settings and
 /// `ftp-loader events` can switch the events on; EVENTS so that it can read them (across a
 /// restart of the loader too).
-pub const STATE_MAP_NAMES: [&str; 11] = [
+pub const STATE_MAP_NAMES: [&str; 12] = [
     STATS.name,
     CONFIG.name,
     ALLOW_FROM.name,
@@ -104,6 +105,7 @@ pub const STATE_MAP_NAMES: [&str; 11] = [
     FLOWS.name,
     CONTROLS.name,
     CLIENTS.name,
+    NAT_CONTROLS.name,
     EVENTS.name,
 ];
 
@@ -113,13 +115,18 @@ fn state_maps() -> [StateMap; STATE_MAP_NAMES.len()] {
         array(STATS),
         array(CONFIG),
         lpm(ALLOW_FROM),
-        hash(PUBLIC_ADDRS),
+        // Not sized by an option: as the programs declare it.
+        StateMap {
+            entries: Some(PUBLIC_ADDRS_ENTRIES),
+            ..hash(PUBLIC_ADDRS)
+        },
         array(WOULD_DROP),
         array(PORTS),
         hash(EXPECTATIONS),
         hash(FLOWS),
         hash(CONTROLS),
         hash(CLIENTS),
+        hash(NAT_CONTROLS),
         ring(EVENTS),
     ]
 }

@@ -53,14 +53,15 @@ pub fn changes(run: &Command, old: &ArgMatches, new: &ArgMatches) -> Vec<Change>
 }
 
 /// The keys of the options a running instance cannot take: the table sizes (a table's size
-/// is fixed when it is made) and `verbose` (the programs' log level is fixed when they are
-/// loaded).
+/// is fixed when it is made), `verbose` (the programs' log level is fixed when they are
+/// loaded) and `nat-inside` (which decides the programs an interface runs, and the size of
+/// the table of rewritten connections).
 pub fn restart_only(settings: &Settings) -> Vec<String> {
     settings
         .table_sizes()
         .iter()
         .map(|(_, option, _)| option.trim_start_matches("--").to_owned())
-        .chain(["verbose".to_owned()])
+        .chain(["verbose".to_owned(), "nat-inside".to_owned()])
         .collect()
 }
 
@@ -85,6 +86,7 @@ pub fn effective(running: &Settings, wanted: Settings) -> Settings {
         max_flows: running.max_flows,
         max_controls: running.max_controls,
         verbose: running.verbose,
+        nat_inside: running.nat_inside.clone(),
         ..wanted
     }
 }

@@ -25,6 +25,8 @@ pub struct Tcp {
     pub window: u16,
     /// A window scale option (with MSS, as SYNs carry them).
     pub window_scale: Option<u8>,
+    /// A SACK-permitted option too (with a window scale only).
+    pub sack_permitted: bool,
 }
 
 impl Tcp {
@@ -45,6 +47,7 @@ impl Tcp {
             ack: 0,
             window: 65535,
             window_scale: None,
+            sack_permitted: false,
         }
     }
 
@@ -67,13 +70,23 @@ impl Tcp {
         }
     }
 
+    /// With the SACK-permitted option (and a window scale, which carries it here).
+    pub fn sack_permitted(self) -> Self {
+        Self {
+            sack_permitted: true,
+            ..self
+        }
+    }
+
     /// The TCP header and payload, with a valid checksum, so that a frame written onto a
     /// real link is one the stack accepts.
     pub fn segment(&self, payload: &[u8]) -> Vec<u8> {
-        // MSS 1460, NOP, window scale: 8 bytes, as a SYN carries them.
-        let options: &[u8] = match self.window_scale {
-            Some(scale) => &[2, 4, 0x05, 0xb4, 1, 3, 3, scale],
-            None => &[],
+        // MSS 1460, NOP, window scale: 8 bytes, as a SYN carries them; with SACK
+        // permitted between them (and two NOPs more), 12.
+        let options: &[u8] = match (self.window_scale, self.sack_permitted) {
+            (Some(scale), false) => &[2, 4, 0x05, 0xb4, 1, 3, 3, scale],
+            (Some(scale), true) => &[2, 4, 0x05, 0xb4, 4, 2, 1, 1, 1, 3, 3, scale],
+            (None, _) => &[],
         };
         let header_len = 20 + options.len();
         let mut tcp = vec![0u8; 20];
@@ -234,6 +247,24 @@ pub fn fold(mut sum: u32) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     sum as u16
+}
+
+/// Whether an Ethernet frame's IPv4 header checksum and TCP checksum hold, and its IPv4
+/// total length is what it carries: what a receiver checks of a rewritten segment.
+pub fn ipv4_tcp_checksums_hold(frame: &[u8]) -> bool {
+    let ip = &frame[14..];
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if total != ip.len() || fold(words(&ip[..header_len])) != 0xffff {
+        return false;
+    }
+    let tcp = &ip[header_len..total];
+    let (src, dst): ([u8; 4], [u8; 4]) = (
+        ip[12..16].try_into().unwrap(),
+        ip[16..20].try_into().unwrap(),
+    );
+    let pseudo = pseudo_header(IpAddr::from(src), IpAddr::from(dst), tcp.len());
+    fold(words(&pseudo) + words(tcp)) == 0xffff
 }
 
 /// Numbers nobody chose, as a forger who cannot see a connection's traffic must use:

@@ -1,8 +1,8 @@
 //! Test fixtures built from real parts: a two-host lab in network namespaces running real
 //! FTP servers, clients and ftp-loader, crafted FTP control sessions watched by ftp-loader
 //! and the kernel's own FTP helper, and hand-made Ethernet frames for `BPF_PROG_TEST_RUN`
-//! or written onto the lab's link (`inject`), and a layer-3 link between the hosts
-//! (`tunnel`).
+//! or written onto the lab's link (`inject`), a layer-3 link between the hosts
+//! (`tunnel`), and the hosts behind a router doing 1:1 NAT (`nat`).
 
 pub mod clients;
 pub mod frame;
@@ -10,6 +10,7 @@ pub mod ftp;
 pub mod gateway;
 pub mod inject;
 pub mod lab;
+pub mod nat;
 pub mod package;
 pub mod servers;
 pub mod session;

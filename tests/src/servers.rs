@@ -10,7 +10,7 @@
 use std::{
     fmt,
     fs::File,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -60,6 +60,10 @@ const VSFTPD_IPV6: &str = include_str!("../fixtures/vsftpd-ipv6.conf");
 const VSFTPD_UPLOADS: &str = include_str!("../fixtures/vsftpd-uploads.conf");
 const PROFTPD_CONF: &str = include_str!("../fixtures/proftpd.conf");
 const PURE_FTPD_OPTIONS: &str = include_str!("../fixtures/pure-ftpd.options");
+/// What each server is told to announce its public address with, `{public}`.
+const VSFTPD_MASQUERADE: &str = include_str!("../fixtures/vsftpd-masquerade.conf");
+const PROFTPD_MASQUERADE: &str = include_str!("../fixtures/proftpd-masquerade.conf");
+const PURE_FTPD_MASQUERADE: &str = include_str!("../fixtures/pure-ftpd-masquerade.options");
 const PYFTPDLIB: &str = include_str!("../fixtures/pyftpdlib.py");
 
 impl Server {
@@ -77,7 +81,16 @@ impl Server {
     /// Starts the server in the lab's server namespace and waits until it accepts
     /// connections on port 21 of both addresses.
     pub fn start(self, lab: &mut Lab) -> Result<()> {
-        self.start_with(lab, None)
+        self.start_with(lab, None, None)
+    }
+
+    /// As `start`, for a server behind 1:1 NAT ([`Lab::behind_nat`]): with its option to
+    /// announce `public` in its PASV replies instead of the address the control connection
+    /// reached (vsftpd's `pasv_address`, proftpd's `MasqueradeAddress`, pure-ftpd's `-P`,
+    /// pyftpdlib's `masquerade_address`), as a server must be configured for clients on the
+    /// far side of the NAT to follow its 227 replies.
+    pub fn start_masquerading(self, lab: &mut Lab, public: Ipv4Addr) -> Result<()> {
+        self.start_with(lab, None, Some(public))
     }
 
     /// Starts vsftpd with a [`SCRATCH_DIR`] of `bytes` bytes: a tmpfs mounted in the
@@ -92,31 +105,44 @@ impl Server {
             "only vsftpd is set up to take uploads in the lab"
         );
         std::fs::create_dir_all(lab.ftp_root().join(SCRATCH_DIR))?;
-        self.start_with(lab, Some(bytes))
+        self.start_with(lab, Some(bytes), None)
     }
 
-    fn start_with(self, lab: &mut Lab, scratch: Option<u64>) -> Result<()> {
+    fn start_with(
+        self,
+        lab: &mut Lab,
+        scratch: Option<u64>,
+        masquerade: Option<Ipv4Addr>,
+    ) -> Result<()> {
         let root = lab.ftp_root();
         let (low, high) = PASSIVE_PORTS;
+        // The server's own configuration, then, for a masquerading server, the lines that
+        // name its public address (empty otherwise).
+        let masquerading = |template: &str| {
+            masquerade.map_or(Ok(String::new()), |public| {
+                fill(template, &[("public", &public)])
+            })
+        };
         match self {
-            Self::Vsftpd => Self::start_vsftpd(lab, "", scratch),
+            Self::Vsftpd => Self::start_vsftpd(lab, &masquerading(VSFTPD_MASQUERADE)?, scratch),
             Self::Proftpd => {
                 let binary = unpacked(PROFTPD)?;
                 let config = lab.file("proftpd.conf");
+                let own = fill(
+                    PROFTPD_CONF,
+                    &[
+                        ("server_ip", &lab.server_own(Family::V4)),
+                        ("server_ip6", &SERVER_IP6),
+                        ("low", &low),
+                        ("high", &high),
+                        ("pid_file", &lab.file("proftpd.pid").display()),
+                        ("scoreboard_file", &lab.file("proftpd.scoreboard").display()),
+                        ("root", &root.display()),
+                    ],
+                )?;
                 std::fs::write(
                     &config,
-                    fill(
-                        PROFTPD_CONF,
-                        &[
-                            ("server_ip", &lab.server_own(Family::V4)),
-                            ("server_ip6", &SERVER_IP6),
-                            ("low", &low),
-                            ("high", &high),
-                            ("pid_file", &lab.file("proftpd.pid").display()),
-                            ("scoreboard_file", &lab.file("proftpd.scoreboard").display()),
-                            ("root", &root.display()),
-                        ],
-                    )?,
+                    format!("{own}{}", masquerading(PROFTPD_MASQUERADE)?),
                 )?;
                 let mut command = lab.server(&binary.to_string_lossy());
                 command.arg("--nodaemon").arg("--config").arg(&config);
@@ -131,7 +157,7 @@ impl Server {
                         ("high", &high),
                         ("pid_file", &lab.file("pure-ftpd.pid").display()),
                     ],
-                )?;
+                )? + &masquerading(PURE_FTPD_MASQUERADE)?;
                 // pure-ftpd serves the home of the user `ftp` to anonymous users and takes
                 // no other directory: mount the lab's root there. `ip netns exec` runs the
                 // command in a mount namespace of its own, so the host never sees it.
@@ -157,6 +183,12 @@ impl Server {
                     .args(["-c", PYFTPDLIB])
                     .arg(&root)
                     .args([low.to_string(), high.to_string()])
+                    // The public address its PASV replies name; empty for its own.
+                    .arg(
+                        masquerade
+                            .map(|public| public.to_string())
+                            .unwrap_or_default(),
+                    )
                     .args([
                         lab.server_own(Family::V4).to_string(),
                         SERVER_IP6.to_string(),
@@ -334,6 +366,9 @@ mod tests {
             &[("low", &1), ("high", &2), ("pid_file", &"p")],
         )
         .unwrap();
+        for masquerade in [VSFTPD_MASQUERADE, PROFTPD_MASQUERADE, PURE_FTPD_MASQUERADE] {
+            fill(masquerade, &[("public", &SERVER_IP)]).unwrap();
+        }
         assert!(fill(VSFTPD_IPV4, &[]).is_err(), "an unfilled placeholder");
         assert!(
             fill(VSFTPD_IPV4, &[("nothing", &1)]).is_err(),

@@ -1624,3 +1624,263 @@ fn decisions_are_events_with_their_addresses() {
         ]
     );
 }
+
+/// The programs of a `--nat-inside` interface (`ftp_ingress_nat`, `ftp_egress_nat`), run
+/// on frames that pass it, with the packet as they leave it.
+struct Gateway {
+    programs: Programs,
+}
+
+/// The public address the gateway's NAT shows its hosts as.
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+impl Gateway {
+    fn new() -> Self {
+        use ftp_ebpf_common::{
+            addr::ipv4,
+            contract::{EGRESS_NAT_PROGRAM, INGRESS_NAT_PROGRAM, NAT_INSIDE},
+            nat::NatInside,
+        };
+        let mut programs = Programs::load(Settings {
+            nat_inside: vec![format!("lo={PUBLIC}").parse().unwrap()],
+            max_expected: 4,
+            ..Settings::default()
+        });
+        for program in [INGRESS_NAT_PROGRAM, EGRESS_NAT_PROGRAM] {
+            ebpf::load_program(&mut programs.ebpf, program).expect("the NAT programs verify");
+        }
+        // BPF_PROG_TEST_RUN runs tc programs on the loopback device: index 1.
+        NAT_INSIDE
+            .of_mut(&mut programs.ebpf)
+            .unwrap()
+            .insert(
+                1,
+                NatInside {
+                    public: ipv4(PUBLIC.octets()),
+                },
+                0,
+            )
+            .unwrap();
+        Self { programs }
+    }
+
+    /// A frame arriving from a host behind the gateway: the verdict and the frame after.
+    fn arriving(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run(ftp_ebpf_common::contract::INGRESS_NAT_PROGRAM, frame)
+    }
+
+    /// A frame leaving towards a host behind the gateway.
+    fn leaving(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run(ftp_ebpf_common::contract::EGRESS_NAT_PROGRAM, frame)
+    }
+
+    fn run(&self, program: &'static str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 64];
+        let program = contract::classifier(&self.programs.ebpf, program).unwrap();
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("test run");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// Opens `session` with the server behind the gateway: the client's segments leave
+    /// towards it, the server's arrive.
+    fn open_server_behind(&self, session: ControlSession) -> ControlSession {
+        let [syn, syn_ack, ack] = session.handshake();
+        assert_eq!(self.leaving(&syn).0, TC_ACT_UNSPEC);
+        assert_eq!(self.arriving(&syn_ack).0, TC_ACT_UNSPEC);
+        assert_eq!(self.leaving(&ack).0, TC_ACT_UNSPEC);
+        session
+    }
+}
+
+/// The TCP payload of an Ethernet frame carrying IPv4.
+fn payload(frame: &[u8]) -> &[u8] {
+    let tcp = 14 + usize::from(frame[14] & 0x0f) * 4;
+    &frame[tcp + usize::from(frame[tcp + 12] >> 4) * 4..]
+}
+
+fn seq_of(frame: &[u8]) -> u32 {
+    let tcp = 14 + usize::from(frame[14] & 0x0f) * 4;
+    u32::from_be_bytes(frame[tcp + 4..tcp + 8].try_into().unwrap())
+}
+
+fn ack_of(frame: &[u8]) -> u32 {
+    let tcp = 14 + usize::from(frame[14] & 0x0f) * 4;
+    u32::from_be_bytes(frame[tcp + 8..tcp + 12].try_into().unwrap())
+}
+
+/// A server behind a NAT gateway announces its private address; the gateway's inside
+/// interface rewrites it to the public one, as nf_nat_ftp does, with valid checksums and
+/// lengths, numbers the server's later segments and the client's acknowledgements to
+/// match, and rewrites a retransmission identically.
+#[test]
+fn a_gateway_rewrites_a_private_address_and_keeps_the_numbers_straight() {
+    use ftp_lab::frame::ipv4_tcp_checksums_hold;
+
+    let g = Gateway::new();
+    let mut s = g.open_server_behind(session());
+    let reply = s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n");
+    let (verdict, out) = g.arriving(&reply);
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    assert_eq!(
+        payload(&out),
+        b"227 Entering Passive Mode (198,51,100,1,39,16).\r\n"
+    );
+    assert_eq!(out.len(), reply.len() + 3);
+    assert!(ipv4_tcp_checksums_hold(&out), "checksums after the rewrite");
+    assert_eq!(
+        seq_of(&out),
+        seq_of(&reply),
+        "the rewritten segment keeps its number"
+    );
+    // The inside interface expects nothing: the outside one expects the public address,
+    // when the rewritten reply leaves through it.
+    assert!(g.programs.expectations().is_empty());
+    assert_eq!(g.programs.stats()["nat_rewritten"], 1);
+
+    // The server's next segment is numbered 3 bytes on; the client's acknowledgement of
+    // it, 3 bytes back.
+    let next = s.reply(b"150 Here comes the directory listing.\r\n");
+    let (_, out) = g.arriving(&next);
+    assert_eq!(seq_of(&out), seq_of(&next) + 3);
+    assert!(ipv4_tcp_checksums_hold(&out));
+    let client_ack = s.command(b"LIST\r\n");
+    let seen_by_client = ack_of(&client_ack) + 3;
+    // The client numbers its acknowledgement as it saw the server's bytes.
+    let acked = ftp_lab::frame::Tcp::new(
+        CLIENT,
+        40000,
+        SERVER,
+        21,
+        ftp_lab::frame::PSH | ftp_lab::frame::ACK,
+    )
+    .seq(seq_of(&client_ack))
+    .ack(seen_by_client)
+    .window(ftp_lab::frame::WINDOW)
+    .frame(b"LIST\r\n");
+    let (_, out) = g.leaving(&acked);
+    assert_eq!(
+        ack_of(&out),
+        ack_of(&client_ack),
+        "numbered back as the server numbered it"
+    );
+    assert!(ipv4_tcp_checksums_hold(&out));
+
+    // A retransmission of the rewritten reply is rewritten again, identically.
+    let again = s.reply_at(
+        seq_of(&reply),
+        b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n",
+    );
+    let (_, out) = g.arriving(&again);
+    assert_eq!(
+        payload(&out),
+        b"227 Entering Passive Mode (198,51,100,1,39,16).\r\n"
+    );
+    assert_eq!(seq_of(&out), seq_of(&reply));
+    assert!(ipv4_tcp_checksums_hold(&out));
+    assert_eq!(g.programs.stats()["nat_retransmissions_rewritten"], 1);
+}
+
+/// A shorter public address shrinks the segment; PORT and EPRT of a masqueraded client
+/// are rewritten like a 227; thousands of rewritten lines leave the numbers exact.
+#[test]
+fn a_gateway_rewrites_client_commands_for_thousands_of_lines_without_drift() {
+    use ftp_lab::frame::ipv4_tcp_checksums_hold;
+
+    let g = Gateway::new();
+    // The client is behind the gateway: its segments arrive, the server's leave.
+    let inside = Ipv4Addr::new(10, 200, 200, 200);
+    let mut s = ControlSession::new(inside, STRANGER);
+    let [syn, syn_ack, ack] = s.handshake();
+    assert_eq!(g.arriving(&syn).0, TC_ACT_UNSPEC);
+    assert_eq!(g.leaving(&syn_ack).0, TC_ACT_UNSPEC);
+    assert_eq!(g.arriving(&ack).0, TC_ACT_UNSPEC);
+    let first_seq = s.client_seq();
+    let mut shift: u32 = 0;
+    for line in 0..2000u32 {
+        let port = 20000 + (line % 1000) as u16;
+        let (text, rewritten) = if line % 2 == 0 {
+            (
+                format!("PORT 10,200,200,200,{},{}\r\n", port >> 8, port & 0xff),
+                format!("PORT 198,51,100,1,{},{}\r\n", port >> 8, port & 0xff),
+            )
+        } else {
+            (
+                format!("EPRT |1|10.200.200.200|{port}|\r\n"),
+                format!("EPRT |1|198.51.100.1|{port}|\r\n"),
+            )
+        };
+        let frame = s.command(text.as_bytes());
+        let (verdict, out) = g.arriving(&frame);
+        assert_eq!(verdict, TC_ACT_UNSPEC);
+        assert_eq!(payload(&out), rewritten.as_bytes(), "line {line}");
+        assert_eq!(
+            seq_of(&out),
+            seq_of(&frame).wrapping_sub(shift),
+            "line {line}"
+        );
+        assert!(ipv4_tcp_checksums_hold(&out), "line {line}");
+        // 10,200,200,200 (14 bytes) became 198,51,100,1 (12).
+        shift += 2;
+    }
+    assert_eq!(g.programs.stats()["nat_rewritten"], 2000);
+    // The server acknowledges everything as the client's rewritten stream ends.
+    let end_outside = s.client_seq().wrapping_sub(shift);
+    let reply = ftp_lab::frame::Tcp::new(STRANGER, 21, inside, 40000, ftp_lab::frame::ACK)
+        .seq(s.server_seq())
+        .ack(end_outside)
+        .window(ftp_lab::frame::WINDOW)
+        .frame(&[]);
+    let (_, out) = g.leaving(&reply);
+    assert_eq!(
+        ack_of(&out),
+        s.client_seq(),
+        "after {} bytes of rewriting",
+        s.client_seq() - first_seq
+    );
+    assert!(ipv4_tcp_checksums_hold(&out));
+}
+
+/// What a gateway must not rewrite: an address that is not the sender's own (refused as
+/// everywhere), a text split across segments (passed as it is, counted), IPv6 (nothing
+/// to translate, untouched); and it takes SACK off control handshakes.
+#[test]
+fn a_gateway_leaves_alone_what_it_cannot_or_must_not_rewrite() {
+    let g = Gateway::new();
+    let syn = ftp_lab::frame::Tcp::new(CLIENT, 40001, SERVER, 21, SYN)
+        .window_scale(7)
+        .sack_permitted()
+        .frame(&[]);
+    let (_, out) = g.leaving(&syn);
+    assert_eq!(
+        &out[14 + 20 + 20..][..12],
+        &[2, 4, 5, 0xb4, 1, 1, 1, 1, 1, 3, 3, 7]
+    );
+    assert!(ftp_lab::frame::ipv4_tcp_checksums_hold(&out));
+    assert_eq!(g.programs.stats()["nat_sack_disabled"], 1);
+
+    let mut s = g.open_server_behind(session());
+    let third_party = s.reply(b"227 Entering Passive Mode (198,51,100,9,39,16).\r\n");
+    let (_, out) = g.arriving(&third_party);
+    assert_eq!(out, third_party, "another host's address is not rewritten");
+    let first = s.reply(b"227 Entering Passive Mode (192,0,");
+    let second = s.reply(b"2,1,39,17).\r\n");
+    assert_eq!(g.arriving(&first).1, first);
+    assert_eq!(g.arriving(&second).1, second);
+    let stats = g.programs.stats();
+    assert_eq!(stats["nat_unrewritable"], 1);
+    assert_eq!(stats["address_mismatch"], 1);
+    assert!(!stats.contains_key("nat_rewritten"));
+
+    let mut s6 = g.open_server_behind(session6());
+    let reply = s6.reply(b"229 Entering Extended Passive Mode (|||10000|)\r\n");
+    assert_eq!(g.arriving(&reply).1, reply, "IPv6 passes untouched");
+    let port = s6.command(b"EPRT |2|2001:db8::2|10001|\r\n");
+    assert_eq!(g.leaving(&port).1, port);
+}

@@ -43,6 +43,8 @@ impl LineScanner {
         }
         self.field = 0;
         self.start_field();
+        // The address starts with the next byte.
+        self.text_starts_at(self.line_len);
         self.enter(if self.family == FAMILY_IPV4 {
             Phase::DottedQuad
         } else {
@@ -58,6 +60,7 @@ impl LineScanner {
                 return self.fail(ParseError::BadAddress);
             }
             self.store_octet();
+            self.text_ends();
             self.start_port();
             return Step::Continue;
         }

@@ -119,6 +119,22 @@ pub struct LineScanner {
     /// Octets read; 8 rather than 6 so an index can be masked into range.
     numbers: [u8; 8],
     groups: [u16; 8],
+    /// Line offset of the announced IPv4 address's text, while it is read.
+    text_start: u16,
+    /// Where the last announced IPv4 address's text lies (`address_text`).
+    text: AddressText,
+    _pad: u16,
+}
+
+/// Where an announced IPv4 address's text (`10,0,2,2` of a 227 or PORT, `10.0.2.2` of an
+/// EPRT) lies, counted back from the byte whose step announced it: what a NAT gateway
+/// rewrites. `len` 0: unknown (an IPv6 address, which NAT leaves alone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct AddressText {
+    /// Bytes from the text's first byte to the announcing byte.
+    pub back: u16,
+    pub len: u16,
 }
 
 impl LineScanner {
@@ -153,8 +169,13 @@ impl LineScanner {
 
     pub fn step(&mut self, byte: u8) -> Step {
         if byte == b'\n' {
+            // Counted, so that an announcement ended by a bare LF places its text as one
+            // ended by any other byte does.
+            self.line_len = self.line_len.saturating_add(1);
             let end = self.end_of_line();
+            let text = self.text;
             *self = Self::new(self.sender());
+            self.text = text;
             return end;
         }
         let phase = self.phase();
@@ -235,8 +256,25 @@ impl LineScanner {
         self.numbers[usize::from(self.field & 7)] = self.value as u8;
     }
 
+    /// Where the address text of the announcement the last step made lies.
+    pub fn address_text(&self) -> AddressText {
+        self.text
+    }
+
+    /// The address text starts at line offset `start`.
+    fn text_starts_at(&mut self, start: u16) {
+        self.text_start = start;
+        self.text = AddressText::default();
+    }
+
+    /// The byte just stepped follows the address text.
+    fn text_ends(&mut self) {
+        self.text.len = self.line_len.wrapping_sub(1).wrapping_sub(self.text_start);
+    }
+
     /// The line is read: it announces `addr` and `port`, unless the port is 0.
     fn announce(&mut self, mode: Mode, family: u8, addr: Addr, port: u16) -> Step {
+        self.text.back = self.line_len.wrapping_sub(1).wrapping_sub(self.text_start);
         self.enter(Phase::SkipLine);
         if port == 0 {
             return Step::Malformed(ParseError::PortZero);
@@ -288,7 +326,7 @@ mod testing {
 
 #[cfg(test)]
 mod tests {
-    use std::vec::Vec;
+    use std::{string::String, vec::Vec};
 
     use super::{testing::*, *};
 
@@ -354,6 +392,56 @@ mod tests {
             [announced(Mode::Passive, [10, 0, 0, 1], 1026)],
             "other long lines are merely skipped"
         );
+    }
+
+    /// Each announcement says where its address's text lies, whatever ends its line.
+    #[test]
+    fn announced_addresses_locate_their_text() {
+        for (sender, text, address) in [
+            (
+                Sender::Server,
+                &b"227 Entering Passive Mode (10,0,2,2,39,16).\r\n"[..],
+                &b"10,0,2,2"[..],
+            ),
+            (
+                Sender::Server,
+                b"227 =010,000,002,002,39,16\r\n",
+                b"010,000,002,002",
+            ),
+            (
+                Sender::Client,
+                b"TYPE I\r\nPORT 10,0,2,2,39,16\r\n",
+                b"10,0,2,2",
+            ),
+            (
+                Sender::Client,
+                b"PORT 192,168,100,200,39,16\n",
+                b"192,168,100,200",
+            ),
+            (Sender::Client, b"EPRT |1|10.0.2.2|10000|\r\n", b"10.0.2.2"),
+            (
+                Sender::Client,
+                b"eprt  !1!172.16.255.1!10000!\n",
+                b"172.16.255.1",
+            ),
+        ] {
+            let mut scanner = LineScanner::new(sender);
+            let mut found = Vec::new();
+            for (index, &byte) in text.iter().enumerate() {
+                if let Step::Announced(_) = scanner.step(byte) {
+                    let at = scanner.address_text();
+                    let start = index - usize::from(at.back);
+                    found.push(&text[start..start + usize::from(at.len)]);
+                }
+            }
+            assert_eq!(found, [address], "{}", String::from_utf8_lossy(text));
+        }
+        // IPv6 text is not located: NAT leaves IPv6 alone.
+        let mut scanner = LineScanner::new(Sender::Client);
+        for &byte in b"EPRT |2|2001:db8::1|10000|\r\n" {
+            scanner.step(byte);
+        }
+        assert_eq!(scanner.address_text().len, 0);
     }
 
     #[test]

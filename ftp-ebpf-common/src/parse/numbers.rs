@@ -10,6 +10,7 @@ impl LineScanner {
     pub(super) fn start_numbers(&mut self, digit: u8) -> Step {
         self.enter(Phase::Numbers);
         self.start_field();
+        self.text_starts_at(self.line_len.wrapping_sub(1));
         self.six_numbers(digit)
     }
 
@@ -34,6 +35,9 @@ impl LineScanner {
                     return self.fail(ParseError::ExtraNumber);
                 }
                 self.store_octet();
+                if self.field == 3 {
+                    self.text_ends();
+                }
                 self.field += 1;
                 self.start_field();
                 Step::Continue

@@ -1,0 +1,426 @@
+//! A NAT gateway's rewriting (`--nat-inside`, `ftp_ebpf_common::nat`), done by the tc
+//! programs of an inside interface around the usual scanning: arriving, what a host behind
+//! the gateway announced is rewritten to the public address and its sequence numbers are
+//! adjusted; leaving, the acknowledgements the far end sends it are adjusted back. Both
+//! happen on the inside interface, so netfilter's conntrack, between the two, sees one
+//! consistent connection, as the outside interface and the far end do.
+//!
+//! SACK blocks would need the same adjustment on every acknowledgement; instead, the
+//! SACK-permitted option is taken off a control connection's SYN and SYN-ACK here, so that
+//! its ends never send any (control connections carry a few hundred bytes: SACK gains them
+//! nothing).
+
+use aya_ebpf::{
+    bindings::BPF_F_PSEUDO_HDR,
+    helpers::generated::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_store_bytes},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+    programs::TcContext,
+};
+use ftp_ebpf_common::{
+    addr::FAMILY_IPV4,
+    contract::{LinkLayer, SCRATCH_ENTRIES},
+    control::control_key,
+    flow::FlowKey,
+    nat::{NatControl, address_text},
+    parse::Sender,
+    policy::PortClass,
+    stats::Counter,
+};
+
+use crate::{
+    control::{self, Rewrite},
+    maps::{self, count},
+    nat,
+    packet::{Direction, Frame, Parsed, Segment},
+};
+
+/// What was rewritten in each control connection (`contract::NAT_CONTROLS`). One entry
+/// as declared; the loader gives it CONTROLS' size on a gateway.
+#[map]
+static NAT_CONTROLS: LruHashMap<FlowKey, NatControl> = LruHashMap::with_max_entries(1, 0);
+
+/// The most bytes rewritten in one segment, from the address text to the payload's end,
+/// each way (what the segment held, what it holds after): `bpf_csum_diff` takes 512 in all.
+const SPAN: usize = 256;
+/// The most payload bytes after an address text that a rewrite moves.
+const MAX_TAIL: u32 = 224;
+
+/// This CPU's copies of a segment's rewritten span, before and after.
+#[repr(C)]
+pub struct Surgery {
+    old: [u8; SPAN],
+    new: [u8; SPAN],
+}
+
+#[map]
+static NAT_SCRATCH: PerCpuArray<Surgery> = PerCpuArray::with_max_entries(SCRATCH_ENTRIES, 0);
+
+/// A rewrite of the payload: the `old_len` bytes at packet offset `offset` become
+/// `new_len` bytes.
+#[derive(Clone, Copy)]
+struct Span {
+    offset: u32,
+    old_len: u32,
+    new_len: u32,
+}
+
+/// Where a segment's headers lie.
+struct Offsets {
+    ip: u32,
+    tcp: u32,
+    payload: u32,
+    end: u32,
+}
+
+impl Offsets {
+    fn of(segment: &Segment) -> Self {
+        let payload = segment.payload_offset;
+        Self {
+            ip: segment.ip_offset() as u32,
+            tcp: payload - u32::from(segment.options_len) - 20,
+            payload,
+            end: payload + segment.payload_len,
+        }
+    }
+
+    fn checksum(&self) -> u32 {
+        self.tcp + 16
+    }
+}
+
+/// The control connection an IPv4 segment belongs to on this interface, and who sent it.
+#[inline(always)]
+fn control_segment(ctx: &TcContext) -> Option<(Segment, FlowKey, Sender)> {
+    let Parsed::Tcp(segment) = Segment::parse(ctx, LinkLayer::Ethernet) else {
+        return None;
+    };
+    // IPv6 carries no address that NAT changes: left untouched.
+    if segment.family != FAMILY_IPV4 {
+        return None;
+    }
+    let class = |port| {
+        // SAFETY: array map values, valid for the program's run.
+        maps::port(port).map(|info| PortClass::from_u8(unsafe { (*info).class }))
+    };
+    let sender = if class(segment.dst_port)? == PortClass::Control {
+        Sender::Client
+    } else if class(segment.src_port)? == PortClass::Control {
+        Sender::Server
+    } else {
+        return None;
+    };
+    let flow = segment.flow(ctx)?;
+    Some((segment, control_key(&flow, sender), sender))
+}
+
+/// After the guard and the scan of a segment arriving on an inside interface: when it
+/// passes, rewrites what the scan found, or again what an earlier rewrite changed when this
+/// is its retransmission, then numbers the segment as the far end expects it.
+#[inline(never)]
+pub fn arriving(ctx: &TcContext, passes: bool) {
+    // Taken whether or not the segment passes: what one scan found is for its own packet.
+    let found = control::take_rewrite();
+    if !passes {
+        return;
+    }
+    let Some((segment, key, sender)) = control_segment(ctx) else {
+        return;
+    };
+    if segment.is_syn() || segment.is_syn_ack() {
+        no_sack(ctx, &segment, Direction::Ingress);
+    }
+    let at = Offsets::of(&segment);
+    if let Some(found) = found {
+        rewrite(ctx, &segment, &at, &key, sender, &found);
+    } else {
+        rewrite_again(ctx, &segment, &at, &key, sender);
+    }
+    // SAFETY: a plain-data map value, only read.
+    let Some(nat) = (unsafe { NAT_CONTROLS.get(&key) }) else {
+        return;
+    };
+    if nat.sender == sender as u8 && !nat.adjust.is_identity() {
+        replace_u32(
+            ctx,
+            &at,
+            at.tcp + 4,
+            segment.seq,
+            nat.adjust.seq(segment.seq),
+        );
+    }
+}
+
+/// Before a segment leaves through an inside interface towards a host behind it: its
+/// acknowledgement of that host's rewritten bytes is numbered back as the host numbered
+/// them, and a handshake loses its SACK-permitted option.
+#[inline(never)]
+pub fn leaving(ctx: &TcContext) {
+    let Some((segment, key, sender)) = control_segment(ctx) else {
+        return;
+    };
+    if segment.is_syn() || segment.is_syn_ack() {
+        no_sack(ctx, &segment, Direction::Egress);
+    }
+    // SAFETY: a plain-data map value, only read.
+    let Some(nat) = (unsafe { NAT_CONTROLS.get(&key) }) else {
+        return;
+    };
+    if nat.sender != sender as u8 && segment.flags & ftp_ebpf_common::window::TCP_ACK != 0 {
+        let at = Offsets::of(&segment);
+        replace_u32(
+            ctx,
+            &at,
+            at.tcp + 8,
+            segment.ack,
+            nat.adjust.ack(segment.ack),
+        );
+    }
+}
+
+/// Rewrites the address text the scan found with the inside interface's public address,
+/// and records the change for the numbers and for retransmissions.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    segment: &Segment,
+    at: &Offsets,
+    key: &FlowKey,
+    sender: Sender,
+    found: &Rewrite,
+) {
+    let Some(inside) = nat::inside(ctx.ifindex()) else {
+        return;
+    };
+    let mut nat = NatControl {
+        sender: sender as u8,
+        ..NatControl::default()
+    };
+    // SAFETY: a plain-data map value, copied.
+    if let Some(known) = unsafe { NAT_CONTROLS.get(key) } {
+        nat = *known;
+    }
+    let new_len = address_text(&inside.public, found.mode, &mut nat.text);
+    let old_len = u32::from(found.len);
+    let span = Span {
+        offset: found.offset,
+        old_len,
+        new_len: new_len as u32,
+    };
+    if !splice(ctx, at, &span, &nat.text) {
+        count(Counter::NatUnrewritable);
+        return;
+    }
+    count(Counter::NatRewritten);
+    nat.sender = sender as u8;
+    nat.adjust
+        .rewritten(segment.seq, new_len as i32 - old_len as i32);
+    nat.text_seq = segment.seq.wrapping_add(found.offset - at.payload);
+    nat.old_len = old_len as u8;
+    nat.new_len = new_len as u8;
+    if NAT_CONTROLS.insert(key, &nat, 0).is_err() {
+        count(Counter::NatUnrewritable);
+    }
+}
+
+/// A retransmission (or a repacking) of the segment last rewritten: whatever of it the
+/// stream position says holds the old text is rewritten again, identically.
+#[inline(always)]
+fn rewrite_again(ctx: &TcContext, segment: &Segment, at: &Offsets, key: &FlowKey, sender: Sender) {
+    // SAFETY: a plain-data map value, copied.
+    let Some(nat) = (unsafe { NAT_CONTROLS.get(key) }).copied() else {
+        return;
+    };
+    if nat.sender != sender as u8 || nat.old_len == 0 {
+        return;
+    }
+    let into = nat.text_seq.wrapping_sub(segment.seq);
+    let old_len = u32::from(nat.old_len);
+    // Unsigned: a segment starting after the text gives a huge `into`.
+    if into >= segment.payload_len || into + old_len > segment.payload_len {
+        return;
+    }
+    let span = Span {
+        offset: at.payload + into,
+        old_len,
+        new_len: u32::from(nat.new_len),
+    };
+    if splice(ctx, at, &span, &nat.text) {
+        count(Counter::NatRetransmissionsRewritten);
+    } else {
+        count(Counter::NatUnrewritable);
+    }
+}
+
+/// Writes `text` over `span`, moving what follows in the payload, and fixes the lengths
+/// and checksums. False when the rest of the payload is too long to move (nothing is
+/// changed then).
+#[inline(never)]
+fn splice(ctx: &TcContext, at: &Offsets, span: &Span, text: &[u8; 16]) -> bool {
+    let Span {
+        offset,
+        old_len,
+        new_len,
+    } = *span;
+    let Some(work) = NAT_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; the program using it runs to its end uninterrupted.
+    let work = unsafe { &mut *work };
+    let tail_start = offset + old_len;
+    if tail_start >= at.end || new_len == 0 || new_len > 15 {
+        return false;
+    }
+    let tail = at.end - tail_start;
+    if tail > MAX_TAIL {
+        return false;
+    }
+    // The span starts on an even offset from the TCP header (whose offset is even), so
+    // that the one's complement sums of the old and new spans line up.
+    let start = offset & !1;
+    let lead = offset - start;
+    let old_total = lead + old_len + tail;
+    let new_total = lead + new_len + tail;
+    let read = (old_total.wrapping_sub(1) & (SPAN as u32 - 1)) + 1;
+    if Frame::load_bytes(ctx, start, work.old.as_mut_ptr(), read) != 0 {
+        return false;
+    }
+    // The new span: the leading byte, the text, the old tail.
+    work.new[0] = work.old[0];
+    for i in 0..16u32 {
+        if i < new_len {
+            work.new[((lead + i) & 31) as usize] = text[(i & 15) as usize];
+        }
+    }
+    // Read back through memory: the compiler knows the sum is at most 16 and would drop
+    // the mask, which the verifier needs to bound the pointer below.
+    let tail_at = lead + new_len;
+    // SAFETY: a local, read.
+    let tail_at = (unsafe { core::ptr::read_volatile(&tail_at) } & 31) as usize;
+    let tail_len = (tail.wrapping_sub(1) & (MAX_TAIL - 1)) + 1;
+    // SAFETY: `tail_at` + `tail_len` <= 31 + 224, inside the 256-byte buffer.
+    let tail_dst = unsafe { work.new.as_mut_ptr().add(tail_at) };
+    if Frame::load_bytes(ctx, tail_start, tail_dst, tail_len) != 0 {
+        return false;
+    }
+    // Zeros after each span, to a multiple of 4 for `bpf_csum_diff` and, when the segment
+    // shrinks, over the bytes that go: trimmed, they then take nothing from a receive
+    // checksum (CHECKSUM_COMPLETE) either.
+    let padded = old_total.max(new_total) + 3;
+    for i in 0..20u32 {
+        let old_i = old_total + i;
+        if old_i < padded {
+            work.old[(old_i & (SPAN as u32 - 1)) as usize] = 0;
+        }
+        let new_i = new_total + i;
+        if new_i < padded {
+            work.new[(new_i & (SPAN as u32 - 1)) as usize] = 0;
+        }
+    }
+    let old_words = (old_total + 3) & 0x1fc;
+    let new_words = (new_total + 3) & 0x1fc;
+    if old_words > 252 || new_words > 252 {
+        return false;
+    }
+    // SAFETY: both buffers hold at least the sizes given, which the masks bound.
+    let diff = unsafe {
+        bpf_csum_diff(
+            work.old.as_mut_ptr().cast(),
+            old_words,
+            work.new.as_mut_ptr().cast(),
+            new_words,
+            0,
+        )
+    };
+    if diff < 0 {
+        return false;
+    }
+    let delta = new_len as i32 - old_len as i32;
+    let new_end = (at.end as i32 + delta) as u32;
+    let skb = ctx.skb.skb;
+    let stored = old_total.max(new_total);
+    let stored = (stored.wrapping_sub(1) & (SPAN as u32 - 1)) + 1;
+    // Grow before writing, shrink after: the bytes written always fit.
+    // SAFETY: the helpers check offsets and lengths against the packet.
+    unsafe {
+        if delta > 0 && bpf_skb_change_tail(skb, new_end, 0) != 0 {
+            return false;
+        }
+        if bpf_skb_store_bytes(skb, start, work.new.as_ptr().cast(), stored, 0) != 0 {
+            return false;
+        }
+        if delta < 0 && bpf_skb_change_tail(skb, new_end, 0) != 0 {
+            return false;
+        }
+    }
+    // The payload's checksum difference, then the pseudo header's TCP length, then the
+    // IPv4 total length and its header checksum. No store asks the helpers to update a
+    // receive checksum (CHECKSUM_COMPLETE): each change comes with its checksum's, and
+    // the two cancel out in a sum over the packet.
+    let old_tcp = (at.end - at.tcp) as u16;
+    let new_tcp = (new_end - at.tcp) as u16;
+    let old_ip = (at.end - at.ip) as u16;
+    let new_ip = (new_end - at.ip) as u16;
+    let csum = at.checksum() as usize;
+    let _ = ctx.l4_csum_replace(csum, 0, diff as u64, 0);
+    let _ = ctx.l4_csum_replace(
+        csum,
+        u64::from(old_tcp.to_be()),
+        u64::from(new_tcp.to_be()),
+        u64::from(BPF_F_PSEUDO_HDR) | 2,
+    );
+    let _ = ctx.store(at.ip as usize + 2, &new_ip.to_be(), 0);
+    let _ = ctx.l3_csum_replace(
+        at.ip as usize + 10,
+        u64::from(old_ip.to_be()),
+        u64::from(new_ip.to_be()),
+        2,
+    );
+    true
+}
+
+/// Replaces the 32-bit field at packet offset `offset` (a sequence or acknowledgement
+/// number) and the TCP checksum with it.
+#[inline(always)]
+fn replace_u32(ctx: &TcContext, at: &Offsets, offset: u32, old: u32, new: u32) {
+    if old == new {
+        return;
+    }
+    if ctx.store(offset as usize, &new.to_be(), 0).is_ok() {
+        let _ = ctx.l4_csum_replace(
+            at.checksum() as usize,
+            u64::from(old.to_be()),
+            u64::from(new.to_be()),
+            4,
+        );
+    }
+}
+
+/// Takes a handshake segment's SACK-permitted option off: two NOPs in its place.
+#[inline(never)]
+fn no_sack(ctx: &TcContext, segment: &Segment, direction: Direction) {
+    let found = segment.sack_permitted(ctx, direction);
+    if found == 0 {
+        return;
+    }
+    let at = Offsets::of(segment);
+    let offset = at.tcp + 20 + u32::from(found) - 1;
+    const NOPS: [u8; 2] = [1, 1];
+    if ctx.store(offset as usize, &NOPS, 0).is_err() {
+        return;
+    }
+    // The option's two bytes as the checksum's 16-bit words hold them: swapped when the
+    // option starts on an odd offset from the TCP header.
+    let old = if (offset - at.tcp) & 1 == 0 {
+        [4, 2]
+    } else {
+        [2, 4]
+    };
+    let _ = ctx.l4_csum_replace(
+        at.checksum() as usize,
+        u64::from(u16::from_ne_bytes(old)),
+        u64::from(u16::from_ne_bytes(NOPS)),
+        2,
+    );
+    count(Counter::NatSackDisabled);
+}
