@@ -10,16 +10,20 @@
 //! - Without any helper, the transfers whose data connection the NAT cannot place fail,
 //!   exactly those [`without_helper`] lists and for the reasons it gives, and every
 //!   announcement arrives as its host made it.
-//! - With ftp-loader's NAT mode on the gateway instead of the helper (ignored until the
-//!   loader has `--nat-inside`), every transfer passes as with the helper, each data
-//!   connection admitted through an expectation, and a listener behind the gateway that no
-//!   session announced stays out of the client's reach even with the passive ports
-//!   forwarded to it.
-//! - IPv6 crosses the gateway routed: passive and active transfers pass untouched.
+//! - With ftp-loader's NAT mode (`--nat-inside`) on the gateway instead of the helper, every
+//!   transfer passes as with the helper, the announcements arrive rewritten, each data
+//!   connection is admitted through an expectation, and a listener behind the gateway that
+//!   no session announced stays out of the client's reach although the passive ports are
+//!   forwarded to it. Where the gateway forwards only port 21, or the clients are behind
+//!   it, the data connection to the public address must be translated as `nf_nat_ftp`'s
+//!   expectation does; ftp-loader does not do that yet, and those tests are ignored.
+//! - IPv6 crosses the gateway routed: passive and active transfers pass untouched (with
+//!   ftp-loader in the gateway, ignored: its control connection is dropped on the way).
 //!
 //! Each test prints its table (`cargo test -p ftp-lab --test gateway -- --nocapture` shows
-//! those of passing tests too): one cell per transfer, `ok` or `FAIL` and the address the
-//! announcement named where it arrived (`-` for EPSV, which names none).
+//! those of passing tests too): one cell per transfer, `ok` or `FAIL`, the address the
+//! announcement named where it arrived (`-` for EPSV, which names none) and, with
+//! ftp-loader, how much `expectations_matched` grew.
 
 use std::{
     collections::BTreeMap,
@@ -76,18 +80,24 @@ fn clients_behind_gateway() {
 }
 
 #[test]
-#[ignore = "needs --nat-inside"]
 fn tracker_server_behind_gateway() {
-    with_tracker(
-        Placement::ServerBehind,
-        &[NO_HELPER, NO_HELPER_PASSIVE_FORWARDED],
-    );
+    with_tracker(Placement::ServerBehind, NO_HELPER_PASSIVE_FORWARDED);
 }
 
 #[test]
-#[ignore = "needs --nat-inside"]
+#[ignore = "ftp-loader does not translate data connections yet: the client's SYN to the \
+            public address's passive port meets the gateway itself (nf_nat_ftp's expectation \
+            DNATs it to the server), so every passive transfer fails"]
+fn tracker_server_behind_gateway_port_21_only() {
+    with_tracker(Placement::ServerBehind, NO_HELPER);
+}
+
+#[test]
+#[ignore = "ftp-loader does not translate data connections yet: the server's SYN to the \
+            public address's announced port meets the gateway itself (nf_nat_ftp's expectation \
+            DNATs it to the client), so every active transfer fails"]
 fn tracker_clients_behind_gateway() {
-    with_tracker(Placement::ClientsBehind, &[NO_HELPER]);
+    with_tracker(Placement::ClientsBehind, NO_HELPER);
 }
 
 #[test]
@@ -96,7 +106,9 @@ fn ipv6_routed_through_gateway() {
 }
 
 #[test]
-#[ignore = "needs --nat-inside"]
+#[ignore = "a control connection routed through both guarded interfaces is dropped as \
+            control_wrong_path: its SYN, seen again leaving the inside interface, is taken for \
+            a retransmission, and ControlState::open forgets the path its arrival set"]
 fn ipv6_routed_through_tracker() {
     ipv6(true);
 }
@@ -146,6 +158,9 @@ struct Transfer {
     announced: Option<String>,
     /// How much ftp-loader's `expectations_matched` grew meanwhile, if it runs.
     matched: Option<u64>,
+    /// Whether the capture read every byte of the control connection in both directions
+    /// (a rewrite that changes a length must renumber what follows).
+    intact: bool,
 }
 
 /// One table: the transfers of each server, client and mode (the rows) under each of the
@@ -183,11 +198,16 @@ impl Table {
         self.cells.insert((row, column), transfer);
     }
 
-    /// Every transfer with its row and column.
-    fn transfers(&self) -> impl Iterator<Item = ((Server, Client, Mode), Rules, &Transfer)> {
-        self.cells
-            .iter()
-            .map(|(&(row, column), transfer)| (self.rows[row], self.columns[column], transfer))
+    /// Every transfer with its row, its column's rules and heading.
+    fn transfers(&self) -> impl Iterator<Item = ((Server, Client, Mode), Rules, &str, &Transfer)> {
+        self.cells.iter().map(|(&(row, column), transfer)| {
+            (
+                self.rows[row],
+                self.columns[column],
+                self.labels[column].as_str(),
+                transfer,
+            )
+        })
     }
 
     fn render(&self) -> String {
@@ -216,9 +236,9 @@ impl Table {
         }
         let failures: Vec<String> = self
             .transfers()
-            .filter_map(|((server, client, mode), rules, t)| {
+            .filter_map(|((server, client, mode), _, label, t)| {
                 let error = t.result.as_ref().err()?;
-                Some(format!("  {rules} {server} {client} {mode}: {error:#}"))
+                Some(format!("  {label} {server} {client} {mode}: {error:#}"))
             })
             .collect();
         if !failures.is_empty() {
@@ -249,15 +269,18 @@ fn transfer(lab: &Lab, client: Client, family: Family, mode: Mode, tracker: bool
     let before = tracker.then(|| matched(lab));
     let result = clients::download(lab, client, family, mode);
     let matched = before.map(|before| matched(lab) - before);
-    let announced = capture
-        .conversations()
-        .expect("reading the capture")
+    let conversations = capture.conversations().expect("reading the capture");
+    let announced = conversations
         .iter()
         .find_map(|conversation| conversation.announced(mode.command()));
+    let intact = conversations
+        .iter()
+        .all(|c| !c.commands.contains("[gap]") && !c.replies.contains("[gap]"));
     Transfer {
         result,
         announced,
         matched,
+        intact,
     }
 }
 
@@ -267,7 +290,8 @@ fn matched(lab: &Lab) -> u64 {
     stats["expectations_matched"]
 }
 
-/// Who announced a mode's address: the server (a 227) or the client (PORT, EPRT).
+/// Whether the host that announces the data connection's address in `mode` (the server
+/// in the passive modes, the client in the active ones) is the one behind the gateway.
 fn announcer_is_inside(placement: Placement, mode: Mode) -> bool {
     mode.passive() == (placement == Placement::ServerBehind)
 }
@@ -311,7 +335,7 @@ fn reference(placement: Placement, columns: &[Rules]) {
     eprintln!("{rendered}({:.0} s)", started.elapsed().as_secs_f64());
 
     let mut wrong = Vec::new();
-    for ((server, client, mode), rules, t) in table.transfers() {
+    for ((server, client, mode), rules, _, t) in table.transfers() {
         let expected = if rules.helper {
             None
         } else {
@@ -333,6 +357,11 @@ fn reference(placement: Placement, columns: &[Rules]) {
                 t.announced
             ));
         }
+        if !t.intact {
+            wrong.push(format!(
+                "  {rules} {server} {client} {mode}: bytes of the control connection never arrived"
+            ));
+        }
     }
     assert!(
         wrong.is_empty(),
@@ -341,25 +370,26 @@ fn reference(placement: Placement, columns: &[Rules]) {
     );
 }
 
-/// The reference's transfers with ftp-loader's NAT mode in the gateway and no helper:
-/// every one passes as with the helper, the inside host's announcements arrive naming the
-/// public address, and every data connection is admitted through an expectation. A
-/// listener behind the gateway that no session announced is reachable before the loader
-/// starts (when its port is forwarded) and not once it runs.
-fn with_tracker(placement: Placement, columns: &[Rules]) {
+/// The reference's transfers with ftp-loader's NAT mode in the gateway under `rules`, with
+/// no helper: every one passes as with the helper, the inside host's announcements arrive
+/// naming the public address, the control connection arrives whole, and every data
+/// connection is admitted through an expectation. With the server behind the gateway, a
+/// listener of its in the passive range that no session announced is reachable from the
+/// client before the loader starts (the passive ports forwarded) and not once it runs.
+fn with_tracker(placement: Placement, rules: Rules) {
     require_root();
     let started = Instant::now();
     let mut table = Table::new(
         format!("{placement}, IPv4, ftp-loader --nat-inside"),
-        columns,
+        &[rules],
     );
     let mut wrong = Vec::new();
     for server in Server::ALL {
         let mut gateway =
             Gateway::new(&format!("gwt-{}", server.name()), placement).expect("gateway lab");
         server.start(&mut gateway.lab).expect("starting the server");
-        // Listening in the passive range on the server, where it is behind the gateway; the
-        // lab keeps it until it is dropped (connections wait in its queue).
+        // Kept until the lab goes; a connection it never accepts waits in its queue, which
+        // is all reaching it takes.
         let unannounced = (placement == Placement::ServerBehind).then(|| {
             in_netns(&gateway.lab.server_ns, || {
                 Ok(TcpListener::bind((INSIDE_HOST, UNANNOUNCED))?)
@@ -372,30 +402,28 @@ fn with_tracker(placement: Placement, columns: &[Rules]) {
         };
         if unannounced.is_some() {
             gateway
-                .set_rules(Rules {
-                    forward_passive: true,
-                    helper: false,
-                })
+                .set_rules(NO_HELPER_PASSIVE_FORWARDED)
                 .expect("netfilter rules");
             assert!(
                 reachable(&gateway.lab),
-                "the listener behind the gateway is unreachable with its port forwarded and no loader: the check below would prove nothing"
+                "the listener behind the gateway is out of reach with its port forwarded and no loader: the check below would prove nothing"
             );
         }
+        gateway.set_rules(rules).expect("netfilter rules");
         gateway.start_tracker().expect("starting ftp-loader");
-        for (column, &rules) in columns.iter().enumerate() {
-            gateway.set_rules(rules).expect("netfilter rules");
-            for (client, mode) in ipv4_transfers() {
-                let transfer = transfer(&gateway.lab, client, Family::V4, mode, true);
-                table.add((server, client, mode), column, transfer);
-            }
-            if unannounced.is_some() && rules.forward_passive && reachable(&gateway.lab) {
-                wrong.push(format!(
-                    "  {rules} {server}: the unannounced listener behind the gateway was reachable"
-                ));
-            }
+        for (client, mode) in ipv4_transfers() {
+            let transfer = transfer(&gateway.lab, client, Family::V4, mode, true);
+            table.add((server, client, mode), 0, transfer);
         }
-        if !wrong.is_empty() || table.transfers().any(|(_, _, t)| t.result.is_err()) {
+        if unannounced.is_some() && rules.forward_passive && reachable(&gateway.lab) {
+            wrong.push(format!(
+                "  {rules} {server}: the unannounced listener behind the gateway was reachable"
+            ));
+        }
+        let failed = table
+            .transfers()
+            .any(|((s, ..), _, _, t)| s == server && t.result.is_err());
+        if failed || !wrong.is_empty() {
             eprintln!(
                 "{server}: ftp-loader log:\n{}\ngateway's conntrack:\n{}",
                 gateway.lab.loader_log(),
@@ -406,7 +434,7 @@ fn with_tracker(placement: Placement, columns: &[Rules]) {
     let rendered = table.render();
     eprintln!("{rendered}({:.0} s)", started.elapsed().as_secs_f64());
 
-    for ((server, client, mode), rules, t) in table.transfers() {
+    for ((server, client, mode), rules, _, t) in table.transfers() {
         if let Err(e) = &t.result {
             wrong.push(format!("  {rules} {server} {client} {mode} failed: {e:#}"));
         }
@@ -415,6 +443,11 @@ fn with_tracker(placement: Placement, columns: &[Rules]) {
             wrong.push(format!(
                 "  {rules} {server} {client} {mode}: the announcement arrived naming {:?}, not {announcement:?}",
                 t.announced
+            ));
+        }
+        if !t.intact {
+            wrong.push(format!(
+                "  {rules} {server} {client} {mode}: bytes of the control connection never arrived"
             ));
         }
         if t.matched == Some(0) {
@@ -431,8 +464,8 @@ fn with_tracker(placement: Placement, columns: &[Rules]) {
 }
 
 /// IPv6 crosses the gateway routed, with no NAT and no helper: each client's passive
-/// (EPSV) and active (EPRT) transfer from vsftpd behind the gateway passes, and the EPRT
-/// arrives naming the client's own address; with ftp-loader's NAT mode in the gateway,
+/// (EPSV) and active (EPRT) transfer from vsftpd behind the gateway passes, the EPRT
+/// arriving naming the client's own address; with ftp-loader's NAT mode in the gateway,
 /// the same.
 fn ipv6(tracker: bool) {
     require_root();
@@ -464,9 +497,16 @@ fn ipv6(tracker: bool) {
     }
     let rendered = table.render();
     eprintln!("{rendered}");
+    if tracker && table.transfers().any(|(.., t)| t.result.is_err()) {
+        eprintln!("ftp-loader log:\n{}", gateway.lab.loader_log());
+    }
     let client_ip6 = IpAddr::from(CLIENT_IP6).to_string();
-    for ((_, client, mode), _, t) in table.transfers() {
+    for ((_, client, mode), _, _, t) in table.transfers() {
         assert!(t.result.is_ok(), "{client} {mode} failed:\n{rendered}");
+        assert!(
+            t.intact,
+            "{client} {mode}: bytes of the control connection never arrived"
+        );
         if mode == Mode::Eprt {
             assert_eq!(
                 t.announced.as_deref(),
