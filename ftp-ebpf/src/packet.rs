@@ -366,8 +366,37 @@ impl Segment {
                 _ => Parsed::Other,
             };
         }
+        let (proto, offset) = match Self::ethernet(frame) {
+            Ok(found) => found,
+            Err(parsed) => return parsed,
+        };
+        match proto {
+            ETH_P_IPV4 => Self::ipv4(frame, offset),
+            ETH_P_IPV6 => Self::ipv6(frame, offset),
+            // The stack strips tag after tag (priority tags, VLAN 0, even without a VLAN
+            // device): a deeper stack could hide a SYN from the guard but not from it.
+            ETH_P_8021Q | ETH_P_8021AD => Parsed::Uninspectable,
+            _ => Parsed::Other,
+        }
+    }
+
+    /// An Ethernet frame's IPv4 TCP segment, if it carries one (`Other` for anything
+    /// else): for the NAT programs, which rewrite only IPv4, without the verifier paths of
+    /// IPv6's extension headers.
+    #[inline(always)]
+    pub fn parse_ipv4(frame: &impl Frame) -> Parsed {
+        match Self::ethernet(frame) {
+            Ok((ETH_P_IPV4, offset)) => Self::ipv4(frame, offset),
+            Ok(_) => Parsed::Other,
+            Err(parsed) => parsed,
+        }
+    }
+
+    /// The type and offset of what an Ethernet frame carries after its VLAN tags.
+    #[inline(always)]
+    fn ethernet(frame: &impl Frame) -> Result<(u16, usize), Parsed> {
         let Some(eth) = header::<EthHdr>(frame, 0) else {
-            return Parsed::Malformed;
+            return Err(Parsed::Malformed);
         };
         let mut proto = u16::from_be(eth.proto);
         let mut offset = size_of::<EthHdr>();
@@ -379,19 +408,12 @@ impl Segment {
                 break;
             }
             let Some(vlan) = header::<VlanHdr>(frame, offset) else {
-                return Parsed::Malformed;
+                return Err(Parsed::Malformed);
             };
             proto = u16::from_be(vlan.proto);
             offset += size_of::<VlanHdr>();
         }
-        match proto {
-            ETH_P_IPV4 => Self::ipv4(frame, offset),
-            ETH_P_IPV6 => Self::ipv6(frame, offset),
-            // The stack strips tag after tag (priority tags, VLAN 0, even without a VLAN
-            // device): a deeper stack could hide a SYN from the guard but not from it.
-            ETH_P_8021Q | ETH_P_8021AD => Parsed::Uninspectable,
-            _ => Parsed::Other,
-        }
+        Ok((proto, offset))
     }
 
     #[inline(always)]

@@ -18,8 +18,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ftp_ebpf_common::{
-    addr::FAMILY_IPV4,
-    contract::{LinkLayer, SCRATCH_ENTRIES},
+    contract::SCRATCH_ENTRIES,
     control::control_key,
     flow::FlowKey,
     nat::{NatControl, address_text},
@@ -45,12 +44,28 @@ static NAT_CONTROLS: LruHashMap<FlowKey, NatControl> = LruHashMap::with_max_entr
 const SPAN: usize = 256;
 /// The most payload bytes after an address text that a rewrite moves.
 const MAX_TAIL: u32 = 224;
+/// The longest span, before or after: its checksum words (rounded up to 4 bytes) stay
+/// within `SPAN` / 2 + ... of what `bpf_csum_diff` takes.
+const MAX_SPAN: u32 = 248;
+/// Zeros written past each span (`splice`).
+const PAD: usize = 32;
 
-/// This CPU's copies of a segment's rewritten span, before and after.
+/// This CPU's copies of a segment's rewritten span, before and after, and of its
+/// connection's NAT_CONTROLS entry: kept here rather than on the stack, which the guard's
+/// and the scanner's frames leave short.
 #[repr(C)]
 pub struct Surgery {
-    old: [u8; SPAN],
-    new: [u8; SPAN],
+    old: [u8; SPAN + PAD],
+    new: [u8; SPAN + PAD],
+    nat: NatControl,
+    /// The arriving segment: its control connection, sender, numbers and offsets, and what
+    /// its scan found to rewrite.
+    key: FlowKey,
+    at: Offsets,
+    seq: u32,
+    payload_len: u32,
+    sender: u8,
+    found: Rewrite,
 }
 
 #[map]
@@ -66,6 +81,8 @@ struct Span {
 }
 
 /// Where a segment's headers lie.
+#[repr(C)]
+#[derive(Clone, Copy)]
 struct Offsets {
     ip: u32,
     tcp: u32,
@@ -92,13 +109,10 @@ impl Offsets {
 /// The control connection an IPv4 segment belongs to on this interface, and who sent it.
 #[inline(always)]
 fn control_segment(ctx: &TcContext) -> Option<(Segment, FlowKey, Sender)> {
-    let Parsed::Tcp(segment) = Segment::parse(ctx, LinkLayer::Ethernet) else {
+    // IPv6 carries no address that NAT changes: left untouched.
+    let Parsed::Tcp(segment) = Segment::parse_ipv4(ctx) else {
         return None;
     };
-    // IPv6 carries no address that NAT changes: left untouched.
-    if segment.family != FAMILY_IPV4 {
-        return None;
-    }
     let class = |port| {
         // SAFETY: array map values, valid for the program's run.
         maps::port(port).map(|info| PortClass::from_u8(unsafe { (*info).class }))
@@ -116,7 +130,9 @@ fn control_segment(ctx: &TcContext) -> Option<(Segment, FlowKey, Sender)> {
 
 /// After the guard and the scan of a segment arriving on an inside interface: when it
 /// passes, rewrites what the scan found, or again what an earlier rewrite changed when this
-/// is its retransmission, then numbers the segment as the far end expects it.
+/// is its retransmission, then numbers the segment as the far end expects it. Each step is
+/// a subprogram called from here, which keeps no frame of its own to speak of: the
+/// guard's frame and the rewrite's must fit 512 bytes together.
 #[inline(never)]
 pub fn arriving(ctx: &TcContext, passes: bool) {
     // Taken whether or not the segment passes: what one scan found is for its own packet.
@@ -124,31 +140,110 @@ pub fn arriving(ctx: &TcContext, passes: bool) {
     if !passes {
         return;
     }
-    let Some((segment, key, sender)) = control_segment(ctx) else {
+    let Some(work) = NAT_SCRATCH.get_ptr_mut(0) else {
         return;
+    };
+    // SAFETY: this CPU's slot; the program using it runs to its end uninterrupted.
+    let work = unsafe { &mut *work };
+    work.found = found.unwrap_or(Rewrite {
+        offset: 0,
+        len: 0,
+        mode: 0,
+        found: 0,
+    });
+    if describe(ctx, work) {
+        apply(ctx, work);
+    }
+}
+
+/// Reads an arriving control segment into `work`, and takes the SACK-permitted option
+/// off a handshake. False for anything else.
+#[inline(never)]
+fn describe(ctx: &TcContext, work: &mut Surgery) -> bool {
+    let Some((segment, key, sender)) = control_segment(ctx) else {
+        return false;
     };
     if segment.is_syn() || segment.is_syn_ack() {
         no_sack(ctx, &segment, Direction::Ingress);
     }
-    let at = Offsets::of(&segment);
-    if let Some(found) = found {
-        rewrite(ctx, &segment, &at, &key, sender, &found);
-    } else {
-        rewrite_again(ctx, &segment, &at, &key, sender);
-    }
-    // SAFETY: a plain-data map value, only read.
-    let Some(nat) = (unsafe { NAT_CONTROLS.get(&key) }) else {
-        return;
+    work.key = key;
+    work.at = Offsets::of(&segment);
+    work.seq = segment.seq;
+    work.payload_len = segment.payload_len;
+    work.sender = sender as u8;
+    true
+}
+
+/// `arriving`'s rewriting and renumbering, on the segment as `work` describes it: a
+/// subprogram of its own, whose frame does not add up with the parse's.
+#[inline(never)]
+fn apply(ctx: &TcContext, work: &mut Surgery) {
+    let at = work.at;
+    // SAFETY: a plain-data map value, copied.
+    work.nat = match unsafe { NAT_CONTROLS.get(&work.key) } {
+        Some(known) => *known,
+        None => NatControl {
+            sender: work.sender,
+            ..NatControl::default()
+        },
     };
-    if nat.sender == sender as u8 && !nat.adjust.is_identity() {
-        replace_u32(
-            ctx,
-            &at,
-            at.tcp + 4,
-            segment.seq,
-            nat.adjust.seq(segment.seq),
-        );
+    if let Some(span) = span(ctx, work) {
+        if splice(ctx, &at, &span) {
+            if work.found.found != 0 {
+                count(Counter::NatRewritten);
+                let seq = work.seq;
+                let nat = &mut work.nat;
+                nat.adjust
+                    .rewritten(seq, span.new_len as i32 - span.old_len as i32);
+                nat.text_seq = seq.wrapping_add(span.offset - at.payload);
+                nat.old_len = span.old_len as u8;
+                nat.new_len = span.new_len as u8;
+                if NAT_CONTROLS.insert(&work.key, &work.nat, 0).is_err() {
+                    count(Counter::NatUnrewritable);
+                }
+            } else {
+                count(Counter::NatRetransmissionsRewritten);
+            }
+        } else {
+            count(Counter::NatUnrewritable);
+        }
     }
+    let adjust = work.nat.adjust;
+    if work.nat.sender == work.sender && !adjust.is_identity() {
+        replace_u32(ctx, &at, at.tcp + 4, work.seq, adjust.seq(work.seq));
+    }
+}
+
+/// What to rewrite in an arriving segment: the address text the scan found, written anew
+/// (into `nat.text`); or, in a retransmission (or a repacking) of the segment last
+/// rewritten, whatever of it the stream position says holds the old text, written as the
+/// first time.
+#[inline(always)]
+fn span(ctx: &TcContext, work: &mut Surgery) -> Option<Span> {
+    if work.found.found != 0 {
+        let inside = nat::inside(ctx.ifindex())?;
+        let new_len = address_text(&inside.public, work.found.mode, &mut work.nat.text);
+        return Some(Span {
+            offset: work.found.offset,
+            old_len: u32::from(work.found.len),
+            new_len: new_len as u32,
+        });
+    }
+    let nat = &work.nat;
+    if nat.sender != work.sender || nat.old_len == 0 {
+        return None;
+    }
+    let into = nat.text_seq.wrapping_sub(work.seq);
+    let old_len = u32::from(nat.old_len);
+    // Unsigned: a segment starting after the text gives a huge `into`.
+    if into >= work.payload_len || into + old_len > work.payload_len {
+        return None;
+    }
+    Some(Span {
+        offset: work.at.payload + into,
+        old_len,
+        new_len: u32::from(nat.new_len),
+    })
 }
 
 /// Before a segment leaves through an inside interface towards a host behind it: its
@@ -178,85 +273,11 @@ pub fn leaving(ctx: &TcContext) {
     }
 }
 
-/// Rewrites the address text the scan found with the inside interface's public address,
-/// and records the change for the numbers and for retransmissions.
-#[inline(always)]
-fn rewrite(
-    ctx: &TcContext,
-    segment: &Segment,
-    at: &Offsets,
-    key: &FlowKey,
-    sender: Sender,
-    found: &Rewrite,
-) {
-    let Some(inside) = nat::inside(ctx.ifindex()) else {
-        return;
-    };
-    let mut nat = NatControl {
-        sender: sender as u8,
-        ..NatControl::default()
-    };
-    // SAFETY: a plain-data map value, copied.
-    if let Some(known) = unsafe { NAT_CONTROLS.get(key) } {
-        nat = *known;
-    }
-    let new_len = address_text(&inside.public, found.mode, &mut nat.text);
-    let old_len = u32::from(found.len);
-    let span = Span {
-        offset: found.offset,
-        old_len,
-        new_len: new_len as u32,
-    };
-    if !splice(ctx, at, &span, &nat.text) {
-        count(Counter::NatUnrewritable);
-        return;
-    }
-    count(Counter::NatRewritten);
-    nat.sender = sender as u8;
-    nat.adjust
-        .rewritten(segment.seq, new_len as i32 - old_len as i32);
-    nat.text_seq = segment.seq.wrapping_add(found.offset - at.payload);
-    nat.old_len = old_len as u8;
-    nat.new_len = new_len as u8;
-    if NAT_CONTROLS.insert(key, &nat, 0).is_err() {
-        count(Counter::NatUnrewritable);
-    }
-}
-
-/// A retransmission (or a repacking) of the segment last rewritten: whatever of it the
-/// stream position says holds the old text is rewritten again, identically.
-#[inline(always)]
-fn rewrite_again(ctx: &TcContext, segment: &Segment, at: &Offsets, key: &FlowKey, sender: Sender) {
-    // SAFETY: a plain-data map value, copied.
-    let Some(nat) = (unsafe { NAT_CONTROLS.get(key) }).copied() else {
-        return;
-    };
-    if nat.sender != sender as u8 || nat.old_len == 0 {
-        return;
-    }
-    let into = nat.text_seq.wrapping_sub(segment.seq);
-    let old_len = u32::from(nat.old_len);
-    // Unsigned: a segment starting after the text gives a huge `into`.
-    if into >= segment.payload_len || into + old_len > segment.payload_len {
-        return;
-    }
-    let span = Span {
-        offset: at.payload + into,
-        old_len,
-        new_len: u32::from(nat.new_len),
-    };
-    if splice(ctx, at, &span, &nat.text) {
-        count(Counter::NatRetransmissionsRewritten);
-    } else {
-        count(Counter::NatUnrewritable);
-    }
-}
-
-/// Writes `text` over `span`, moving what follows in the payload, and fixes the lengths
-/// and checksums. False when the rest of the payload is too long to move (nothing is
-/// changed then).
+/// Writes the text in this CPU's `Surgery::nat` over `span`, moving what follows in the
+/// payload, and fixes the lengths and checksums. False when the rest of the payload is too
+/// long to move (nothing is changed then).
 #[inline(never)]
-fn splice(ctx: &TcContext, at: &Offsets, span: &Span, text: &[u8; 16]) -> bool {
+fn splice(ctx: &TcContext, at: &Offsets, span: &Span) -> bool {
     let Span {
         offset,
         old_len,
@@ -287,16 +308,14 @@ fn splice(ctx: &TcContext, at: &Offsets, span: &Span, text: &[u8; 16]) -> bool {
     }
     // The new span: the leading byte, the text, the old tail.
     work.new[0] = work.old[0];
-    for i in 0..16u32 {
-        if i < new_len {
-            work.new[((lead + i) & 31) as usize] = text[(i & 15) as usize];
-        }
+    // All 16 bytes of the text's buffer: what lies past its end is overwritten by the tail.
+    let text = work.nat.text;
+    if lead == 0 {
+        work.new[..16].copy_from_slice(&text);
+    } else {
+        work.new[1..17].copy_from_slice(&text);
     }
-    // Read back through memory: the compiler knows the sum is at most 16 and would drop
-    // the mask, which the verifier needs to bound the pointer below.
-    let tail_at = lead + new_len;
-    // SAFETY: a local, read.
-    let tail_at = (unsafe { core::ptr::read_volatile(&tail_at) } & 31) as usize;
+    let tail_at = (opaque(lead + new_len) & 31) as usize;
     let tail_len = (tail.wrapping_sub(1) & (MAX_TAIL - 1)) + 1;
     // SAFETY: `tail_at` + `tail_len` <= 31 + 224, inside the 256-byte buffer.
     let tail_dst = unsafe { work.new.as_mut_ptr().add(tail_at) };
@@ -305,23 +324,24 @@ fn splice(ctx: &TcContext, at: &Offsets, span: &Span, text: &[u8; 16]) -> bool {
     }
     // Zeros after each span, to a multiple of 4 for `bpf_csum_diff` and, when the segment
     // shrinks, over the bytes that go: trimmed, they then take nothing from a receive
-    // checksum (CHECKSUM_COMPLETE) either.
-    let padded = old_total.max(new_total) + 3;
-    for i in 0..20u32 {
-        let old_i = old_total + i;
-        if old_i < padded {
-            work.old[(old_i & (SPAN as u32 - 1)) as usize] = 0;
-        }
-        let new_i = new_total + i;
-        if new_i < padded {
-            work.new[(new_i & (SPAN as u32 - 1)) as usize] = 0;
-        }
-    }
-    let old_words = (old_total + 3) & 0x1fc;
-    let new_words = (new_total + 3) & 0x1fc;
-    if old_words > 252 || new_words > 252 {
+    // checksum (CHECKSUM_COMPLETE) either. 20 bytes cover both (a text shrinks by at most
+    // 14); the buffers have room for them past the longest span.
+    if old_total > MAX_SPAN || new_total > MAX_SPAN {
         return false;
     }
+    let old_end = (opaque(old_total) & 0xff) as usize;
+    let new_end = (opaque(new_total) & 0xff) as usize;
+    for i in 0..PAD {
+        // SAFETY: offsets at most 255 + PAD, inside buffers of SPAN + PAD. Volatile, so
+        // that the compiler writes each byte here rather than calling `memset`, whose loop
+        // the verifier cannot bound.
+        unsafe {
+            work.old.as_mut_ptr().add(old_end + i).write_volatile(0);
+            work.new.as_mut_ptr().add(new_end + i).write_volatile(0);
+        }
+    }
+    let old_words = (opaque(old_total) + 3) & 0xfc;
+    let new_words = (opaque(new_total) + 3) & 0xfc;
     // SAFETY: both buffers hold at least the sizes given, which the masks bound.
     let diff = unsafe {
         bpf_csum_diff(
@@ -423,4 +443,13 @@ fn no_sack(ctx: &TcContext, segment: &Segment, direction: Direction) {
         2,
     );
     count(Counter::NatSackDisabled);
+}
+
+/// `value`, read back through memory: the compiler cannot see what it is, so it keeps the
+/// masks applied to it, where it would drop a mask it knows to change nothing (the sum is
+/// at most 16, the span at most 248), and the verifier needs the mask to bound a pointer.
+#[inline(always)]
+fn opaque(value: u32) -> u32 {
+    // SAFETY: a local, read.
+    unsafe { core::ptr::read_volatile(&value) }
 }

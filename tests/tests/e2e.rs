@@ -9,7 +9,9 @@ use std::{
 };
 
 use anyhow::Result;
-use ftp_ebpf_common::contract::{LinkLayer, MAP_NAMES, PROGRAM_NAMES};
+use ftp_ebpf_common::contract::{
+    EGRESS_NAT_PROGRAM, INGRESS_NAT_PROGRAM, LinkLayer, MAP_NAMES, PROGRAM_NAMES,
+};
 use ftp_lab::{
     clients::{self, Client, Mode},
     lab::{CLIENT_IP, Family, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP, default_loader_bin, run},
@@ -96,10 +98,13 @@ const VERIFIER_BUDGET: u32 = 200_000;
 fn programs_verify_within_budget() {
     require_root();
     let mut ebpf = ebpf::load(&Settings::default()).unwrap_or_else(|e| panic!("{e:#}"));
-    // The layer-3 programs are loaded once a layer-3 interface is guarded: here, now.
+    // The layer-3 programs are loaded once a layer-3 interface is guarded, the NAT ones
+    // once a --nat-inside interface is: here, now.
     for name in [
         LinkLayer::Ip.ingress_tc_program(),
         LinkLayer::Ip.egress_program(),
+        INGRESS_NAT_PROGRAM,
+        EGRESS_NAT_PROGRAM,
     ] {
         ebpf::load_program(&mut ebpf, name).unwrap_or_else(|e| panic!("{e:#}"));
     }

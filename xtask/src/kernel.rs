@@ -82,6 +82,15 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
         "reload",
         &["sighup_applies_the_file_and_keeps_every_expectation_and_flow"],
     ),
+    (
+        "verdict",
+        &[
+            "public_addresses_are_this_hosts_own_behind_one_to_one_nat",
+            "a_gateway_rewrites_a_private_address_and_keeps_the_numbers_straight",
+            "a_gateway_rewrites_client_commands_for_thousands_of_lines_without_drift",
+            "a_gateway_leaves_alone_what_it_cannot_or_must_not_rewrite",
+        ],
+    ),
 ];
 
 /// How long the guest may take: it boots in about a minute and runs the tests in a few.
