@@ -243,6 +243,15 @@ impl PacketSocket {
     /// Reads every frame queued so far (without waiting for more): the TCP segments among
     /// them, oldest first, each with its source and destination.
     pub fn segments(&self) -> Result<Vec<(SocketAddr, SocketAddr, Segment)>> {
+        Ok(self
+            .segments_with_payload()?
+            .into_iter()
+            .map(|(src, dst, segment, _)| (src, dst, segment))
+            .collect())
+    }
+
+    /// As `segments`, with each segment's payload.
+    pub fn segments_with_payload(&self) -> Result<Vec<SegmentWithPayload>> {
         let mut segments = Vec::new();
         let mut buffer = vec![0u8; 65536];
         loop {
@@ -262,10 +271,22 @@ impl PacketSocket {
                 }
                 bail!("receiving on {}: {error}", self.interface);
             }
-            segments.extend(Segment::parse(&buffer[..n as usize]));
+            segments.extend(
+                Segment::parse(&buffer[..n as usize])
+                    .map(|(src, dst, segment, payload)| (src, dst, segment, payload.to_vec())),
+            );
         }
     }
+
+    /// Makes the socket's receive buffer `bytes` long (root may exceed `rmem_max`): a
+    /// sniffer then keeps the frames of a whole transfer until it reads them.
+    pub fn set_receive_buffer(&self, bytes: libc::c_int) -> Result<()> {
+        self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
+    }
 }
+
+/// A TCP segment read off the link: its source and destination, and its payload.
+pub type SegmentWithPayload = (SocketAddr, SocketAddr, Segment, Vec<u8>);
 
 /// What a TCP segment seen on the link says about its sender's stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,9 +306,9 @@ impl Segment {
         self.seq.wrapping_add(self.len).wrapping_add(control)
     }
 
-    /// An Ethernet frame's addresses and TCP segment, if it carries IPv4 or IPv6 (without
-    /// extension headers) and TCP.
-    fn parse(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, Self)> {
+    /// An Ethernet frame's addresses, TCP segment and payload, if it carries IPv4 or IPv6
+    /// (without extension headers) and TCP.
+    fn parse(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, Self, &[u8])> {
         let ether_type = u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?);
         let ip = frame.get(14..)?;
         let (src, dst, tcp) = match ether_type {
@@ -338,6 +359,7 @@ impl Segment {
             SocketAddr::new(src, port(0)?),
             SocketAddr::new(dst, port(2)?),
             segment,
+            tcp.get(header_len..)?,
         ))
     }
 }

@@ -67,6 +67,9 @@ pub struct Lab {
     /// The server's IPv4 address as the client reaches it: its own, or behind NAT the
     /// public one.
     pub(crate) server_v4: Ipv4Addr,
+    /// The server host's own IPv4 address, where the servers listen: [`SERVER_IP`], except
+    /// in the gateway lab ([`crate::gateway`]), whose placements give it another.
+    pub(crate) server_own_v4: Ipv4Addr,
     /// The namespace the loader runs in: the server's, unless a test guards another host.
     loader_ns: String,
     /// The router's namespace, in a lab behind NAT ([`Lab::behind_nat`]).
@@ -200,6 +203,7 @@ impl Lab {
             client_ns: format!("{id}-cli"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{id}")),
             server_v4: SERVER_IP,
+            server_own_v4: SERVER_IP,
             router_ns: None,
             id,
             extra_ns: Vec::new(),
@@ -501,6 +505,15 @@ impl Lab {
     pub fn server_addr(&self, family: Family) -> IpAddr {
         match family {
             Family::V4 => self.server_v4.into(),
+            Family::V6 => family.server_ip(),
+        }
+    }
+
+    /// The server host's own address in `family`, where the servers listen: the lab's
+    /// ([`LabAddrs::server_ip`]), except that the gateway lab gives it another IPv4 address.
+    pub fn server_own(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.server_own_v4.into(),
             Family::V6 => family.server_ip(),
         }
     }

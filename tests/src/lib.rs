@@ -7,6 +7,7 @@
 pub mod clients;
 pub mod frame;
 pub mod ftp;
+pub mod gateway;
 pub mod inject;
 pub mod lab;
 pub mod nat;

@@ -1,5 +1,6 @@
 //! The real FTP servers a lab can run: each serves the lab's FTP root anonymously and
-//! read-only, on port 21 of both server addresses (192.0.2.1 and 2001:db8::1), with its
+//! read-only, on port 21 of both server addresses (192.0.2.1 and 2001:db8::1, or the
+//! server's own IPv4 address in the gateway lab: [`Lab::server_own`]), with its
 //! passive ports in [`PASSIVE_PORTS`], in the foreground, and is killed with the lab.
 //!
 //! Their configurations (config files, pure-ftpd's options, pyftpdlib's script) are the
@@ -17,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::lab::{Family, Lab, LabAddrs, PASSIVE_PORTS, SERVER_IP, SERVER_IP6, wait_for};
+use crate::lab::{Family, Lab, PASSIVE_PORTS, SERVER_IP6, wait_for};
 
 /// Where `cargo xtask setup` unpacks the daemons it cannot install: their Debian packages
 /// and vsftpd's all provide `ftp-server` and conflict, so apt would remove one to install
@@ -130,7 +131,7 @@ impl Server {
                 let own = fill(
                     PROFTPD_CONF,
                     &[
-                        ("server_ip", &SERVER_IP),
+                        ("server_ip", &lab.server_own(Family::V4)),
                         ("server_ip6", &SERVER_IP6),
                         ("low", &low),
                         ("high", &high),
@@ -188,7 +189,10 @@ impl Server {
                             .map(|public| public.to_string())
                             .unwrap_or_default(),
                     )
-                    .args([SERVER_IP.to_string(), SERVER_IP6.to_string()]);
+                    .args([
+                        lab.server_own(Family::V4).to_string(),
+                        SERVER_IP6.to_string(),
+                    ]);
                 self.spawn(lab, command, &Family::ALL)
             }
         }
@@ -220,7 +224,7 @@ impl Server {
                 Family::V4 => VSFTPD_IPV4,
                 Family::V6 => VSFTPD_IPV6,
             };
-            let listen = fill(listen, &[("address", &family.server_ip())])?;
+            let listen = fill(listen, &[("address", &lab.server_own(family))])?;
             let config = lab.file(&format!("vsftpd-{family}.conf"));
             std::fs::write(&config, format!("{listen}{common}{uploads}{extra}"))?;
             let mut command = match scratch {
@@ -331,6 +335,7 @@ fn fill(template: &str, values: &[(&str, &dyn fmt::Display)]) -> Result<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::SERVER_IP;
 
     /// Every fixture's placeholders are the ones its caller fills.
     #[test]
