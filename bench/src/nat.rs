@@ -69,7 +69,9 @@ fn sessions() -> Sessions {
             (EGRESS_NAT_PROGRAM, ack),
         ]);
         sessions.replies.push(session.reply(REPLY));
-        sessions.next.push(session.reply(b"150 Here comes the directory listing.\r\n"));
+        sessions
+            .next
+            .push(session.reply(b"150 Here comes the directory listing.\r\n"));
     }
     sessions
 }

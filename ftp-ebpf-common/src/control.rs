@@ -273,7 +273,12 @@ impl ControlState {
                 self.reopening = TcpDirection::opened_by(segment);
                 self.flags |= REOPENING;
             } else if self.flags & ADOPTED == 0 {
+                // The SYN again before an answer: a retransmission, a new attempt, or, on a
+                // router, the same SYN leaving by the second interface. The way it came
+                // stands: forgetting it would take the SYN leaving for the client's path.
+                let paths = self.paths;
                 self.open(segment);
+                self.paths = paths;
             } else {
                 return Tracked::OutOfWindow;
             }
@@ -574,6 +579,28 @@ mod tests {
         assert!(state.windows.is_open());
         let command = numbers(900_001, 70_001, 6, TCP_ACK, 500);
         assert_eq!(state.track(Sender::Client, &command), Tracked::InWindow);
+    }
+
+    /// On a router both of a connection's interfaces see each segment, arriving and then
+    /// leaving: the client's SYN leaving must not replace the path it arrived by.
+    #[test]
+    fn a_routed_syn_keeps_the_path_it_arrived_by() {
+        const OUTSIDE: u32 = 3;
+        const INSIDE: u32 = 4;
+        let syn = numbers(100_000, 0, 0, TCP_SYN, 64240);
+        let mut state = ControlState::zeroed();
+        state.open(&syn);
+        state.learn_path(Sender::Client, Hook::Ingress, OUTSIDE);
+        assert!(state.on_path(Sender::Client, Hook::Egress, INSIDE));
+        assert_eq!(state.track(Sender::Client, &syn), Tracked::Learned);
+        state.learn_path(Sender::Client, Hook::Egress, INSIDE);
+        let syn_ack = numbers(70_000, 100_001, 0, TCP_SYN | TCP_ACK, 65160);
+        assert!(state.on_path(Sender::Server, Hook::Ingress, INSIDE));
+        assert_eq!(state.track(Sender::Server, &syn_ack), Tracked::Learned);
+        state.learn_path(Sender::Server, Hook::Ingress, INSIDE);
+        // The client's ACK arrives where its SYN did.
+        assert!(state.on_path(Sender::Client, Hook::Ingress, OUTSIDE));
+        assert!(!state.on_path(Sender::Client, Hook::Ingress, INSIDE));
     }
 
     #[test]
