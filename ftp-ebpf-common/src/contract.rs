@@ -18,7 +18,7 @@ use crate::{
     event::EventBucket,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
-    nat::{NatControl, NatInside, PublicAddr},
+    nat::{NatBinding, NatControl, NatFlow, NatInside, PublicAddr},
     policy::PortInfo,
     share::ClientShare,
     stats::COUNTERS,
@@ -222,6 +222,12 @@ pub const NAT_INSIDE: HashTable<u32, NatInside> = HashTable::plain("NAT_INSIDE")
 /// keyed client -> server as the inside interface sees it. As large as CONTROLS when an
 /// interface is `--nat-inside`, one entry otherwise: it costs memory only where used.
 pub const NAT_CONTROLS: HashTable<FlowKey, NatControl> = HashTable::lru("NAT_CONTROLS");
+/// The data connections a rewritten announcement expects, as the outside sees them
+/// (`nat::NatBinding`); sized like EXPECTATIONS on a gateway, one entry otherwise.
+pub const NAT_BINDINGS: HashTable<ExpectKey, NatBinding> = HashTable::lru("NAT_BINDINGS");
+/// The translated data connections, two entries each (`nat::NatFlow`); twice FLOWS' size
+/// on a gateway, one entry otherwise.
+pub const NAT_FLOWS: HashTable<FlowKey, NatFlow> = HashTable::lru("NAT_FLOWS");
 /// The events (`event::Event`), for `ftp-loader events` and `run --log-events`.
 pub const EVENTS: RingBuffer = RingBuffer {
     name: "EVENTS",
@@ -235,7 +241,7 @@ pub const SCAN: &str = "SCAN";
 pub const NAT_SCRATCH: &str = "NAT_SCRATCH";
 
 /// Every map of the object.
-pub const MAP_NAMES: [&str; 18] = [
+pub const MAP_NAMES: [&str; 20] = [
     EXPECTATIONS.name,
     CONTROLS.name,
     FLOWS.name,
@@ -249,6 +255,8 @@ pub const MAP_NAMES: [&str; 18] = [
     PUBLIC_ADDRS.name,
     NAT_INSIDE.name,
     NAT_CONTROLS.name,
+    NAT_BINDINGS.name,
+    NAT_FLOWS.name,
     EVENTS.name,
     EVENT_BUCKETS.name,
     OPTIONS,

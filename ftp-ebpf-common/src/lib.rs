@@ -55,6 +55,8 @@ mod pod {
         crate::nat::PublicAddr,
         crate::nat::NatInside,
         crate::nat::NatControl,
+        crate::nat::NatBinding,
+        crate::nat::NatFlow,
         crate::event::Event,
         crate::event::EventBucket,
     );

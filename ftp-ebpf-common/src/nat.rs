@@ -63,6 +63,36 @@ pub fn address_text(addr: &Addr, mode: u8, out: &mut [u8; 16]) -> usize {
     len
 }
 
+/// NAT_BINDINGS' value, keyed by the data connection a rewritten announcement expects as
+/// the outside sees it (`expect::ExpectKey`: the far end connecting to PUBLIC and the
+/// port): where the gateway sends it, as `nf_nat_ftp`'s expectation does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatBinding {
+    /// The host behind the gateway that announced the port.
+    pub inside: Addr,
+    pub expires_ns: u64,
+}
+
+/// NAT_FLOWS' value: a translated data connection, one entry per direction, keyed by the
+/// 5-tuple as it reaches the outside interface: arriving (the far end to PUBLIC), the
+/// destination becomes the inside host; leaving (the inside host to the far end), the
+/// source becomes PUBLIC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatFlow {
+    /// The address written in place of the key's.
+    pub addr: Addr,
+    /// `NAT_TO_INSIDE` (the destination is rewritten) or `NAT_TO_OUTSIDE` (the source).
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `NatFlow::direction` of a segment arriving from the far end.
+pub const NAT_TO_INSIDE: u8 = 1;
+/// `NatFlow::direction` of a segment of the inside host leaving.
+pub const NAT_TO_OUTSIDE: u8 = 2;
+
 /// NAT_CONTROLS' value, by control connection (client -> server, as the inside interface
 /// sees it): what the gateway rewrote in it.
 #[repr(C)]

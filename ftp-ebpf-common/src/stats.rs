@@ -61,6 +61,7 @@ counters! {
     NatRewritten => "nat_rewritten": "announcements of hosts behind a --nat-inside interface rewritten to its public address (227, PORT, EPRT over IPv4)",
     NatRetransmissionsRewritten => "nat_retransmissions_rewritten": "retransmitted control segments rewritten again as the first time",
     NatUnrewritable => "nat_unrewritable": "announcements of hosts behind a --nat-inside interface that could not be rewritten (the address split across segments, or more than 224 bytes after it in its segment), passed as they were",
+    NatDataConnections => "nat_data_connections": "data connections to a --nat-inside public address translated to the host behind the gateway that announced them",
     NatSackDisabled => "nat_sack_disabled": "control connection handshakes through a --nat-inside interface whose SACK-permitted option was taken off: rewriting moves the numbers SACK blocks carry",
     EventsSuppressed => "events_suppressed": "drop and refusal events not written while somebody follows the events, because they came faster than the rate limit (per CPU: bursts of 100, then 100 a second)",
     EventsLost => "events_lost": "events not written because the event ring buffer was full (its reader lags behind)",

@@ -17,7 +17,7 @@ use ftp_ebpf_common::{
     event::Reason,
     expect::{ExpectKey, ExpectValue},
     flow::FlowKey,
-    parse::{AddressText, Announcement, LineScanner, ParseError, Sender, Step},
+    parse::{AddressText, Announcement, FAMILY_OWN_ADDRESS, LineScanner, ParseError, Sender, Step},
     policy::{self, Refusal, coarse_time},
     stats::Counter,
     window::{Numbers, TCP_ACK, TCP_SYN},
@@ -120,11 +120,15 @@ struct Located {
 pub struct Rewrite {
     /// The text's packet offset.
     pub offset: u32,
+    /// 0 for a 229, which names no address: only its data connection is translated.
     pub len: u16,
     /// The announcement's `parse::Mode`, which decides how the new text is written.
     pub mode: u8,
     /// 1 when there is one.
     pub found: u8,
+    /// The announced port.
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// The rewrite this program's scan of the arriving segment found, if any; forgotten once
@@ -481,24 +485,35 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
 /// when the text began in an earlier segment (already passed) or is unknown.
 #[inline(always)]
 fn rewrites(work: &mut ControlScan, announcement: &Announcement, index: usize) -> bool {
+    // A 229 names no address, but its data connection comes to PUBLIC all the same.
+    let own_address = announcement.family == FAMILY_OWN_ADDRESS;
     if work.hook != Direction::Ingress as u8
-        || announcement.family != FAMILY_IPV4
-        || announcement.addr != policy::own_address(&work.control, work.sender())
+        || work.control.family != FAMILY_IPV4
+        || !(own_address
+            || announcement.family == FAMILY_IPV4
+                && announcement.addr == policy::own_address(&work.control, work.sender()))
         || nat::inside(work.ifindex).is_none()
     {
         return false;
     }
     let located = work.texts[index & (MAX_ANNOUNCEMENTS - 1)];
     let back = u32::from(located.text.back);
-    if located.text.len == 0 || back > located.at || work.rewrite.found != 0 {
+    let text = !own_address;
+    if (text && (located.text.len == 0 || back > located.at)) || work.rewrite.found != 0 {
         count(Counter::NatUnrewritable);
         return true;
     }
     work.rewrite = Rewrite {
-        offset: work.base + located.at - back,
-        len: located.text.len,
+        offset: if text {
+            work.base + located.at - back
+        } else {
+            0
+        },
+        len: if text { located.text.len } else { 0 },
         mode: announcement.mode,
         found: 1,
+        port: announcement.port,
+        _pad: 0,
     };
     true
 }

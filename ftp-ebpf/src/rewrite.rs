@@ -18,10 +18,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ftp_ebpf_common::{
+    addr::Family,
     contract::SCRATCH_ENTRIES,
     control::control_key,
+    expect::ExpectKey,
     flow::FlowKey,
-    nat::{NatControl, address_text},
+    nat::{NAT_TO_INSIDE, NAT_TO_OUTSIDE, NatBinding, NatControl, NatFlow, address_text},
     parse::Sender,
     policy::PortClass,
     stats::Counter,
@@ -29,7 +31,7 @@ use ftp_ebpf_common::{
 
 use crate::{
     control::{self, Rewrite},
-    maps::{self, count},
+    maps::{self, config, count, now_ns},
     nat,
     packet::{Direction, Frame, Parsed, Segment},
 };
@@ -38,6 +40,14 @@ use crate::{
 /// as declared; the loader gives it CONTROLS' size on a gateway.
 #[map]
 static NAT_CONTROLS: LruHashMap<FlowKey, NatControl> = LruHashMap::with_max_entries(1, 0);
+
+/// The data connections rewritten announcements expect (`contract::NAT_BINDINGS`), and
+/// the translated ones (`contract::NAT_FLOWS`); one entry each as declared, sized by the
+/// loader on a gateway.
+#[map]
+static NAT_BINDINGS: LruHashMap<ExpectKey, NatBinding> = LruHashMap::with_max_entries(1, 0);
+#[map]
+static NAT_FLOWS: LruHashMap<FlowKey, NatFlow> = LruHashMap::with_max_entries(1, 0);
 
 /// The most bytes rewritten in one segment, from the address text to the payload's end,
 /// each way (what the segment held, what it holds after): `bpf_csum_diff` takes 512 in all.
@@ -140,6 +150,10 @@ pub fn arriving(ctx: &TcContext, passes: bool) {
     if !passes {
         return;
     }
+    if nat::inside(ctx.ifindex()).is_none() {
+        translate(ctx, Direction::Ingress);
+        return;
+    }
     let Some(work) = NAT_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -150,6 +164,8 @@ pub fn arriving(ctx: &TcContext, passes: bool) {
         len: 0,
         mode: 0,
         found: 0,
+        port: 0,
+        _pad: 0,
     });
     if describe(ctx, work) {
         apply(ctx, work);
@@ -187,7 +203,10 @@ fn apply(ctx: &TcContext, work: &mut Surgery) {
             ..NatControl::default()
         },
     };
-    if let Some(span) = span(ctx, work) {
+    if work.found.found != 0 && work.found.len == 0 {
+        // A 229: nothing to rewrite, its data connection to translate.
+        bind(ctx, work);
+    } else if let Some(span) = span(ctx, work) {
         if splice(ctx, &at, &span) {
             if work.found.found != 0 {
                 count(Counter::NatRewritten);
@@ -201,6 +220,7 @@ fn apply(ctx: &TcContext, work: &mut Surgery) {
                 if NAT_CONTROLS.insert(&work.key, &work.nat, 0).is_err() {
                     count(Counter::NatUnrewritable);
                 }
+                bind(ctx, work);
             } else {
                 count(Counter::NatRetransmissionsRewritten);
             }
@@ -211,6 +231,114 @@ fn apply(ctx: &TcContext, work: &mut Surgery) {
     let adjust = work.nat.adjust;
     if work.nat.sender == work.sender && !adjust.is_identity() {
         replace_u32(ctx, &at, at.tcp + 4, work.seq, adjust.seq(work.seq));
+    }
+}
+
+/// The data connection a rewritten (or 229) announcement expects, as it will reach the
+/// outside interface (the far end connecting to the public address and the announced
+/// port), bound to the inside host that announced it: `translate` sends it there.
+#[inline(never)]
+fn bind(ctx: &TcContext, work: &Surgery) {
+    let Some(inside) = nat::inside(ctx.ifindex()) else {
+        return;
+    };
+    let (peer, host) = if work.sender == Sender::Server as u8 {
+        (work.key.src, work.key.dst)
+    } else {
+        (work.key.dst, work.key.src)
+    };
+    let key = ExpectKey::new(Family::V4, peer, inside.public, work.found.port);
+    let binding = NatBinding {
+        inside: host,
+        expires_ns: now_ns().saturating_add(config().expect_timeout_ns),
+    };
+    let _ = NAT_BINDINGS.insert(&key, &binding, 0);
+}
+
+/// On the outside interface of a gateway: a segment of a data connection that a
+/// rewritten announcement expected. Arriving, its destination (the public address) becomes
+/// the inside host; leaving, the inside host's address becomes the public one again, as
+/// `nf_nat_ftp`'s expectation sets up. The first SYN makes the pair of NAT_FLOWS entries
+/// from its binding (which it uses up); the guard has admitted it by then.
+#[inline(never)]
+fn translate(ctx: &TcContext, direction: Direction) {
+    let Parsed::Tcp(segment) = Segment::parse_ipv4(ctx) else {
+        return;
+    };
+    let arriving = direction == Direction::Ingress;
+    let port = if arriving {
+        segment.dst_port
+    } else {
+        segment.src_port
+    };
+    // SAFETY: an array map value, valid for the program's run.
+    let guarded = maps::port(port)
+        .is_some_and(|info| PortClass::from_u8(unsafe { (*info).class }) == PortClass::Guarded);
+    if !guarded {
+        return;
+    }
+    let Some(flow) = segment.flow(ctx) else {
+        return;
+    };
+    if arriving && segment.is_syn() {
+        bind_flow(&flow);
+    }
+    // SAFETY: a plain-data map value, copied.
+    let Some(entry) = (unsafe { NAT_FLOWS.get(&flow) }).copied() else {
+        return;
+    };
+    let at = Offsets::of(&segment);
+    let (offset, old) = match (entry.direction, arriving) {
+        (NAT_TO_INSIDE, true) => (at.ip + 16, flow.dst),
+        (NAT_TO_OUTSIDE, false) => (at.ip + 12, flow.src),
+        _ => return,
+    };
+    let old = u32::from_ne_bytes([old[0], old[1], old[2], old[3]]);
+    let new = u32::from_ne_bytes([entry.addr[0], entry.addr[1], entry.addr[2], entry.addr[3]]);
+    if ctx.store(offset as usize, &new, 0).is_ok() {
+        let _ = ctx.l3_csum_replace(at.ip as usize + 10, u64::from(old), u64::from(new), 4);
+        let _ = ctx.l4_csum_replace(
+            at.checksum() as usize,
+            u64::from(old),
+            u64::from(new),
+            u64::from(BPF_F_PSEUDO_HDR) | 4,
+        );
+    }
+}
+
+/// A SYN from the far end that a binding expects: its translation, both ways, in
+/// NAT_FLOWS. A later SYN of the same 5-tuple (a retransmission) finds them there. A
+/// subprogram of its own, for its keys' stack.
+#[inline(never)]
+fn bind_flow(syn: &FlowKey) {
+    let key = ExpectKey::for_syn(syn);
+    // SAFETY: a plain-data map value, copied.
+    let Some(binding) = (unsafe { NAT_BINDINGS.get(&key) }).copied() else {
+        return;
+    };
+    let _ = NAT_BINDINGS.remove(&key);
+    if binding.expires_ns < now_ns() {
+        return;
+    }
+    let inward = NatFlow {
+        addr: binding.inside,
+        direction: NAT_TO_INSIDE,
+        _pad: [0; 3],
+    };
+    let reply = FlowKey {
+        src: binding.inside,
+        src_port: syn.dst_port,
+        dst: syn.src,
+        dst_port: syn.src_port,
+        ..*syn
+    };
+    let outward = NatFlow {
+        addr: syn.dst,
+        direction: NAT_TO_OUTSIDE,
+        _pad: [0; 3],
+    };
+    if NAT_FLOWS.insert(syn, &inward, 0).is_ok() && NAT_FLOWS.insert(&reply, &outward, 0).is_ok() {
+        count(Counter::NatDataConnections);
     }
 }
 
@@ -246,11 +374,23 @@ fn span(ctx: &TcContext, work: &mut Surgery) -> Option<Span> {
     })
 }
 
-/// Before a segment leaves through an inside interface towards a host behind it: its
+/// Before a segment leaves: through an inside interface towards a host behind it, its
 /// acknowledgement of that host's rewritten bytes is numbered back as the host numbered
-/// them, and a handshake loses its SACK-permitted option.
+/// them, and a handshake loses its SACK-permitted option; through the outside interface,
+/// a translated data connection's segment takes the public address (`translate`).
 #[inline(never)]
 pub fn leaving(ctx: &TcContext) {
+    if nat::inside(ctx.ifindex()).is_none() {
+        translate(ctx, Direction::Egress);
+    } else {
+        leaving_inside(ctx);
+    }
+}
+
+/// `leaving` on an inside interface: a subprogram of its own, so that its frame and
+/// `translate`'s do not add up.
+#[inline(never)]
+fn leaving_inside(ctx: &TcContext) {
     let Some((segment, key, sender)) = control_segment(ctx) else {
         return;
     };

@@ -3,7 +3,6 @@
 
 use std::{
     fmt, io,
-    net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd, RawFd},
 };
 
@@ -20,7 +19,8 @@ use aya::{
 use ftp_ebpf_common::contract::{self, LinkLayer};
 
 use crate::{
-    ebpf, link,
+    ebpf::{self, NatRole},
+    link,
     record::{Hook, Interface, now_unix},
 };
 
@@ -139,29 +139,50 @@ impl Attached {
 /// Attaches the programs to `interface`. `previous` is what the last instance with this
 /// pin directory attached there: where the hook is the same, its program is replaced in
 /// place (no moment unguarded); where it differs, the new hook is attached before the old
-/// one is removed. `nat`: the interface is `--nat-inside`, its hosts shown as this address.
+/// one is removed. `nat`: what the interface is to a NAT gateway.
 pub fn attach(
     ebpf: &mut Ebpf,
     interface: &str,
     choice: XdpChoice,
     previous: Option<&Interface>,
-    nat: Option<Ipv4Addr>,
+    nat: NatRole,
 ) -> Result<Attached> {
     let link = link::link(interface)?;
-    let programs = match nat {
-        None => Programs::of(link),
-        Some(public) => {
-            nat_inside(ebpf, interface, choice, link, public)?;
-            Programs::NAT
+    let (programs, nat_reason) = match nat {
+        NatRole::None => (Programs::of(link), None),
+        NatRole::Inside(public) => {
+            gateway(interface, choice, link, "--nat-inside")?;
+            let c_name = std::ffi::CString::new(interface)?;
+            // SAFETY: a valid NUL-terminated name.
+            let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+            let value = ftp_ebpf_common::nat::NatInside {
+                public: ftp_ebpf_common::addr::ipv4(public.octets()),
+            };
+            contract::NAT_INSIDE
+                .of_mut(ebpf)?
+                .insert(index, value, 0)
+                .with_context(|| format!("writing {}", contract::NAT_INSIDE))?;
+            (
+                Programs::NAT,
+                Some(format!(
+                    "--nat-inside: rewrites what its hosts announce to {public}, which takes tc"
+                )),
+            )
+        }
+        NatRole::Outside => {
+            gateway(interface, choice, link, "a NAT gateway's outside interface")?;
+            (
+                Programs::NAT,
+                Some(
+                    "NAT gateway: translates the data connections its --nat-inside hosts announced, which takes tc"
+                        .to_owned(),
+                ),
+            )
         }
     };
-    let (wanted, mut reason, fall_back) = match nat {
+    let (wanted, mut reason, fall_back) = match nat_reason {
         None => choose(interface, choice, link)?,
-        Some(public) => (
-            Hook::Clsact,
-            format!("--nat-inside: rewrites what its hosts announce to {public}, which takes tc"),
-            false,
-        ),
+        Some(reason) => (Hook::Clsact, reason, false),
     };
     // The tc programs need the clsact qdisc; it may already be there.
     if let Err(e) = tc::qdisc_add_clsact(interface) {
@@ -320,34 +341,20 @@ impl Programs {
     }
 }
 
-/// Checks that `interface` can be `--nat-inside` and tells the programs its public
-/// address, by its index (which changes when the interface is made again: written at each
-/// attachment).
-fn nat_inside(
-    ebpf: &mut Ebpf,
-    interface: &str,
-    choice: XdpChoice,
-    link: LinkLayer,
-    public: Ipv4Addr,
-) -> Result<()> {
+/// Checks that `interface` can take part in a NAT gateway (`what` it would be): the
+/// gateway's programs run on tc, for Ethernet frames.
+fn gateway(interface: &str, choice: XdpChoice, link: LinkLayer, what: &str) -> Result<()> {
     if link != LinkLayer::Ethernet {
         bail!(
-            "--nat-inside {interface}: {interface} has no Ethernet header, and ftp-tracker rewrites only on Ethernet interfaces: put the translated hosts behind an Ethernet interface, or drop --nat-inside {interface}"
+            "{interface} ({what}) has no Ethernet header, and ftp-tracker's NAT gateway runs only on Ethernet interfaces: guard an Ethernet interface there, or drop --nat-inside"
         );
     }
     if matches!(choice, XdpChoice::Native | XdpChoice::Skb) {
-        bail!("--nat-inside {interface} rewrites on tc, not XDP: give --xdp-mode auto or tc");
+        bail!(
+            "{interface} ({what}) runs the NAT gateway's programs, on tc, not XDP: give --xdp-mode auto or tc"
+        );
     }
-    let c_name = std::ffi::CString::new(interface)?;
-    // SAFETY: a valid NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    let value = ftp_ebpf_common::nat::NatInside {
-        public: ftp_ebpf_common::addr::ipv4(public.octets()),
-    };
-    contract::NAT_INSIDE
-        .of_mut(ebpf)?
-        .insert(index, value, 0)
-        .with_context(|| format!("writing {}", contract::NAT_INSIDE))
+    Ok(())
 }
 
 fn attach_tc(

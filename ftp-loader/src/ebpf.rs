@@ -18,7 +18,8 @@ use ftp_ebpf_common::{
         DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_MAX_CONTROLS,
         DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PER_CLIENT,
         DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS, INGRESS_PROGRAM,
-        INGRESS_TC_PROGRAM, MAX_EXPECTED, NAT_CONTROLS, NS_PER_SEC, PORTS, PUBLIC_ADDRS,
+        INGRESS_TC_PROGRAM, MAX_EXPECTED, NAT_BINDINGS, NAT_CONTROLS, NAT_FLOWS, NS_PER_SEC, PORTS,
+        PUBLIC_ADDRS,
     },
     nat::{PublicAddr, PublicMapping},
     policy::{PortInfo, PortPlan},
@@ -141,6 +142,17 @@ impl Default for Settings {
     }
 }
 
+/// What an interface is to a NAT gateway (`--nat-inside`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatRole {
+    /// No gateway: the usual programs.
+    None,
+    /// Facing the translated hosts, shown as this address: announcements are rewritten.
+    Inside(Ipv4Addr),
+    /// Every other interface of a gateway: data connections are translated.
+    Outside,
+}
+
 /// One `--nat-inside`: INTERFACE=PUBLIC.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatInterface {
@@ -202,7 +214,15 @@ pub fn parse_range(text: &str) -> Result<(u16, u16), String> {
 
 impl Settings {
     /// The tables an option sizes: (map, option, entries).
-    pub fn table_sizes(&self) -> [(&'static str, &'static str, u32); 5] {
+    pub fn table_sizes(&self) -> [(&'static str, &'static str, u32); 7] {
+        // The gateway's tables, one entry each where nothing is `--nat-inside`.
+        let on_gateway = |entries: u32| {
+            if self.nat_inside.is_empty() {
+                1
+            } else {
+                entries
+            }
+        };
         let expectations = "--max-expectations";
         [
             (EXPECTATIONS.name, expectations, self.max_expectations),
@@ -211,15 +231,22 @@ impl Settings {
             (CLIENTS.name, expectations, self.max_expectations),
             (FLOWS.name, "--max-flows", self.max_flows),
             (CONTROLS.name, "--max-controls", self.max_controls),
-            // One entry per rewritten control connection, on a gateway only.
+            // One entry per rewritten control connection, per data connection a rewritten
+            // announcement expects, and two per translated data connection.
             (
                 NAT_CONTROLS.name,
                 "--max-controls",
-                if self.nat_inside.is_empty() {
-                    1
-                } else {
-                    self.max_controls
-                },
+                on_gateway(self.max_controls),
+            ),
+            (
+                NAT_BINDINGS.name,
+                expectations,
+                on_gateway(self.max_expectations),
+            ),
+            (
+                NAT_FLOWS.name,
+                "--max-flows",
+                on_gateway(self.max_flows.saturating_mul(2)),
             ),
         ]
     }
@@ -230,6 +257,15 @@ impl Settings {
             .iter()
             .find(|nat| nat.interface == interface)
             .map(|nat| nat.public)
+    }
+
+    /// What `interface` is to a NAT gateway, if this is one.
+    pub fn nat_role(&self, interface: &str) -> NatRole {
+        match self.nat_public(interface) {
+            Some(public) => NatRole::Inside(public),
+            None if !self.nat_inside.is_empty() => NatRole::Outside,
+            None => NatRole::None,
+        }
     }
 
     /// The settings the programs read while they run.
@@ -538,6 +574,8 @@ mod tests {
         check_hash(&object, PUBLIC_ADDRS);
         check_hash(&object, contract::NAT_INSIDE);
         check_hash(&object, NAT_CONTROLS);
+        check_hash(&object, NAT_BINDINGS);
+        check_hash(&object, NAT_FLOWS);
         check_array(&object, PORTS);
         check_array(&object, STATS);
         check_array(&object, CONFIG);

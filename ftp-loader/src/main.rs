@@ -482,7 +482,7 @@ fn run(configured: Configured, pin_dir: &Path, argv: Vec<OsString>) -> Result<()
     let mut attached: Vec<Attached> = Vec::new();
     for interface in &args.interfaces {
         let before = previous.as_ref().and_then(|r| r.interface(interface));
-        let nat = settings.nat_public(interface);
+        let nat = settings.nat_role(interface);
         match attach::attach(&mut ebpf, interface, args.xdp_mode, before, nat) {
             Ok(done) => {
                 record.set(done.record.clone());
@@ -965,7 +965,7 @@ impl Instance {
 
         let mut new: Vec<Attached> = Vec::new();
         let attached = added.iter().try_for_each(|name| {
-            let nat = settings.nat_public(name);
+            let nat = settings.nat_role(name);
             new.push(attach::attach(
                 &mut self.ebpf,
                 name,
@@ -1041,7 +1041,7 @@ impl Instance {
             // the new hook guards before the old one goes (attach::attach).
             for attached in &mut self.attached {
                 let before = attached.record.ingress;
-                let nat = self.settings.nat_public(&attached.record.name);
+                let nat = self.settings.nat_role(&attached.record.name);
                 *attached = attach::attach(
                     &mut self.ebpf,
                     &attached.record.name,
@@ -1113,7 +1113,7 @@ impl Instance {
                 if !returns {
                     return Ok(());
                 }
-                let nat = self.settings.nat_public(&name);
+                let nat = self.settings.nat_role(&name);
                 let done = attach::attach(&mut self.ebpf, &name, self.choice, None, nat)
                     .with_context(|| format!("attaching again to {name}, which came back"))?;
                 info!("interface {name} is back: attached to {done}");

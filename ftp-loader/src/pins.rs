@@ -15,8 +15,8 @@ use aya::{
 };
 use ftp_ebpf_common::contract::{
     ALLOW_FROM, ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EVENTS, EXPECTATIONS, FLOWS,
-    HashTable, LpmTable, NAT_CONTROLS, PORTS, PUBLIC_ADDRS, PUBLIC_ADDRS_ENTRIES, RingBuffer,
-    STATS, WOULD_DROP,
+    HashTable, LpmTable, NAT_BINDINGS, NAT_CONTROLS, NAT_FLOWS, PORTS, PUBLIC_ADDRS,
+    PUBLIC_ADDRS_ENTRIES, RingBuffer, STATS, WOULD_DROP,
 };
 
 use crate::{ebpf::Settings, events::READER_LOCK};
@@ -94,7 +94,7 @@ fn ring(ring: RingBuffer) -> StateMap {
 /// pinned so that the commands that read a running instance can see its settings and
 /// `ftp-loader events` can switch the events on; EVENTS so that it can read them (across a
 /// restart of the loader too).
-pub const STATE_MAP_NAMES: [&str; 12] = [
+pub const STATE_MAP_NAMES: [&str; 14] = [
     STATS.name,
     CONFIG.name,
     ALLOW_FROM.name,
@@ -106,6 +106,8 @@ pub const STATE_MAP_NAMES: [&str; 12] = [
     CONTROLS.name,
     CLIENTS.name,
     NAT_CONTROLS.name,
+    NAT_BINDINGS.name,
+    NAT_FLOWS.name,
     EVENTS.name,
 ];
 
@@ -127,6 +129,8 @@ fn state_maps() -> [StateMap; STATE_MAP_NAMES.len()] {
         hash(CONTROLS),
         hash(CLIENTS),
         hash(NAT_CONTROLS),
+        hash(NAT_BINDINGS),
+        hash(NAT_FLOWS),
         ring(EVENTS),
     ]
 }

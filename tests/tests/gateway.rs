@@ -15,8 +15,9 @@
 //!   connection is admitted through an expectation, and a listener behind the gateway that
 //!   no session announced stays out of the client's reach although the passive ports are
 //!   forwarded to it. Where the gateway forwards only port 21, or the clients are behind
-//!   it, the data connection to the public address must be translated as `nf_nat_ftp`'s
-//!   expectation does; ftp-loader does not do that yet, and those tests are ignored.
+//!   it, ftp-loader translates the data connection to the public address itself, as
+//!   `nf_nat_ftp`'s expectation does; where netfilter forwards the passive ports as well,
+//!   its translation comes first and netfilter's rule finds nothing left to do.
 //! - IPv6 crosses the gateway routed: passive and active transfers pass untouched, with and
 //!   without ftp-loader in the gateway.
 //!
@@ -85,17 +86,11 @@ fn tracker_server_behind_gateway() {
 }
 
 #[test]
-#[ignore = "ftp-loader does not translate data connections yet: the client's SYN to the \
-            public address's passive port meets the gateway itself (nf_nat_ftp's expectation \
-            DNATs it to the server), so every passive transfer fails"]
 fn tracker_server_behind_gateway_port_21_only() {
     with_tracker(Placement::ServerBehind, NO_HELPER);
 }
 
 #[test]
-#[ignore = "ftp-loader does not translate data connections yet: the server's SYN to the \
-            public address's announced port meets the gateway itself (nf_nat_ftp's expectation \
-            DNATs it to the client), so every active transfer fails"]
 fn tracker_clients_behind_gateway() {
     with_tracker(Placement::ClientsBehind, NO_HELPER);
 }

@@ -1884,3 +1884,78 @@ fn a_gateway_leaves_alone_what_it_cannot_or_must_not_rewrite() {
     let port = s6.command(b"EPRT |2|2001:db8::2|10001|\r\n");
     assert_eq!(g.leaving(&port).1, port);
 }
+
+/// The data connection of a rewritten announcement, on the gateway's outside interface:
+/// the far end's SYN to the public address, once the guard admits it (the outside saw
+/// the rewritten 227 leave), goes to the server behind the gateway, and the server's answer
+/// leaves from the public address again, checksums intact; a 229 binds its port too.
+#[test]
+fn a_gateway_translates_the_data_connection_it_announced() {
+    use ftp_ebpf_common::contract::NAT_INSIDE;
+    use ftp_lab::frame::{Tcp, ipv4_tcp_checksums_hold};
+
+    let mut g = Gateway::new();
+    // Inside: the server's 227 and 229, rewritten and bound.
+    let mut s = g.open_server_behind(session());
+    g.arriving(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n"));
+    g.arriving(&s.reply(b"229 Entering Extended Passive Mode (|||10001|)\r\n"));
+    assert_eq!(g.programs.stats()["nat_rewritten"], 1);
+
+    // The same programs as the outside interface's: lo is no longer --nat-inside.
+    NAT_INSIDE
+        .of_mut(&mut g.programs.ebpf)
+        .unwrap()
+        .remove(&1)
+        .unwrap();
+    // The control connection as the outside sees it (the server at the public address):
+    // its replies leave, naming PUBLIC, and make the expectations.
+    let mut outside = ControlSession::new(CLIENT, PUBLIC);
+    let [syn, syn_ack, ack] = outside.handshake();
+    assert_eq!(g.arriving(&syn).0, TC_ACT_UNSPEC);
+    assert_eq!(g.leaving(&syn_ack).0, TC_ACT_UNSPEC);
+    assert_eq!(g.arriving(&ack).0, TC_ACT_UNSPEC);
+    g.leaving(&outside.reply(b"227 Entering Passive Mode (198,51,100,1,39,16).\r\n"));
+    g.leaving(&outside.reply(b"229 Entering Extended Passive Mode (|||10001|)\r\n"));
+    assert_eq!(
+        g.programs.expected_keys(),
+        [
+            expect_key(CLIENT, PUBLIC, 10000),
+            expect_key(CLIENT, PUBLIC, 10001)
+        ]
+    );
+
+    for port in [10000, 10001] {
+        let data = Tcp::new(CLIENT, 51000, PUBLIC, port, SYN).frame(&[]);
+        let (verdict, out) = g.arriving(&data);
+        assert_eq!(verdict, TC_ACT_UNSPEC, "admitted");
+        assert_eq!(
+            &out[14 + 16..14 + 20],
+            &SERVER.octets(),
+            "sent to the server"
+        );
+        assert!(ipv4_tcp_checksums_hold(&out));
+        let answer = Tcp::new(SERVER, port, CLIENT, 51000, SYN | ftp_lab::frame::ACK)
+            .ack(2)
+            .frame(&[]);
+        let (_, out) = g.leaving(&answer);
+        assert_eq!(
+            &out[14 + 12..14 + 16],
+            &PUBLIC.octets(),
+            "from the public address"
+        );
+        assert!(ipv4_tcp_checksums_hold(&out));
+        // The rest of the connection both ways, translated the same.
+        let more = Tcp::new(CLIENT, 51000, PUBLIC, port, ftp_lab::frame::ACK)
+            .seq(2)
+            .frame(b"data");
+        let (_, out) = g.arriving(&more);
+        assert_eq!(&out[14 + 16..14 + 20], &SERVER.octets());
+        assert!(ipv4_tcp_checksums_hold(&out));
+    }
+    assert_eq!(g.programs.stats()["nat_data_connections"], 2);
+    // A port nothing announced stays closed and untranslated.
+    let stranger = Tcp::new(CLIENT, 51001, PUBLIC, 10002, SYN).frame(&[]);
+    let (verdict, out) = g.arriving(&stranger);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(out, stranger);
+}

@@ -89,6 +89,7 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
             "a_gateway_rewrites_a_private_address_and_keeps_the_numbers_straight",
             "a_gateway_rewrites_client_commands_for_thousands_of_lines_without_drift",
             "a_gateway_leaves_alone_what_it_cannot_or_must_not_rewrite",
+            "a_gateway_translates_the_data_connection_it_announced",
         ],
     ),
 ];
