@@ -1,8 +1,9 @@
-//! What a `--nat-inside` interface's rewriting costs (`BPF_PROG_TEST_RUN`, tc): a 227 reply
-//! rewritten to the public address (the splice, its checksums, the NAT_CONTROLS entry),
-//! and a later segment of a rewritten connection renumbered. Each is judged against the
-//! plain tc guard on the same packets, which scans but rewrites nothing, and against the
-//! do-nothing tc program.
+//! What a NAT gateway's work costs (`BPF_PROG_TEST_RUN`, tc): on a `--nat-inside`
+//! interface, a 227 reply rewritten to the public address (the splice, its checksums, the
+//! NAT_CONTROLS entry) and a later segment of a rewritten connection renumbered; on the
+//! outside interface, a data packet of a translated connection (its destination address
+//! and checksums rewritten). Each is judged against the plain tc guard on the same
+//! packets, which rewrites nothing, and against the do-nothing tc program.
 
 use std::net::Ipv4Addr;
 
@@ -12,11 +13,15 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use ftp_ebpf_common::{
-    addr::ipv4,
-    contract::{EGRESS_NAT_PROGRAM, INGRESS_NAT_PROGRAM, INGRESS_TC_PROGRAM, NAT_INSIDE},
-    nat::NatInside,
+    addr::{Family, ipv4},
+    contract::{
+        EGRESS_NAT_PROGRAM, FLOWS, INGRESS_NAT_PROGRAM, INGRESS_TC_PROGRAM, NAT_FLOWS, NAT_INSIDE,
+    },
+    flow::{FlowKey, FlowValue},
+    nat::{NAT_TO_INSIDE, NatFlow, NatInside},
+    window::Numbers,
 };
-use ftp_lab::frame::ControlSession;
+use ftp_lab::frame::{ACK, ControlSession, Tcp};
 use ftp_loader::ebpf::{self, Settings};
 
 use super::{
@@ -153,8 +158,75 @@ pub fn run(bench: &Bench) -> Result<Section> {
                 .against(Baseline::TC_NAME, nothing),
         );
     }
+    // The outside interface: the same programs, lo no longer --nat-inside, and one
+    // translated data connection, admitted and tracked as the guard leaves it.
+    NAT_INSIDE.of_mut(&mut product)?.remove(&1)?;
+    let flow = FlowKey::new(
+        Family::V4,
+        ipv4(CLIENT.octets()),
+        51000,
+        ipv4(PUBLIC.octets()),
+        10000,
+    );
+    let now = ftp_loader::monotonic_ns();
+    let numbers = Numbers {
+        seq: 1,
+        ack: 0,
+        payload_len: 0,
+        flags: ftp_lab::frame::SYN,
+        window: 65535,
+        window_scale: ftp_ebpf_common::window::NO_WINDOW_SCALE,
+    };
+    FLOWS
+        .of_mut(&mut product)?
+        .insert(flow, FlowValue::admitted(now, &numbers), 0)?;
+    NAT_FLOWS.of_mut(&mut product)?.insert(
+        flow,
+        NatFlow {
+            addr: ipv4(SERVER.octets()),
+            direction: NAT_TO_INSIDE,
+            _pad: [0; 3],
+        },
+        0,
+    )?;
+    let data = Tcp::new(CLIENT, 51000, PUBLIC, 10000, ACK)
+        .seq(2)
+        .ack(1)
+        .frame(&[0u8; 1400]);
+    let singles = usize::from(FRESH_CONNECTIONS);
+    let samples = alternate(
+        &[INGRESS_TC_PROGRAM, INGRESS_NAT_PROGRAM, "baseline"],
+        bench.rounds(),
+        |&program| {
+            let mut total = 0.0;
+            for _ in 0..singles {
+                total += if program == "baseline" {
+                    baseline.test_run(&data, 1)?
+                } else {
+                    run_once(&product, program, &data)?
+                };
+            }
+            Ok(total / singles as f64)
+        },
+    )?;
+    let name = "data packet translated (outside interface)";
+    let (plain, nat, nothing) = (
+        median(&samples[0]),
+        median(&samples[1]),
+        median(&samples[2]),
+    );
+    section.figures.push(
+        Figure::new(name, nat, "ns/packet")
+            .samples(&samples[1])
+            .against("the plain tc guard on the same packets", plain),
+    );
+    section.figures.push(
+        Figure::new(format!("{name}, against doing nothing"), nat, "ns/packet")
+            .samples(&samples[1])
+            .against(Baseline::TC_NAME, nothing),
+    );
     section.notes.push(format!(
-        "Single runs on {FRESH_CONNECTIONS} control connections, medians of {} rounds alternating the programs: `{INGRESS_NAT_PROGRAM}` rewrites each 227 (3 bytes longer) and renumbers the reply after it; `{INGRESS_TC_PROGRAM}` scans the same replies without rewriting. The do-nothing tc program runs on the same reply. Against netfilter's nf_nat_ftp the comparison is not per packet (the kernel helper cannot be run alone): see the gateway lab's session figures.",
+        "Single runs on {FRESH_CONNECTIONS} control connections, medians of {} rounds alternating the programs: `{INGRESS_NAT_PROGRAM}` rewrites each 227 (3 bytes longer) and renumbers the reply after it; `{INGRESS_TC_PROGRAM}` scans the same replies without rewriting. The translated data packet (1400 bytes of payload, a tracked connection's) runs {FRESH_CONNECTIONS} times a round through each, each run on a fresh copy. The do-nothing tc program runs on the same packets. Against netfilter's nf_nat_ftp the comparison is not per packet (the kernel helper cannot be run alone): see the gateway lab's session figures.",
         bench.rounds()
     ));
     Ok(section)

@@ -30,10 +30,13 @@ pub enum EventKind {
     WouldDrop = 6,
     /// A SYN from an allowed source network, passed without an announcement.
     AllowedFrom = 7,
+    /// A NAT gateway's admitted data connection, sent on to the host behind it that
+    /// announced it (`--nat-inside`).
+    Translated = 8,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Announced,
         Self::Admitted,
         Self::Refused,
@@ -41,6 +44,7 @@ impl EventKind {
         Self::UnsolicitedDropped,
         Self::WouldDrop,
         Self::AllowedFrom,
+        Self::Translated,
     ];
 
     pub const fn from_u8(kind: u8) -> Option<Self> {
@@ -52,6 +56,7 @@ impl EventKind {
             5 => Some(Self::UnsolicitedDropped),
             6 => Some(Self::WouldDrop),
             7 => Some(Self::AllowedFrom),
+            8 => Some(Self::Translated),
             _ => None,
         }
     }
@@ -66,6 +71,7 @@ impl EventKind {
             Self::UnsolicitedDropped => "unsolicited_dropped",
             Self::WouldDrop => "would_drop",
             Self::AllowedFrom => "allowed_from",
+            Self::Translated => "translated",
         }
     }
 
@@ -73,7 +79,7 @@ impl EventKind {
     /// announcement or an admission takes a control connection seen opening, and each
     /// leaves an entry in a table, so those are never suppressed.
     pub const fn limited(self) -> bool {
-        !matches!(self, Self::Announced | Self::Admitted)
+        !matches!(self, Self::Announced | Self::Admitted | Self::Translated)
     }
 }
 
@@ -171,7 +177,8 @@ pub struct Event {
     /// the reader, not the programs, resolves it (`Event::announced`). The others: the SYN.
     pub flow: FlowKey,
     /// The control connection (client -> server) that announced it; zeros when none is
-    /// known (`UnsolicitedDropped`, `WouldDrop`, `AllowedFrom`).
+    /// known (`UnsolicitedDropped`, `WouldDrop`, `AllowedFrom`). `Translated`: the SYN's
+    /// connection as translated, its destination the host behind the gateway.
     pub control: FlowKey,
 }
 

@@ -21,6 +21,7 @@ use ftp_ebpf_common::{
     addr::Family,
     contract::SCRATCH_ENTRIES,
     control::control_key,
+    event::EventKind,
     expect::ExpectKey,
     flow::FlowKey,
     nat::{NAT_TO_INSIDE, NAT_TO_OUTSIDE, NatBinding, NatControl, NatFlow, address_text},
@@ -31,6 +32,7 @@ use ftp_ebpf_common::{
 
 use crate::{
     control::{self, Rewrite},
+    events,
     maps::{self, config, count, now_ns},
     nat,
     packet::{Direction, Frame, Parsed, Segment},
@@ -280,8 +282,8 @@ fn translate(ctx: &TcContext, direction: Direction) {
     let Some(flow) = segment.flow(ctx) else {
         return;
     };
-    if arriving && segment.is_syn() {
-        bind_flow(&flow);
+    if arriving && segment.is_syn() && bind_flow(&flow) {
+        translated(&flow);
     }
     // SAFETY: a plain-data map value, copied.
     let Some(entry) = (unsafe { NAT_FLOWS.get(&flow) }).copied() else {
@@ -310,15 +312,15 @@ fn translate(ctx: &TcContext, direction: Direction) {
 /// NAT_FLOWS. A later SYN of the same 5-tuple (a retransmission) finds them there. A
 /// subprogram of its own, for its keys' stack.
 #[inline(never)]
-fn bind_flow(syn: &FlowKey) {
+fn bind_flow(syn: &FlowKey) -> bool {
     let key = ExpectKey::for_syn(syn);
     // SAFETY: a plain-data map value, copied.
     let Some(binding) = (unsafe { NAT_BINDINGS.get(&key) }).copied() else {
-        return;
+        return false;
     };
     let _ = NAT_BINDINGS.remove(&key);
     if binding.expires_ns < now_ns() {
-        return;
+        return false;
     }
     let inward = NatFlow {
         addr: binding.inside,
@@ -337,8 +339,29 @@ fn bind_flow(syn: &FlowKey) {
         direction: NAT_TO_OUTSIDE,
         _pad: [0; 3],
     };
-    if NAT_FLOWS.insert(syn, &inward, 0).is_ok() && NAT_FLOWS.insert(&reply, &outward, 0).is_ok() {
+    let bound =
+        NAT_FLOWS.insert(syn, &inward, 0).is_ok() && NAT_FLOWS.insert(&reply, &outward, 0).is_ok();
+    if bound {
         count(Counter::NatDataConnections);
+    }
+    bound
+}
+
+/// The `translated` event of a connection `bind_flow` bound. The translated connection goes
+/// in the scratch space (the outside interface has no other use for it): on the stack, it
+/// would take the chain past 512 bytes.
+#[inline(always)]
+fn translated(syn: &FlowKey) {
+    // SAFETY: a plain-data map value, copied.
+    let Some(entry) = (unsafe { NAT_FLOWS.get(syn) }).copied() else {
+        return;
+    };
+    if let Some(work) = NAT_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the program using it runs to its end uninterrupted.
+        let work = unsafe { &mut *work };
+        work.key = *syn;
+        work.key.dst = entry.addr;
+        events::syn(EventKind::Translated, syn, Some(&work.key));
     }
 }
 

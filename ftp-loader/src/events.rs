@@ -65,6 +65,13 @@ pub enum Row {
         announced: Option<Endpoint>,
         control: Connection,
     },
+    /// A NAT gateway's data connection (`syn`, as it arrived) sent on as `translated`.
+    Translated {
+        family: &'static str,
+        #[serde(flatten)]
+        syn: Connection,
+        translated: Connection,
+    },
     /// A SYN: admitted, dropped, or (monitor mode, allow-lists) passed.
     #[serde(untagged)]
     Syn {
@@ -119,6 +126,11 @@ impl Row {
                     control: connection(&event.control)?,
                 }
             }
+            EventKind::Translated => Row::Translated {
+                family: family(&event.flow)?,
+                syn: connection(&event.flow)?,
+                translated: connection(&event.control)?,
+            },
             _ => Row::Syn {
                 event: kind.name(),
                 family: family(&event.flow)?,
@@ -180,6 +192,18 @@ impl std::fmt::Display for Row {
                 }
                 write!(f, " {}", master(control))
             }
+            Row::Translated {
+                family,
+                syn,
+                translated,
+            } => write!(
+                f,
+                "[TRANSLATED] {family} tcp {} -> {} to {} -> {}",
+                endpoint(&syn.src, syn.src_port),
+                endpoint(&syn.dst, syn.dst_port),
+                endpoint(&translated.src, translated.src_port),
+                endpoint(&translated.dst, translated.dst_port)
+            ),
             Row::Syn {
                 event,
                 family,

@@ -11,7 +11,9 @@ use clap::{
     ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind,
     parser::ValueSource,
 };
-use ftp_ebpf_common::contract::{EVENTS, EXPECTATIONS, FLOWS, STATS, WOULD_DROP};
+use ftp_ebpf_common::contract::{
+    EVENTS, EXPECTATIONS, FLOWS, NAT_BINDINGS, NAT_FLOWS, STATS, WOULD_DROP,
+};
 use ftp_loader::{
     addrs, adopt,
     attach::{self, Attached, XdpChoice},
@@ -338,15 +340,27 @@ fn print_stats(pin_dir: &Path, json: bool) -> Result<()> {
 
 fn print_expectations(pin_dir: &Path, json: bool) -> Result<()> {
     let table = EXPECTATIONS.from_map(open_pin(pin_dir, EXPECTATIONS.name)?)?;
+    // An instance from before the NAT gateway has no such table: nothing is translated.
+    let bindings = pins::open(pin_dir, NAT_BINDINGS.name)
+        .ok()
+        .map(|map| NAT_BINDINGS.from_map(map))
+        .transpose()?;
     let now = monotonic_ns();
-    print_rows(&tables::expectations(&table, now), json);
+    print_rows(&tables::expectations(&table, bindings.as_ref(), now), json);
     require_live_loader(pin_dir);
     Ok(())
 }
 
 fn print_flows(pin_dir: &Path, json: bool) -> Result<()> {
     let table = FLOWS.from_map(open_pin(pin_dir, FLOWS.name)?)?;
-    print_rows(&tables::flows(&table, monotonic_ns()), json);
+    let translations = pins::open(pin_dir, NAT_FLOWS.name)
+        .ok()
+        .map(|map| NAT_FLOWS.from_map(map))
+        .transpose()?;
+    print_rows(
+        &tables::flows(&table, translations.as_ref(), monotonic_ns()),
+        json,
+    );
     require_live_loader(pin_dir);
     Ok(())
 }

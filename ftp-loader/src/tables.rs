@@ -10,6 +10,7 @@ use ftp_ebpf_common::{
     contract::NS_PER_SEC,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
+    nat::{NAT_TO_INSIDE, NatBinding, NatFlow},
 };
 use serde::Serialize;
 
@@ -71,12 +72,17 @@ pub struct Expectation {
     pub port: u16,
     pub expires_in_secs: u64,
     pub control: Control,
+    /// On a NAT gateway: where the data connection goes, translated (`--nat-inside`),
+    /// as `conntrack -L` shows a connection's reply tuple.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub translated_to: Option<String>,
 }
 
 impl Expectation {
     pub fn new(k: &ExpectKey, v: &ExpectValue, now_ns: u64) -> Self {
         let c = &v.control;
         Self {
+            translated_to: None,
             family: family(k.family),
             connector: ip(k.family, &k.connector),
             listener: ip(k.family, &k.listener),
@@ -93,8 +99,11 @@ impl Expectation {
 }
 
 /// Every live expectation, oldest expiry first.
-pub fn expectations<T: Borrow<MapData>>(
+/// The live expectations, with where a gateway translates each (`bindings`: NAT_BINDINGS,
+/// when the instance has it).
+pub fn expectations<T: Borrow<MapData>, B: Borrow<MapData>>(
     table: &HashMap<T, ExpectKey, ExpectValue>,
+    bindings: Option<&HashMap<B, ExpectKey, NatBinding>>,
     now_ns: u64,
 ) -> Vec<Expectation> {
     let mut entries: Vec<(ExpectKey, ExpectValue)> = table
@@ -105,7 +114,12 @@ pub fn expectations<T: Borrow<MapData>>(
     entries.sort_by_key(|(k, v)| (v.expires_ns, k.port));
     entries
         .iter()
-        .map(|(k, v)| Expectation::new(k, v, now_ns))
+        .map(|(k, v)| Expectation {
+            translated_to: bindings
+                .and_then(|b| b.get(k, 0).ok())
+                .map(|b| endpoint(&ip(k.family, &b.inside), k.port)),
+            ..Expectation::new(k, v, now_ns)
+        })
         .collect()
 }
 
@@ -115,11 +129,12 @@ impl Row for Expectation {
     fn text(&self) -> String {
         let c = &self.control;
         format!(
-            "{:>5}s {} tcp {} -> {} (any source port) announced by {} -> {}",
+            "{:>5}s {} tcp {} -> {} (any source port){} announced by {} -> {}",
             self.expires_in_secs,
             self.family,
             self.connector,
             endpoint(&self.listener, self.port),
+            translated(self.translated_to.as_deref()),
             endpoint(&c.src, c.src_port),
             endpoint(&c.dst, c.dst_port),
         )
@@ -168,11 +183,15 @@ pub struct Flow {
     pub state: FlowState,
     pub age_secs: u64,
     pub idle_secs: u64,
+    /// On a NAT gateway: where the connection goes, translated (`--nat-inside`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub translated_to: Option<String>,
 }
 
 impl Flow {
     pub fn new(k: &FlowKey, v: &FlowValue, now_ns: u64) -> Self {
         Self {
+            translated_to: None,
             family: family(k.family),
             src: ip(k.family, &k.src),
             src_port: k.src_port,
@@ -186,12 +205,24 @@ impl Flow {
 }
 
 /// Every tracked flow, oldest first.
-pub fn flows<T: Borrow<MapData>>(table: &HashMap<T, FlowKey, FlowValue>, now_ns: u64) -> Vec<Flow> {
+/// The tracked flows, with where a gateway translates each (`translations`: NAT_FLOWS,
+/// when the instance has it).
+pub fn flows<T: Borrow<MapData>, N: Borrow<MapData>>(
+    table: &HashMap<T, FlowKey, FlowValue>,
+    translations: Option<&HashMap<N, FlowKey, NatFlow>>,
+    now_ns: u64,
+) -> Vec<Flow> {
     let mut entries: Vec<(FlowKey, FlowValue)> = table.iter().filter_map(Result::ok).collect();
     entries.sort_by_key(|(_, v)| v.admitted_ns);
     entries
         .iter()
-        .map(|(k, v)| Flow::new(k, v, now_ns))
+        .map(|(k, v)| Flow {
+            translated_to: translations
+                .and_then(|t| t.get(k, 0).ok())
+                .filter(|t| t.direction == NAT_TO_INSIDE)
+                .map(|t| endpoint(&ip(k.family, &t.addr), k.dst_port)),
+            ..Flow::new(k, v, now_ns)
+        })
         .collect()
 }
 
@@ -200,10 +231,11 @@ impl Row for Flow {
 
     fn text(&self) -> String {
         format!(
-            "{} tcp {} -> {} {} age {}s idle {}s",
+            "{} tcp {} -> {}{} {} age {}s idle {}s",
             self.family,
             endpoint(&self.src, self.src_port),
             endpoint(&self.dst, self.dst_port),
+            translated(self.translated_to.as_deref()),
             self.state.name(),
             self.age_secs,
             self.idle_secs,
@@ -212,6 +244,12 @@ impl Row for Flow {
 }
 
 /// The lines, then a count as conntrack prints it.
+/// ` translated to ADDRESS:PORT`, or nothing.
+fn translated(to: Option<&str>) -> String {
+    to.map(|to| format!(" translated to {to}"))
+        .unwrap_or_default()
+}
+
 fn summary(lines: Vec<String>, what: &str) -> String {
     let count = lines.len();
     let mut text: String = lines.into_iter().map(|l| l + "\n").collect();
@@ -225,6 +263,20 @@ fn summary(lines: Vec<String>, what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flow_of_test() -> Flow {
+        Flow {
+            family: "ipv4",
+            src: "192.0.2.2".into(),
+            src_port: 40001,
+            dst: "192.0.2.1".into(),
+            dst_port: 10001,
+            state: FlowState::Closing,
+            age_secs: 5,
+            idle_secs: 1,
+            translated_to: None,
+        }
+    }
 
     /// The JSON keeps the shape scripts read, and each line of text shows the same fields.
     #[test]
@@ -241,6 +293,7 @@ mod tests {
                 dst: "2001:db8::1".into(),
                 dst_port: 21,
             },
+            translated_to: None,
         };
         assert_eq!(
             to_json(std::slice::from_ref(&expectation)),
@@ -259,6 +312,7 @@ mod tests {
             state: FlowState::Closing,
             age_secs: 5,
             idle_secs: 1,
+            translated_to: None,
         };
         assert_eq!(
             to_json(std::slice::from_ref(&flow)),
@@ -270,5 +324,17 @@ mod tests {
                 + "2 flows listed\n"
         );
         assert_eq!(to_json::<Flow>(&[]), "[]");
+        // On a gateway, where each goes after translation, as conntrack -L shows it.
+        let translated = Flow {
+            dst: "198.51.100.1".into(),
+            state: FlowState::Open,
+            translated_to: Some("10.0.2.2:10001".into()),
+            ..flow_of_test()
+        };
+        assert_eq!(
+            to_text(&[translated.clone()]),
+            "ipv4 tcp 192.0.2.2:40001 -> 198.51.100.1:10001 translated to 10.0.2.2:10001 open age 5s idle 1s\n1 flow listed\n"
+        );
+        assert!(to_json(&[translated]).ends_with(r#""translated_to":"10.0.2.2:10001"}]"#));
     }
 }

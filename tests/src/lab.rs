@@ -387,7 +387,9 @@ impl Lab {
         // Its tables may be pinned already (by a predecessor): it is ready once it has
         // attached to its interface and says how to stop it. Verifying the programs takes
         // seconds, more on a loaded machine running tests in parallel.
-        wait_within("ftp-loader to attach", Duration::from_secs(60), || {
+        // Generous: under software emulation (the qemu kernels) verifying the programs alone
+        // takes most of a minute.
+        wait_within("ftp-loader to attach", Duration::from_secs(180), || {
             if let Some(Ok(Some(status))) = loader.as_mut().map(Child::try_wait) {
                 return Err(anyhow::anyhow!("ftp-loader exited early ({status})"));
             }

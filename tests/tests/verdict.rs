@@ -1629,6 +1629,7 @@ fn decisions_are_events_with_their_addresses() {
 /// on frames that pass it, with the packet as they leave it.
 struct Gateway {
     programs: Programs,
+    settings: Settings,
 }
 
 /// The public address the gateway's NAT shows its hosts as.
@@ -1641,11 +1642,12 @@ impl Gateway {
             contract::{EGRESS_NAT_PROGRAM, INGRESS_NAT_PROGRAM, NAT_INSIDE},
             nat::NatInside,
         };
-        let mut programs = Programs::load(Settings {
+        let settings = Settings {
             nat_inside: vec![format!("lo={PUBLIC}").parse().unwrap()],
             max_expected: 4,
             ..Settings::default()
-        });
+        };
+        let mut programs = Programs::load(settings.clone());
         for program in [INGRESS_NAT_PROGRAM, EGRESS_NAT_PROGRAM] {
             ebpf::load_program(&mut programs.ebpf, program).expect("the NAT programs verify");
         }
@@ -1661,7 +1663,7 @@ impl Gateway {
                 0,
             )
             .unwrap();
-        Self { programs }
+        Self { programs, settings }
     }
 
     /// A frame arriving from a host behind the gateway: the verdict and the frame after.
@@ -1891,7 +1893,10 @@ fn a_gateway_leaves_alone_what_it_cannot_or_must_not_rewrite() {
 /// leaves from the public address again, checksums intact; a 229 binds its port too.
 #[test]
 fn a_gateway_translates_the_data_connection_it_announced() {
-    use ftp_ebpf_common::contract::NAT_INSIDE;
+    use ftp_ebpf_common::{
+        config::Config,
+        contract::{CONFIG, EVENTS, NAT_BINDINGS, NAT_FLOWS, NAT_INSIDE},
+    };
     use ftp_lab::frame::{Tcp, ipv4_tcp_checksums_hold};
 
     let mut g = Gateway::new();
@@ -1923,6 +1928,31 @@ fn a_gateway_translates_the_data_connection_it_announced() {
             expect_key(CLIENT, PUBLIC, 10001)
         ]
     );
+    // The listing shows where each goes, as conntrack -L shows a reply tuple.
+    let now = ftp_loader::monotonic_ns();
+    let listed = ftp_loader::tables::expectations(
+        &EXPECTATIONS.of(&g.programs.ebpf).unwrap(),
+        Some(&NAT_BINDINGS.of(&g.programs.ebpf).unwrap()),
+        now,
+    );
+    let to: Vec<Option<&str>> = listed.iter().map(|e| e.translated_to.as_deref()).collect();
+    assert_eq!(to, [Some("192.0.2.1:10000"), Some("192.0.2.1:10001")]);
+    // Each translation is an event naming both connections.
+    CONFIG
+        .of_mut(&mut g.programs.ebpf)
+        .unwrap()
+        .set(
+            0,
+            Config {
+                events: 1,
+                ..g.settings.config()
+            },
+            0,
+        )
+        .unwrap();
+    let mut ring = EVENTS
+        .from_map(g.programs.ebpf.take_map(EVENTS.name).unwrap())
+        .unwrap();
 
     for port in [10000, 10001] {
         let data = Tcp::new(CLIENT, 51000, PUBLIC, port, SYN).frame(&[]);
@@ -1953,6 +1983,32 @@ fn a_gateway_translates_the_data_connection_it_announced() {
         assert!(ipv4_tcp_checksums_hold(&out));
     }
     assert_eq!(g.programs.stats()["nat_data_connections"], 2);
+    let mut events = Vec::new();
+    while let Some(record) = ring.next() {
+        events.push(
+            ftp_loader::events::Row::decode(&record)
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.starts_with("[TRANSLATED]"))
+            .collect::<Vec<_>>(),
+        [
+            "[TRANSLATED] ipv4 tcp 192.0.2.2:51000 -> 198.51.100.1:10000 to 192.0.2.2:51000 -> 192.0.2.1:10000",
+            "[TRANSLATED] ipv4 tcp 192.0.2.2:51000 -> 198.51.100.1:10001 to 192.0.2.2:51000 -> 192.0.2.1:10001",
+        ]
+    );
+    let flows = ftp_loader::tables::flows(
+        &FLOWS.of(&g.programs.ebpf).unwrap(),
+        Some(&NAT_FLOWS.of(&g.programs.ebpf).unwrap()),
+        now,
+    );
+    let mut to: Vec<Option<&str>> = flows.iter().map(|f| f.translated_to.as_deref()).collect();
+    to.sort();
+    assert_eq!(to, [Some("192.0.2.1:10000"), Some("192.0.2.1:10001")]);
     // A port nothing announced stays closed and untranslated.
     let stranger = Tcp::new(CLIENT, 51001, PUBLIC, 10002, SYN).frame(&[]);
     let (verdict, out) = g.arriving(&stranger);
