@@ -332,7 +332,7 @@ mod tests {
             ..flow_of_test()
         };
         assert_eq!(
-            to_text(&[translated.clone()]),
+            to_text(std::slice::from_ref(&translated)),
             "ipv4 tcp 192.0.2.2:40001 -> 198.51.100.1:10001 translated to 10.0.2.2:10001 open age 5s idle 1s\n1 flow listed\n"
         );
         assert!(to_json(&[translated]).ends_with(r#""translated_to":"10.0.2.2:10001"}]"#));
