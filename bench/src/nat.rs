@@ -135,8 +135,16 @@ pub fn run(bench: &Bench) -> Result<Section> {
             bench.rounds(),
             |&program| {
                 if program == "baseline" {
-                    let frame = &sessions.replies[0];
-                    baseline.test_run(frame, 1)
+                    let frames = if renumbered {
+                        &sessions.next
+                    } else {
+                        &sessions.replies
+                    };
+                    let mut total = 0.0;
+                    for frame in frames {
+                        total += baseline.test_run(frame, 1)?;
+                    }
+                    Ok(total / frames.len() as f64)
                 } else {
                     ns_per_reply(&mut product, program, &sessions, renumbered)
                 }
