@@ -10,6 +10,7 @@ mod baseline;
 mod bulk;
 mod events;
 mod flood;
+mod gateway;
 pub mod guard;
 mod nat;
 mod packet;
@@ -140,6 +141,7 @@ const REGISTRY: &[(&str, Measure)] = &[
     ("per-packet", packet::run),
     ("events", events::run),
     ("nat", nat::run),
+    ("gateway", gateway::run),
     ("bulk", bulk::run),
     ("flood", flood::run),
     ("sessions", sessions::run),
