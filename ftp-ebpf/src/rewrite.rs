@@ -78,6 +78,9 @@ pub struct Surgery {
     payload_len: u32,
     sender: u8,
     found: Rewrite,
+    /// The outside interface's: a binding's key, a translation being made.
+    binding: ExpectKey,
+    flow: NatFlow,
 }
 
 #[map]
@@ -313,34 +316,38 @@ fn translate(ctx: &TcContext, direction: Direction) {
 /// subprogram of its own, for its keys' stack.
 #[inline(never)]
 fn bind_flow(syn: &FlowKey) -> bool {
-    let key = ExpectKey::for_syn(syn);
-    // SAFETY: a plain-data map value, copied.
-    let Some(binding) = (unsafe { NAT_BINDINGS.get(&key) }).copied() else {
+    let Some(work) = NAT_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    let _ = NAT_BINDINGS.remove(&key);
+    // SAFETY: this CPU's slot; the program using it runs to its end uninterrupted. The
+    // outside interface has no other use for it: the keys and entries are built there
+    // rather than on the stack, which 6.1's 512 bytes across the call chain leave short.
+    let work = unsafe { &mut *work };
+    work.binding = ExpectKey::for_syn(syn);
+    // SAFETY: a plain-data map value, copied.
+    let Some(binding) = (unsafe { NAT_BINDINGS.get(&work.binding) }).copied() else {
+        return false;
+    };
+    let _ = NAT_BINDINGS.remove(&work.binding);
     if binding.expires_ns < now_ns() {
         return false;
     }
-    let inward = NatFlow {
+    work.flow = NatFlow {
         addr: binding.inside,
         direction: NAT_TO_INSIDE,
         _pad: [0; 3],
     };
-    let reply = FlowKey {
-        src: binding.inside,
-        src_port: syn.dst_port,
-        dst: syn.src,
-        dst_port: syn.src_port,
-        ..*syn
-    };
-    let outward = NatFlow {
-        addr: syn.dst,
-        direction: NAT_TO_OUTSIDE,
-        _pad: [0; 3],
-    };
-    let bound =
-        NAT_FLOWS.insert(syn, &inward, 0).is_ok() && NAT_FLOWS.insert(&reply, &outward, 0).is_ok();
+    if NAT_FLOWS.insert(syn, &work.flow, 0).is_err() {
+        return false;
+    }
+    work.key = *syn;
+    work.key.src = binding.inside;
+    work.key.src_port = syn.dst_port;
+    work.key.dst = syn.src;
+    work.key.dst_port = syn.src_port;
+    work.flow.addr = syn.dst;
+    work.flow.direction = NAT_TO_OUTSIDE;
+    let bound = NAT_FLOWS.insert(&work.key, &work.flow, 0).is_ok();
     if bound {
         count(Counter::NatDataConnections);
     }

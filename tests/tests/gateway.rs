@@ -37,7 +37,8 @@ use anyhow::Result;
 use ftp_lab::{
     clients::{self, Client, Mode, supports},
     gateway::{
-        CLIENT_IP6, ControlCapture, Gateway, INSIDE_HOST, OUTSIDE_HOST, PUBLIC, Placement, Rules,
+        CLIENT_IP6, ControlCapture, Gateway, INSIDE_HOST, INSIDE_IF, OUTSIDE_HOST, OUTSIDE_IF,
+        PUBLIC, Placement, Rules,
     },
     lab::{Family, Lab, UNANNOUNCED, in_netns},
     require_root,
@@ -406,6 +407,15 @@ fn with_tracker(placement: Placement, rules: Rules) {
         }
         gateway.set_rules(rules).expect("netfilter rules");
         gateway.start_tracker().expect("starting ftp-loader");
+        // The start-up lines say what the gateway does where.
+        let log = gateway.lab.loader_log();
+        for said in [
+            format!("what the hosts behind it announce is rewritten on {INSIDE_IF} to {PUBLIC}"),
+            format!("{INSIDE_IF}: guard on tc ingress (--nat-inside: rewrites"),
+            format!("{OUTSIDE_IF}: guard on tc ingress (NAT gateway: translates"),
+        ] {
+            assert!(log.contains(&said), "`{said}` missing from:\n{log}");
+        }
         for (client, mode) in ipv4_transfers() {
             let transfer = transfer(&gateway.lab, client, Family::V4, mode, true);
             table.add((server, client, mode), 0, transfer);

@@ -155,6 +155,16 @@ fn behind_nat(server: Server) {
         };
         lab.start_loader(&public_address(option))
             .expect("starting ftp-loader");
+        if let Some(public) = option.split('=').next().filter(|p| !p.is_empty()) {
+            // The start-up line states the mapping.
+            let log = lab.loader_log();
+            assert!(
+                log.contains(&format!(
+                    "behind 1:1 NAT, this host's announcements of {public} (expected at "
+                )),
+                "{log}"
+            );
+        }
         for (client, mode) in cases {
             let (transfer, delta) =
                 measured(&lab, || clients::download(&lab, client, Family::V4, mode));
