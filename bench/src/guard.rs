@@ -4,7 +4,10 @@
 use std::{fmt, process::Command};
 
 use anyhow::Result;
-use ftp_lab::lab::{Lab, run};
+use ftp_lab::{
+    gateway::FTP_HELPER_RULE,
+    lab::{Lab, run},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Guard {
@@ -27,20 +30,7 @@ impl fmt::Display for Guard {
 }
 
 const CLASSIC_RULES: &[&[&str]] = &[
-    &[
-        "-t",
-        "raw",
-        "-A",
-        "PREROUTING",
-        "-p",
-        "tcp",
-        "--dport",
-        "21",
-        "-j",
-        "CT",
-        "--helper",
-        "ftp",
-    ],
+    FTP_HELPER_RULE,
     &[
         "-A",
         "INPUT",

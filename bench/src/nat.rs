@@ -105,6 +105,26 @@ fn ns_per_reply(
     Ok(total / sessions.replies.len() as f64)
 }
 
+/// The two figures of samples taken alternately of the plain guard, the NAT program and
+/// the do-nothing program: the NAT program against each.
+fn push_figures(section: &mut Section, name: &str, samples: &[Vec<f64>]) {
+    let (plain, nat, nothing) = (
+        median(&samples[0]),
+        median(&samples[1]),
+        median(&samples[2]),
+    );
+    section.figures.push(
+        Figure::new(name, nat, "ns/packet")
+            .samples(&samples[1])
+            .against("the plain tc guard on the same packets", plain),
+    );
+    section.figures.push(
+        Figure::new(format!("{name}, against doing nothing"), nat, "ns/packet")
+            .samples(&samples[1])
+            .against(Baseline::TC_NAME, nothing),
+    );
+}
+
 pub fn run(bench: &Bench) -> Result<Section> {
     let mut product = ebpf::load(&Settings {
         max_controls: 1024 + u32::from(FRESH_CONNECTIONS),
@@ -150,21 +170,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
                 }
             },
         )?;
-        let (plain, nat, nothing) = (
-            median(&samples[0]),
-            median(&samples[1]),
-            median(&samples[2]),
-        );
-        section.figures.push(
-            Figure::new(name, nat, "ns/packet")
-                .samples(&samples[1])
-                .against("the plain tc guard on the same packets", plain),
-        );
-        section.figures.push(
-            Figure::new(format!("{name}, against doing nothing"), nat, "ns/packet")
-                .samples(&samples[1])
-                .against(Baseline::TC_NAME, nothing),
-        );
+        push_figures(&mut section, name, &samples);
     }
     // The outside interface: the same programs, lo no longer --nat-inside, and one
     // translated data connection, admitted and tracked as the guard leaves it.
@@ -218,21 +224,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
         },
     )?;
     let name = "data packet translated (outside interface)";
-    let (plain, nat, nothing) = (
-        median(&samples[0]),
-        median(&samples[1]),
-        median(&samples[2]),
-    );
-    section.figures.push(
-        Figure::new(name, nat, "ns/packet")
-            .samples(&samples[1])
-            .against("the plain tc guard on the same packets", plain),
-    );
-    section.figures.push(
-        Figure::new(format!("{name}, against doing nothing"), nat, "ns/packet")
-            .samples(&samples[1])
-            .against(Baseline::TC_NAME, nothing),
-    );
+    push_figures(&mut section, name, &samples);
     section.notes.push(format!(
         "Single runs on {FRESH_CONNECTIONS} control connections, medians of {} rounds alternating the programs: `{INGRESS_NAT_PROGRAM}` rewrites each 227 (3 bytes longer) and renumbers the reply after it; `{INGRESS_TC_PROGRAM}` scans the same replies without rewriting. The translated data packet (1400 bytes of payload, a tracked connection's) runs {FRESH_CONNECTIONS} times a round through each, each run on a fresh copy. The do-nothing tc program runs on the same packets. Against netfilter's nf_nat_ftp the comparison is not per packet (the kernel helper cannot be run alone): see the gateway lab's session figures.",
         bench.rounds()

@@ -108,6 +108,23 @@ impl fmt::Display for Rules {
     }
 }
 
+/// The iptables rule that assigns the kernel's FTP helper to port 21's connections (kernels
+/// since 6.0 attach helpers only by rule): the reference set-ups, here and in the bench.
+pub const FTP_HELPER_RULE: &[&str] = &[
+    "-t",
+    "raw",
+    "-A",
+    "PREROUTING",
+    "-p",
+    "tcp",
+    "--dport",
+    "21",
+    "-j",
+    "CT",
+    "--helper",
+    "ftp",
+];
+
 /// A lab whose hosts are joined through a NAT gateway (see the module's documentation).
 pub struct Gateway {
     pub lab: Lab,
@@ -249,20 +266,7 @@ impl Gateway {
             // As the kernel's documentation says to since automatic assignment went: the
             // helper is attached by rule to each new control connection, from either side.
             for program in ["iptables", "ip6tables"] {
-                run(netns(&self.ns, program).args([
-                    "-t",
-                    "raw",
-                    "-A",
-                    "PREROUTING",
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    "21",
-                    "-j",
-                    "CT",
-                    "--helper",
-                    "ftp",
-                ]))?;
+                run(netns(&self.ns, program).args(FTP_HELPER_RULE))?;
             }
         }
         run(netns(&self.ns, "conntrack").args(["-F"]))?;

@@ -292,6 +292,22 @@ fn announcer_is_inside(placement: Placement, mode: Mode) -> bool {
     mode.passive() == (placement == Placement::ServerBehind)
 }
 
+/// What is wrong with how `t`'s control connection arrived (`what`: its row): an
+/// announcement naming another address than `announcement`, or bytes missing.
+fn arrival_faults(wrong: &mut Vec<String>, what: &str, announcement: Option<String>, t: &Transfer) {
+    if t.announced != announcement {
+        wrong.push(format!(
+            "  {what}: the announcement arrived naming {:?}, not {announcement:?}",
+            t.announced
+        ));
+    }
+    if !t.intact {
+        wrong.push(format!(
+            "  {what}: bytes of the control connection never arrived"
+        ));
+    }
+}
+
 /// The address an announcement names where it arrives: the announcer's own, unless it
 /// is behind the gateway and something there (the kernel's helper, ftp-loader) rewrites it
 /// to the public address.
@@ -346,18 +362,12 @@ fn reference(placement: Placement, columns: &[Rules]) {
             }
             _ => {}
         }
-        let announcement = expected_announcement(placement, mode, rules.helper);
-        if t.announced != announcement {
-            wrong.push(format!(
-                "  {rules} {server} {client} {mode}: the announcement arrived naming {:?}, not {announcement:?}",
-                t.announced
-            ));
-        }
-        if !t.intact {
-            wrong.push(format!(
-                "  {rules} {server} {client} {mode}: bytes of the control connection never arrived"
-            ));
-        }
+        arrival_faults(
+            &mut wrong,
+            &format!("{rules} {server} {client} {mode}"),
+            expected_announcement(placement, mode, rules.helper),
+            t,
+        );
     }
     assert!(
         wrong.is_empty(),
@@ -443,18 +453,12 @@ fn with_tracker(placement: Placement, rules: Rules) {
         if let Err(e) = &t.result {
             wrong.push(format!("  {rules} {server} {client} {mode} failed: {e:#}"));
         }
-        let announcement = expected_announcement(placement, mode, true);
-        if t.announced != announcement {
-            wrong.push(format!(
-                "  {rules} {server} {client} {mode}: the announcement arrived naming {:?}, not {announcement:?}",
-                t.announced
-            ));
-        }
-        if !t.intact {
-            wrong.push(format!(
-                "  {rules} {server} {client} {mode}: bytes of the control connection never arrived"
-            ));
-        }
+        arrival_faults(
+            &mut wrong,
+            &format!("{rules} {server} {client} {mode}"),
+            expected_announcement(placement, mode, true),
+            t,
+        );
         if t.matched == Some(0) {
             wrong.push(format!(
                 "  {rules} {server} {client} {mode}: expectations_matched did not grow"
