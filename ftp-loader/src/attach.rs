@@ -194,6 +194,15 @@ pub fn attach(
     }
     let previous = previous.filter(|p| p.present);
     let old_ingress = previous.map(|p| p.ingress);
+    let tc_ingress = |ebpf: &mut Ebpf| {
+        attach_tc(
+            ebpf,
+            interface,
+            TcAttachType::Ingress,
+            old_ingress,
+            programs,
+        )
+    };
     let ingress = if wanted.is_xdp() {
         match attach_xdp(ebpf, interface, wanted, old_ingress) {
             Ok(()) => {
@@ -204,25 +213,13 @@ pub fn attach(
             }
             Err(error) if fall_back => {
                 reason = format!("auto: {reason} refused native XDP ({error:#})");
-                attach_tc(
-                    ebpf,
-                    interface,
-                    TcAttachType::Ingress,
-                    old_ingress,
-                    programs,
-                )?;
+                tc_ingress(ebpf)?;
                 Hook::Clsact
             }
             Err(error) => return Err(error),
         }
     } else {
-        attach_tc(
-            ebpf,
-            interface,
-            TcAttachType::Ingress,
-            old_ingress,
-            programs,
-        )?;
+        tc_ingress(ebpf)?;
         Hook::Clsact
     };
     // The old ingress hook goes only once the new one guards.

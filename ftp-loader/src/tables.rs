@@ -303,17 +303,7 @@ mod tests {
             to_text(&[expectation]),
             "  299s ipv6 tcp 2001:db8::2 -> [2001:db8::1]:10001 (any source port) announced by [2001:db8::2]:40000 -> [2001:db8::1]:21\n1 expectation listed\n"
         );
-        let flow = Flow {
-            family: "ipv4",
-            src: "192.0.2.2".into(),
-            src_port: 40001,
-            dst: "192.0.2.1".into(),
-            dst_port: 10001,
-            state: FlowState::Closing,
-            age_secs: 5,
-            idle_secs: 1,
-            translated_to: None,
-        };
+        let flow = flow_of_test();
         assert_eq!(
             to_json(std::slice::from_ref(&flow)),
             r#"[{"family":"ipv4","src":"192.0.2.2","src_port":40001,"dst":"192.0.2.1","dst_port":10001,"state":"closing","age_secs":5,"idle_secs":1}]"#
