@@ -1,9 +1,16 @@
-//! A NAT gateway's rewriting (`--nat-inside`, `ftp_ebpf_common::nat`), done by the tc
-//! programs of an inside interface around the usual scanning: arriving, what a host behind
-//! the gateway announced is rewritten to the public address and its sequence numbers are
-//! adjusted; leaving, the acknowledgements the far end sends it are adjusted back. Both
-//! happen on the inside interface, so netfilter's conntrack, between the two, sees one
-//! consistent connection, as the outside interface and the far end do.
+//! A NAT gateway's work (`--nat-inside`, `ftp_ebpf_common::nat`), done by the gateway's tc
+//! programs around the usual guarding and scanning.
+//!
+//! On an inside interface: arriving, what a host behind the gateway announced is rewritten
+//! to the public address and its sequence numbers are adjusted; leaving, the
+//! acknowledgements the far end sends it are adjusted back. Both happen on the inside
+//! interface, so netfilter's conntrack, between the two, sees one consistent connection, as
+//! the outside interface and the far end do. Each rewritten announcement binds the data
+//! connection it expects to the announcing host.
+//!
+//! On the other interfaces (the outside): a bound data connection, once the guard admits
+//! its SYN, is translated to the inside host and back for its whole life, as the expectation
+//! of the kernel's `nf_nat_ftp` has netfilter do.
 //!
 //! SACK blocks would need the same adjustment on every acknowledgement; instead, the
 //! SACK-permitted option is taken off a control connection's SYN and SYN-ACK here, so that
