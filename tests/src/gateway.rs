@@ -32,7 +32,6 @@ use std::{
     collections::BTreeMap,
     fmt,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    process::Command,
 };
 
 use anyhow::{Result, ensure};
@@ -42,7 +41,7 @@ use crate::{
     inject::PacketSocket,
     lab::{
         CLIENT_IF, Lab, PASSIVE_PORTS, SERVER_IF, SERVER_IP6, bring_up, default_loader_bin, netns,
-        run, veth,
+        route_through, run, veth,
     },
 };
 
@@ -180,21 +179,14 @@ impl Gateway {
                 GATEWAY_CLIENT_SIDE6
             }
         };
-        let routes = [
-            (&inside.0, "-4", GATEWAY_INSIDE.to_string()),
-            (&inside.0, "-6", ipv6_gateway(&inside.0).to_string()),
-            (&outside.0, "-6", ipv6_gateway(&outside.0).to_string()),
-        ];
-        for (host, family, via) in routes {
-            run(Command::new("ip")
-                .args([family, "-n", host, "route", "add", "default", "via", &via]))?;
-        }
-        run(netns(&ns, "sysctl").args([
-            "-q",
-            "-w",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-        ]))?;
+        route_through(
+            &ns,
+            &[
+                (&inside.0, "-4", GATEWAY_INSIDE.to_string()),
+                (&inside.0, "-6", ipv6_gateway(&inside.0).to_string()),
+                (&outside.0, "-6", ipv6_gateway(&outside.0).to_string()),
+            ],
+        )?;
         (lab.server_own_v4, lab.server_v4) = match placement {
             Placement::ServerBehind => (INSIDE_HOST, PUBLIC),
             Placement::ClientsBehind => (OUTSIDE_HOST, OUTSIDE_HOST),

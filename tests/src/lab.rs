@@ -649,6 +649,22 @@ impl Drop for Lab {
 
 /// `ip netns exec`: the command also gets a fresh /sys, which is all a server or client
 /// needs.
+/// Makes namespace `router` forward both families, and gives each (host namespace,
+/// `-4` or `-6`, address) in `routes` its default route via that router address: the
+/// routers of the NAT labs.
+pub fn route_through(router: &str, routes: &[(&str, &str, String)]) -> Result<()> {
+    for (host, family, via) in routes {
+        run(Command::new("ip").args([*family, "-n", host, "route", "add", "default", "via", via]))?;
+    }
+    run(netns(router, "sysctl").args([
+        "-q",
+        "-w",
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ]))?;
+    Ok(())
+}
+
 pub fn netns(ns: &str, program: &str) -> Command {
     let mut command = Command::new("ip");
     command.args(["netns", "exec", ns, program]);

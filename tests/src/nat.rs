@@ -16,11 +16,13 @@
 //! server from [`CLIENT_PUBLIC_IP`], and what is sent there reaches its own
 //! [`NAT_CLIENT_IP`].
 
-use std::{net::Ipv4Addr, path::Path, process::Command};
+use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result};
 
-use crate::lab::{CLIENT_IF, Lab, SERVER_IF, SERVER_IP, SERVER_IP6, bring_up, netns, run, veth};
+use crate::lab::{
+    CLIENT_IF, Lab, SERVER_IF, SERVER_IP, SERVER_IP6, bring_up, netns, route_through, run, veth,
+};
 
 /// The server's public address, where the router takes the client's traffic for it.
 pub const PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -85,20 +87,14 @@ impl Lab {
         // The server reaches everything through the router: the client it answers in
         // active mode, and the client's public address. The client gets no IPv4 route
         // beyond its link: the server's own address is out of its reach.
-        for (ns, family, gateway) in [
-            (&lab.server_ns, "-4", ROUTER_SERVER_SIDE.to_string()),
-            (&lab.server_ns, "-6", ROUTER_SERVER_SIDE6.to_owned()),
-            (&lab.client_ns, "-6", ROUTER_CLIENT_SIDE6.to_owned()),
-        ] {
-            run(Command::new("ip")
-                .args([family, "-n", ns, "route", "add", "default", "via", &gateway]))?;
-        }
-        run(netns(&router, "sysctl").args([
-            "-q",
-            "-w",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-        ]))?;
+        route_through(
+            &router,
+            &[
+                (&lab.server_ns, "-4", ROUTER_SERVER_SIDE.to_string()),
+                (&lab.server_ns, "-6", ROUTER_SERVER_SIDE6.to_owned()),
+                (&lab.client_ns, "-6", ROUTER_CLIENT_SIDE6.to_owned()),
+            ],
+        )?;
         // Kernels before 6.0 attach the FTP helper to port 21 unless told not to; later
         // ones attach helpers only by rule (and this router has none) and lack the setting.
         run(netns(&router, "sh").args([
