@@ -11,6 +11,7 @@ use crate::{
         DEFAULT_MAX_PER_CLIENT, DEFAULT_MIN_DATA_PORT, NS_PER_SEC,
     },
     policy::Rules,
+    tls::SockLayout,
 };
 
 #[repr(C)]
@@ -42,6 +43,8 @@ pub struct Config {
     /// one is looked up there; 0 spares the lookup.
     pub nat_inside: u8,
     pub _reserved: [u8; 3],
+    /// Where the running kernel keeps a socket's addresses (`--tls-uprobes`).
+    pub sock: SockLayout,
 }
 
 impl Config {
@@ -60,6 +63,16 @@ impl Config {
         public_addresses: 0,
         nat_inside: 0,
         _reserved: [0; 3],
+        sock: SockLayout {
+            family: 0,
+            daddr: 0,
+            rcv_saddr: 0,
+            dport: 0,
+            num: 0,
+            v6_daddr: 0,
+            v6_rcv_saddr: 0,
+            _pad: 0,
+        },
     };
 
     pub fn rules(&self) -> Rules {

@@ -22,6 +22,7 @@ use crate::{
     policy::PortInfo,
     share::ClientShare,
     stats::COUNTERS,
+    tls::{TlsCall, TlsPeerSeen},
 };
 
 pub const NS_PER_SEC: u64 = 1_000_000_000;
@@ -32,6 +33,8 @@ pub const NS_PER_SEC: u64 = 1_000_000_000;
 pub const DEFAULT_DATA_PORTS: (u16, u16) = (1024, u16::MAX);
 /// The FTP control port (`--control-port`).
 pub const DEFAULT_CONTROL_PORT: u16 = 21;
+/// The implicit-FTPS control port (`--tls-control-port`): TLS from the first byte.
+pub const DEFAULT_TLS_CONTROL_PORT: u16 = 990;
 /// Seconds an announced data connection may take to open (`--expect-timeout`).
 pub const DEFAULT_EXPECT_TIMEOUT_SECS: u64 = 300;
 /// Seconds of silence after which a tracked data connection is forgotten (`--flow-timeout`).
@@ -64,8 +67,14 @@ pub const PUBLIC_ADDRS_ENTRIES: u32 = 256;
 pub const NAT_INSIDE_ENTRIES: u32 = 64;
 /// Entries of ALLOW_FROM: the most `--allow-from` networks.
 pub const ALLOW_FROM_ENTRIES: u32 = 1024;
-/// Entries of the per-CPU scratch buffers: one per direction.
-pub const SCRATCH_ENTRIES: u32 = 2;
+/// Entries of the per-CPU scratch buffers: one per direction, and one for the TLS library
+/// probes (`TLS_SCRATCH`), which a packet program may interrupt.
+pub const SCRATCH_ENTRIES: u32 = 3;
+/// The scratch entry of the TLS library probes: tracing programs never run nested on a CPU,
+/// but a packet program may run in the middle of one.
+pub const TLS_SCRATCH: u32 = 2;
+/// Entries of TLS_CALLS: TLS library calls in progress, one per thread at most.
+pub const TLS_CALLS_ENTRIES: u32 = 16384;
 /// Bytes of the EVENTS ring buffer (a power-of-two number of pages): 2730 events of 88
 /// bytes behind the ring's 8-byte headers, seconds of a busy server's announcements should
 /// the reader stall.
@@ -228,6 +237,13 @@ pub const NAT_BINDINGS: HashTable<ExpectKey, NatBinding> = HashTable::lru("NAT_B
 /// The translated data connections, two entries each (`nat::NatFlow`); twice FLOWS' size
 /// on a gateway, one entry otherwise.
 pub const NAT_FLOWS: HashTable<FlowKey, NatFlow> = HashTable::lru("NAT_FLOWS");
+/// The ends of TLS control connections, each with when one was last seen
+/// (`tls::TlsPeerSeen`), as large as CONTROLS.
+pub const TLS_PEERS: HashTable<AddrKey, TlsPeerSeen> = HashTable::lru("TLS_PEERS");
+/// When any TLS control connection's segment was last seen (ns), in entry 0.
+pub const TLS_RECENT: ArrayTable<u64, Shared> = ArrayTable::new("TLS_RECENT", 1);
+/// TLS library calls in progress (`tls::TlsCall`), by thread (`bpf_get_current_pid_tgid`).
+pub const TLS_CALLS: HashTable<u64, TlsCall> = HashTable::lru("TLS_CALLS");
 /// The events (`event::Event`), for `ftp-loader events` and `run --log-events`.
 pub const EVENTS: RingBuffer = RingBuffer {
     name: "EVENTS",
@@ -241,7 +257,7 @@ pub const SCAN: &str = "SCAN";
 pub const NAT_SCRATCH: &str = "NAT_SCRATCH";
 
 /// Every map of the object.
-pub const MAP_NAMES: [&str; 20] = [
+pub const MAP_NAMES: [&str; 23] = [
     EXPECTATIONS.name,
     CONTROLS.name,
     FLOWS.name,
@@ -257,6 +273,9 @@ pub const MAP_NAMES: [&str; 20] = [
     NAT_CONTROLS.name,
     NAT_BINDINGS.name,
     NAT_FLOWS.name,
+    TLS_PEERS.name,
+    TLS_CALLS.name,
+    TLS_RECENT.name,
     EVENTS.name,
     EVENT_BUCKETS.name,
     OPTIONS,
@@ -284,6 +303,72 @@ pub const EGRESS_L3_PROGRAM: &str = "ftp_egress_l3";
 pub const INGRESS_NAT_PROGRAM: &str = "ftp_ingress_nat";
 /// The egress scanner of a `--nat-inside` interface, which also adjusts acknowledgements.
 pub const EGRESS_NAT_PROGRAM: &str = "ftp_egress_nat";
+
+/// `--tls-uprobes`: at the entry of a TLS library's encrypting call (OpenSSL's `SSL_write`
+/// and `SSL_write_ex`, GnuTLS's `gnutls_record_send`: the buffer and length are the second
+/// and third arguments of each).
+pub const TLS_WRITE_PROGRAM: &str = "tls_write";
+/// At the entry of a decrypting call (`SSL_read`, `SSL_read_ex`, `gnutls_record_recv`).
+pub const TLS_READ_PROGRAM: &str = "tls_read";
+/// At the return of `SSL_read` and `gnutls_record_recv`, which return the length read.
+pub const TLS_READ_DONE_PROGRAM: &str = "tls_read_done";
+/// At the return of `SSL_read_ex`, which returns 1 and writes the length to its fourth
+/// argument.
+pub const TLS_READ_EX_DONE_PROGRAM: &str = "tls_read_ex_done";
+/// A kprobe of the kernel's `tcp_sendmsg`, which a TLS library's write reaches in the same
+/// thread: the socket, and so the control connection, of the call.
+pub const TLS_SEND_PROGRAM: &str = "tls_send";
+/// A kprobe of `tcp_recvmsg`, the same for a read.
+pub const TLS_RECV_PROGRAM: &str = "tls_recv";
+/// The kernel functions `TLS_SEND_PROGRAM` and `TLS_RECV_PROGRAM` probe.
+pub const TLS_SEND_FUNCTION: &str = "tcp_sendmsg";
+pub const TLS_RECV_FUNCTION: &str = "tcp_recvmsg";
+
+/// A TLS library `--tls-uprobes` knows, with the functions each program probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsLibrary {
+    OpenSsl,
+    GnuTls,
+}
+
+impl TlsLibrary {
+    /// (program, function, at its return) for each probe of the library.
+    pub const fn probes(self) -> &'static [(&'static str, &'static str, bool)] {
+        match self {
+            Self::OpenSsl => &[
+                (TLS_WRITE_PROGRAM, "SSL_write", false),
+                (TLS_WRITE_PROGRAM, "SSL_write_ex", false),
+                (TLS_READ_PROGRAM, "SSL_read", false),
+                (TLS_READ_DONE_PROGRAM, "SSL_read", true),
+                (TLS_READ_PROGRAM, "SSL_read_ex", false),
+                (TLS_READ_EX_DONE_PROGRAM, "SSL_read_ex", true),
+            ],
+            Self::GnuTls => &[
+                (TLS_WRITE_PROGRAM, "gnutls_record_send", false),
+                (TLS_READ_PROGRAM, "gnutls_record_recv", false),
+                (TLS_READ_DONE_PROGRAM, "gnutls_record_recv", true),
+            ],
+        }
+    }
+
+    /// The library a shared object's file name (`libssl.so.3`) is, if one of these.
+    pub fn of_file_name(name: &str) -> Option<Self> {
+        if name.starts_with("libssl.so") {
+            Some(Self::OpenSsl)
+        } else if name.starts_with("libgnutls.so") {
+            Some(Self::GnuTls)
+        } else {
+            None
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::OpenSsl => "OpenSSL",
+            Self::GnuTls => "GnuTLS",
+        }
+    }
+}
 
 /// What precedes the IP header on an interface, and so which tc programs guard it (the
 /// programs are shared by interfaces, so the offset of the IP header is each program's own).
@@ -313,7 +398,7 @@ impl LinkLayer {
     }
 }
 
-pub const PROGRAM_NAMES: [&str; 7] = [
+pub const PROGRAM_NAMES: [&str; 13] = [
     INGRESS_PROGRAM,
     INGRESS_TC_PROGRAM,
     EGRESS_PROGRAM,
@@ -321,6 +406,12 @@ pub const PROGRAM_NAMES: [&str; 7] = [
     EGRESS_L3_PROGRAM,
     INGRESS_NAT_PROGRAM,
     EGRESS_NAT_PROGRAM,
+    TLS_WRITE_PROGRAM,
+    TLS_READ_PROGRAM,
+    TLS_READ_DONE_PROGRAM,
+    TLS_READ_EX_DONE_PROGRAM,
+    TLS_SEND_PROGRAM,
+    TLS_RECV_PROGRAM,
 ];
 
 #[cfg(feature = "user")]

@@ -14,8 +14,9 @@ use crate::{
     addr::Addr,
     expect::ExpectKey,
     flow::FlowKey,
-    parse::{LineScanner, Sender},
+    parse::{LineScanner, Sender, Signal},
     seq::SeqNumber,
+    tls::{PlainStreams, clear_accepted, starts_record},
     window::{Numbers, Side, TCP_FIN, TCP_RST, TcpDirection, TcpWindows},
 };
 
@@ -115,6 +116,30 @@ pub const REOPENING: u8 = 2;
 /// (the table reuses it when full) so that the segments still to come of the closing,
 /// the other FIN and the last ACKs, are known as such rather than counted as strangers'.
 pub const CLOSED: u8 = 4;
+/// `ControlState::tls`: the client asked for TLS (`AUTH`); the server's `234` starts it.
+pub const AUTH_REQUESTED: u8 = 1;
+/// `ControlState::tls`: the client's direction is TLS records (`AUTH` accepted, or an
+/// implicit-TLS port): nothing in it can be read on the wire.
+pub const TLS_CLIENT: u8 = 2;
+/// `ControlState::tls`: the server's direction is TLS records.
+pub const TLS_SERVER: u8 = 4;
+/// `ControlState::tls`: the client sent `CCC` (seen through its TLS library calls).
+pub const CLEAR_REQUESTED: u8 = 8;
+/// `ControlState::tls`: the server accepted `CCC`: each direction still TLS leaves it
+/// with its first segment that is not a TLS record (`leaves_tls`).
+pub const CLEARING: u8 = 16;
+/// `ControlState::tls`: the switch to TLS was counted and reported (`first_tls_segment`).
+pub const TLS_REPORTED: u8 = 32;
+/// Both directions' TLS flags.
+pub const TLS: u8 = TLS_CLIENT | TLS_SERVER;
+
+/// The TLS flag of `sender`'s direction.
+const fn tls_flag(sender: Sender) -> u8 {
+    match sender {
+        Sender::Client => TLS_CLIENT,
+        Sender::Server => TLS_SERVER,
+    }
+}
 
 /// Where a segment was seen: arriving on an interface, or leaving through one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,7 +183,10 @@ pub struct ControlState {
     /// Where the next expectation goes; when full, the oldest is there.
     pub expected_next: u8,
     pub flags: u8,
-    pub _pad: u8,
+    /// Where the connection stands with TLS: `AUTH_REQUESTED`, `TLS_CLIENT`, ...
+    pub tls: u8,
+    /// While TLS: the plaintext its ends' TLS library calls passed (`--tls-uprobes`).
+    pub plain: PlainStreams,
 }
 
 /// What a control segment's TCP numbers make of it.
@@ -327,6 +355,88 @@ impl ControlState {
         self.expected_next = 0;
     }
 
+    /// Applies the TLS switches (`Signal` bits) that lines of `sender`'s direction gave;
+    /// true when the connection has just become TLS.
+    pub fn signalled(&mut self, sender: Sender, signals: u8) -> bool {
+        match sender {
+            Sender::Client => {
+                if signals & Signal::AuthRequested as u8 != 0 {
+                    self.tls |= AUTH_REQUESTED;
+                }
+                if signals & Signal::ClearRequested as u8 != 0 && self.is_tls() {
+                    self.tls |= CLEAR_REQUESTED;
+                }
+                false
+            }
+            Sender::Server => {
+                let accepted = signals & Signal::AuthAccepted as u8 != 0
+                    && self.tls & AUTH_REQUESTED != 0
+                    && !self.is_tls();
+                if accepted {
+                    self.start_tls();
+                }
+                accepted
+            }
+        }
+    }
+
+    /// Both directions are TLS records from the next byte on: after `234`, or from the
+    /// start on an implicit-TLS port. The plaintext read through TLS library calls starts
+    /// at a line, counted from 0.
+    pub fn start_tls(&mut self) {
+        self.tls = TLS;
+        self.plain = PlainStreams::default();
+        self.streams[0].scanner = LineScanner::new(Sender::Client);
+        self.streams[1].scanner = LineScanner::new(Sender::Server);
+    }
+
+    /// True once per TLS connection, at its first segment with bytes: when its switch to
+    /// TLS is counted and reported (a SYN to an implicit-TLS port alone is not).
+    pub fn first_tls_segment(&mut self) -> bool {
+        let first = self.tls & TLS_REPORTED == 0;
+        self.tls |= TLS_REPORTED;
+        first
+    }
+
+    /// Whether either direction is TLS records.
+    pub fn is_tls(&self) -> bool {
+        self.tls & TLS != 0
+    }
+
+    /// Whether `sender`'s direction is TLS records, unreadable on the wire.
+    pub fn encrypted(&self, sender: Sender) -> bool {
+        self.tls & tls_flag(sender) != 0
+    }
+
+    /// The server's reply read through its TLS library (its first bytes), which answers a
+    /// `CCC` when one awaits: `200` clears the connection, anything else refuses.
+    pub fn answered(&mut self, reply: [u8; 4]) {
+        if self.tls & CLEAR_REQUESTED != 0 {
+            self.tls &= !CLEAR_REQUESTED;
+            if clear_accepted(reply) {
+                self.tls |= CLEARING;
+            }
+        }
+    }
+
+    /// A segment of `sender`'s direction starting with `first`, `second`, while it is TLS:
+    /// true when the direction leaves TLS with it (a `CCC` was accepted and the segment
+    /// is not a TLS record, so it is the first plaintext). Its stream then starts afresh
+    /// at this segment, at a line.
+    pub fn leaves_tls(&mut self, sender: Sender, first: u8, second: u8) -> bool {
+        if self.tls & CLEARING == 0 || starts_record(first, second) {
+            return false;
+        }
+        self.tls &= !tls_flag(sender);
+        if !self.is_tls() {
+            self.tls &= !CLEARING;
+        }
+        let stream = self.stream(sender);
+        stream.started = 0;
+        stream.scanner = LineScanner::new(sender);
+        true
+    }
+
     /// One direction's stream: the commands' or the replies'.
     pub fn stream(&mut self, sender: Sender) -> &mut StreamScan {
         let [client, server] = &mut self.streams;
@@ -401,6 +511,41 @@ impl ExpectSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_starts_with_auth_answered_234_and_ends_with_ccc_answered_200() {
+        let mut state = ControlState::zeroed();
+        state.clear();
+        // 234 without AUTH changes nothing; AUTH alone neither.
+        assert!(!state.signalled(Sender::Server, Signal::AuthAccepted as u8));
+        assert!(!state.signalled(Sender::Client, Signal::AuthRequested as u8));
+        assert!(!state.is_tls());
+        assert!(state.signalled(Sender::Server, Signal::AuthAccepted as u8));
+        assert!(state.encrypted(Sender::Client) && state.encrypted(Sender::Server));
+        // Not again.
+        assert!(!state.signalled(Sender::Server, Signal::AuthAccepted as u8));
+        // TLS records are not plaintext, even without CCC.
+        assert!(!state.leaves_tls(Sender::Server, b'2', b'2'));
+        // CCC refused: still TLS.
+        state.signalled(Sender::Client, Signal::ClearRequested as u8);
+        state.answered(*b"534 ");
+        assert!(!state.leaves_tls(Sender::Server, b'2', b'2'));
+        // A later 200 answers something else.
+        state.answered(*b"200 ");
+        assert!(!state.leaves_tls(Sender::Server, b'2', b'2'));
+        // CCC accepted: each direction leaves at its first segment that is not a record.
+        state.signalled(Sender::Client, Signal::ClearRequested as u8);
+        state.answered(*b"200 ");
+        assert!(
+            !state.leaves_tls(Sender::Server, 21, 3),
+            "a close_notify alert"
+        );
+        assert!(state.leaves_tls(Sender::Server, b'2', b'2'));
+        assert!(!state.encrypted(Sender::Server) && state.encrypted(Sender::Client));
+        assert!(state.leaves_tls(Sender::Client, b'P', b'A'));
+        assert!(!state.is_tls());
+        assert_eq!(state.tls & CLEARING, 0);
+    }
     use crate::{
         addr::{Family, ipv4},
         window::{TCP_ACK, TCP_SYN, numbers},

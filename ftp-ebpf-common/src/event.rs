@@ -33,10 +33,17 @@ pub enum EventKind {
     /// A NAT gateway's admitted data connection, sent on to the host behind it that
     /// announced it (`--nat-inside`).
     Translated = 8,
+    /// A control connection switched to TLS: its lines cannot be read on the wire.
+    Tls = 9,
+    /// A SYN to a guarded port that nothing announced, from an end of a TLS control
+    /// connection, dropped: the announcement was encrypted.
+    TlsDropped = 10,
+    /// A TLS control connection back to plaintext (CCC accepted).
+    Cleared = 11,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 11] = [
         Self::Announced,
         Self::Admitted,
         Self::Refused,
@@ -45,6 +52,9 @@ impl EventKind {
         Self::WouldDrop,
         Self::AllowedFrom,
         Self::Translated,
+        Self::Tls,
+        Self::TlsDropped,
+        Self::Cleared,
     ];
 
     pub const fn from_u8(kind: u8) -> Option<Self> {
@@ -57,6 +67,9 @@ impl EventKind {
             6 => Some(Self::WouldDrop),
             7 => Some(Self::AllowedFrom),
             8 => Some(Self::Translated),
+            9 => Some(Self::Tls),
+            10 => Some(Self::TlsDropped),
+            11 => Some(Self::Cleared),
             _ => None,
         }
     }
@@ -72,6 +85,9 @@ impl EventKind {
             Self::WouldDrop => "would_drop",
             Self::AllowedFrom => "allowed_from",
             Self::Translated => "translated",
+            Self::Tls => "tls",
+            Self::TlsDropped => "tls_dropped",
+            Self::Cleared => "cleared",
         }
     }
 
@@ -79,7 +95,10 @@ impl EventKind {
     /// announcement or an admission takes a control connection seen opening, and each
     /// leaves an entry in a table, so those are never suppressed.
     pub const fn limited(self) -> bool {
-        !matches!(self, Self::Announced | Self::Admitted | Self::Translated)
+        !matches!(
+            self,
+            Self::Announced | Self::Admitted | Self::Translated | Self::Tls | Self::Cleared
+        )
     }
 }
 
@@ -169,7 +188,10 @@ pub struct Event {
     pub reason: u8,
     /// `Refused`: the `parse::Sender` of the line, whose own address a 229 means.
     pub announcer: u8,
-    pub _pad: [u8; 5],
+    /// `Announced`, `Refused`: 1 when the line was read in a TLS control connection's
+    /// plaintext, at its TLS library call (`--tls-uprobes`).
+    pub tls: u8,
+    pub _pad: [u8; 4],
     /// `Announced`: the connector (`src`, any source port: 0) and the listener (`dst`,
     /// `dst_port` the announced port). `Refused`: the announcement as the scanner found it,
     /// its family (`parse::FAMILY_OWN_ADDRESS` for a 229's), address and port in `family`,
@@ -177,8 +199,9 @@ pub struct Event {
     /// the reader, not the programs, resolves it (`Event::announced`). The others: the SYN.
     pub flow: FlowKey,
     /// The control connection (client -> server) that announced it; zeros when none is
-    /// known (`UnsolicitedDropped`, `WouldDrop`, `AllowedFrom`). `Translated`: the SYN's
-    /// connection as translated, its destination the host behind the gateway.
+    /// known (`UnsolicitedDropped`, `WouldDrop`, `AllowedFrom`, `TlsDropped`). `Translated`:
+    /// the SYN's connection as translated, its destination the host behind the gateway.
+    /// `Tls`, `Cleared`: the control connection, in `flow` too.
     pub control: FlowKey,
 }
 

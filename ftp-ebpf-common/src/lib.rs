@@ -23,6 +23,7 @@ pub mod seq;
 pub mod seqadj;
 pub mod share;
 pub mod stats;
+pub mod tls;
 pub mod window;
 
 #[cfg(feature = "user")]
@@ -59,5 +60,6 @@ mod pod {
         crate::nat::NatFlow,
         crate::event::Event,
         crate::event::EventBucket,
+        crate::tls::TlsCall,
     );
 }

@@ -41,7 +41,10 @@ impl PortClass {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PortInfo {
     pub class: u8,
-    pub _pad: [u8; 3],
+    /// 1: a control port whose connections are TLS from their first byte (implicit FTPS,
+    /// `--tls-control-port`).
+    pub implicit_tls: u8,
+    pub _pad: [u8; 2],
     /// `coarse_time` of the latest announcement of this port, by anyone.
     pub announced: u32,
     /// `coarse_time` of the latest admission of a connection to this port.
@@ -101,14 +104,29 @@ impl PortInfo {
 pub struct PortPlan<'a> {
     pub data_ports: (u16, u16),
     pub control_ports: &'a [u16],
+    /// Control ports whose connections are TLS from their first byte (implicit FTPS).
+    pub tls_control_ports: &'a [u16],
     pub allowed_ports: &'a [u16],
 }
 
 impl PortPlan<'_> {
+    /// What the programs keep of `port`.
+    pub fn info(&self, port: u16) -> PortInfo {
+        PortInfo {
+            implicit_tls: u8::from(self.implicit_tls(port)),
+            ..PortInfo::new(self.class(port))
+        }
+    }
+
+    /// Whether `port` is an implicit-TLS control port.
+    pub fn implicit_tls(&self, port: u16) -> bool {
+        port != 0 && self.tls_control_ports.contains(&port)
+    }
+
     pub fn class(&self, port: u16) -> PortClass {
         if port == 0 {
             PortClass::Open
-        } else if self.control_ports.contains(&port) {
+        } else if self.control_ports.contains(&port) || self.implicit_tls(port) {
             PortClass::Control
         } else if (self.data_ports.0..=self.data_ports.1).contains(&port)
             && !self.allowed_ports.contains(&port)
@@ -290,8 +308,12 @@ mod tests {
         let plan = PortPlan {
             data_ports: (1024, 65535),
             control_ports: &[21, 2121],
+            tls_control_ports: &[990],
             allowed_ports: &[8080],
         };
+        assert_eq!(plan.class(990), PortClass::Control);
+        assert_eq!(plan.info(990).implicit_tls, 1);
+        assert_eq!(plan.info(21).implicit_tls, 0);
         assert_eq!(plan.class(0), PortClass::Open);
         assert_eq!(plan.class(21), PortClass::Control);
         assert_eq!(

@@ -63,6 +63,10 @@ counters! {
     NatUnrewritable => "nat_unrewritable": "announcements of hosts behind a --nat-inside interface that could not be rewritten (the address split across segments, or more than 224 bytes after it in its segment), passed as they were",
     NatDataConnections => "nat_data_connections": "data connections to a --nat-inside public address translated to the host behind the gateway that announced them",
     NatSackDisabled => "nat_sack_disabled": "control connection handshakes through a --nat-inside interface whose SACK-permitted option was taken off: rewriting moves the numbers SACK blocks carry",
+    TlsControlConnections => "tls_control_connections": "control connections that switched to TLS (AUTH answered 234, or a --tls-control-port): their lines cannot be read on the wire",
+    TlsDataDropped => "tls_data_dropped": "SYNs to guarded ports that nothing announced, from an end of a TLS control connection, dropped: its announcements are encrypted (--tls-uprobes reads them on the host of the FTP server)",
+    TlsPlaintextScanned => "tls_plaintext_scanned": "plaintext of TLS control connections read at their TLS library calls (--tls-uprobes) and scanned",
+    TlsCleared => "tls_cleared": "TLS control connections back to plaintext after the client's CCC was accepted",
     EventsSuppressed => "events_suppressed": "drop and refusal events not written while somebody follows the events, because they came faster than the rate limit (per CPU: bursts of 100, then 100 a second)",
     EventsLost => "events_lost": "events not written because the event ring buffer was full (its reader lags behind)",
 }

@@ -8,18 +8,22 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::generated::bpf_loop, macros::map, maps::PerCpuArray,
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_loop, bpf_probe_read_user},
+    macros::map,
+    maps::PerCpuArray,
 };
 use ftp_ebpf_common::{
     addr::FAMILY_IPV4,
-    contract::SCRATCH_ENTRIES,
+    contract::{SCRATCH_ENTRIES, TLS_SCRATCH},
     control::{ControlState, Hook, SegmentPlan, Tracked, control_key},
-    event::Reason,
+    event::{EventKind, Reason},
     expect::{ExpectKey, ExpectValue},
     flow::FlowKey,
     parse::{AddressText, Announcement, FAMILY_OWN_ADDRESS, LineScanner, ParseError, Sender, Step},
     policy::{self, Refusal, coarse_time},
     stats::Counter,
+    tls::CallEnd,
     window::{Numbers, TCP_ACK, TCP_SYN},
 };
 
@@ -28,7 +32,7 @@ use crate::{
     maps::{self, CONTROLS, EXPECTATIONS, config, count, now_ns},
     nat,
     packet::{Direction, Frame, Segment},
-    share,
+    share, tls,
 };
 
 /// One workspace per CPU and direction: an egress program and an ingress program (XDP or
@@ -87,6 +91,10 @@ pub struct ControlScan {
     stopped: u8,
     /// Set when the segment has more unread bytes than the window holds.
     truncated: u8,
+    /// The TLS switches (`parse::Signal` bits) the lines gave.
+    signals: u8,
+    /// 1 while the bytes are a TLS control connection's plaintext (`scan_plain`).
+    tls: u8,
     /// The `Reason` of the segment's last line refused unparsed, or 0: its event is written
     /// after the loop, as code in the callback must stay small.
     unparsed: u8,
@@ -190,9 +198,54 @@ pub fn scan(
     // SAFETY: a map value, valid for the program's run; on another CPU, only a segment of
     // the same connection at the same moment could touch it.
     let state = unsafe { &mut *state };
-    if segment.len == 0 || !prepare(frame, &segment, work, state) {
+    if segment.len == 0
+        || (state.is_tls() && encrypted(frame, &segment, work, state))
+        || !prepare(frame, &segment, work, state)
+    {
         return true;
     }
+    read_lines(work, state);
+    finish(frame, &segment, work, state);
+    true
+}
+
+/// A segment of a TLS control connection: true when its bytes are TLS records, which
+/// nothing can read here; false when its direction is plaintext, or leaves TLS with it
+/// (after `CCC`).
+#[inline(never)]
+fn encrypted(
+    frame: &impl Frame,
+    segment: &SegmentBytes,
+    work: &mut ControlScan,
+    state: &mut ControlState,
+) -> bool {
+    let sender = work.sender();
+    if !state.encrypted(sender) {
+        return false;
+    }
+    let mut head = [0u8; 2];
+    if segment.len >= 2 && frame.load_bytes(segment.offset, head.as_mut_ptr(), 2) == 0 {
+        if state.leaves_tls(sender, head[0], head[1]) {
+            if !state.is_tls() {
+                count(Counter::TlsCleared);
+                events::control(EventKind::Cleared, &work.control);
+            }
+            return false;
+        }
+    }
+    tls::seen(&work.control);
+    if state.first_tls_segment() {
+        count(Counter::TlsControlConnections);
+        events::control(EventKind::Tls, &work.control);
+    }
+    true
+}
+
+/// Scans `work.buf[..work.len]` with `work.scanner` and records what its lines announced
+/// and switched.
+#[inline(always)]
+fn read_lines(work: &mut ControlScan, state: &mut ControlState) {
+    work.signals = 0;
     let mut context: *mut ControlScan = work;
     // SAFETY: the callback only touches the map value the context points to.
     unsafe {
@@ -203,8 +256,100 @@ pub fn scan(
             0,
         )
     };
-    finish(frame, &segment, work, state);
-    true
+    for index in 0..MAX_ANNOUNCEMENTS {
+        if index < usize::from(work.announced) {
+            record(work, state, index);
+        }
+    }
+    if let Some(reason) = Reason::from_u8(work.unparsed) {
+        events::refused(reason, None, &work.control, work.sender(), work.tls);
+    }
+    // After the lines' announcements: a 234's segment ends with it, and TLS starts after.
+    if work.signals != 0 {
+        state.signalled(work.sender(), work.signals);
+    }
+}
+
+/// `--tls-uprobes`: `len` bytes of plaintext at `buf` (user memory of the current thread)
+/// passed a TLS library call at `end` on `socket` (local end first). When the socket is
+/// a TLS control connection the programs follow, its lines are scanned as a plaintext
+/// connection's would be, once (`PlainStreams`).
+#[inline(never)]
+pub fn scan_plain(socket: &FlowKey, end: CallEnd, buf: u64, len: u32) {
+    let Some(work) = SCAN.get_ptr_mut(TLS_SCRATCH) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of the TLS probes, which never run nested.
+    let work = unsafe { &mut *work };
+    // The local end is the server when the connection is keyed remote -> local.
+    work.control = socket.reversed();
+    let mut local = Sender::Server;
+    let mut state = CONTROLS.get_ptr_mut(&work.control);
+    if state.is_none() {
+        work.control = *socket;
+        local = Sender::Client;
+        state = CONTROLS.get_ptr_mut(&work.control);
+    }
+    let Some(state) = state else {
+        return;
+    };
+    // SAFETY: as in `scan`.
+    let state = unsafe { &mut *state };
+    let sender = match (end, local) {
+        (CallEnd::Writer, local) => local,
+        (CallEnd::Reader, Sender::Server) => Sender::Client,
+        (CallEnd::Reader, Sender::Client) => Sender::Server,
+    };
+    if !state.encrypted(sender) {
+        return;
+    }
+    let Some(skip) = state.plain.pass(sender, end, len) else {
+        return;
+    };
+    let unread = len - skip;
+    let window = if unread as usize > SCAN_WINDOW {
+        SCAN_WINDOW as u32
+    } else {
+        unread
+    };
+    let read = ((window - 1) & (SCAN_WINDOW as u32 - 1)) + 1;
+    // SAFETY: the helper checks the user address; `read` is within `buf`'s size.
+    if unsafe {
+        bpf_probe_read_user(
+            work.buf.as_mut_ptr().cast(),
+            read,
+            (buf + u64::from(skip)) as *const c_void,
+        )
+    } != 0
+    {
+        return;
+    }
+    count(Counter::TlsPlaintextScanned);
+    if sender == Sender::Server && skip == 0 {
+        state.answered([work.buf[0], work.buf[1], work.buf[2], work.buf[3]]);
+    }
+    work.sender = sender as u8;
+    // Never a `--nat-inside` interface's ingress: nothing to rewrite (`rewrites`).
+    work.hook = Direction::Egress as u8;
+    work.ifindex = 0;
+    work.now_ns = maps::precise_now_ns();
+    work.announced = 0;
+    work.stopped = 0;
+    work.unparsed = 0;
+    work.base = 0;
+    work.tls = 1;
+    work.len = read;
+    let stream = state.stream(sender);
+    work.scanner = stream.scanner;
+    read_lines(work, state);
+    work.tls = 0;
+    let stream = state.stream(sender);
+    stream.scanner = if read < unread || work.stopped != 0 {
+        count(Counter::ScanTruncated);
+        LineScanner::resync(sender)
+    } else {
+        work.scanner
+    };
 }
 
 /// What following a segment came to.
@@ -231,6 +376,9 @@ fn follow(work: &mut ControlScan) -> Followed {
             // The client's SYN: the connection is followed from here on.
             work.fresh.open(&work.numbers);
             work.fresh.learn_path(sender, hook, work.ifindex);
+            if implicit_tls(&work.control) {
+                work.fresh.start_tls();
+            }
             if CONTROLS
                 .insert(&work.control, &work.fresh, BPF_NOEXIST.into())
                 .is_err()
@@ -252,6 +400,14 @@ fn follow(work: &mut ControlScan) -> Followed {
     if tracked != Tracked::OutOfWindow && tracked != Tracked::Closed {
         state.learn_path(sender, hook, work.ifindex);
     }
+    // A client's SYN that opened the connection again (after its end, or unanswered).
+    if tracked == Tracked::Learned
+        && sender == Sender::Client
+        && work.numbers.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && implicit_tls(&work.control)
+    {
+        state.start_tls();
+    }
     match tracked {
         Tracked::InWindow => Followed::Read(state),
         Tracked::Learned | Tracked::Closed => Followed::Done,
@@ -267,9 +423,20 @@ fn follow(work: &mut ControlScan) -> Followed {
         Tracked::Reopened => {
             remove_expectations(work, state);
             state.restart(&work.numbers);
+            if implicit_tls(&work.control) {
+                state.start_tls();
+            }
             Followed::Done
         }
     }
+}
+
+/// Whether the control connection's server port is an implicit-TLS one: TLS from its
+/// first byte.
+#[inline(always)]
+fn implicit_tls(control: &FlowKey) -> bool {
+    // SAFETY: an array map value, read.
+    maps::port(control.dst_port).is_some_and(|port| unsafe { (*port).implicit_tls } != 0)
 }
 
 /// Decides which bytes of the segment to read and copies them and the stream's scanner
@@ -328,14 +495,6 @@ fn finish(
     work: &mut ControlScan,
     state: &mut ControlState,
 ) {
-    for index in 0..MAX_ANNOUNCEMENTS {
-        if index < usize::from(work.announced) {
-            record(work, state, index);
-        }
-    }
-    if let Some(reason) = Reason::from_u8(work.unparsed) {
-        events::refused(reason, None, &work.control, work.sender());
-    }
     let stream = state.stream(work.sender());
     stream.scanner = work.scanner;
     if work.truncated != 0 || work.stopped != 0 {
@@ -395,6 +554,10 @@ fn scan_byte(work: &mut ControlScan, byte: u8, at: u32) -> bool {
             work.unparsed = Reason::ParseError as u8;
             false
         }
+        Step::Signalled(signal) => {
+            work.signals |= signal as u8;
+            false
+        }
         Step::Announced(announcement) => {
             let slot = usize::from(work.announced) & (MAX_ANNOUNCEMENTS - 1);
             work.pending[slot] = announcement;
@@ -436,6 +599,7 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
                 Some(&announcement),
                 &work.control,
                 announcer,
+                work.tls,
             );
             return;
         }
@@ -449,6 +613,7 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
             Some(&announcement),
             &work.control,
             announcer,
+            work.tls,
         );
         return;
     }
@@ -466,7 +631,7 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
             // SAFETY: an array map value; racing writers only ever store timestamps.
             unsafe { (*port).announced = coarse_time(work.now_ns) };
         }
-        events::announced(&work.key, &work.control);
+        events::announced(&work.key, &work.control, work.tls);
     } else {
         count(Counter::ExpectationTableFull);
         events::refused(
@@ -474,6 +639,7 @@ fn record(work: &mut ControlScan, state: &mut ControlState, index: usize) {
             Some(&announcement),
             &work.control,
             announcer,
+            work.tls,
         );
     }
 }

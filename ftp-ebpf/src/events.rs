@@ -20,7 +20,7 @@ use ftp_ebpf_common::{
 };
 
 use crate::{
-    maps::{config, count, now_ns},
+    maps::{config, count, precise_now_ns},
     packet::{Frame, Segment},
 };
 
@@ -45,7 +45,9 @@ fn reserve(kind: EventKind, reason: u8) -> *mut Event {
     if kind.limited() {
         let granted = match EVENT_BUCKETS.get_ptr_mut(0) {
             // SAFETY: this CPU's slot; nothing else on this CPU runs meanwhile.
-            Some(bucket) => unsafe { &mut *bucket }.take(now_ns()),
+            // The precise clock: the TLS probes write these events too, and may not read
+            // the coarse one. They are rare, rate-limited, and never on a fast path.
+            Some(bucket) => unsafe { &mut *bucket }.take(precise_now_ns()),
             None => true,
         };
         if !granted {
@@ -66,7 +68,8 @@ fn reserve(kind: EventKind, reason: u8) -> *mut Event {
         (*event).kind = kind as u8;
         (*event).reason = reason;
         (*event).announcer = 0;
-        (*event)._pad = [0; 5];
+        (*event).tls = 0;
+        (*event)._pad = [0; 4];
     }
     event
 }
@@ -122,22 +125,32 @@ pub fn packet(frame: &impl Frame, segment: &Segment, kind: EventKind) {
     }
 }
 
-/// An expectation created: `key` announced by `control`.
+/// An event of a control connection itself (`Tls`, `Cleared`).
 #[inline(always)]
-pub fn announced(key: &ExpectKey, control: &FlowKey) {
+pub fn control(kind: EventKind, control: &FlowKey) {
     if wanted() {
-        write_announced(key, control);
+        write_syn(kind, control, Some(control));
+    }
+}
+
+/// An expectation created: `key` announced by `control`; `tls` 1 when read in TLS
+/// plaintext.
+#[inline(always)]
+pub fn announced(key: &ExpectKey, control: &FlowKey, tls: u8) {
+    if wanted() {
+        write_announced(key, control, tls);
     }
 }
 
 #[inline(never)]
-fn write_announced(key: &ExpectKey, control: &FlowKey) {
+fn write_announced(key: &ExpectKey, control: &FlowKey, tls: u8) {
     let event = reserve(EventKind::Announced, 0);
     if event.is_null() {
         return;
     }
     // SAFETY: a reserved event (see `reserve`).
     unsafe {
+        (*event).tls = tls;
         (*event).flow = FlowKey {
             family: key.family,
             _pad: [0; 3],
@@ -152,19 +165,27 @@ fn write_announced(key: &ExpectKey, control: &FlowKey) {
 }
 
 /// An announcement by `announcer` refused for `reason`; `announcement` is what the line
-/// announced, None when it was not understood.
+/// announced, None when it was not understood; `tls` 1 when read in TLS plaintext.
 #[inline(always)]
 pub fn refused(
     reason: Reason,
     announcement: Option<&Announcement>,
     control: &FlowKey,
     announcer: Sender,
+    tls: u8,
 ) {
     if wanted() {
-        write_refused(reason as u8, announcement, control, announcer as u8);
+        write_refused(
+            reason as u8 | tls << 7,
+            announcement,
+            control,
+            announcer as u8,
+        );
     }
 }
 
+/// `reason` carries the TLS bit in its top bit: a sixth argument would not fit BPF's five
+/// registers.
 #[inline(never)]
 fn write_refused(
     reason: u8,
@@ -172,12 +193,13 @@ fn write_refused(
     control: &FlowKey,
     announcer: u8,
 ) {
-    let event = reserve(EventKind::Refused, reason);
+    let event = reserve(EventKind::Refused, reason & 0x7f);
     if event.is_null() {
         return;
     }
     // SAFETY: a reserved event (see `reserve`).
     unsafe {
+        (*event).tls = reason >> 7;
         (*event).flow = FlowKey::zeroed();
         if let Some(announced) = announcement {
             // As announced; the reader resolves a 229's address (the announcer's own) from

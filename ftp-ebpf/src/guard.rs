@@ -17,7 +17,7 @@ use crate::{
     maps::{EXPECTATIONS, FLOWS, config, count, local, now_ns},
     monitor,
     packet::{Direction, Frame, Segment},
-    share,
+    share, tls,
 };
 
 /// Whether a segment arriving on ingress claims one of this host's own addresses as its
@@ -158,10 +158,17 @@ pub fn refuse(
         events::packet(frame, segment, EventKind::AllowedFrom);
         return true;
     }
-    count(Counter::UnsolicitedDropped);
+    let tls_peer = tls::from_peer(frame, segment);
+    count(if tls_peer {
+        Counter::TlsDataDropped
+    } else {
+        Counter::UnsolicitedDropped
+    });
     monitor::refused_syn(segment.dst_port);
     let kind = if config().monitor != 0 {
         EventKind::WouldDrop
+    } else if tls_peer {
+        EventKind::TlsDropped
     } else {
         kind
     };

@@ -2,7 +2,9 @@
 //! program (the loader attaches whichever costs less there), and a tc program on its
 //! egress; interfaces without an Ethernet header get tc programs of their own. All of them
 //! scan FTP control segments in whichever direction they travel; the ingress ones also
-//! guard the data ports.
+//! guard the data ports. With `--tls-uprobes`, probes of the TLS library of the FTP
+//! processes on the host and of the kernel's TCP send and receive read the plaintext of
+//! TLS control connections (`tls`).
 #![no_std]
 #![no_main]
 // BPF inline assembly, for the atomic add of `monitor` (built with RUSTC_BOOTSTRAP, as
@@ -19,15 +21,16 @@ mod nat;
 mod packet;
 mod rewrite;
 mod share;
+mod tls;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, kprobe, uprobe, uretprobe, xdp},
+    programs::{ProbeContext, RetProbeContext, TcContext, XdpContext},
 };
 use ftp_ebpf_common::{
     contract::LinkLayer, event::EventKind, flow::refreshes, parse::Sender, policy::PortClass,
-    stats::Counter,
+    stats::Counter, tls::CallEnd,
 };
 
 use crate::{
@@ -88,6 +91,58 @@ pub fn ftp_egress_nat(ctx: TcContext) -> i32 {
     packet::linearize_headers(&ctx);
     rewrite::leaving(&ctx);
     egress(&ctx, LinkLayer::Ethernet)
+}
+
+/// The entry of `SSL_write`, `SSL_write_ex` or `gnutls_record_send`: (session, buffer,
+/// length, ...).
+#[uprobe]
+pub fn tls_write(ctx: ProbeContext) -> u32 {
+    if let (Some(buf), Some(len)) = (ctx.arg::<u64>(1), ctx.arg::<u64>(2)) {
+        tls::call(CallEnd::Writer, buf, len.min(u64::from(u32::MAX)) as u32, 0);
+    }
+    0
+}
+
+/// The entry of `SSL_read`, `SSL_read_ex` or `gnutls_record_recv`: (session, buffer,
+/// size, and for `SSL_read_ex` where the length read goes).
+#[uprobe]
+pub fn tls_read(ctx: ProbeContext) -> u32 {
+    if let Some(buf) = ctx.arg::<u64>(1) {
+        tls::call(CallEnd::Reader, buf, 0, ctx.arg::<u64>(3).unwrap_or(0));
+    }
+    0
+}
+
+/// The return of `SSL_read` or `gnutls_record_recv`: the length read.
+#[uretprobe]
+pub fn tls_read_done(ctx: RetProbeContext) -> u32 {
+    tls::read_done(ctx.ret::<i64>());
+    0
+}
+
+/// The return of `SSL_read_ex`: 1 when it read.
+#[uretprobe]
+pub fn tls_read_ex_done(ctx: RetProbeContext) -> u32 {
+    tls::read_ex_done(ctx.ret::<i64>() & 0xffff_ffff);
+    0
+}
+
+/// The kernel's `tcp_sendmsg(sk, ...)`.
+#[kprobe]
+pub fn tls_send(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        tls::socket(sk as *const u8);
+    }
+    0
+}
+
+/// The kernel's `tcp_recvmsg(sk, ...)`.
+#[kprobe]
+pub fn tls_recv(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        tls::socket(sk as *const u8);
+    }
+    0
 }
 
 #[inline(always)]

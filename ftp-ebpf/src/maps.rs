@@ -99,3 +99,11 @@ pub fn now_ns() -> u64 {
     // SAFETY: the helper has no preconditions.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
 }
+
+/// The same clock read precisely: what tracing programs (the TLS probes) may read, as
+/// they may not read the coarse one. Both count from boot, so their times compare.
+#[inline(always)]
+pub fn precise_now_ns() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}

@@ -315,8 +315,15 @@ pub fn settings(settings: &Settings) -> Result<()> {
             settings.min_data_port
         );
     }
-    for &port in &settings.allowed_ports {
+    for &port in &settings.tls_control_ports {
         if settings.control_ports.contains(&port) {
+            bail!(
+                "port {port} is given both as a --control-port (plaintext, or TLS after AUTH) and as a --tls-control-port (TLS from the first byte): keep the one its server speaks"
+            );
+        }
+    }
+    for &port in &settings.allowed_ports {
+        if settings.control_ports.contains(&port) || settings.tls_control_ports.contains(&port) {
             bail!(
                 "--allow-port {port} is also a --control-port, which is never guarded: drop --allow-port {port}"
             );

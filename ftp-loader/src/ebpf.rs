@@ -17,9 +17,9 @@ use ftp_ebpf_common::{
         self, ALLOW_FROM, CLIENTS, CONFIG, CONTROLS, DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORTS,
         DEFAULT_EXPECT_TIMEOUT_SECS, DEFAULT_FLOW_TIMEOUT_SECS, DEFAULT_MAX_CONTROLS,
         DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PER_CLIENT,
-        DEFAULT_MIN_DATA_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS, INGRESS_PROGRAM,
-        INGRESS_TC_PROGRAM, MAX_EXPECTED, NAT_BINDINGS, NAT_CONTROLS, NAT_FLOWS, NS_PER_SEC, PORTS,
-        PUBLIC_ADDRS,
+        DEFAULT_MIN_DATA_PORT, DEFAULT_TLS_CONTROL_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS,
+        INGRESS_PROGRAM, INGRESS_TC_PROGRAM, MAX_EXPECTED, NAT_BINDINGS, NAT_CONTROLS, NAT_FLOWS,
+        NS_PER_SEC, PORTS, PUBLIC_ADDRS,
     },
     nat::{PublicAddr, PublicMapping},
     policy::{PortInfo, PortPlan},
@@ -48,6 +48,21 @@ pub struct Settings {
     #[arg(long = "control-port", value_name = "PORT", default_values_t = [DEFAULT_CONTROL_PORT],
           value_parser = clap::value_parser!(u16).range(1..))]
     pub control_ports: Vec<u16>,
+    /// An implicit-FTPS control port, whose connections are TLS from their first byte
+    /// (repeatable).
+    #[arg(long = "tls-control-port", value_name = "PORT",
+          default_values_t = [DEFAULT_TLS_CONTROL_PORT],
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub tls_control_ports: Vec<u16>,
+    /// Read the plaintext of FTP-over-TLS control connections inside the FTP server's
+    /// processes on this host, at their TLS library's calls (uprobes), so that their data
+    /// connections are guarded as plaintext FTP's are.
+    #[arg(long)]
+    pub tls_uprobes: bool,
+    /// The TLS library (or statically linked server binary) to probe with --tls-uprobes,
+    /// besides those the running FTP servers are found to use (repeatable).
+    #[arg(long = "tls-library", value_name = "PATH", requires = "tls_uprobes")]
+    pub tls_libraries: Vec<std::path::PathBuf>,
     /// A listener inside the guarded range that stays open to everyone (repeatable).
     #[arg(long = "allow-port", value_name = "PORT",
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -123,6 +138,9 @@ impl Default for Settings {
         Self {
             data_ports: DEFAULT_DATA_PORTS,
             control_ports: vec![DEFAULT_CONTROL_PORT],
+            tls_control_ports: vec![DEFAULT_TLS_CONTROL_PORT],
+            tls_uprobes: false,
+            tls_libraries: Vec::new(),
             allowed_ports: Vec::new(),
             expect_timeout_secs: DEFAULT_EXPECT_TIMEOUT_SECS,
             flow_idle_timeout_secs: DEFAULT_FLOW_TIMEOUT_SECS,
@@ -289,6 +307,7 @@ impl Settings {
         PortPlan {
             data_ports: self.data_ports,
             control_ports: &self.control_ports,
+            tls_control_ports: &self.tls_control_ports,
             allowed_ports: &self.allowed_ports,
         }
     }
@@ -407,16 +426,22 @@ fn write_ports<T: BorrowMut<MapData>>(
         // A table inherited from a previous instance keeps when each port was last
         // announced and admitted: its expectations depend on them. A new table is all
         // zeros; an initialised entry holds NEVER or a time since boot.
-        let class = plan.class(port);
+        let new = plan.info(port);
         let info = match ports.get(&u32::from(port), 0) {
             // Left alone: rewriting it could put back an older time than one the programs
             // wrote since it was read (an announcement during a reload, lost).
-            Ok(old) if old.announced != 0 && old.class == class as u8 => continue,
+            Ok(old)
+                if old.announced != 0
+                    && (old.class, old.implicit_tls) == (new.class, new.implicit_tls) =>
+            {
+                continue;
+            }
             Ok(old) if old.announced != 0 => PortInfo {
-                class: class as u8,
+                class: new.class,
+                implicit_tls: new.implicit_tls,
                 ..old
             },
-            _ => PortInfo::new(class),
+            _ => new,
         };
         ports.set(u32::from(port), info, 0)?;
     }
@@ -442,10 +467,16 @@ fn write_config<T: BorrowMut<MapData>>(
 ) -> Result<()> {
     // Whether somebody reads the event stream is the readers' to say, not the settings'.
     let events = config.get(&0, 0).map_or(0, |current| current.events);
+    let sock = if settings.tls_uprobes {
+        crate::tls::sock_layout()?
+    } else {
+        Config::DEFAULT.sock
+    };
     config.set(
         0,
         Config {
             events,
+            sock,
             ..settings.config()
         },
         0,

@@ -20,6 +20,7 @@ pub mod reload;
 pub mod stats;
 pub mod status;
 pub mod tables;
+pub mod tls;
 pub mod watch;
 
 /// Nanoseconds on the clock `bpf_ktime_get_ns` reads, so userspace can judge the

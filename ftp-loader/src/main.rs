@@ -29,6 +29,7 @@ use ftp_loader::{
     reload, stats,
     status::Status,
     tables::{self, Row},
+    tls,
     watch::{Event, Watch},
 };
 use log::{info, warn};
@@ -469,6 +470,18 @@ fn run(configured: Configured, pin_dir: &Path, argv: Vec<OsString>) -> Result<()
         }
     })?;
     let inherited = pins.inherit(&mut ebpf, had_state, set_aside);
+    // Before the interfaces: refused, it leaves nothing attached.
+    let probed = if settings.tls_uprobes {
+        Some(
+            tls::attach(&mut ebpf, &settings.tls_libraries).inspect_err(|_| {
+                if !had_state {
+                    pins.remove_all();
+                }
+            })?,
+        )
+    } else {
+        None
+    };
     // Opened before the addresses are first read, so that no change after that read goes
     // unnoticed.
     let watch = Watch::open().context("watching interfaces and addresses (rtnetlink)")?;
@@ -554,6 +567,9 @@ fn run(configured: Configured, pin_dir: &Path, argv: Vec<OsString>) -> Result<()
     );
     for done in &attached {
         info!("attached to {done}");
+    }
+    if let Some(probed) = &probed {
+        tls::describe(probed);
     }
     match adopted {
         Ok(count) => info!("adopted {count} control connection(s) open before the start"),
@@ -858,6 +874,9 @@ impl Signals {
 /// Waits for signals, events (with --log-events) and interfaces coming and going. Nothing
 /// here walks the tables (the programs expire entries themselves), so a signal is served
 /// at once whatever their size.
+/// How often the counters are read for `tls::Hint`.
+const HINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn serve(
     instance: &mut Instance,
     mut signals: Signals,
@@ -877,6 +896,9 @@ async fn serve(
     let mut links = unsafe { AsyncFd::register(watch) }
         .map_err(|e| anyhow::anyhow!("watching interfaces and addresses: {}", e.into_parts().1))?;
     let mut poll = events::poll_interval();
+    let mut hint = tls::Hint::default();
+    let mut counters = tokio::time::interval(HINT_INTERVAL);
+    counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let exit = loop {
         tokio::select! {
             _ = signals.interrupt.recv() => break Exit::Detach,
@@ -898,6 +920,15 @@ async fn serve(
             _ = poll.tick(), if events.is_some() => {
                 if let Some(events) = &mut events {
                     log_events(events.get_mut());
+                }
+            }
+            _ = counters.tick() => {
+                let counters = STATS
+                    .of(&instance.ebpf)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|table| stats::read(&table));
+                if let Ok(counters) = counters {
+                    hint.check(&counters, instance.settings.tls_uprobes);
                 }
             }
             guard = links.readable_mut() => {

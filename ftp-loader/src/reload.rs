@@ -61,7 +61,11 @@ pub fn restart_only(settings: &Settings) -> Vec<String> {
         .table_sizes()
         .iter()
         .map(|(_, option, _)| option.trim_start_matches("--").to_owned())
-        .chain(["verbose".to_owned(), "nat-inside".to_owned()])
+        .chain(
+            ["verbose", "nat-inside", "tls-uprobes", "tls-library"]
+                .into_iter()
+                .map(str::to_owned),
+        )
         .collect()
 }
 
@@ -87,6 +91,8 @@ pub fn effective(running: &Settings, wanted: Settings) -> Settings {
         max_controls: running.max_controls,
         verbose: running.verbose,
         nat_inside: running.nat_inside.clone(),
+        tls_uprobes: running.tls_uprobes,
+        tls_libraries: running.tls_libraries.clone(),
         ..wanted
     }
 }

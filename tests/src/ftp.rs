@@ -165,7 +165,7 @@ pub fn announced(reply: &str, server: IpAddr) -> Result<SocketAddr> {
     let mut found = None;
     for &byte in line.as_bytes().iter().chain(b"\r\n") {
         match scanner.step(byte) {
-            Step::Continue => {}
+            Step::Continue | Step::Signalled(_) => {}
             Step::Announced(announcement) => found = Some(announcement),
             Step::Malformed(error) => bail!("`{line}`: {error:?}"),
         }

@@ -108,6 +108,8 @@ fn programs_verify_within_budget() {
     ] {
         ebpf::load_program(&mut ebpf, name).unwrap_or_else(|e| panic!("{e:#}"));
     }
+    // And the --tls-uprobes probes.
+    ftp_loader::tls::load(&mut ebpf).unwrap_or_else(|e| panic!("{e:#}"));
     // The loader finds what it loaded by the contract's names (the loader's unit tests
     // check their types against the object).
     for name in MAP_NAMES {

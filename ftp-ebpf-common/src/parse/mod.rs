@@ -13,6 +13,9 @@
 //! - from the server: `227 ...` (RFC 959), its numbers found as RFC 1123 says (the first
 //!   digit on, parentheses optional), and `229 ... (<d><d><d>port<d>)` (RFC 2428).
 //!
+//! Also recognised, as `Step::Signalled`: the client's `AUTH <mechanism>` and `CCC` and the
+//! server's `234`, which switch the connection to TLS and back (RFC 2228, RFC 4217).
+//!
 //! `<d>` is any printable character but a digit, the same one throughout. Every number is
 //! range-checked (octets 0..=255, ports 1..=65535); a line that breaks a rule, or a line
 //! of interest longer than `MAX_LINE` bytes, announces nothing and reports why.
@@ -35,7 +38,7 @@ mod vocabulary;
 #[cfg(test)]
 mod properties;
 
-pub use vocabulary::{Announcement, FAMILY_OWN_ADDRESS, Mode, ParseError, Sender, Step};
+pub use vocabulary::{Announcement, FAMILY_OWN_ADDRESS, Mode, ParseError, Sender, Signal, Step};
 
 /// Longest `PORT`/`EPRT`/`227`/`229` line read (the longest valid one, an EPRT with a full
 /// IPv6 address, is about 60 bytes); longer ones are refused rather than half-parsed.
@@ -221,7 +224,8 @@ impl LineScanner {
             }
             Phase::DottedQuad | Phase::Ipv6Text => Step::Malformed(ParseError::BadAddress),
             Phase::Port => Step::Malformed(ParseError::MissingNumber),
-            Phase::Verb | Phase::SkipLine => Step::Continue,
+            Phase::Verb => self.bare_verb(),
+            Phase::SkipLine => Step::Continue,
         }
     }
 

@@ -1,18 +1,23 @@
-//! The keyword at the start of a line (`PORT`, `EPRT`, `227`, `229`) and, for a client's
-//! verb, the spaces up to its argument.
+//! The keyword at the start of a line (`PORT`, `EPRT`, `227`, `229`, and the TLS switches
+//! `AUTH`, `CCC`, `234`) and, for a client's verb, the spaces up to its argument.
 
-use super::{LineScanner, ParseError, Phase, Step, eprt::is_delimiter};
+use super::{LineScanner, ParseError, Phase, Signal, Step, eprt::is_delimiter};
 
-/// The two keywords of each sender, as a verb index: PORT/227 = 0, EPRT/229 = 1.
-const CLIENT_VERBS: [&[u8; 4]; 2] = [b"port", b"eprt"];
-const SERVER_CODES: [&[u8; 4]; 2] = [b"227 ", b"229 "];
+/// The keywords of each sender, by verb index: PORT/227 = 0, EPRT/229 = 1, AUTH/234 = 2,
+/// CCC = 3 (`ccc\r`: a verb of three letters, ended by its line; a bare LF is
+/// `bare_verb`'s). The server has no fourth: an LF, which ends a line before it is
+/// matched, matches nothing.
+const CLIENT_VERBS: [&[u8; 4]; 4] = [b"port", b"eprt", b"auth", b"ccc\r"];
+const SERVER_CODES: [&[u8; 4]; 4] = [b"227 ", b"229 ", b"234 ", b"\n\n\n\n"];
 
 /// `LineScanner::verbs` at the start of a line: every keyword may still match.
-pub(super) const ALL_VERBS: u8 = 0b11;
+pub(super) const ALL_VERBS: u8 = 0b1111;
 
-/// `LineScanner::verbs` once the keyword is matched.
+/// `LineScanner::verbs` once the keyword is matched: its index.
 const SIX_NUMBERS_VERB: u8 = 0;
 const DELIMITED_VERB: u8 = 1;
+const AUTH_VERB: u8 = 2;
+const CLEAR_VERB: u8 = 3;
 
 impl LineScanner {
     pub(super) fn match_verb(&mut self, byte: u8) -> Step {
@@ -24,12 +29,16 @@ impl LineScanner {
         let index = self.matched as usize;
         if index == 4 {
             // Only a client verb gets here: it must be followed by a space, or it is
-            // another verb (PORTS, EPRTX).
-            self.enter(if byte == b' ' {
-                Phase::ArgumentGap
+            // another verb (PORTS, EPRTX, AUTHX).
+            if byte != b' ' {
+                self.enter(Phase::SkipLine);
+            } else if self.verbs == AUTH_VERB {
+                // Whatever the mechanism: only TLS is answered with 234.
+                self.enter(Phase::SkipLine);
+                return Step::Signalled(Signal::AuthRequested);
             } else {
-                Phase::SkipLine
-            });
+                self.enter(Phase::ArgumentGap);
+            }
             return Step::Continue;
         }
         let lower = byte.to_ascii_lowercase();
@@ -44,20 +53,38 @@ impl LineScanner {
         }
         self.matched += 1;
         if self.matched == 4 {
-            self.verbs = if self.verbs & 1 != 0 {
-                SIX_NUMBERS_VERB
-            } else {
-                DELIMITED_VERB
+            // Four bytes match one keyword at most: its bit is the only one left.
+            self.verbs = match self.verbs {
+                0b0001 => SIX_NUMBERS_VERB,
+                0b0010 => DELIMITED_VERB,
+                0b0100 => AUTH_VERB,
+                _ => CLEAR_VERB,
             };
-            if self.is_server() {
-                self.enter(if self.verbs == SIX_NUMBERS_VERB {
-                    Phase::SeekDigit
-                } else {
-                    Phase::SeekParen
-                });
+            match (self.is_server(), self.verbs) {
+                (true, SIX_NUMBERS_VERB) => self.enter(Phase::SeekDigit),
+                (true, DELIMITED_VERB) => self.enter(Phase::SeekParen),
+                (true, _) => {
+                    self.enter(Phase::SkipLine);
+                    return Step::Signalled(Signal::AuthAccepted);
+                }
+                (false, CLEAR_VERB) => return self.clear_requested(),
+                (false, _) => {}
             }
         }
         Step::Continue
+    }
+
+    /// A line ended by a bare LF while its keyword was being matched: `CCC\n`.
+    pub(super) fn bare_verb(&mut self) -> Step {
+        if !self.is_server() && self.matched == 3 && self.verbs & (1 << CLEAR_VERB) != 0 {
+            return self.clear_requested();
+        }
+        Step::Continue
+    }
+
+    fn clear_requested(&mut self) -> Step {
+        self.enter(Phase::SkipLine);
+        Step::Signalled(Signal::ClearRequested)
     }
 
     /// After a client's verb and its space: more spaces, then PORT's first digit or
@@ -107,6 +134,48 @@ mod tests {
         assert_eq!(scan(Sender::Client, b" PORT 10,0,0,2,4,1\r\n"), []);
         assert_eq!(scan(Sender::Server, b"2270 (10,0,0,1,4,2)\r\n"), []);
         assert_eq!(scan(Sender::Server, b"227-(10,0,0,1,4,2)\r\n"), []);
+    }
+
+    #[test]
+    fn tls_switches_are_signalled() {
+        let signalled = |signal| [Step::Signalled(signal)];
+        assert_eq!(
+            scan(Sender::Client, b"AUTH TLS\r\n"),
+            signalled(Signal::AuthRequested)
+        );
+        assert_eq!(
+            scan(Sender::Client, b"auth ssl\n"),
+            signalled(Signal::AuthRequested)
+        );
+        assert_eq!(
+            scan(Sender::Server, b"234 Proceed with negotiation.\r\n"),
+            signalled(Signal::AuthAccepted)
+        );
+        assert_eq!(
+            scan(Sender::Client, b"CCC\r\n"),
+            signalled(Signal::ClearRequested)
+        );
+        assert_eq!(
+            scan(Sender::Client, b"ccc\n"),
+            signalled(Signal::ClearRequested)
+        );
+        // Not at the start of a line, another verb, or the other direction's.
+        assert_eq!(scan(Sender::Client, b"AUTHX TLS\r\n"), []);
+        assert_eq!(scan(Sender::Client, b"AUTH\r\n"), []);
+        assert_eq!(scan(Sender::Client, b"CCCX\r\n"), []);
+        assert_eq!(scan(Sender::Client, b"CC\n"), []);
+        assert_eq!(scan(Sender::Server, b"500 234 no\r\n"), []);
+        assert_eq!(scan(Sender::Server, b"2345 x\r\n"), []);
+        assert_eq!(scan(Sender::Server, b"CCC\r\n"), []);
+        assert_eq!(scan(Sender::Client, b"234 \r\n"), []);
+        // The next line is read as ever.
+        assert_eq!(
+            scan(Sender::Client, b"AUTH TLS\r\nPORT 1,2,3,4,0,1\r\n"),
+            [
+                Step::Signalled(Signal::AuthRequested),
+                announced(Mode::Active, [1, 2, 3, 4], 1)
+            ]
+        );
     }
 
     #[test]

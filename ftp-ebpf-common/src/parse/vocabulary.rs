@@ -83,12 +83,28 @@ pub enum ParseError {
     LineTooLong,
 }
 
+/// A line that changes how the connection's bytes must be read: FTP over TLS (RFC 4217)
+/// starts with `AUTH` answered by `234`, after which both directions are TLS records, and
+/// may end with `CCC` (RFC 2228), after which they are plaintext again. A bit each, so that
+/// the lines of one segment can be gathered in a byte.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// The client's `AUTH <mechanism>`.
+    AuthRequested = 1,
+    /// The server's `234`: the security exchange (the TLS handshake) starts after this line.
+    AuthAccepted = 2,
+    /// The client's `CCC`: back to plaintext, if the server agrees.
+    ClearRequested = 4,
+}
+
 /// What one byte did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     Continue,
     Announced(Announcement),
     Malformed(ParseError),
+    Signalled(Signal),
 }
 
 #[cfg(test)]

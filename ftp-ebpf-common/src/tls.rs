@@ -1,0 +1,238 @@
+//! FTP over TLS (RFC 4217): what the programs need to know of a control connection whose
+//! bytes are TLS records, and of the plaintext its ends' TLS library calls pass.
+//!
+//! On the wire a TLS control connection is ciphertext: nothing can be read from it, so its
+//! data connections are announced where no packet program sees them. On the host that
+//! runs an end (the FTP server, or a client), the plaintext exists inside that process,
+//! before the TLS library encrypts a reply or after it decrypts a command: `--tls-uprobes`
+//! reads it there, at `SSL_write` and `SSL_read`, and attributes it to its connection by the
+//! socket the call wrote to or read from (`SockLayout`). The same lines are then scanned by
+//! the same scanner, and judged by the same rules, as plaintext FTP's.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::{
+    addr::{Addr, FAMILY_IPV4, FAMILY_IPV6, ipv4},
+    flow::FlowKey,
+    parse::Sender,
+    seq::SeqNumber,
+};
+
+/// Whether a payload starting with `first`, `second` starts a TLS record: a content type
+/// (change_cipher_spec 20, alert 21, handshake 22, application_data 23) then major version
+/// 3 (SSL 3.0 to TLS 1.3). An FTP line never starts so: a reply starts with a digit, a
+/// command with a letter.
+pub const fn starts_record(first: u8, second: u8) -> bool {
+    matches!(first, 20..=23) && second == 3
+}
+
+/// Where a TLS library call stands in the byte stream of one direction of a control
+/// connection: the sender's `SSL_write` and the receiver's `SSL_read` pass the same
+/// plaintext, each counted from the end of the TLS handshake.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallEnd {
+    /// The sender encrypting (`SSL_write`).
+    Writer = 1,
+    /// The receiver decrypting (`SSL_read`).
+    Reader = 2,
+}
+
+impl CallEnd {
+    pub const fn from_u8(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Writer),
+            2 => Some(Self::Reader),
+            _ => None,
+        }
+    }
+}
+
+/// The plaintext of a TLS control connection as its ends' library calls pass it, per
+/// direction (indexed by `Sender`): how many bytes the writer encrypted and the reader
+/// decrypted, and how far the stream was scanned. When both ends run on this host (a
+/// client and server in namespaces of one machine, or a local client), each line passes
+/// twice, once at each end; it is scanned once, by whichever call passes it first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PlainStreams {
+    pub written: [u32; 2],
+    pub read: [u32; 2],
+    pub scanned: [u32; 2],
+}
+
+impl PlainStreams {
+    /// `len` bytes of `sender`'s direction passed a call at `end`: returns how many of
+    /// them, at their front, were scanned already (by the other end's call), or None when
+    /// all were.
+    pub fn pass(&mut self, sender: Sender, end: CallEnd, len: u32) -> Option<u32> {
+        let direction = sender as usize & 1;
+        let cursor = match end {
+            CallEnd::Writer => &mut self.written[direction],
+            CallEnd::Reader => &mut self.read[direction],
+        };
+        let start = SeqNumber(*cursor);
+        let stop = start + len;
+        *cursor = stop.0;
+        let scanned = &mut self.scanned[direction];
+        let behind = SeqNumber(*scanned) - start;
+        if behind >= len as i32 {
+            return None;
+        }
+        *scanned = stop.0;
+        Some(if behind > 0 { behind as u32 } else { 0 })
+    }
+}
+
+/// Whether a reply answering `CCC` accepts it: the server's `200` (RFC 2228), after which
+/// each direction leaves TLS. Anything else refuses it, and TLS goes on.
+pub fn clear_accepted(reply: [u8; 4]) -> bool {
+    reply[0] == b'2' && reply[1] == b'0' && reply[2] == b'0' && matches!(reply[3], b' ' | b'-')
+}
+
+/// Where the kernel's `struct sock_common` keeps a socket's addresses and ports: byte
+/// offsets read from the running kernel's BTF by the loader, so that a kprobe reads the
+/// socket of a TLS library call on any kernel build. 0 in `family`: not known (no
+/// `--tls-uprobes`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockLayout {
+    /// `skc_family` (u16): AF_INET or AF_INET6.
+    pub family: u16,
+    /// `skc_daddr`, `skc_rcv_saddr` (IPv4, network order).
+    pub daddr: u16,
+    pub rcv_saddr: u16,
+    /// `skc_dport` (network order) and `skc_num` (the local port, host order).
+    pub dport: u16,
+    pub num: u16,
+    /// `skc_v6_daddr`, `skc_v6_rcv_saddr`.
+    pub v6_daddr: u16,
+    pub v6_rcv_saddr: u16,
+    pub _pad: u16,
+}
+
+/// The kernel's address families.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// A socket's connection as the maps key it, local end first in `addrs` and `ports`: an
+/// IPv4-mapped IPv6 address (a dual-stack socket's IPv4 peer) is the IPv4 address it
+/// stands for, as on the wire.
+#[inline(always)]
+pub fn socket_flow(af: u16, addrs: &[Addr; 2], ports: [u16; 2]) -> Option<FlowKey> {
+    let [local, remote] = addrs;
+    let mapped =
+        |addr: &Addr| addr[..10].iter().all(|&b| b == 0) && addr[10] == 0xff && addr[11] == 0xff;
+    let (family, local, remote) = match af {
+        AF_INET => (FAMILY_IPV4, *local, *remote),
+        AF_INET6 if mapped(local) && mapped(remote) => (
+            FAMILY_IPV4,
+            ipv4([local[12], local[13], local[14], local[15]]),
+            ipv4([remote[12], remote[13], remote[14], remote[15]]),
+        ),
+        AF_INET6 => (FAMILY_IPV6, *local, *remote),
+        _ => return None,
+    };
+    Some(FlowKey {
+        family,
+        _pad: [0; 3],
+        src_port: ports[0],
+        dst_port: ports[1],
+        src: local,
+        dst: remote,
+    })
+}
+
+/// A TLS library call in progress on a thread (TLS_CALLS, by thread id): what its entry
+/// probe learned, for the kprobe of the socket call it makes, or its return probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct TlsCall {
+    /// The plaintext buffer (user memory).
+    pub buf: u64,
+    /// `SSL_read_ex`'s `size_t *readbytes`, read at its return; 0 for the others.
+    pub read_bytes: u64,
+    /// `SSL_write`'s length.
+    pub len: u32,
+    /// A `CallEnd`.
+    pub end: u8,
+    /// 1 once the socket is known (`socket`); for a write, once its plaintext was read.
+    pub done: u8,
+    pub _pad: u16,
+    /// The socket the call wrote to or read from, local end first.
+    pub socket: FlowKey,
+}
+
+/// `TLS_PEERS`: the addresses of the ends of TLS control connections, each with the last
+/// time (ns) one was seen, so that a SYN dropped between them is counted as a TLS
+/// connection's (`tls_data_dropped`), the cause an admin must know.
+pub type TlsPeerSeen = u64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_lines_are_told_apart() {
+        for first in 20..=23 {
+            assert!(starts_record(first, 3));
+        }
+        assert!(!starts_record(24, 3));
+        assert!(!starts_record(23, 2));
+        assert!(!starts_record(b'2', b'2'));
+        assert!(!starts_record(b'P', b'O'));
+    }
+
+    #[test]
+    fn each_line_is_scanned_once_whichever_end_passes_it_first() {
+        let mut streams = PlainStreams::default();
+        // Only the server (writer) is local: every reply is scanned as written.
+        assert_eq!(streams.pass(Sender::Server, CallEnd::Writer, 30), Some(0));
+        assert_eq!(streams.pass(Sender::Server, CallEnd::Writer, 20), Some(0));
+        // The reader is local too, and catches up: nothing new...
+        assert_eq!(streams.pass(Sender::Server, CallEnd::Reader, 40), None);
+        // ...then part of a read is new (the writer's next call not yet seen).
+        assert_eq!(streams.pass(Sender::Server, CallEnd::Reader, 20), Some(10));
+        assert_eq!(streams.pass(Sender::Server, CallEnd::Writer, 10), None);
+        // The other direction is counted apart.
+        assert_eq!(streams.pass(Sender::Client, CallEnd::Reader, 6), Some(0));
+        assert_eq!(streams.pass(Sender::Client, CallEnd::Writer, 6), None);
+    }
+
+    #[test]
+    fn counting_wraps() {
+        let mut streams = PlainStreams {
+            written: [0, u32::MAX - 5],
+            read: [0, u32::MAX - 5],
+            scanned: [0, u32::MAX - 5],
+        };
+        assert_eq!(streams.pass(Sender::Server, CallEnd::Writer, 10), Some(0));
+        assert_eq!(streams.pass(Sender::Server, CallEnd::Reader, 10), None);
+        assert_eq!(streams.scanned[1], 4);
+    }
+
+    #[test]
+    fn only_200_accepts_ccc() {
+        assert!(clear_accepted(*b"200 "));
+        assert!(clear_accepted(*b"200-"));
+        assert!(!clear_accepted(*b"534 "));
+        assert!(!clear_accepted(*b"2000"));
+    }
+
+    #[test]
+    fn a_dual_stack_socket_of_an_ipv4_peer_is_ipv4() {
+        let mut local = [0u8; 16];
+        local[10] = 0xff;
+        local[11] = 0xff;
+        local[12..].copy_from_slice(&[192, 0, 2, 1]);
+        let mut remote = local;
+        remote[15] = 2;
+        let flow = socket_flow(AF_INET6, &[local, remote], [21, 40000]).unwrap();
+        assert_eq!(flow.family, FAMILY_IPV4);
+        assert_eq!(flow.src, ipv4([192, 0, 2, 1]));
+        assert_eq!(flow.dst, ipv4([192, 0, 2, 2]));
+        let v6 = socket_flow(AF_INET6, &[[1; 16], [2; 16]], [21, 1]).unwrap();
+        assert_eq!(v6.family, FAMILY_IPV6);
+        assert_eq!(socket_flow(1, &[local, remote], [1, 2]), None);
+    }
+}

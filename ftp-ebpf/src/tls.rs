@@ -1,0 +1,177 @@
+//! FTP over TLS: who the ends of TLS control connections are (so that the SYNs their
+//! encrypted announcements would have admitted are counted as such), and `--tls-uprobes`,
+//! which reads the plaintext at the TLS library calls of the processes on this host and
+//! hands it to the scanner (`control::scan_plain`).
+//!
+//! A TLS library call is followed across three probes of one thread: its entry (the
+//! buffer), the kernel's `tcp_sendmsg` or `tcp_recvmsg` that it reaches (the socket, hence
+//! the control connection), and, for a read, its return (how much plaintext there is).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user},
+    macros::map,
+    maps::{Array, LruHashMap},
+};
+use bytemuck::Zeroable;
+use ftp_ebpf_common::{
+    addr::{Addr, AddrKey},
+    contract::{DEFAULT_MAX_CONTROLS, TLS_CALLS_ENTRIES},
+    flow::FlowKey,
+    tls::{AF_INET, AF_INET6, CallEnd, SockLayout, TlsCall, TlsPeerSeen, socket_flow},
+};
+
+use crate::{
+    control,
+    maps::{config, now_ns},
+    packet::{Frame, Segment},
+};
+
+#[map]
+static TLS_PEERS: LruHashMap<AddrKey, TlsPeerSeen> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONTROLS, 0);
+
+#[map]
+static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TLS_CALLS_ENTRIES, 0);
+
+/// When a TLS control connection's segment was last seen, by anyone: a SYN refused when
+/// none was seen for an expectation's lifetime is no TLS connection's, without a lookup.
+#[map]
+static TLS_RECENT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// A segment of a TLS control connection was seen: its ends are TLS peers from now.
+#[inline(never)]
+pub fn seen(control: &FlowKey) {
+    let now = now_ns();
+    let mut key = AddrKey::new(control.family, control.src);
+    let _ = TLS_PEERS.insert(&key, &now, 0);
+    key.addr = control.dst;
+    let _ = TLS_PEERS.insert(&key, &now, 0);
+    if let Some(recent) = TLS_RECENT.get_ptr_mut(0) {
+        // SAFETY: an array value; racing writers all store a time of now.
+        unsafe { *recent = now };
+    }
+}
+
+/// Whether a refused SYN comes from an end of a TLS control connection seen within an
+/// expectation's lifetime: a data connection its encrypted lines announced, most likely.
+#[inline(never)]
+pub fn from_peer(frame: &impl Frame, segment: &Segment) -> bool {
+    let now = now_ns();
+    let window = config().expect_timeout_ns;
+    // SAFETY: an array value, read.
+    let recent = unsafe { TLS_RECENT.get(0) }.copied().unwrap_or(0);
+    if recent == 0 || now.saturating_sub(recent) > window {
+        return false;
+    }
+    let Some(src) = segment.load_source(frame) else {
+        return false;
+    };
+    let key = AddrKey::new(segment.family, src);
+    // SAFETY: a plain-data map value, read.
+    unsafe { TLS_PEERS.get(&key) }.is_some_and(|seen| now.saturating_sub(*seen) <= window)
+}
+
+/// The entry of a TLS library call by this thread: `buf` holds (a write) or will hold (a
+/// read) its plaintext; `len` is a write's length, `read_bytes` where `SSL_read_ex` writes
+/// a read's.
+#[inline(always)]
+pub fn call(end: CallEnd, buf: u64, len: u32, read_bytes: u64) {
+    let mut call = TlsCall::zeroed();
+    call.buf = buf;
+    call.len = len;
+    call.read_bytes = read_bytes;
+    call.end = end as u8;
+    let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+}
+
+/// The kernel's `tcp_sendmsg` or `tcp_recvmsg` for socket `sk`: when this thread is in a
+/// TLS library call, the socket is that call's. A write's plaintext is scanned here, while
+/// the program runs with preemption off (its scratch space is per CPU); a read's waits for
+/// the call's return.
+#[inline(always)]
+pub fn socket(sk: *const u8) {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = TLS_CALLS.get_ptr_mut(&id) else {
+        return;
+    };
+    // SAFETY: a map value of this thread's, valid for the program's run.
+    let call = unsafe { &mut *call };
+    if call.done != 0 {
+        return;
+    }
+    let Some(flow) = sock_flow(sk, &config().sock) else {
+        return;
+    };
+    call.socket = flow;
+    call.done = 1;
+    if call.end == CallEnd::Writer as u8 {
+        let (buf, len) = (call.buf, call.len);
+        let _ = TLS_CALLS.remove(&id);
+        control::scan_plain(&flow, CallEnd::Writer, buf, len);
+    }
+}
+
+/// The return of a read of this thread's: `len` bytes of plaintext (none when negative).
+#[inline(always)]
+pub fn read_done(len: i64) {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: a plain-data map value, copied.
+    let Some(call) = (unsafe { TLS_CALLS.get(&id) }).copied() else {
+        return;
+    };
+    let _ = TLS_CALLS.remove(&id);
+    if call.done == 0 || call.end != CallEnd::Reader as u8 || len <= 0 {
+        return;
+    }
+    control::scan_plain(&call.socket, CallEnd::Reader, call.buf, len as u32);
+}
+
+/// The return of `SSL_read_ex`: 1 when it read, the length at its fourth argument.
+#[inline(always)]
+pub fn read_ex_done(succeeded: i64) {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: a plain-data map value, read.
+    let read_bytes = unsafe { TLS_CALLS.get(&id) }.map_or(0, |call| call.read_bytes);
+    let len = if succeeded == 1 && read_bytes != 0 {
+        // SAFETY: the helper checks the user address.
+        unsafe { bpf_probe_read_user(read_bytes as *const u64) }.unwrap_or(0)
+    } else {
+        0
+    };
+    read_done(len as i64);
+}
+
+/// The socket's connection, local end first, read where the loader found the kernel keeps
+/// it (`SockLayout`).
+#[inline(always)]
+fn sock_flow(sk: *const u8, layout: &SockLayout) -> Option<FlowKey> {
+    if layout.family == 0 {
+        return None;
+    }
+    let field = |offset: u16| sk.wrapping_add(usize::from(offset));
+    // SAFETY: the helper checks the kernel address.
+    let af = unsafe { bpf_probe_read_kernel(field(layout.family).cast::<u16>()) }.ok()?;
+    let mut addrs: [Addr; 2] = [[0; 16]; 2];
+    // SAFETY: as above, for each field.
+    unsafe {
+        if af == AF_INET {
+            let l = bpf_probe_read_kernel(field(layout.rcv_saddr).cast::<[u8; 4]>()).ok()?;
+            let r = bpf_probe_read_kernel(field(layout.daddr).cast::<[u8; 4]>()).ok()?;
+            addrs[0][..4].copy_from_slice(&l);
+            addrs[1][..4].copy_from_slice(&r);
+        } else if af == AF_INET6 {
+            addrs[0] = bpf_probe_read_kernel(field(layout.v6_rcv_saddr).cast::<Addr>()).ok()?;
+            addrs[1] = bpf_probe_read_kernel(field(layout.v6_daddr).cast::<Addr>()).ok()?;
+        } else {
+            return None;
+        }
+    }
+    // SAFETY: as above.
+    let (remote_port, local_port) = unsafe {
+        (
+            u16::from_be(bpf_probe_read_kernel(field(layout.dport).cast::<u16>()).ok()?),
+            bpf_probe_read_kernel(field(layout.num).cast::<u16>()).ok()?,
+        )
+    };
+    socket_flow(af, &addrs, [local_port, remote_port])
+}

@@ -1,0 +1,529 @@
+//! FTP over TLS on the loader's side: `--tls-uprobes` (finding the TLS libraries of the
+//! FTP servers on the host, probing them and the kernel's TCP send and receive, telling
+//! the programs where the kernel keeps a socket's addresses), and the one sentence that
+//! explains TLS data connections dropped without it.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{KProbe, UProbe, uprobe::UProbeScope},
+};
+use ftp_ebpf_common::{
+    contract::{
+        TLS_READ_DONE_PROGRAM, TLS_READ_EX_DONE_PROGRAM, TLS_READ_PROGRAM, TLS_RECV_FUNCTION,
+        TLS_RECV_PROGRAM, TLS_SEND_FUNCTION, TLS_SEND_PROGRAM, TLS_WRITE_PROGRAM, TlsLibrary,
+    },
+    stats::Counter,
+    tls::SockLayout,
+};
+use log::{info, warn};
+
+/// The FTP servers whose processes `--tls-uprobes` looks for, by command name.
+pub const FTP_SERVERS: [&str; 3] = ["vsftpd", "proftpd", "pure-ftpd"];
+
+/// Where the running kernel describes its types.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// A TLS library found to probe, and the FTP server processes seen using it.
+#[derive(Debug)]
+pub struct Library {
+    pub path: PathBuf,
+    pub kind: TlsLibrary,
+    pub users: Vec<String>,
+}
+
+/// What `--tls-uprobes` probes.
+#[derive(Debug)]
+pub struct Probed {
+    pub libraries: Vec<Library>,
+}
+
+impl fmt::Display for Probed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let libraries: Vec<String> = self
+            .libraries
+            .iter()
+            .map(|library| {
+                let functions: Vec<&str> = library
+                    .kind
+                    .probes()
+                    .iter()
+                    .filter(|(_, _, ret)| !ret)
+                    .map(|(_, function, _)| *function)
+                    .collect();
+                let users = if library.users.is_empty() {
+                    "named by --tls-library".to_owned()
+                } else {
+                    format!("used by {}", library.users.join(", "))
+                };
+                format!(
+                    "{} {} ({}), {users}",
+                    library.kind.name(),
+                    library.path.display(),
+                    functions.join(", ")
+                )
+            })
+            .collect();
+        write!(
+            f,
+            "TLS plaintext of FTP control connections read at {}; every process using these libraries is covered, new ones (each session's fork, a restarted server) included",
+            libraries.join("; ")
+        )
+    }
+}
+
+/// Loads the probes' programs through the verifier.
+pub fn load(ebpf: &mut Ebpf) -> Result<()> {
+    for program in [TLS_SEND_PROGRAM, TLS_RECV_PROGRAM] {
+        let kprobe: &mut KProbe = program_mut(ebpf, program)?.try_into()?;
+        kprobe
+            .load()
+            .map_err(|error| unsupported("kprobes", error))?;
+    }
+    for program in [
+        TLS_WRITE_PROGRAM,
+        TLS_READ_PROGRAM,
+        TLS_READ_DONE_PROGRAM,
+        TLS_READ_EX_DONE_PROGRAM,
+    ] {
+        let uprobe: &mut UProbe = program_mut(ebpf, program)?.try_into()?;
+        uprobe
+            .load()
+            .map_err(|error| unsupported("uprobes", error))?;
+    }
+    Ok(())
+}
+
+/// Finds the libraries, loads the probes and attaches them. Nothing is attached when
+/// anything fails.
+pub fn attach(ebpf: &mut Ebpf, named: &[PathBuf]) -> Result<Probed> {
+    let libraries = libraries(named)?;
+    let probed = Probed { libraries };
+    load(ebpf)?;
+    for (program, function) in [
+        (TLS_SEND_PROGRAM, TLS_SEND_FUNCTION),
+        (TLS_RECV_PROGRAM, TLS_RECV_FUNCTION),
+    ] {
+        let kprobe: &mut KProbe = program_mut(ebpf, program)?.try_into()?;
+        kprobe
+            .attach(function, 0)
+            .map_err(|error| unsupported("kprobes", error))?;
+    }
+    for library in &probed.libraries {
+        for &(program, function, _) in library.kind.probes() {
+            let uprobe: &mut UProbe = program_mut(ebpf, program)?.try_into()?;
+            uprobe
+                .attach(function, &library.path, UProbeScope::AllProcesses)
+                .map_err(|error| {
+                    anyhow::anyhow!(
+                        "probing {function} in {}: {error}; is it {}? Name the FTP server's TLS library with --tls-library",
+                        library.path.display(),
+                        library.kind.name()
+                    )
+                })?;
+        }
+    }
+    Ok(probed)
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the object has no program {name}"))
+}
+
+/// A probe the kernel refused: one sentence naming what is missing.
+fn unsupported(what: &str, error: impl fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "this kernel refused ftp-tracker's {what} ({error}): --tls-uprobes needs a kernel with {what} (CONFIG_UPROBE_EVENTS and CONFIG_KPROBE_EVENTS, as Debian's have); without it, run without --tls-uprobes: TLS data connections are then dropped and counted under tls_data_dropped"
+    )
+}
+
+/// The libraries named, then those the FTP servers running here use; one entry per file.
+fn libraries(named: &[PathBuf]) -> Result<Vec<Library>> {
+    let mut found: BTreeMap<(u64, u64), Library> = BTreeMap::new();
+    for path in named {
+        let metadata = std::fs::metadata(path).with_context(|| {
+            format!(
+                "--tls-library {}: no such file; name the TLS library the FTP server loads (e.g. /usr/lib/x86_64-linux-gnu/libssl.so.3)",
+                path.display()
+            )
+        })?;
+        let kind = kind_of(path)?;
+        found.insert(
+            (metadata.dev(), metadata.ino()),
+            Library {
+                path: path.clone(),
+                kind,
+                users: Vec::new(),
+            },
+        );
+    }
+    for (process, path) in servers_libraries() {
+        let Ok(metadata) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let Some(kind) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(TlsLibrary::of_file_name)
+        else {
+            continue;
+        };
+        let library = found
+            .entry((metadata.dev(), metadata.ino()))
+            .or_insert_with(|| Library {
+                path: path.clone(),
+                kind,
+                users: Vec::new(),
+            });
+        if !library.users.contains(&process) {
+            library.users.push(process);
+        }
+    }
+    if found.is_empty() {
+        bail!(
+            "--tls-uprobes found no FTP server ({}) running with a TLS library: start the FTP server before ftp-loader, or name its TLS library with --tls-library PATH (e.g. /usr/lib/x86_64-linux-gnu/libssl.so.3)",
+            FTP_SERVERS.join(", ")
+        );
+    }
+    Ok(found.into_values().collect())
+}
+
+/// Which library a named file is: by its name, else by the symbols it exports.
+fn kind_of(path: &Path) -> Result<TlsLibrary> {
+    if let Some(kind) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(TlsLibrary::of_file_name)
+    {
+        return Ok(kind);
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let exports = |symbol: &str| {
+        bytes.windows(symbol.len() + 2).any(|w| {
+            w[0] == 0 && &w[1..=symbol.len()] == symbol.as_bytes() && w[symbol.len() + 1] == 0
+        })
+    };
+    if exports("SSL_write") {
+        Ok(TlsLibrary::OpenSsl)
+    } else if exports("gnutls_record_send") {
+        Ok(TlsLibrary::GnuTls)
+    } else {
+        bail!(
+            "--tls-library {}: neither OpenSSL (SSL_write) nor GnuTLS (gnutls_record_send) is in it",
+            path.display()
+        )
+    }
+}
+
+/// (`name[pid]`, library path as this process can open it) for each TLS library mapped
+/// by a running FTP server. The path goes through the process's root, so that a server in
+/// another mount namespace (a container, a lab namespace) names its own file.
+fn servers_libraries() -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in processes.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim();
+        if !FTP_SERVERS.contains(&comm) {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
+            continue;
+        };
+        for path in maps
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+        {
+            let file = Path::new(path);
+            let tls = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(TlsLibrary::of_file_name)
+                .is_some();
+            if tls {
+                let inside = dir.join("root").join(path.trim_start_matches('/'));
+                let entry = (format!("{comm}[{pid}]"), inside);
+                if !found.contains(&entry) {
+                    found.push(entry);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Where the running kernel's `struct sock_common` keeps a socket's addresses and ports,
+/// from its BTF.
+pub fn sock_layout() -> Result<SockLayout> {
+    let btf = std::fs::read(KERNEL_BTF).with_context(|| {
+        format!(
+            "--tls-uprobes reads where the kernel keeps a socket's addresses from {KERNEL_BTF}, which this kernel lacks (it needs CONFIG_DEBUG_INFO_BTF=y, as Debian's kernels have): run without --tls-uprobes"
+        )
+    })?;
+    let fields = btf::struct_fields(&btf, "sock_common")
+        .with_context(|| format!("reading struct sock_common from {KERNEL_BTF}"))?;
+    let offset = |name: &str| -> Result<u16> {
+        let bits = fields
+            .get(name)
+            .with_context(|| format!("{KERNEL_BTF}: struct sock_common has no {name}"))?;
+        Ok(u16::try_from(bits / 8)?)
+    };
+    Ok(SockLayout {
+        family: offset("skc_family")?,
+        daddr: offset("skc_daddr")?,
+        rcv_saddr: offset("skc_rcv_saddr")?,
+        dport: offset("skc_dport")?,
+        num: offset("skc_num")?,
+        v6_daddr: offset("skc_v6_daddr")?,
+        v6_rcv_saddr: offset("skc_v6_rcv_saddr")?,
+        _pad: 0,
+    })
+}
+
+/// Says once, the first time TLS control connections are seen while nothing reads their
+/// plaintext, why their data connections are dropped and what fixes it; with
+/// `--tls-uprobes`, says once if they are dropped all the same.
+#[derive(Debug, Default)]
+pub struct Hint {
+    said: bool,
+}
+
+impl Hint {
+    pub fn check(&mut self, counters: &[(Counter, u64)], uprobes: bool) {
+        if self.said {
+            return;
+        }
+        let get = |wanted: Counter| {
+            counters
+                .iter()
+                .find(|(counter, _)| *counter == wanted)
+                .map_or(0, |(_, value)| *value)
+        };
+        let connections = get(Counter::TlsControlConnections);
+        let dropped = get(Counter::TlsDataDropped);
+        if !uprobes && connections > 0 {
+            self.said = true;
+            warn!(
+                "FTP over TLS: {connections} control connection(s) switched to TLS, whose announcements cannot be read on the wire, so their data connections are dropped (counted as tls_data_dropped); on the FTP server's host, run ftp-loader with --tls-uprobes to read them where they are plaintext"
+            );
+        } else if uprobes && dropped > 0 {
+            self.said = true;
+            warn!(
+                "FTP over TLS: {dropped} data connection(s) of TLS control connections dropped although --tls-uprobes is on: the FTP server's TLS library is not probed (a server started after ftp-loader with another library, or one linked statically); name it with --tls-library and restart ftp-loader"
+            );
+        }
+    }
+}
+
+/// Logs what `--tls-uprobes` probes.
+pub fn describe(probed: &Probed) {
+    info!("{probed}");
+}
+
+/// Just enough of BTF (the kernel's type format) to find a struct's fields.
+mod btf {
+    use std::collections::BTreeMap;
+
+    use anyhow::{Result, bail, ensure};
+
+    const MAGIC: u16 = 0xeb9f;
+    const KIND_STRUCT: u32 = 4;
+    const KIND_UNION: u32 = 5;
+
+    struct Type {
+        name: u32,
+        kind: u32,
+        /// The referenced type of a typedef or modifier.
+        target: u32,
+        /// A struct's or union's members: (name, type, bit offset).
+        members: Vec<(u32, u32, u32)>,
+    }
+
+    fn u32_at(data: &[u8], at: usize) -> Result<u32> {
+        let Some(bytes) = data.get(at..at + 4) else {
+            bail!("truncated");
+        };
+        Ok(u32::from_le_bytes(bytes.try_into()?))
+    }
+
+    fn parse(data: &[u8]) -> Result<(Vec<Type>, &[u8])> {
+        ensure!(data.len() >= 24, "truncated");
+        ensure!(
+            u16::from_le_bytes([data[0], data[1]]) == MAGIC,
+            "not little-endian BTF"
+        );
+        let header = u32_at(data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+        let Some(types) = data.get(header + type_off..header + type_off + type_len) else {
+            bail!("truncated");
+        };
+        let Some(strings) = data.get(header + str_off..header + str_off + str_len) else {
+            bail!("truncated");
+        };
+        // Type 0 is void.
+        let mut parsed = vec![Type {
+            name: 0,
+            kind: 0,
+            target: 0,
+            members: Vec::new(),
+        }];
+        let mut at = 0;
+        while at < types.len() {
+            let (name, info, target) = (
+                u32_at(types, at)?,
+                u32_at(types, at + 4)?,
+                u32_at(types, at + 8)?,
+            );
+            at += 12;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let bitfields = info >> 31 != 0;
+            let mut members = Vec::new();
+            at += match kind {
+                // int, var, decl_tag
+                1 | 14 | 17 => 4,
+                // array
+                3 => 12,
+                KIND_STRUCT | KIND_UNION => {
+                    for m in 0..vlen {
+                        let base = at + m * 12;
+                        let offset = u32_at(types, base + 8)?;
+                        members.push((
+                            u32_at(types, base)?,
+                            u32_at(types, base + 4)?,
+                            if bitfields {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
+                        ));
+                    }
+                    vlen * 12
+                }
+                // enum, func_proto
+                6 | 13 => vlen * 8,
+                // datasec, enum64
+                15 | 19 => vlen * 12,
+                // ptr, fwd, typedef, volatile, const, restrict, func, float, type_tag
+                2 | 7..=12 | 16 | 18 => 0,
+                other => bail!("unknown BTF kind {other}"),
+            };
+            parsed.push(Type {
+                name,
+                kind,
+                target,
+                members,
+            });
+        }
+        Ok((parsed, strings))
+    }
+
+    fn name<'a>(strings: &'a [u8], offset: u32) -> &'a str {
+        let rest = strings.get(offset as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or_default()
+    }
+
+    /// The bit offset of every named field of struct `wanted`, those of its anonymous
+    /// structs and unions included.
+    pub fn struct_fields(data: &[u8], wanted: &str) -> Result<BTreeMap<String, u32>> {
+        let (types, strings) = parse(data)?;
+        let Some(root) = types
+            .iter()
+            .position(|t| t.kind == KIND_STRUCT && name(strings, t.name) == wanted)
+        else {
+            bail!("no struct {wanted}");
+        };
+        let mut fields = BTreeMap::new();
+        let mut pending = vec![(root, 0u32)];
+        while let Some((id, base)) = pending.pop() {
+            for &(member, mut ty, offset) in &types[id].members {
+                if member != 0 {
+                    fields.insert(name(strings, member).to_owned(), base + offset);
+                    continue;
+                }
+                // Anonymous: through typedefs and modifiers to its struct or union.
+                for _ in 0..16 {
+                    match types.get(ty as usize) {
+                        Some(t) if matches!(t.kind, 8..=11 | 18) => ty = t.target,
+                        _ => break,
+                    }
+                }
+                if types
+                    .get(ty as usize)
+                    .is_some_and(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION))
+                {
+                    pending.push((ty as usize, base + offset));
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's layout, read from its BTF: the IPv4 fields have sat at these
+    /// offsets since the fields existed, the IPv6 ones depend on the build.
+    #[test]
+    fn the_running_kernels_socket_layout() {
+        let layout = sock_layout().unwrap();
+        assert_eq!(
+            (
+                layout.daddr,
+                layout.rcv_saddr,
+                layout.dport,
+                layout.num,
+                layout.family
+            ),
+            (0, 4, 12, 14, 16)
+        );
+        assert!(layout.v6_daddr > layout.family);
+        assert_eq!(layout.v6_rcv_saddr, layout.v6_daddr + 16);
+    }
+
+    #[test]
+    fn libraries_are_told_by_name_or_by_their_symbols() {
+        assert_eq!(
+            TlsLibrary::of_file_name("libssl.so.3"),
+            Some(TlsLibrary::OpenSsl)
+        );
+        assert_eq!(
+            TlsLibrary::of_file_name("libgnutls.so.30"),
+            Some(TlsLibrary::GnuTls)
+        );
+        assert_eq!(TlsLibrary::of_file_name("libcrypto.so.3"), None);
+        let dir = std::env::temp_dir().join(format!("ftp-tracker-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let renamed = dir.join("libcustom.so");
+        std::fs::write(&renamed, b"\x7fELF\0SSL_write\0more").unwrap();
+        assert_eq!(kind_of(&renamed).unwrap(), TlsLibrary::OpenSsl);
+        std::fs::write(&renamed, b"\x7fELF\0nothing\0").unwrap();
+        let error = kind_of(&renamed).unwrap_err().to_string();
+        assert!(error.contains("neither OpenSSL"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
