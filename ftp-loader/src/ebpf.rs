@@ -19,7 +19,7 @@ use ftp_ebpf_common::{
         DEFAULT_MAX_EXPECTATIONS, DEFAULT_MAX_EXPECTED, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PER_CLIENT,
         DEFAULT_MIN_DATA_PORT, DEFAULT_TLS_CONTROL_PORT, EGRESS_PROGRAM, EXPECTATIONS, FLOWS,
         INGRESS_PROGRAM, INGRESS_TC_PROGRAM, MAX_EXPECTED, NAT_BINDINGS, NAT_CONTROLS, NAT_FLOWS,
-        NS_PER_SEC, PORTS, PUBLIC_ADDRS,
+        NS_PER_SEC, PORTS, PUBLIC_ADDRS, TLS_PEERS,
     },
     nat::{PublicAddr, PublicMapping},
     policy::{PortInfo, PortPlan},
@@ -232,7 +232,7 @@ pub fn parse_range(text: &str) -> Result<(u16, u16), String> {
 
 impl Settings {
     /// The tables an option sizes: (map, option, entries).
-    pub fn table_sizes(&self) -> [(&'static str, &'static str, u32); 7] {
+    pub fn table_sizes(&self) -> [(&'static str, &'static str, u32); 8] {
         // The gateway's tables, one entry each where nothing is `--nat-inside`.
         let on_gateway = |entries: u32| {
             if self.nat_inside.is_empty() {
@@ -266,6 +266,9 @@ impl Settings {
                 "--max-flows",
                 on_gateway(self.max_flows.saturating_mul(2)),
             ),
+            // Two ends per TLS control connection, the least recently seen forgotten
+            // first: those are the ones whose data connections are not coming.
+            (TLS_PEERS.name, "--max-controls", self.max_controls),
         ]
     }
 

@@ -57,6 +57,9 @@ pub enum Row {
         listener: IpAddr,
         port: u16,
         control: Connection,
+        /// Read in a TLS control connection's plaintext (--tls-uprobes).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        tls: bool,
     },
     /// An announcement refused: what it announced (None when the line was not understood).
     Refused {
@@ -64,6 +67,8 @@ pub enum Row {
         family: Option<&'static str>,
         announced: Option<Endpoint>,
         control: Connection,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        tls: bool,
     },
     /// A NAT gateway's data connection (`syn`, as it arrived) sent on as `translated`.
     Translated {
@@ -109,6 +114,7 @@ impl Row {
                 listener: to_ip(event.flow.family, &event.flow.dst)?,
                 port: event.flow.dst_port,
                 control: connection(&event.control)?,
+                tls: event.tls != 0,
             },
             EventKind::Refused => {
                 let named = event.announced();
@@ -124,6 +130,7 @@ impl Row {
                         })
                     }),
                     control: connection(&event.control)?,
+                    tls: event.tls != 0,
                 }
             }
             EventKind::Translated => Row::Translated {
@@ -170,17 +177,20 @@ impl std::fmt::Display for Row {
                 listener,
                 port,
                 control,
+                tls,
             } => write!(
                 f,
-                "[ANNOUNCED] {family} tcp {connector} -> {} (any source port) {}",
+                "[ANNOUNCED] {family} tcp {connector} -> {} (any source port) {}{}",
                 endpoint(listener, *port),
-                master(control)
+                master(control),
+                if *tls { " (TLS)" } else { "" }
             ),
             Row::Refused {
                 reason,
                 family,
                 announced,
                 control,
+                tls,
             } => {
                 write!(f, "[REFUSED {reason}]")?;
                 if let (Some(family), Some(announced)) = (family, announced) {
@@ -190,7 +200,11 @@ impl std::fmt::Display for Row {
                         endpoint(&announced.addr, announced.port)
                     )?;
                 }
-                write!(f, " {}", master(control))
+                write!(f, " {}", master(control))?;
+                if *tls {
+                    write!(f, " (TLS)")?;
+                }
+                Ok(())
             }
             Row::Translated {
                 family,

@@ -12,7 +12,7 @@ use clap::{
     parser::ValueSource,
 };
 use ftp_ebpf_common::contract::{
-    EVENTS, EXPECTATIONS, FLOWS, NAT_BINDINGS, NAT_FLOWS, STATS, WOULD_DROP,
+    CONTROLS, EVENTS, EXPECTATIONS, FLOWS, NAT_BINDINGS, NAT_FLOWS, STATS, TLS_PEERS, WOULD_DROP,
 };
 use ftp_loader::{
     addrs, adopt,
@@ -346,8 +346,12 @@ fn print_expectations(pin_dir: &Path, json: bool) -> Result<()> {
         .ok()
         .map(|map| NAT_BINDINGS.from_map(map))
         .transpose()?;
+    let controls = CONTROLS.from_map(open_pin(pin_dir, CONTROLS.name)?)?;
     let now = monotonic_ns();
-    print_rows(&tables::expectations(&table, bindings.as_ref(), now), json);
+    print_rows(
+        &tables::expectations(&table, bindings.as_ref(), Some(&controls), now),
+        json,
+    );
     require_live_loader(pin_dir);
     Ok(())
 }
@@ -358,8 +362,18 @@ fn print_flows(pin_dir: &Path, json: bool) -> Result<()> {
         .ok()
         .map(|map| NAT_FLOWS.from_map(map))
         .transpose()?;
+    // An instance from before FTPS support has no such table.
+    let tls_peers = pins::open(pin_dir, TLS_PEERS.name)
+        .ok()
+        .map(|map| TLS_PEERS.from_map(map))
+        .transpose()?;
     print_rows(
-        &tables::flows(&table, translations.as_ref(), monotonic_ns()),
+        &tables::flows(
+            &table,
+            translations.as_ref(),
+            tls_peers.as_ref(),
+            monotonic_ns(),
+        ),
         json,
     );
     require_live_loader(pin_dir);

@@ -16,7 +16,7 @@ use aya::{
 use ftp_ebpf_common::contract::{
     ALLOW_FROM, ArrayKind, ArrayTable, CLIENTS, CONFIG, CONTROLS, EVENTS, EXPECTATIONS, FLOWS,
     HashTable, LpmTable, NAT_BINDINGS, NAT_CONTROLS, NAT_FLOWS, PORTS, PUBLIC_ADDRS,
-    PUBLIC_ADDRS_ENTRIES, RingBuffer, STATS, WOULD_DROP,
+    PUBLIC_ADDRS_ENTRIES, RingBuffer, STATS, TLS_PEERS, TLS_RECENT, WOULD_DROP,
 };
 
 use crate::{ebpf::Settings, events::READER_LOCK};
@@ -94,7 +94,7 @@ fn ring(ring: RingBuffer) -> StateMap {
 /// pinned so that the commands that read a running instance can see its settings and
 /// `ftp-loader events` can switch the events on; EVENTS so that it can read them (across a
 /// restart of the loader too).
-pub const STATE_MAP_NAMES: [&str; 14] = [
+pub const STATE_MAP_NAMES: [&str; 16] = [
     STATS.name,
     CONFIG.name,
     ALLOW_FROM.name,
@@ -108,6 +108,8 @@ pub const STATE_MAP_NAMES: [&str; 14] = [
     NAT_CONTROLS.name,
     NAT_BINDINGS.name,
     NAT_FLOWS.name,
+    TLS_PEERS.name,
+    TLS_RECENT.name,
     EVENTS.name,
 ];
 
@@ -131,6 +133,8 @@ fn state_maps() -> [StateMap; STATE_MAP_NAMES.len()] {
         hash(NAT_CONTROLS),
         hash(NAT_BINDINGS),
         hash(NAT_FLOWS),
+        hash(TLS_PEERS),
+        array(TLS_RECENT),
         ring(EVENTS),
     ]
 }

@@ -6,11 +6,13 @@ use std::{borrow::Borrow, net::IpAddr};
 
 use aya::maps::{HashMap, MapData};
 use ftp_ebpf_common::{
-    addr::{Addr, Family, to_ip},
+    addr::{Addr, AddrKey, Family, to_ip},
     contract::NS_PER_SEC,
+    control::ControlState,
     expect::{ExpectKey, ExpectValue},
     flow::{FlowKey, FlowValue},
     nat::{NAT_TO_INSIDE, NatBinding, NatFlow},
+    tls::TlsPeerSeen,
 };
 use serde::Serialize;
 
@@ -76,6 +78,9 @@ pub struct Expectation {
     /// as `conntrack -L` shows a connection's reply tuple.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub translated_to: Option<String>,
+    /// Announced by a TLS control connection (read through --tls-uprobes).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 impl Expectation {
@@ -83,6 +88,7 @@ impl Expectation {
         let c = &v.control;
         Self {
             translated_to: None,
+            tls: false,
             family: family(k.family),
             connector: ip(k.family, &k.connector),
             listener: ip(k.family, &k.listener),
@@ -98,12 +104,13 @@ impl Expectation {
     }
 }
 
-/// Every live expectation, oldest expiry first.
-/// The live expectations, with where a gateway translates each (`bindings`: NAT_BINDINGS,
-/// when the instance has it).
-pub fn expectations<T: Borrow<MapData>, B: Borrow<MapData>>(
+/// The live expectations, oldest expiry first, with where a gateway translates each
+/// (`bindings`: NAT_BINDINGS, when the instance has it) and whether its control connection
+/// is TLS (`controls`: CONTROLS).
+pub fn expectations<T: Borrow<MapData>, B: Borrow<MapData>, C: Borrow<MapData>>(
     table: &HashMap<T, ExpectKey, ExpectValue>,
     bindings: Option<&HashMap<B, ExpectKey, NatBinding>>,
+    controls: Option<&HashMap<C, FlowKey, ControlState>>,
     now_ns: u64,
 ) -> Vec<Expectation> {
     let mut entries: Vec<(ExpectKey, ExpectValue)> = table
@@ -118,6 +125,12 @@ pub fn expectations<T: Borrow<MapData>, B: Borrow<MapData>>(
             translated_to: bindings
                 .and_then(|b| b.get(k, 0).ok())
                 .map(|b| endpoint(&ip(k.family, &b.inside), k.port)),
+            // Keyed client -> server; `control` is as the announcing line travelled.
+            tls: controls.is_some_and(|c| {
+                [v.control, v.control.reversed()]
+                    .iter()
+                    .any(|key| c.get(key, 0).is_ok_and(|state| state.is_tls()))
+            }),
             ..Expectation::new(k, v, now_ns)
         })
         .collect()
@@ -129,7 +142,7 @@ impl Row for Expectation {
     fn text(&self) -> String {
         let c = &self.control;
         format!(
-            "{:>5}s {} tcp {} -> {} (any source port){} announced by {} -> {}",
+            "{:>5}s {} tcp {} -> {} (any source port){} announced by {} -> {}{}",
             self.expires_in_secs,
             self.family,
             self.connector,
@@ -137,6 +150,7 @@ impl Row for Expectation {
             translated(self.translated_to.as_deref()),
             endpoint(&c.src, c.src_port),
             endpoint(&c.dst, c.dst_port),
+            if self.tls { " (TLS)" } else { "" },
         )
     }
 }
@@ -186,12 +200,16 @@ pub struct Flow {
     /// On a NAT gateway: where the connection goes, translated (`--nat-inside`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub translated_to: Option<String>,
+    /// Between the ends of a TLS control connection: a data connection of FTP over TLS.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 impl Flow {
     pub fn new(k: &FlowKey, v: &FlowValue, now_ns: u64) -> Self {
         Self {
             translated_to: None,
+            tls: false,
             family: family(k.family),
             src: ip(k.family, &k.src),
             src_port: k.src_port,
@@ -204,12 +222,13 @@ impl Flow {
     }
 }
 
-/// Every tracked flow, oldest first.
-/// The tracked flows, with where a gateway translates each (`translations`: NAT_FLOWS,
-/// when the instance has it).
-pub fn flows<T: Borrow<MapData>, N: Borrow<MapData>>(
+/// The tracked flows, oldest first, with where a gateway translates each (`translations`:
+/// NAT_FLOWS, when the instance has it) and whether both ends are a TLS control
+/// connection's (`tls_peers`: TLS_PEERS).
+pub fn flows<T: Borrow<MapData>, N: Borrow<MapData>, P: Borrow<MapData>>(
     table: &HashMap<T, FlowKey, FlowValue>,
     translations: Option<&HashMap<N, FlowKey, NatFlow>>,
+    tls_peers: Option<&HashMap<P, AddrKey, TlsPeerSeen>>,
     now_ns: u64,
 ) -> Vec<Flow> {
     let mut entries: Vec<(FlowKey, FlowValue)> = table.iter().filter_map(Result::ok).collect();
@@ -221,6 +240,11 @@ pub fn flows<T: Borrow<MapData>, N: Borrow<MapData>>(
                 .and_then(|t| t.get(k, 0).ok())
                 .filter(|t| t.direction == NAT_TO_INSIDE)
                 .map(|t| endpoint(&ip(k.family, &t.addr), k.dst_port)),
+            tls: tls_peers.is_some_and(|peers| {
+                [k.src, k.dst]
+                    .iter()
+                    .all(|addr| peers.get(&AddrKey::new(k.family, *addr), 0).is_ok())
+            }),
             ..Flow::new(k, v, now_ns)
         })
         .collect()
@@ -231,7 +255,7 @@ impl Row for Flow {
 
     fn text(&self) -> String {
         format!(
-            "{} tcp {} -> {}{} {} age {}s idle {}s",
+            "{} tcp {} -> {}{} {} age {}s idle {}s{}",
             self.family,
             endpoint(&self.src, self.src_port),
             endpoint(&self.dst, self.dst_port),
@@ -239,6 +263,7 @@ impl Row for Flow {
             self.state.name(),
             self.age_secs,
             self.idle_secs,
+            if self.tls { " (TLS)" } else { "" },
         )
     }
 }
@@ -275,6 +300,7 @@ mod tests {
             age_secs: 5,
             idle_secs: 1,
             translated_to: None,
+            tls: false,
         }
     }
 
@@ -294,6 +320,7 @@ mod tests {
                 dst_port: 21,
             },
             translated_to: None,
+            tls: false,
         };
         assert_eq!(
             to_json(std::slice::from_ref(&expectation)),
@@ -314,6 +341,13 @@ mod tests {
                 + "2 flows listed\n"
         );
         assert_eq!(to_json::<Flow>(&[]), "[]");
+        // FTP over TLS: marked in both forms.
+        let tls = Flow {
+            tls: true,
+            ..flow_of_test()
+        };
+        assert!(to_text(std::slice::from_ref(&tls)).contains("idle 1s (TLS)\n"));
+        assert!(to_json(&[tls]).ends_with(r#""idle_secs":1,"tls":true}]"#));
         // On a gateway, where each goes after translation, as conntrack -L shows it.
         let translated = Flow {
             dst: "198.51.100.1".into(),

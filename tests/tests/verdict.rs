@@ -1933,6 +1933,7 @@ fn a_gateway_translates_the_data_connection_it_announced() {
     let listed = ftp_loader::tables::expectations(
         &EXPECTATIONS.of(&g.programs.ebpf).unwrap(),
         Some(&NAT_BINDINGS.of(&g.programs.ebpf).unwrap()),
+        Some(&CONTROLS.of(&g.programs.ebpf).unwrap()),
         now,
     );
     let to: Vec<Option<&str>> = listed.iter().map(|e| e.translated_to.as_deref()).collect();
@@ -2004,6 +2005,7 @@ fn a_gateway_translates_the_data_connection_it_announced() {
     let flows = ftp_loader::tables::flows(
         &FLOWS.of(&g.programs.ebpf).unwrap(),
         Some(&NAT_FLOWS.of(&g.programs.ebpf).unwrap()),
+        Some(&contract::TLS_PEERS.of(&g.programs.ebpf).unwrap()),
         now,
     );
     let mut to: Vec<Option<&str>> = flows.iter().map(|f| f.translated_to.as_deref()).collect();
