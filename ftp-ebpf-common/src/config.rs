@@ -11,7 +11,7 @@ use crate::{
         DEFAULT_MAX_PER_CLIENT, DEFAULT_MIN_DATA_PORT, NS_PER_SEC,
     },
     policy::Rules,
-    tls::SockLayout,
+    tls::KernelLayout,
 };
 
 #[repr(C)]
@@ -43,8 +43,8 @@ pub struct Config {
     /// one is looked up there; 0 spares the lookup.
     pub nat_inside: u8,
     pub _reserved: [u8; 3],
-    /// Where the running kernel keeps a socket's addresses (`--tls-uprobes`).
-    pub sock: SockLayout,
+    /// Where the running kernel keeps a thread's sockets (`--tls-uprobes`).
+    pub kernel: KernelLayout,
 }
 
 impl Config {
@@ -63,7 +63,13 @@ impl Config {
         public_addresses: 0,
         nat_inside: 0,
         _reserved: [0; 3],
-        sock: SockLayout {
+        kernel: KernelLayout {
+            task_files: 0,
+            files_fdt: 0,
+            fdt_fd: 0,
+            fdt_max_fds: 0,
+            file_private_data: 0,
+            socket_sk: 0,
             family: 0,
             daddr: 0,
             rcv_saddr: 0,
@@ -71,7 +77,7 @@ impl Config {
             num: 0,
             v6_daddr: 0,
             v6_rcv_saddr: 0,
-            _pad: 0,
+            _pad: [0; 3],
         },
     };
 

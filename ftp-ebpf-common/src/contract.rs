@@ -67,12 +67,15 @@ pub const PUBLIC_ADDRS_ENTRIES: u32 = 256;
 pub const NAT_INSIDE_ENTRIES: u32 = 64;
 /// Entries of ALLOW_FROM: the most `--allow-from` networks.
 pub const ALLOW_FROM_ENTRIES: u32 = 1024;
-/// Entries of the per-CPU scratch buffers: one per direction, and one for the TLS library
-/// probes (`TLS_SCRATCH`), which a packet program may interrupt.
-pub const SCRATCH_ENTRIES: u32 = 3;
-/// The scratch entry of the TLS library probes: tracing programs never run nested on a CPU,
-/// but a packet program may run in the middle of one.
-pub const TLS_SCRATCH: u32 = 2;
+/// Entries of the per-CPU scratch buffers: one per direction, and one for each program of
+/// the TLS probes that scans (`TLS_WRITE_SCRATCH`, `TLS_READ_SCRATCH`).
+pub const SCRATCH_ENTRIES: u32 = 4;
+/// The scratch entry of `TLS_SEND_PROGRAM`: an fentry program, which its CPU never runs
+/// twice at once, but which may be preempted by a task whose read probe then runs; a packet
+/// program may interrupt either.
+pub const TLS_WRITE_SCRATCH: u32 = 2;
+/// The scratch entry of the read probes' returns, which run with preemption off.
+pub const TLS_READ_SCRATCH: u32 = 3;
 /// Entries of TLS_CALLS: TLS library calls in progress, one per thread at most.
 pub const TLS_CALLS_ENTRIES: u32 = 16384;
 /// Bytes of the EVENTS ring buffer (a power-of-two number of pages): 2730 events of 88
@@ -315,14 +318,26 @@ pub const TLS_READ_DONE_PROGRAM: &str = "tls_read_done";
 /// At the return of `SSL_read_ex`, which returns 1 and writes the length to its fourth
 /// argument.
 pub const TLS_READ_EX_DONE_PROGRAM: &str = "tls_read_ex_done";
-/// A kprobe of the kernel's `tcp_sendmsg`, which a TLS library's write reaches in the same
-/// thread: the socket, and so the control connection, of the call.
+/// At the system calls a TLS library's write makes in the same thread (`TLS_SEND_SYSCALLS`):
+/// their file descriptor is the socket, and so the control connection, of the call.
 pub const TLS_SEND_PROGRAM: &str = "tls_send";
-/// A kprobe of `tcp_recvmsg`, the same for a read.
+/// The same for a read (`TLS_RECV_SYSCALLS`).
 pub const TLS_RECV_PROGRAM: &str = "tls_recv";
-/// The kernel functions `TLS_SEND_PROGRAM` and `TLS_RECV_PROGRAM` probe.
-pub const TLS_SEND_FUNCTION: &str = "tcp_sendmsg";
-pub const TLS_RECV_FUNCTION: &str = "tcp_recvmsg";
+/// The tracepoints (category, name) of the system calls a TLS library writes with:
+/// OpenSSL's socket BIO `write`s, GnuTLS and curl `send` (`sendto`). Tracepoints rather
+/// than kernel function probes: kprobes and fentry programs are missing from some
+/// kernels (built without kprobes, or locked down) that have them.
+pub const TLS_SEND_SYSCALLS: [(&str, &str); 2] = [
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_enter_sendto"),
+];
+/// ... and reads with.
+pub const TLS_RECV_SYSCALLS: [(&str, &str); 2] = [
+    ("syscalls", "sys_enter_read"),
+    ("syscalls", "sys_enter_recvfrom"),
+];
+/// Where a syscall tracepoint's record holds the first argument (the file descriptor).
+pub const SYSCALL_FIRST_ARG_OFFSET: usize = 16;
 
 /// A TLS library `--tls-uprobes` knows, with the functions each program probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

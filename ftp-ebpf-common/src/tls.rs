@@ -6,8 +6,10 @@
 //! runs an end (the FTP server, or a client), the plaintext exists inside that process,
 //! before the TLS library encrypts a reply or after it decrypts a command: `--tls-uprobes`
 //! reads it there, at `SSL_write` and `SSL_read`, and attributes it to its connection by the
-//! socket the call wrote to or read from (`SockLayout`). The same lines are then scanned by
-//! the same scanner, and judged by the same rules, as plaintext FTP's.
+//! socket the call wrote to or read from: the file descriptor of the system call the same
+//! thread makes inside the library call, followed through the kernel's structures to the
+//! socket's addresses (`KernelLayout`). The same lines are then scanned by the same
+//! scanner, and judged by the same rules, as plaintext FTP's.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -90,14 +92,22 @@ pub fn clear_accepted(reply: [u8; 4]) -> bool {
     reply[0] == b'2' && reply[1] == b'0' && reply[2] == b'0' && matches!(reply[3], b' ' | b'-')
 }
 
-/// Where the kernel's `struct sock_common` keeps a socket's addresses and ports: byte
-/// offsets read from the running kernel's BTF by the loader, so that a kprobe reads the
-/// socket of a TLS library call on any kernel build. 0 in `family`: not known (no
+/// Where the running kernel keeps what leads from a thread's file descriptor to its
+/// socket's addresses and ports: byte offsets read from the kernel's BTF by the loader, so
+/// that the probes read them on any kernel build. 0 in `family`: not known (no
 /// `--tls-uprobes`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct SockLayout {
-    /// `skc_family` (u16): AF_INET or AF_INET6.
+pub struct KernelLayout {
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd` and `fdtable.max_fds`,
+    /// `file.private_data` (a socket file's `struct socket`), `socket.sk`.
+    pub task_files: u16,
+    pub files_fdt: u16,
+    pub fdt_fd: u16,
+    pub fdt_max_fds: u16,
+    pub file_private_data: u16,
+    pub socket_sk: u16,
+    /// `struct sock_common`'s `skc_family` (u16): AF_INET or AF_INET6.
     pub family: u16,
     /// `skc_daddr`, `skc_rcv_saddr` (IPv4, network order).
     pub daddr: u16,
@@ -108,7 +118,7 @@ pub struct SockLayout {
     /// `skc_v6_daddr`, `skc_v6_rcv_saddr`.
     pub v6_daddr: u16,
     pub v6_rcv_saddr: u16,
-    pub _pad: u16,
+    pub _pad: [u16; 3],
 }
 
 /// The kernel's address families.
@@ -144,7 +154,7 @@ pub fn socket_flow(af: u16, addrs: &[Addr; 2], ports: [u16; 2]) -> Option<FlowKe
 }
 
 /// A TLS library call in progress on a thread (TLS_CALLS, by thread id): what its entry
-/// probe learned, for the kprobe of the socket call it makes, or its return probe.
+/// probe learned, for the probe of the system call it makes, or its return probe.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct TlsCall {

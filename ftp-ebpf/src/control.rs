@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use ftp_ebpf_common::{
     addr::FAMILY_IPV4,
-    contract::{SCRATCH_ENTRIES, TLS_SCRATCH},
+    contract::{SCRATCH_ENTRIES, TLS_READ_SCRATCH, TLS_WRITE_SCRATCH},
     control::{ControlState, Hook, SegmentPlan, Tracked, control_key},
     event::{EventKind, Reason},
     expect::{ExpectKey, ExpectValue},
@@ -276,10 +276,14 @@ fn read_lines(work: &mut ControlScan, state: &mut ControlState) {
 /// connection's would be, once (`PlainStreams`).
 #[inline(never)]
 pub fn scan_plain(socket: &FlowKey, end: CallEnd, buf: u64, len: u32) {
-    let Some(work) = SCAN.get_ptr_mut(TLS_SCRATCH) else {
+    let slot = match end {
+        CallEnd::Writer => TLS_WRITE_SCRATCH,
+        CallEnd::Reader => TLS_READ_SCRATCH,
+    };
+    let Some(work) = SCAN.get_ptr_mut(slot) else {
         return;
     };
-    // SAFETY: this CPU's slot of the TLS probes, which never run nested.
+    // SAFETY: this CPU's slot of the probe that calls (see `TLS_WRITE_SCRATCH`).
     let work = unsafe { &mut *work };
     // The local end is the server when the connection is keyed remote -> local.
     work.control = socket.reversed();

@@ -25,12 +25,17 @@ mod tls;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    macros::{classifier, kprobe, uprobe, uretprobe, xdp},
-    programs::{ProbeContext, RetProbeContext, TcContext, XdpContext},
+    macros::{classifier, tracepoint, uprobe, uretprobe, xdp},
+    programs::{ProbeContext, RetProbeContext, TcContext, TracePointContext, XdpContext},
 };
 use ftp_ebpf_common::{
-    contract::LinkLayer, event::EventKind, flow::refreshes, parse::Sender, policy::PortClass,
-    stats::Counter, tls::CallEnd,
+    contract::{LinkLayer, SYSCALL_FIRST_ARG_OFFSET},
+    event::EventKind,
+    flow::refreshes,
+    parse::Sender,
+    policy::PortClass,
+    stats::Counter,
+    tls::CallEnd,
 };
 
 use crate::{
@@ -127,20 +132,22 @@ pub fn tls_read_ex_done(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// The kernel's `tcp_sendmsg(sk, ...)`.
-#[kprobe]
-pub fn tls_send(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0) {
-        tls::socket(sk as *const u8);
+/// The entry of `write(fd, ...)` or `sendto(fd, ...)`.
+#[tracepoint]
+pub fn tls_send(ctx: TracePointContext) -> u32 {
+    // SAFETY: every syscall tracepoint's record has its first argument there.
+    if let Ok(fd) = unsafe { ctx.read_at::<u64>(SYSCALL_FIRST_ARG_OFFSET) } {
+        tls::socket(fd);
     }
     0
 }
 
-/// The kernel's `tcp_recvmsg(sk, ...)`.
-#[kprobe]
-pub fn tls_recv(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0) {
-        tls::socket(sk as *const u8);
+/// The entry of `read(fd, ...)` or `recvfrom(fd, ...)`.
+#[tracepoint]
+pub fn tls_recv(ctx: TracePointContext) -> u32 {
+    // SAFETY: as in `tls_send`.
+    if let Ok(fd) = unsafe { ctx.read_at::<u64>(SYSCALL_FIRST_ARG_OFFSET) } {
+        tls::socket(fd);
     }
     0
 }

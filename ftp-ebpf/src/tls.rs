@@ -4,11 +4,13 @@
 //! hands it to the scanner (`control::scan_plain`).
 //!
 //! A TLS library call is followed across three probes of one thread: its entry (the
-//! buffer), the kernel's `tcp_sendmsg` or `tcp_recvmsg` that it reaches (the socket, hence
-//! the control connection), and, for a read, its return (how much plaintext there is).
+//! buffer), the system call it makes (the file descriptor, hence the socket and the
+//! control connection), and, for a read, its return (how much plaintext there is).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+    },
     macros::map,
     maps::{Array, LruHashMap},
 };
@@ -17,7 +19,7 @@ use ftp_ebpf_common::{
     addr::{Addr, AddrKey},
     contract::{DEFAULT_MAX_CONTROLS, TLS_CALLS_ENTRIES},
     flow::FlowKey,
-    tls::{AF_INET, AF_INET6, CallEnd, SockLayout, TlsCall, TlsPeerSeen, socket_flow},
+    tls::{AF_INET, AF_INET6, CallEnd, KernelLayout, TlsCall, TlsPeerSeen, socket_flow},
 };
 
 use crate::{
@@ -84,12 +86,11 @@ pub fn call(end: CallEnd, buf: u64, len: u32, read_bytes: u64) {
     let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
 }
 
-/// The kernel's `tcp_sendmsg` or `tcp_recvmsg` for socket `sk`: when this thread is in a
-/// TLS library call, the socket is that call's. A write's plaintext is scanned here, while
-/// the program runs with preemption off (its scratch space is per CPU); a read's waits for
-/// the call's return.
+/// A system call of this thread on file descriptor `fd`: when the thread is in a TLS
+/// library call, the socket is that call's. A write's plaintext is scanned here; a read's
+/// waits for the call's return.
 #[inline(always)]
-pub fn socket(sk: *const u8) {
+pub fn socket(fd: u64) {
     let id = bpf_get_current_pid_tgid();
     let Some(call) = TLS_CALLS.get_ptr_mut(&id) else {
         return;
@@ -99,7 +100,8 @@ pub fn socket(sk: *const u8) {
     if call.done != 0 {
         return;
     }
-    let Some(flow) = sock_flow(sk, &config().sock) else {
+    let layout = &config().kernel;
+    let Some(flow) = fd_sock(fd, layout).and_then(|sk| sock_flow(sk, layout)) else {
         return;
     };
     call.socket = flow;
@@ -141,13 +143,37 @@ pub fn read_ex_done(succeeded: i64) {
     read_done(len as i64);
 }
 
-/// The socket's connection, local end first, read where the loader found the kernel keeps
-/// it (`SockLayout`).
+/// The `struct sock` of this thread's file descriptor `fd`: through its task's files, their
+/// table and the file's socket, where the loader found the kernel keeps each. A descriptor
+/// that is no socket reads as something else, whose addresses match no control connection.
 #[inline(always)]
-fn sock_flow(sk: *const u8, layout: &SockLayout) -> Option<FlowKey> {
+fn fd_sock(fd: u64, layout: &KernelLayout) -> Option<*const u8> {
     if layout.family == 0 {
         return None;
     }
+    let at = |base: *const u8, offset: u16| base.wrapping_add(usize::from(offset));
+    // SAFETY: the helpers check each kernel address.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let files = bpf_probe_read_kernel(at(task, layout.task_files).cast::<*const u8>()).ok()?;
+        let fdt = bpf_probe_read_kernel(at(files, layout.files_fdt).cast::<*const u8>()).ok()?;
+        let max = bpf_probe_read_kernel(at(fdt, layout.fdt_max_fds).cast::<u32>()).ok()?;
+        if fd >= u64::from(max) {
+            return None;
+        }
+        let array = bpf_probe_read_kernel(at(fdt, layout.fdt_fd).cast::<*const u8>()).ok()?;
+        let slot = array.wrapping_add(fd as usize * 8).cast::<*const u8>();
+        let file = bpf_probe_read_kernel(slot).ok()?;
+        let socket =
+            bpf_probe_read_kernel(at(file, layout.file_private_data).cast::<*const u8>()).ok()?;
+        bpf_probe_read_kernel(at(socket, layout.socket_sk).cast::<*const u8>()).ok()
+    }
+}
+
+/// The socket's connection, local end first, read where the loader found the kernel keeps
+/// it (`KernelLayout`).
+#[inline(always)]
+fn sock_flow(sk: *const u8, layout: &KernelLayout) -> Option<FlowKey> {
     let field = |offset: u16| sk.wrapping_add(usize::from(offset));
     // SAFETY: the helper checks the kernel address.
     let af = unsafe { bpf_probe_read_kernel(field(layout.family).cast::<u16>()) }.ok()?;

@@ -470,16 +470,16 @@ fn write_config<T: BorrowMut<MapData>>(
 ) -> Result<()> {
     // Whether somebody reads the event stream is the readers' to say, not the settings'.
     let events = config.get(&0, 0).map_or(0, |current| current.events);
-    let sock = if settings.tls_uprobes {
-        crate::tls::sock_layout()?
+    let kernel = if settings.tls_uprobes {
+        crate::tls::kernel_layout()?
     } else {
-        Config::DEFAULT.sock
+        Config::DEFAULT.kernel
     };
     config.set(
         0,
         Config {
             events,
-            sock,
+            kernel,
             ..settings.config()
         },
         0,

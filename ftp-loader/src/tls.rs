@@ -13,15 +13,15 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    programs::{KProbe, UProbe, uprobe::UProbeScope},
+    programs::{TracePoint, UProbe, uprobe::UProbeScope},
 };
 use ftp_ebpf_common::{
     contract::{
-        TLS_READ_DONE_PROGRAM, TLS_READ_EX_DONE_PROGRAM, TLS_READ_PROGRAM, TLS_RECV_FUNCTION,
-        TLS_RECV_PROGRAM, TLS_SEND_FUNCTION, TLS_SEND_PROGRAM, TLS_WRITE_PROGRAM, TlsLibrary,
+        TLS_READ_DONE_PROGRAM, TLS_READ_EX_DONE_PROGRAM, TLS_READ_PROGRAM, TLS_RECV_PROGRAM,
+        TLS_RECV_SYSCALLS, TLS_SEND_PROGRAM, TLS_SEND_SYSCALLS, TLS_WRITE_PROGRAM, TlsLibrary,
     },
     stats::Counter,
-    tls::SockLayout,
+    tls::KernelLayout,
 };
 use log::{info, warn};
 
@@ -82,10 +82,10 @@ impl fmt::Display for Probed {
 /// Loads the probes' programs through the verifier.
 pub fn load(ebpf: &mut Ebpf) -> Result<()> {
     for program in [TLS_SEND_PROGRAM, TLS_RECV_PROGRAM] {
-        let kprobe: &mut KProbe = program_mut(ebpf, program)?.try_into()?;
-        kprobe
+        let tracepoint: &mut TracePoint = program_mut(ebpf, program)?.try_into()?;
+        tracepoint
             .load()
-            .map_err(|error| unsupported("kprobes", error))?;
+            .map_err(|error| unsupported("tracepoint programs", error))?;
     }
     for program in [
         TLS_WRITE_PROGRAM,
@@ -107,14 +107,17 @@ pub fn attach(ebpf: &mut Ebpf, named: &[PathBuf]) -> Result<Probed> {
     let libraries = libraries(named)?;
     let probed = Probed { libraries };
     load(ebpf)?;
-    for (program, function) in [
-        (TLS_SEND_PROGRAM, TLS_SEND_FUNCTION),
-        (TLS_RECV_PROGRAM, TLS_RECV_FUNCTION),
+    mount_tracefs()?;
+    for (program, syscalls) in [
+        (TLS_SEND_PROGRAM, TLS_SEND_SYSCALLS),
+        (TLS_RECV_PROGRAM, TLS_RECV_SYSCALLS),
     ] {
-        let kprobe: &mut KProbe = program_mut(ebpf, program)?.try_into()?;
-        kprobe
-            .attach(function, 0)
-            .map_err(|error| unsupported("kprobes", error))?;
+        let tracepoint: &mut TracePoint = program_mut(ebpf, program)?.try_into()?;
+        for (category, name) in syscalls {
+            tracepoint
+                .attach(category, name)
+                .map_err(|error| unsupported("syscall tracepoints", error))?;
+        }
     }
     for library in &probed.libraries {
         for &(program, function, _) in library.kind.probes() {
@@ -133,6 +136,36 @@ pub fn attach(ebpf: &mut Ebpf, named: &[PathBuf]) -> Result<Probed> {
     Ok(probed)
 }
 
+/// Where the syscall tracepoints are found: tracefs, mounted where every tool expects it
+/// when it is not (as bpftool mounts bpffs).
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+fn mount_tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").exists()
+        || Path::new("/sys/kernel/debug/tracing/events").exists()
+    {
+        return Ok(());
+    }
+    // SAFETY: constant NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "--tls-uprobes attaches to syscall tracepoints, found in tracefs, which is not mounted at {TRACEFS} and could not be mounted ({}): mount it with `sudo mount -t tracefs tracefs {TRACEFS}`",
+            std::io::Error::last_os_error()
+        );
+    }
+    info!("mounted tracefs at {TRACEFS} (it was not mounted)");
+    Ok(())
+}
+
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("the object has no program {name}"))
@@ -141,7 +174,7 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::progra
 /// A probe the kernel refused: one sentence naming what is missing.
 fn unsupported(what: &str, error: impl fmt::Display) -> anyhow::Error {
     anyhow::anyhow!(
-        "this kernel refused ftp-tracker's {what} ({error}): --tls-uprobes needs a kernel with {what} (CONFIG_UPROBE_EVENTS and CONFIG_KPROBE_EVENTS, as Debian's have); without it, run without --tls-uprobes: TLS data connections are then dropped and counted under tls_data_dropped"
+        "this kernel refused ftp-tracker's {what} ({error}): --tls-uprobes needs uprobes and syscall tracepoints (CONFIG_UPROBE_EVENTS and CONFIG_FTRACE_SYSCALLS, as Debian's kernels have); on this kernel, run without --tls-uprobes: TLS data connections are then dropped and counted under tls_data_dropped"
     )
 }
 
@@ -272,31 +305,37 @@ fn servers_libraries() -> Vec<(String, PathBuf)> {
     found
 }
 
-/// Where the running kernel's `struct sock_common` keeps a socket's addresses and ports,
-/// from its BTF.
-pub fn sock_layout() -> Result<SockLayout> {
+/// Where the running kernel keeps what leads from a thread's file descriptor to its
+/// socket's addresses and ports, from its BTF.
+pub fn kernel_layout() -> Result<KernelLayout> {
     let btf = std::fs::read(KERNEL_BTF).with_context(|| {
         format!(
             "--tls-uprobes reads where the kernel keeps a socket's addresses from {KERNEL_BTF}, which this kernel lacks (it needs CONFIG_DEBUG_INFO_BTF=y, as Debian's kernels have): run without --tls-uprobes"
         )
     })?;
-    let fields = btf::struct_fields(&btf, "sock_common")
-        .with_context(|| format!("reading struct sock_common from {KERNEL_BTF}"))?;
-    let offset = |name: &str| -> Result<u16> {
-        let bits = fields
-            .get(name)
-            .with_context(|| format!("{KERNEL_BTF}: struct sock_common has no {name}"))?;
+    let types = btf::Types::parse(&btf).with_context(|| format!("reading {KERNEL_BTF}"))?;
+    let offset = |structure: &str, field: &str| -> Result<u16> {
+        let bits = types
+            .field_bits(structure, field)
+            .with_context(|| format!("{KERNEL_BTF}: no {structure}.{field}"))?;
         Ok(u16::try_from(bits / 8)?)
     };
-    Ok(SockLayout {
-        family: offset("skc_family")?,
-        daddr: offset("skc_daddr")?,
-        rcv_saddr: offset("skc_rcv_saddr")?,
-        dport: offset("skc_dport")?,
-        num: offset("skc_num")?,
-        v6_daddr: offset("skc_v6_daddr")?,
-        v6_rcv_saddr: offset("skc_v6_rcv_saddr")?,
-        _pad: 0,
+    let sock = |field: &str| offset("sock_common", field);
+    Ok(KernelLayout {
+        task_files: offset("task_struct", "files")?,
+        files_fdt: offset("files_struct", "fdt")?,
+        fdt_fd: offset("fdtable", "fd")?,
+        fdt_max_fds: offset("fdtable", "max_fds")?,
+        file_private_data: offset("file", "private_data")?,
+        socket_sk: offset("socket", "sk")?,
+        family: sock("skc_family")?,
+        daddr: sock("skc_daddr")?,
+        rcv_saddr: sock("skc_rcv_saddr")?,
+        dport: sock("skc_dport")?,
+        num: sock("skc_num")?,
+        v6_daddr: sock("skc_v6_daddr")?,
+        v6_rcv_saddr: sock("skc_v6_rcv_saddr")?,
+        _pad: [0; 3],
     })
 }
 
@@ -342,7 +381,6 @@ pub fn describe(probed: &Probed) {
 
 /// Just enough of BTF (the kernel's type format) to find a struct's fields.
 mod btf {
-    use std::collections::BTreeMap;
 
     use anyhow::{Result, bail, ensure};
 
@@ -364,6 +402,55 @@ mod btf {
             bail!("truncated");
         };
         Ok(u32::from_le_bytes(bytes.try_into()?))
+    }
+
+    /// A BTF blob's types and strings.
+    pub struct Types<'a> {
+        types: Vec<Type>,
+        strings: &'a [u8],
+    }
+
+    impl<'a> Types<'a> {
+        pub fn parse(data: &'a [u8]) -> Result<Self> {
+            let (types, strings) = parse(data)?;
+            Ok(Self { types, strings })
+        }
+
+        /// The bit offset of field `field` of struct `structure`, looking into its
+        /// anonymous structs and unions.
+        pub fn field_bits(&self, structure: &str, field: &str) -> Option<u32> {
+            let root = self.types.iter().position(|t| {
+                t.kind == KIND_STRUCT
+                    && !t.members.is_empty()
+                    && name(self.strings, t.name) == structure
+            })?;
+            let mut pending = vec![(root, 0u32)];
+            while let Some((id, base)) = pending.pop() {
+                for &(member, mut ty, offset) in &self.types[id].members {
+                    if member != 0 {
+                        if name(self.strings, member) == field {
+                            return Some(base + offset);
+                        }
+                        continue;
+                    }
+                    // Anonymous: through typedefs and modifiers to its struct or union.
+                    for _ in 0..16 {
+                        match self.types.get(ty as usize) {
+                            Some(t) if matches!(t.kind, 8..=11 | 18) => ty = t.target,
+                            _ => break,
+                        }
+                    }
+                    if self
+                        .types
+                        .get(ty as usize)
+                        .is_some_and(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION))
+                    {
+                        pending.push((ty as usize, base + offset));
+                    }
+                }
+            }
+            None
+        }
     }
 
     fn parse(data: &[u8]) -> Result<(Vec<Type>, &[u8])> {
@@ -444,42 +531,6 @@ mod btf {
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or_default()
     }
-
-    /// The bit offset of every named field of struct `wanted`, those of its anonymous
-    /// structs and unions included.
-    pub fn struct_fields(data: &[u8], wanted: &str) -> Result<BTreeMap<String, u32>> {
-        let (types, strings) = parse(data)?;
-        let Some(root) = types
-            .iter()
-            .position(|t| t.kind == KIND_STRUCT && name(strings, t.name) == wanted)
-        else {
-            bail!("no struct {wanted}");
-        };
-        let mut fields = BTreeMap::new();
-        let mut pending = vec![(root, 0u32)];
-        while let Some((id, base)) = pending.pop() {
-            for &(member, mut ty, offset) in &types[id].members {
-                if member != 0 {
-                    fields.insert(name(strings, member).to_owned(), base + offset);
-                    continue;
-                }
-                // Anonymous: through typedefs and modifiers to its struct or union.
-                for _ in 0..16 {
-                    match types.get(ty as usize) {
-                        Some(t) if matches!(t.kind, 8..=11 | 18) => ty = t.target,
-                        _ => break,
-                    }
-                }
-                if types
-                    .get(ty as usize)
-                    .is_some_and(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION))
-                {
-                    pending.push((ty as usize, base + offset));
-                }
-            }
-        }
-        Ok(fields)
-    }
 }
 
 #[cfg(test)]
@@ -490,7 +541,7 @@ mod tests {
     /// offsets since the fields existed, the IPv6 ones depend on the build.
     #[test]
     fn the_running_kernels_socket_layout() {
-        let layout = sock_layout().unwrap();
+        let layout = kernel_layout().unwrap();
         assert_eq!(
             (
                 layout.daddr,
@@ -503,6 +554,8 @@ mod tests {
         );
         assert!(layout.v6_daddr > layout.family);
         assert_eq!(layout.v6_rcv_saddr, layout.v6_daddr + 16);
+        // A file descriptor table holds pointers; the rest differs from build to build.
+        assert!(layout.task_files > 0 && layout.file_private_data > 0);
     }
 
     #[test]
