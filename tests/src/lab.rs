@@ -22,6 +22,8 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
+use crate::servers::{Server, Tls};
+
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
@@ -483,9 +485,22 @@ impl Lab {
     /// A lab guarding vsftpd, with a plain listener on `UNANNOUNCED` that nothing
     /// announces: what a forgery or a failure must never make reachable.
     pub fn guarded(tag: &str) -> Lab {
+        Self::guarded_serving(tag, None)
+    }
+
+    /// As `guarded`, with vsftpd speaking FTPS as `tls` says.
+    pub fn guarded_tls(tag: &str, tls: Tls) -> Lab {
+        Self::guarded_serving(tag, Some(tls))
+    }
+
+    fn guarded_serving(tag: &str, tls: Option<Tls>) -> Lab {
         crate::require_root();
         let mut lab = Lab::new(tag, &default_loader_bin()).expect("lab");
-        crate::servers::Server::Vsftpd.start(&mut lab).unwrap();
+        match tls {
+            None => Server::Vsftpd.start(&mut lab),
+            Some(tls) => Server::Vsftpd.start_tls(&mut lab, tls),
+        }
+        .unwrap();
         lab.start_listener(UNANNOUNCED).unwrap();
         lab.start_loader(&[]).unwrap();
         lab

@@ -2,6 +2,8 @@
 //! read-only, on port 21 of both server addresses (192.0.2.1 and 2001:db8::1, or the
 //! server's own IPv4 address in the gateway lab: [`Lab::server_own`]), with its
 //! passive ports in [`PASSIVE_PORTS`], in the foreground, and is killed with the lab.
+//! vsftpd, proftpd and pure-ftpd also speak FTPS (RFC 4217, [`Server::start_tls`]) with a
+//! self-signed certificate the lab makes ([`certificate`]).
 //!
 //! Their configurations (config files, pure-ftpd's options, pyftpdlib's script) are the
 //! files in tests/fixtures, with `{placeholders}` for what only a lab knows (its paths);
@@ -18,18 +20,38 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::lab::{Family, Lab, PASSIVE_PORTS, SERVER_IP6, wait_for};
+use crate::lab::{Family, Lab, PASSIVE_PORTS, SERVER_IP6, run, wait_for};
 
-/// Where `cargo xtask setup` unpacks the daemons it cannot install: their Debian packages
-/// and vsftpd's all provide `ftp-server` and conflict, so apt would remove one to install
-/// another.
+/// Where `cargo xtask setup` unpacks the daemons it cannot install (and proftpd's FTPS
+/// module, whose package depends on one of them): their Debian packages and vsftpd's all
+/// provide `ftp-server` and conflict, so apt would remove one to install another.
 pub const PEERS_DIR: &str = "/opt/ftp-tracker-peers";
 
-/// (Debian package, its daemon) unpacked under `PEERS_DIR/<package>`. proftpd's daemon is
-/// in `proftpd-core`; `proftpd-basic` only depends on it and modules the lab does not use.
-pub const UNPACKED: [(&str, &str); 2] = [PROFTPD, PURE_FTPD];
-const PROFTPD: (&str, &str) = ("proftpd-core", "usr/sbin/proftpd");
-const PURE_FTPD: (&str, &str) = ("pure-ftpd", "usr/sbin/pure-ftpd");
+/// (Debian package, the file the lab needs of it, why) unpacked under
+/// `PEERS_DIR/<package>`. proftpd's daemon is in `proftpd-core`; `proftpd-basic` only
+/// depends on it and modules the lab does not use, and FTPS's mod_tls is in
+/// `proftpd-mod-crypto`, which depends on `proftpd-core` and so is unpacked too.
+pub const UNPACKED: [(&str, &str, &str); 3] = [PROFTPD, PROFTPD_TLS, PURE_FTPD];
+const PROFTPD: (&str, &str, &str) = (
+    "proftpd-core",
+    "usr/sbin/proftpd",
+    "an FTP server of the interoperability matrix (its package conflicts with vsftpd's)",
+);
+const PROFTPD_TLS: (&str, &str, &str) = (
+    "proftpd-mod-crypto",
+    "usr/lib/proftpd/mod_tls.so",
+    "proftpd's FTPS module (its package depends on proftpd-core, which conflicts with vsftpd's)",
+);
+const PURE_FTPD: (&str, &str, &str) = (
+    "pure-ftpd",
+    "usr/sbin/pure-ftpd",
+    "an FTP server of the interoperability matrix (its package conflicts with vsftpd's)",
+);
+
+/// The port of FTP's control connections, and of explicit FTPS's.
+pub const CONTROL_PORT: u16 = 21;
+/// The port of implicit FTPS's control connections (`ftps://`).
+pub const IMPLICIT_PORT: u16 = 990;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Server {
@@ -40,6 +62,51 @@ pub enum Server {
 }
 
 impl fmt::Display for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// How an FTPS session (RFC 4217) is secured: the control connection from `AUTH TLS` or
+/// from its first byte, and every data connection protected (`PROT P`) either way. A
+/// guard on the path reads none of the PASV, EPSV, PORT or EPRT exchanges, except after
+/// CCC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// `AUTH TLS` on port 21; the server refuses a session that does not send it, and
+    /// data connections without TLS.
+    Explicit,
+    /// As `Explicit`, but after logging in the client sends CCC (RFC 4217 section 5)
+    /// and the control connection goes on in plaintext, while the data connections stay
+    /// protected: what RFC 4217 offers for firewalls and NAT that must read the
+    /// announcements. vsftpd has no CCC.
+    ExplicitThenClear,
+    /// TLS from the first byte, on port 990 (`ftps://`), as before RFC 4217; pure-ftpd
+    /// has no implicit FTPS.
+    Implicit,
+}
+
+impl Tls {
+    pub const ALL: [Self; 3] = [Self::Explicit, Self::ExplicitThenClear, Self::Implicit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Explicit => "explicit",
+            Self::ExplicitThenClear => "explicit+CCC",
+            Self::Implicit => "implicit",
+        }
+    }
+
+    /// The port the server takes control connections on.
+    pub fn port(self) -> u16 {
+        match self {
+            Self::Explicit | Self::ExplicitThenClear => CONTROL_PORT,
+            Self::Implicit => IMPLICIT_PORT,
+        }
+    }
+}
+
+impl fmt::Display for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.name())
     }
@@ -65,6 +132,12 @@ const VSFTPD_MASQUERADE: &str = include_str!("../fixtures/vsftpd-masquerade.conf
 const PROFTPD_MASQUERADE: &str = include_str!("../fixtures/proftpd-masquerade.conf");
 const PURE_FTPD_MASQUERADE: &str = include_str!("../fixtures/pure-ftpd-masquerade.options");
 const PYFTPDLIB: &str = include_str!("../fixtures/pyftpdlib.py");
+/// What makes each server speak FTPS ([`Server::start_tls`]), and implicit FTPS.
+const VSFTPD_TLS: &str = include_str!("../fixtures/vsftpd-tls.conf");
+const VSFTPD_IMPLICIT: &str = include_str!("../fixtures/vsftpd-implicit.conf");
+const PROFTPD_TLS_CONF: &str = include_str!("../fixtures/proftpd-tls.conf");
+const PROFTPD_IMPLICIT: &str = include_str!("../fixtures/proftpd-implicit.conf");
+const PURE_FTPD_TLS: &str = include_str!("../fixtures/pure-ftpd-tls.options");
 
 impl Server {
     pub const ALL: [Self; 4] = [Self::Vsftpd, Self::Proftpd, Self::PureFtpd, Self::Pyftpdlib];
@@ -81,7 +154,31 @@ impl Server {
     /// Starts the server in the lab's server namespace and waits until it accepts
     /// connections on port 21 of both addresses.
     pub fn start(self, lab: &mut Lab) -> Result<()> {
-        self.start_with(lab, None, None)
+        self.start_with(lab, None, None, None)
+    }
+
+    /// As `start`, speaking FTPS as `tls` says, with the lab's [`certificate`]: on port 21
+    /// of both addresses, or 990 for implicit FTPS ([`Tls::port`]). Fails at once for a
+    /// server that cannot ([`Server::tls_unsupported`]).
+    pub fn start_tls(self, lab: &mut Lab, tls: Tls) -> Result<()> {
+        if let Some(why) = self.tls_unsupported(tls) {
+            bail!("{self} cannot serve {tls} FTPS: {why}");
+        }
+        self.start_with(lab, None, None, Some(tls))
+    }
+
+    /// Why this server cannot serve `tls` FTPS in the lab, if it cannot.
+    pub fn tls_unsupported(self, tls: Tls) -> Option<&'static str> {
+        match (self, tls) {
+            (Self::Pyftpdlib, _) => Some("the lab sets up pyftpdlib for plain FTP only"),
+            (Self::Vsftpd, Tls::ExplicitThenClear) => {
+                Some("vsftpd has no CCC (it answers `500 Unknown command`)")
+            }
+            (Self::PureFtpd, Tls::Implicit) => {
+                Some("pure-ftpd has no implicit FTPS, only AUTH TLS on its usual port")
+            }
+            (Self::Vsftpd | Self::Proftpd | Self::PureFtpd, _) => None,
+        }
     }
 
     /// As `start`, for a server behind 1:1 NAT ([`Lab::behind_nat`]): with its option to
@@ -90,7 +187,7 @@ impl Server {
     /// pyftpdlib's `masquerade_address`), as a server must be configured for clients on the
     /// far side of the NAT to follow its 227 replies.
     pub fn start_masquerading(self, lab: &mut Lab, public: Ipv4Addr) -> Result<()> {
-        self.start_with(lab, None, Some(public))
+        self.start_with(lab, None, Some(public), None)
     }
 
     /// Starts vsftpd with a [`SCRATCH_DIR`] of `bytes` bytes: a tmpfs mounted in the
@@ -105,7 +202,7 @@ impl Server {
             "only vsftpd is set up to take uploads in the lab"
         );
         std::fs::create_dir_all(lab.ftp_root().join(SCRATCH_DIR))?;
-        self.start_with(lab, Some(bytes), None)
+        self.start_with(lab, Some(bytes), None, None)
     }
 
     fn start_with(
@@ -113,24 +210,37 @@ impl Server {
         lab: &mut Lab,
         scratch: Option<u64>,
         masquerade: Option<Ipv4Addr>,
+        tls: Option<Tls>,
     ) -> Result<()> {
         let root = lab.ftp_root();
         let (low, high) = PASSIVE_PORTS;
+        let port = tls.map_or(CONTROL_PORT, Tls::port);
         // The server's own configuration, then, for a masquerading server, the lines that
-        // name its public address (empty otherwise).
+        // name its public address, and for an FTPS server those that secure it (each empty
+        // otherwise).
         let masquerading = |template: &str| {
             masquerade.map_or(Ok(String::new()), |public| {
                 fill(template, &[("public", &public)])
             })
         };
+        let securing = match tls {
+            Some(tls) => self.securing(lab, tls)?,
+            None => String::new(),
+        };
         match self {
-            Self::Vsftpd => Self::start_vsftpd(lab, &masquerading(VSFTPD_MASQUERADE)?, scratch),
+            Self::Vsftpd => Self::run_vsftpd(
+                lab,
+                &(masquerading(VSFTPD_MASQUERADE)? + &securing),
+                scratch,
+                port,
+            ),
             Self::Proftpd => {
                 let binary = unpacked(PROFTPD)?;
                 let config = lab.file("proftpd.conf");
                 let own = fill(
                     PROFTPD_CONF,
                     &[
+                        ("port", &port),
                         ("server_ip", &lab.server_own(Family::V4)),
                         ("server_ip6", &SERVER_IP6),
                         ("low", &low),
@@ -142,11 +252,11 @@ impl Server {
                 )?;
                 std::fs::write(
                     &config,
-                    format!("{own}{}", masquerading(PROFTPD_MASQUERADE)?),
+                    format!("{own}{}{securing}", masquerading(PROFTPD_MASQUERADE)?),
                 )?;
                 let mut command = lab.server(&binary.to_string_lossy());
                 command.arg("--nodaemon").arg("--config").arg(&config);
-                self.spawn(lab, command, &Family::ALL)
+                self.spawn(lab, command, &Family::ALL, port)
             }
             Self::PureFtpd => {
                 let binary = unpacked(PURE_FTPD)?;
@@ -157,7 +267,8 @@ impl Server {
                         ("high", &high),
                         ("pid_file", &lab.file("pure-ftpd.pid").display()),
                     ],
-                )? + &masquerading(PURE_FTPD_MASQUERADE)?;
+                )? + &masquerading(PURE_FTPD_MASQUERADE)?
+                    + &securing;
                 // pure-ftpd serves the home of the user `ftp` to anonymous users and takes
                 // no other directory: mount the lab's root there. `ip netns exec` runs the
                 // command in a mount namespace of its own, so the host never sees it.
@@ -173,7 +284,7 @@ impl Server {
                             .map(str::trim)
                             .filter(|line| !line.is_empty() && !line.starts_with('#')),
                     );
-                self.spawn(lab, command, &Family::ALL)
+                self.spawn(lab, command, &Family::ALL, port)
             }
             Self::Pyftpdlib => {
                 // Debian's python3-pyftpdlib is for Debian's python, maybe not the first
@@ -193,15 +304,51 @@ impl Server {
                         lab.server_own(Family::V4).to_string(),
                         SERVER_IP6.to_string(),
                     ]);
-                self.spawn(lab, command, &Family::ALL)
+                self.spawn(lab, command, &Family::ALL, port)
             }
         }
+    }
+
+    /// The configuration lines (pure-ftpd: options) that make this server speak `tls`
+    /// FTPS with the lab's certificate, appended to its own.
+    fn securing(self, lab: &Lab, tls: Tls) -> Result<String> {
+        let (cert, key) = certificate(lab)?;
+        let (cert, key) = (cert.display(), key.display());
+        let implicit = |lines: &'static str| if tls == Tls::Implicit { lines } else { "" };
+        Ok(match self {
+            Self::Vsftpd => {
+                fill(VSFTPD_TLS, &[("cert", &cert), ("key", &key)])? + implicit(VSFTPD_IMPLICIT)
+            }
+            Self::Proftpd => {
+                let module = unpacked(PROFTPD_TLS)?;
+                let required = match tls {
+                    Tls::ExplicitThenClear => "auth+data",
+                    Tls::Explicit | Tls::Implicit => "on",
+                };
+                fill(
+                    PROFTPD_TLS_CONF,
+                    &[
+                        ("module_path", &module.parent().unwrap_or(&module).display()),
+                        ("required", &required),
+                        ("cert", &cert),
+                        ("key", &key),
+                    ],
+                )? + implicit(PROFTPD_IMPLICIT)
+            }
+            Self::PureFtpd => fill(PURE_FTPD_TLS, &[("cert", &cert), ("key", &key)])?,
+            Self::Pyftpdlib => bail!("{}", self.tls_unsupported(tls).unwrap_or_default()),
+        })
     }
 
     /// vsftpd, one process per address family, with `extra` configuration lines; with
     /// `scratch`, anonymous uploads go to a tmpfs of that many bytes (see
     /// [`Server::start_with_scratch`]).
     pub fn start_vsftpd(lab: &mut Lab, extra: &str, scratch: Option<u64>) -> Result<()> {
+        Self::run_vsftpd(lab, extra, scratch, CONTROL_PORT)
+    }
+
+    /// As `start_vsftpd`, waiting for it on `port`, where `extra` makes it listen.
+    fn run_vsftpd(lab: &mut Lab, extra: &str, scratch: Option<u64>, port: u16) -> Result<()> {
         let root = lab.ftp_root();
         let (low, high) = PASSIVE_PORTS;
         ensure!(
@@ -246,7 +393,7 @@ impl Server {
                 }
             };
             command.arg(&config);
-            Self::Vsftpd.spawn(lab, command, &[family])?;
+            Self::Vsftpd.spawn(lab, command, &[family], port)?;
         }
         Ok(())
     }
@@ -261,9 +408,15 @@ impl Server {
     }
 
     /// Spawns one server process, hands it to the lab, and waits until it accepts
-    /// connections on port 21 of the server's address in each of `families`, reached as
+    /// connections on `port` of the server's address in each of `families`, reached as
     /// the client reaches it.
-    fn spawn(self, lab: &mut Lab, mut command: Command, families: &[Family]) -> Result<()> {
+    fn spawn(
+        self,
+        lab: &mut Lab,
+        mut command: Command,
+        families: &[Family],
+        port: u16,
+    ) -> Result<()> {
         let log = File::options()
             .create(true)
             .append(true)
@@ -276,11 +429,11 @@ impl Server {
             .with_context(|| format!("starting {self}: {command:?}"))?;
         let ready = families.iter().try_for_each(|&family| {
             let ip = lab.server_addr(family);
-            wait_for(&format!("{self} listening on {ip}:21"), || {
+            wait_for(&format!("{self} listening on {ip} port {port}"), || {
                 if let Some(status) = child.try_wait()? {
                     bail!("{self} exited ({status})");
                 }
-                answers(lab, ip)
+                answers(lab, ip, port)
             })
         });
         lab.keep(child);
@@ -290,13 +443,38 @@ impl Server {
 
 /// A connection attempt from the client, as the clients will make them: it fails at once
 /// while nothing listens (the SYN is answered with a RST).
-fn answers(lab: &Lab, ip: IpAddr) -> Result<bool> {
-    lab.client_connects(ip, 21, Duration::from_secs(1))
+fn answers(lab: &Lab, ip: IpAddr, port: u16) -> Result<bool> {
+    lab.client_connects(ip, port, Duration::from_secs(1))
 }
 
-/// A daemon that `cargo xtask setup` unpacked under [`PEERS_DIR`].
-fn unpacked((package, binary): (&str, &str)) -> Result<PathBuf> {
-    let path = unpacked_path(package, binary);
+/// The lab's TLS certificate and key files (PEM), made with the `openssl` CLI on first
+/// use: self-signed, for the server's addresses, valid for a day. Every FTPS server of the
+/// lab presents it; the clients are told not to verify it, so it need not be trusted, only
+/// be one. The key stays readable by root alone, which starts the servers.
+pub fn certificate(lab: &Lab) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (lab.file("tls-cert.pem"), lab.file("tls-key.pem"));
+    if !cert.exists() {
+        run(Command::new("openssl")
+            .args([
+                "req", "-x509", "-noenc", "-newkey", "rsa:2048", "-days", "1",
+            ])
+            .args(["-subj", "/CN=ftp-tracker lab", "-addext"])
+            .arg(format!(
+                "subjectAltName=IP:{},IP:{SERVER_IP6}",
+                lab.server_own(Family::V4)
+            ))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert))
+        .context("making the lab's TLS certificate: `cargo xtask setup` installs openssl")?;
+    }
+    Ok((cert, key))
+}
+
+/// A file of a package that `cargo xtask setup` unpacked under [`PEERS_DIR`].
+fn unpacked((package, file, _): (&str, &str, &str)) -> Result<PathBuf> {
+    let path = unpacked_path(package, file);
     ensure!(
         path.exists(),
         "{} is missing: `cargo xtask setup` unpacks the Debian package {package} there",
@@ -305,9 +483,9 @@ fn unpacked((package, binary): (&str, &str)) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Where the daemon `binary` of `package` is once unpacked.
-pub fn unpacked_path(package: &str, binary: &str) -> PathBuf {
-    Path::new(PEERS_DIR).join(package).join(binary)
+/// Where `file` of `package` is once unpacked.
+pub fn unpacked_path(package: &str, file: &str) -> PathBuf {
+    Path::new(PEERS_DIR).join(package).join(file)
 }
 
 /// `template` with each `{name}` replaced by its value; a placeholder left unfilled is an
@@ -351,6 +529,7 @@ mod tests {
         fill(
             PROFTPD_CONF,
             &[
+                ("port", &21),
                 ("server_ip", &SERVER_IP),
                 ("server_ip6", &SERVER_IP6),
                 ("low", &1),
@@ -368,6 +547,22 @@ mod tests {
         .unwrap();
         for masquerade in [VSFTPD_MASQUERADE, PROFTPD_MASQUERADE, PURE_FTPD_MASQUERADE] {
             fill(masquerade, &[("public", &SERVER_IP)]).unwrap();
+        }
+        for tls in [VSFTPD_TLS, PURE_FTPD_TLS] {
+            fill(tls, &[("cert", &"c"), ("key", &"k")]).unwrap();
+        }
+        fill(
+            PROFTPD_TLS_CONF,
+            &[
+                ("module_path", &"m"),
+                ("required", &"on"),
+                ("cert", &"c"),
+                ("key", &"k"),
+            ],
+        )
+        .unwrap();
+        for implicit in [VSFTPD_IMPLICIT, PROFTPD_IMPLICIT] {
+            fill(implicit, &[]).unwrap();
         }
         assert!(fill(VSFTPD_IPV4, &[]).is_err(), "an unfilled placeholder");
         assert!(

@@ -64,6 +64,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "a library the unpacked proftpd links against",
     ),
     (
+        "libssl3",
+        "a library the unpacked proftpd's FTPS module (mod_tls) links against",
+    ),
+    (
+        "openssl",
+        "the self-signed certificate each lab makes for its FTPS servers",
+    ),
+    (
         "iptables",
         "to show the lab runs without netfilter rules, and to attach the kernel's FTP helper \
          that the differential tests compare with",
@@ -147,23 +155,23 @@ pub fn install(packages: &[(&str, &str)]) -> Result<()> {
 }
 
 /// The FTP daemons whose packages conflict with vsftpd's (all provide `ftp-server`, so
-/// installing one removes the other): unpacked side by side instead, never configured or
-/// started by the package system.
+/// installing one removes the other), and proftpd's FTPS module, whose package depends on
+/// one of them ([`UNPACKED`]): unpacked side by side instead, never configured or started
+/// by the package system. Each package is unpacked when its file is missing.
 fn unpack_peers() -> Result<()> {
-    let missing: Vec<&str> = UNPACKED
+    let missing: Vec<(&str, &str)> = UNPACKED
         .iter()
-        .filter(|(package, binary)| !unpacked_path(package, binary).exists())
-        .map(|(package, _)| *package)
+        .filter(|(package, file, _)| !unpacked_path(package, file).exists())
+        .map(|(package, _, why)| (*package, *why))
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    for package in &missing {
-        println!(
-            "xtask: unpacking {package} into {PEERS_DIR}/{package}: an FTP server of the interoperability matrix (its package conflicts with vsftpd's)"
-        );
+    for (package, why) in &missing {
+        println!("xtask: unpacking {package} into {PEERS_DIR}/{package}: {why}");
     }
-    unpack(&missing, Path::new(PEERS_DIR))
+    let packages: Vec<&str> = missing.iter().map(|(package, _)| *package).collect();
+    unpack(&packages, Path::new(PEERS_DIR))
 }
 
 /// Downloads Debian packages and unpacks each into `into/<package>`, never configuring or
