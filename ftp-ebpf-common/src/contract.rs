@@ -22,7 +22,7 @@ use crate::{
     policy::PortInfo,
     share::ClientShare,
     stats::COUNTERS,
-    tls::{TlsCall, TlsPeerSeen},
+    tls::{TlsCall, TlsPeerSeen, TlsSession},
 };
 
 pub const NS_PER_SEC: u64 = 1_000_000_000;
@@ -243,6 +243,10 @@ pub const NAT_FLOWS: HashTable<FlowKey, NatFlow> = HashTable::lru("NAT_FLOWS");
 /// The ends of TLS control connections, each with when one was last seen
 /// (`tls::TlsPeerSeen`), as large as CONTROLS.
 pub const TLS_PEERS: HashTable<AddrKey, TlsPeerSeen> = HashTable::lru("TLS_PEERS");
+/// The socket each TLS session of a process was last seen to use (local end first), for
+/// the calls that make no system call (a read served from what the library buffered, as
+/// vsftpd's `SSL_peek` then `SSL_read` are).
+pub const TLS_SESSIONS: HashTable<TlsSession, FlowKey> = HashTable::lru("TLS_SESSIONS");
 /// When any TLS control connection's segment was last seen (ns), in entry 0.
 pub const TLS_RECENT: ArrayTable<u64, Shared> = ArrayTable::new("TLS_RECENT", 1);
 /// TLS library calls in progress (`tls::TlsCall`), by thread (`bpf_get_current_pid_tgid`).
@@ -260,7 +264,7 @@ pub const SCAN: &str = "SCAN";
 pub const NAT_SCRATCH: &str = "NAT_SCRATCH";
 
 /// Every map of the object.
-pub const MAP_NAMES: [&str; 23] = [
+pub const MAP_NAMES: [&str; 24] = [
     EXPECTATIONS.name,
     CONTROLS.name,
     FLOWS.name,
@@ -279,6 +283,7 @@ pub const MAP_NAMES: [&str; 23] = [
     TLS_PEERS.name,
     TLS_CALLS.name,
     TLS_RECENT.name,
+    TLS_SESSIONS.name,
     EVENTS.name,
     EVENT_BUCKETS.name,
     OPTIONS,

@@ -61,5 +61,6 @@ mod pod {
         crate::event::Event,
         crate::event::EventBucket,
         crate::tls::TlsCall,
+        crate::tls::TlsSession,
     );
 }

@@ -153,11 +153,22 @@ pub fn socket_flow(af: u16, addrs: &[Addr; 2], ports: [u16; 2]) -> Option<FlowKe
     })
 }
 
+/// A TLS session of a process (TLS_SESSIONS' key): the library's session object (OpenSSL's
+/// `SSL *`, GnuTLS's `gnutls_session_t`) in the process `pid` (the thread group id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct TlsSession {
+    pub pid: u64,
+    pub session: u64,
+}
+
 /// A TLS library call in progress on a thread (TLS_CALLS, by thread id): what its entry
 /// probe learned, for the probe of the system call it makes, or its return probe.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct TlsCall {
+    /// The session object the call is on.
+    pub session: u64,
     /// The plaintext buffer (user memory).
     pub buf: u64,
     /// `SSL_read_ex`'s `size_t *readbytes`, read at its return; 0 for the others.

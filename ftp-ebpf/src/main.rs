@@ -102,8 +102,11 @@ pub fn ftp_egress_nat(ctx: TcContext) -> i32 {
 /// length, ...).
 #[uprobe]
 pub fn tls_write(ctx: ProbeContext) -> u32 {
-    if let (Some(buf), Some(len)) = (ctx.arg::<u64>(1), ctx.arg::<u64>(2)) {
-        tls::call(CallEnd::Writer, buf, len.min(u64::from(u32::MAX)) as u32, 0);
+    if let (Some(session), Some(buf), Some(len)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    {
+        let len = len.min(u64::from(u32::MAX)) as u32;
+        tls::call(CallEnd::Writer, session, buf, len, 0);
     }
     0
 }
@@ -112,8 +115,14 @@ pub fn tls_write(ctx: ProbeContext) -> u32 {
 /// size, and for `SSL_read_ex` where the length read goes).
 #[uprobe]
 pub fn tls_read(ctx: ProbeContext) -> u32 {
-    if let Some(buf) = ctx.arg::<u64>(1) {
-        tls::call(CallEnd::Reader, buf, 0, ctx.arg::<u64>(3).unwrap_or(0));
+    if let (Some(session), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        tls::call(
+            CallEnd::Reader,
+            session,
+            buf,
+            0,
+            ctx.arg::<u64>(3).unwrap_or(0),
+        );
     }
     0
 }

@@ -19,7 +19,9 @@ use ftp_ebpf_common::{
     addr::{Addr, AddrKey},
     contract::{DEFAULT_MAX_CONTROLS, TLS_CALLS_ENTRIES},
     flow::FlowKey,
-    tls::{AF_INET, AF_INET6, CallEnd, KernelLayout, TlsCall, TlsPeerSeen, socket_flow},
+    tls::{
+        AF_INET, AF_INET6, CallEnd, KernelLayout, TlsCall, TlsPeerSeen, TlsSession, socket_flow,
+    },
 };
 
 use crate::{
@@ -34,6 +36,10 @@ static TLS_PEERS: LruHashMap<AddrKey, TlsPeerSeen> =
 
 #[map]
 static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TLS_CALLS_ENTRIES, 0);
+
+#[map]
+static TLS_SESSIONS: LruHashMap<TlsSession, FlowKey> =
+    LruHashMap::with_max_entries(TLS_CALLS_ENTRIES, 0);
 
 /// When a TLS control connection's segment was last seen, by anyone: a SYN refused when
 /// none was seen for an expectation's lifetime is no TLS connection's, without a lookup.
@@ -73,17 +79,31 @@ pub fn from_peer(frame: &impl Frame, segment: &Segment) -> bool {
     unsafe { TLS_PEERS.get(&key) }.is_some_and(|seen| now.saturating_sub(*seen) <= window)
 }
 
-/// The entry of a TLS library call by this thread: `buf` holds (a write) or will hold (a
-/// read) its plaintext; `len` is a write's length, `read_bytes` where `SSL_read_ex` writes
-/// a read's.
+/// The entry of a TLS library call by this thread on `session`: `buf` holds (a write) or
+/// will hold (a read) its plaintext; `len` is a write's length, `read_bytes` where
+/// `SSL_read_ex` writes a read's. A read may make no system call (the library buffered
+/// the record): its socket is then the one the session last used.
 #[inline(always)]
-pub fn call(end: CallEnd, buf: u64, len: u32, read_bytes: u64) {
+pub fn call(end: CallEnd, session: u64, buf: u64, len: u32, read_bytes: u64) {
+    let id = bpf_get_current_pid_tgid();
     let mut call = TlsCall::zeroed();
+    call.session = session;
     call.buf = buf;
     call.len = len;
     call.read_bytes = read_bytes;
     call.end = end as u8;
-    let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    if end == CallEnd::Reader {
+        let key = TlsSession {
+            pid: id >> 32,
+            session,
+        };
+        // SAFETY: a plain-data map value, copied.
+        if let Some(socket) = unsafe { TLS_SESSIONS.get(&key) } {
+            call.socket = *socket;
+            call.done = 1;
+        }
+    }
+    let _ = TLS_CALLS.insert(&id, &call, 0);
 }
 
 /// A system call of this thread on file descriptor `fd`: when the thread is in a TLS
@@ -97,7 +117,8 @@ pub fn socket(fd: u64) {
     };
     // SAFETY: a map value of this thread's, valid for the program's run.
     let call = unsafe { &mut *call };
-    if call.done != 0 {
+    // A read's socket may be known from its session already; its system call says.
+    if call.done != 0 && call.end == CallEnd::Writer as u8 {
         return;
     }
     let layout = &config().kernel;
@@ -106,6 +127,11 @@ pub fn socket(fd: u64) {
     };
     call.socket = flow;
     call.done = 1;
+    let session = TlsSession {
+        pid: id >> 32,
+        session: call.session,
+    };
+    let _ = TLS_SESSIONS.insert(&session, &flow, 0);
     if call.end == CallEnd::Writer as u8 {
         let (buf, len) = (call.buf, call.len);
         let _ = TLS_CALLS.remove(&id);

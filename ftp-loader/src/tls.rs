@@ -526,7 +526,7 @@ mod btf {
         Ok((parsed, strings))
     }
 
-    fn name<'a>(strings: &'a [u8], offset: u32) -> &'a str {
+    fn name(strings: &[u8], offset: u32) -> &str {
         let rest = strings.get(offset as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or_default()

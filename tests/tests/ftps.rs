@@ -1,5 +1,5 @@
-//! FTPS (FTP over TLS, RFC 4217) in the lab: real FTPS sessions between the namespaces, the
-//! ground the tracker's FTPS support will stand on.
+//! FTPS (FTP over TLS, RFC 4217) in the lab: real FTPS sessions between the namespaces,
+//! without the tracker, guarded by it with `--tls-uprobes`, and guarded without.
 //!
 //! - Without the tracker, every FTPS server of the lab (vsftpd, proftpd with mod_tls,
 //!   pure-ftpd), each requiring TLS, serves every client in every mode the client can be
@@ -9,18 +9,26 @@
 //!   accepts it. Every file is compared byte for byte, the client's own debug output must
 //!   show it used that mode alone, and a CCC must have been accepted. Failures are
 //!   collected into one table.
-//! - With the tracker guarding vsftpd, as it is today: it cannot read the encrypted 227,
-//!   expects nothing, and drops the passive data connection, so the transfer fails; the
-//!   unannounced listener stays unreachable.
+//! - The same matrix with the tracker guarding the server's host with `--tls-uprobes`: it
+//!   reads the plaintext inside the server process, so every session passes, each passive
+//!   data connection admitted through an expectation (`expectations_matched`), each active
+//!   one announced in plaintext read there (`expectations_created`), and CCC sessions are
+//!   read on the wire again (`tls_cleared`); the unannounced listener stays unreachable.
+//! - Without `--tls-uprobes`: each passive data connection is dropped and counted as
+//!   `tls_data_dropped` (not `unsolicited_dropped`), and the loader says once why and what
+//!   fixes it.
 //!
 //! `cargo test -p ftp-lab --test ftps -- --nocapture` shows the table of a passing run too.
 
-use std::{fmt::Write, time::Instant};
+use std::{
+    fmt::Write,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, ensure};
 use ftp_lab::{
     clients::{self, Client, Mode, supports, supports_tls},
-    lab::{Family, Lab, default_loader_bin, last_lines},
+    lab::{Family, Lab, UNANNOUNCED, default_loader_bin, last_lines},
     require_root,
     servers::{Server, Tls},
 };
@@ -43,21 +51,44 @@ enum Outcome {
     Ran(Result<usize>),
 }
 
+/// Whether (and how) the lab's server host is guarded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    None,
+    /// `ftp-loader --tls-uprobes`, started once the server runs.
+    Uprobes,
+}
+
 #[test]
 fn tls_sessions_work_without_the_tracker() {
+    matrix(Guard::None);
+}
+
+/// The TLS matrix, guarded: every session passes through an expectation read from the
+/// server's plaintext.
+#[test]
+fn tls_sessions_are_guarded_with_uprobes() {
+    matrix(Guard::Uprobes);
+}
+
+fn matrix(guard: Guard) {
     require_root();
     let started = Instant::now();
     // One thread per server, each with a lab per way of securing its sessions, so that the
     // servers run in parallel.
     let rows: Vec<Row> = std::thread::scope(|scope| {
-        let runs = SERVERS.map(|server| scope.spawn(move || sessions(server)));
+        let runs = SERVERS.map(|server| scope.spawn(move || sessions(server, guard)));
         runs.into_iter()
             .flat_map(|run| run.join().expect("a server's sessions panicked"))
             .collect()
     });
     println!(
-        "{}(FTPS without the tracker: {:.1} s)",
+        "{}(FTPS {}: {:.1} s)",
         table(&rows),
+        match guard {
+            Guard::None => "without the tracker",
+            Guard::Uprobes => "guarded with --tls-uprobes",
+        },
         started.elapsed().as_secs_f64()
     );
 
@@ -84,7 +115,7 @@ fn tls_sessions_work_without_the_tracker() {
 /// and explicit+CCC both take port 21, with different settings) with the server started
 /// for it, and each client, family and mode that can be forced to it. A lab or server that
 /// fails to start is one failed row.
-fn sessions(server: Server) -> Vec<Row> {
+fn sessions(server: Server, guard: Guard) -> Vec<Row> {
     let mut rows = Vec::new();
     for tls in Tls::ALL {
         if let Some(why) = server.tls_unsupported(tls) {
@@ -100,6 +131,11 @@ fn sessions(server: Server) -> Vec<Row> {
             server
                 .start_tls(&mut lab, tls)
                 .with_context(|| format!("starting {server} for {tls} FTPS"))?;
+            if guard == Guard::Uprobes {
+                lab.start_listener(UNANNOUNCED)?;
+                // After the server: the loader finds its TLS library in its processes.
+                lab.start_loader(&["--tls-uprobes"])?;
+            }
             Ok(lab)
         });
         let lab = match lab {
@@ -122,7 +158,7 @@ fn sessions(server: Server) -> Vec<Row> {
                 for mode in modes.filter(|&mode| supports(client, family, mode)) {
                     let outcome = if supports_tls(client, family, mode, tls) {
                         Outcome::Ran(
-                            clients::download_tls(&lab, client, family, mode, tls)
+                            guarded_download(&lab, guard, (client, family, mode), tls)
                                 .map_err(|e| anyhow!("{e:#} ({})", last_log_lines(server, &lab))),
                         )
                     } else {
@@ -137,8 +173,64 @@ fn sessions(server: Server) -> Vec<Row> {
                 }
             }
         }
+        if guard == Guard::Uprobes {
+            let open = lab.client_connects(
+                lab.server_addr(Family::V4),
+                UNANNOUNCED,
+                Duration::from_millis(500),
+            );
+            if !matches!(open, Ok(false)) {
+                rows.push(Row {
+                    server,
+                    tls,
+                    client: None,
+                    outcome: Outcome::Ran(Err(anyhow!(
+                        "the unannounced listener is reachable, or the check failed: {open:?}"
+                    ))),
+                });
+            }
+        }
     }
     rows
+}
+
+/// One transfer (`download_tls`); when guarded, also that the guard admitted it the way
+/// plaintext FTP's is: a passive data connection through an expectation it read, an
+/// active one announced in plaintext it read (the server host's guard has no inbound
+/// connection to admit), a CCC session read on the wire again.
+fn guarded_download(
+    lab: &Lab,
+    guard: Guard,
+    (client, family, mode): (Client, Family, Mode),
+    tls: Tls,
+) -> Result<usize> {
+    if guard == Guard::None {
+        return clients::download_tls(lab, client, family, mode, tls);
+    }
+    let before = lab.stats()?;
+    let bytes = clients::download_tls(lab, client, family, mode, tls)?;
+    let after = lab.stats()?;
+    let grew = |name: &str| after[name] - before[name];
+    let (counter, why) = if mode.passive() {
+        ("expectations_matched", "admitted through an expectation")
+    } else {
+        ("expectations_created", "announced in plaintext read")
+    };
+    ensure!(
+        grew(counter) >= 1,
+        "the transfer passed but was not {why}: {counter} did not grow"
+    );
+    ensure!(
+        grew("tls_control_connections") >= 1 && grew("tls_data_dropped") == 0,
+        "tls_control_connections +{}, tls_data_dropped +{}",
+        grew("tls_control_connections"),
+        grew("tls_data_dropped")
+    );
+    ensure!(
+        tls != Tls::ExplicitThenClear || grew("tls_cleared") >= 1,
+        "the session cleared its control connection, but tls_cleared did not grow"
+    );
+    Ok(bytes)
 }
 
 /// The server's last log lines, for a failure's message: its lab is gone by the time the
@@ -186,39 +278,80 @@ fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Today the tracker reads nothing of an FTPS control connection: the 227 that announces
-/// a passive data connection is encrypted, so it expects no connection and drops the
-/// client's SYN as unannounced. This documents that behaviour (and that the guard stays
-/// shut), not the one FTPS support will bring.
+/// Without `--tls-uprobes` the tracker reads nothing of an FTPS control connection: the
+/// 227 that announces a passive data connection is encrypted, so it expects no connection
+/// and drops the client's SYN, counted as a TLS connection's (`tls_data_dropped`), and the
+/// loader says once why and what fixes it. Each server, explicit and implicit, IPv4 and
+/// IPv6.
 #[test]
-fn the_tracker_drops_tls_data_connections_today() {
-    let lab = Lab::guarded_tls("ftps-guarded", Tls::Explicit);
-    let before = lab.stats().expect("ftp-loader stats");
-    let result = clients::download_tls(&lab, Client::Curl, Family::V4, Mode::Pasv, Tls::Explicit);
-    let after = lab.stats().expect("ftp-loader stats");
-    let grew = |name: &str| after[name] - before[name];
+fn without_uprobes_tls_data_connections_are_dropped_and_explained() {
+    require_root();
+    let mut failures = Vec::new();
+    for server in SERVERS {
+        for tls in [Tls::Explicit, Tls::Implicit] {
+            if server.tls_unsupported(tls).is_some() {
+                continue;
+            }
+            let mut lab =
+                Lab::new(&format!("ftps-drop-{server}"), &default_loader_bin()).expect("lab");
+            server.start_tls(&mut lab, tls).expect("server");
+            lab.start_listener(UNANNOUNCED).unwrap();
+            lab.start_loader(&[]).unwrap();
+            for (family, mode) in [(Family::V4, Mode::Pasv), (Family::V6, Mode::Epsv)] {
+                if let Err(e) = dropped(&lab, family, mode, tls) {
+                    failures.push(format!("{server} {tls} curl {family} {mode}: {e:#}"));
+                }
+            }
+            if lab.unannounced_reachable() {
+                failures.push(format!(
+                    "{server} {tls}: the unannounced listener is reachable"
+                ));
+            }
+            // Said once, whatever the number of sessions: the loader reads the counters
+            // every 2 s.
+            let said = || lab.loader_log().matches("FTP over TLS: ").count();
+            let waited = ftp_lab::lab::wait_within(
+                "the loader's FTPS sentence",
+                Duration::from_secs(5),
+                || Ok(said() >= 1),
+            );
+            if waited.is_err() || said() != 1 {
+                failures.push(format!(
+                    "{server} {tls}: the loader said {} times why TLS data connections are dropped: {}",
+                    said(),
+                    last_lines(lab.loader_log().as_bytes(), 5)
+                ));
+            } else if !lab.loader_log().contains("--tls-uprobes") {
+                failures.push(format!("{server} {tls}: the sentence names no fix"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
 
-    let error = match result {
-        Ok(bytes) => panic!(
-            "the passive FTPS transfer arrived ({bytes} bytes): the tracker let its data \
-             connection through (counters before {before:?}, after {after:?})"
-        ),
-        Err(e) => format!("{e:#}"),
-    };
-    // Shown with the test's output: how curl failed.
-    eprintln!("curl, guarded: {error}");
-    assert_eq!(
-        grew("expectations_created"),
-        0,
-        "the tracker expected a connection it cannot have read the announcement of"
+/// A passive transfer that must fail, its data connection dropped as a TLS one's.
+fn dropped(lab: &Lab, family: Family, mode: Mode, tls: Tls) -> Result<()> {
+    let before = lab.stats()?;
+    let result = clients::download_tls(lab, Client::Curl, family, mode, tls);
+    let after = lab.stats()?;
+    let grew = |name: &str| after[name] - before[name];
+    ensure!(
+        result.is_err(),
+        "the transfer arrived: the guard let an unread data connection through"
     );
-    assert_eq!(grew("expectations_matched"), 0, "{after:?}");
-    assert!(
-        grew("unsolicited_dropped") > 0,
-        "the transfer failed ({error}), but not because the guard dropped its data connection: {after:?}"
+    ensure!(
+        grew("expectations_created") == 0,
+        "an expectation from an encrypted announcement"
     );
-    assert!(
-        !lab.unannounced_reachable(),
-        "the unannounced listener is reachable"
+    ensure!(
+        grew("tls_data_dropped") >= 1 && grew("unsolicited_dropped") == 0,
+        "tls_data_dropped +{}, unsolicited_dropped +{}",
+        grew("tls_data_dropped"),
+        grew("unsolicited_dropped")
     );
+    ensure!(
+        grew("tls_control_connections") >= 1,
+        "no TLS connection counted"
+    );
+    Ok(())
 }
