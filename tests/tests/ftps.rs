@@ -194,6 +194,49 @@ fn sessions(server: Server, guard: Guard) -> Vec<Row> {
     rows
 }
 
+/// One session of each kind, guarded with `--tls-uprobes`: what `cargo xtask test
+/// --kernel` runs on older kernels (the matrix takes too long under emulation). vsftpd's
+/// explicit FTPS read at the server alone (lftp's GnuTLS is not probed) and at both ends
+/// (curl and ftplib use the server's OpenSSL), its implicit FTPS, and proftpd's CCC.
+#[test]
+fn one_session_of_each_kind_is_guarded_with_uprobes() {
+    require_root();
+    let cases: [(Server, Tls, &[(Client, Family, Mode)]); 3] = [
+        (
+            Server::Vsftpd,
+            Tls::Explicit,
+            &[
+                (Client::Curl, Family::V4, Mode::Pasv),
+                (Client::Lftp, Family::V6, Mode::Epsv),
+                (Client::Lftp, Family::V4, Mode::Port),
+                (Client::Ftplib, Family::V6, Mode::Eprt),
+            ],
+        ),
+        (
+            Server::Vsftpd,
+            Tls::Implicit,
+            &[(Client::Curl, Family::V4, Mode::Pasv)],
+        ),
+        (
+            Server::Proftpd,
+            Tls::ExplicitThenClear,
+            &[(Client::Ftplib, Family::V4, Mode::Pasv)],
+        ),
+    ];
+    for (server, tls, sessions) in cases {
+        let mut lab = Lab::new(&format!("ftps-one-{server}"), &default_loader_bin()).unwrap();
+        server.start_tls(&mut lab, tls).unwrap();
+        lab.start_listener(UNANNOUNCED).unwrap();
+        lab.start_loader(&["--tls-uprobes"]).unwrap();
+        for &session in sessions {
+            if let Err(e) = guarded_download(&lab, Guard::Uprobes, session, tls) {
+                panic!("{server} {tls} {session:?}: {e:#}");
+            }
+        }
+        assert!(!lab.unannounced_reachable(), "{server} {tls}");
+    }
+}
+
 /// One transfer (`download_tls`); when guarded, also that the guard admitted it the way
 /// plaintext FTP's is: a passive data connection through an expectation it read, an
 /// active one announced in plaintext it read (the server host's guard has no inbound

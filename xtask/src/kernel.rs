@@ -51,7 +51,7 @@ const TOOLS: &[(&str, &str)] = &[
 /// verified instruction count), a passive and an active transfer, an unannounced
 /// connection dropped and a clean detach; a killed loader taken over with the range
 /// closed throughout; a session open before the start adopted; forged control segments
-/// opening nothing. Software emulation is slow: this is all.
+/// opening nothing; FTPS sessions guarded through the TLS library probes. Software emulation is slow: this is all.
 const GUEST_TESTS: &[(&str, &[&str])] = &[
     (
         "e2e",
@@ -70,6 +70,10 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
         ],
     ),
     ("forgery", &["forged_control_segments_open_nothing"]),
+    (
+        "ftps",
+        &["one_session_of_each_kind_is_guarded_with_uprobes"],
+    ),
     (
         "events",
         &["a_session_and_an_unannounced_syn_appear_with_their_addresses"],
