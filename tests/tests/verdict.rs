@@ -587,6 +587,61 @@ fn malformed_lines_create_nothing_and_are_counted() {
     );
 }
 
+/// FTP over TLS on the wire: once the server answers the client's AUTH with 234, nothing
+/// either end sends is read (it is TLS records), even text that looks like a 227; the
+/// connection is counted and marked, and a SYN between its ends that nothing announced is
+/// counted as a TLS connection's. A 234 nobody asked for changes nothing.
+#[test]
+fn after_auth_tls_nothing_is_read_and_drops_are_counted_as_tls() {
+    let p = Programs::new();
+    let mut s = p.open(session());
+    p.egress(&s.reply(b"234 Proceed\r\n"));
+    p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n"));
+    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10000)], "unasked 234");
+
+    let p = Programs::new();
+    let mut s = p.open(session());
+    p.ingress(&s.command(b"AUTH TLS\r\n"));
+    p.egress(&s.reply(b"234 Proceed with negotiation.\r\n"));
+    // The client's hello, then what a desynchronised reader could take for a 227.
+    p.ingress(&s.command(&[22, 3, 1, 0, 4, 1, 0, 0, 0]));
+    p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n"));
+    p.ingress(&s.command(b"PORT 192,0,2,2,39,17\r\n"));
+    assert!(p.expectations().is_empty());
+    let state = CONTROLS
+        .of(&p.ebpf)
+        .unwrap()
+        .get(&flow_key(CLIENT, 40000, SERVER, 21), 0)
+        .unwrap();
+    assert!(state.is_tls());
+    assert_eq!(p.ingress(&syn(CLIENT, 51000, SERVER, 10000)), XDP_DROP);
+    assert_eq!(p.ingress(&syn(STRANGER, 51000, SERVER, 10001)), XDP_DROP);
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([
+            ("control_packets", 2),
+            ("tls_control_connections", 1),
+            ("tls_data_dropped", 1),
+            ("unsolicited_dropped", 1),
+        ])
+    );
+}
+
+/// An implicit-FTPS port (`--tls-control-port`, 990 by default): TLS from the first byte.
+#[test]
+fn an_implicit_tls_port_is_tls_from_its_first_byte() {
+    let p = Programs::new();
+    let mut implicit = session();
+    implicit.server_port = 990;
+    let mut s = p.open(implicit);
+    p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n"));
+    assert!(p.expectations().is_empty());
+    assert_eq!(
+        p.stats(),
+        BTreeMap::from([("tls_control_connections", 1)])
+    );
+}
+
 #[test]
 fn bare_lf_ends_a_line() {
     let p = Programs::new();
