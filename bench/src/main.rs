@@ -10,6 +10,7 @@ mod baseline;
 mod bulk;
 mod events;
 mod flood;
+mod ftps;
 mod gateway;
 pub mod guard;
 mod nat;
@@ -145,6 +146,7 @@ const REGISTRY: &[(&str, Measure)] = &[
     ("bulk", bulk::run),
     ("flood", flood::run),
     ("sessions", sessions::run),
+    ("ftps", ftps::run),
     ("scale", scale::run),
 ];
 

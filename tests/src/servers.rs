@@ -311,7 +311,7 @@ impl Server {
 
     /// The configuration lines (pure-ftpd: options) that make this server speak `tls`
     /// FTPS with the lab's certificate, appended to its own.
-    fn securing(self, lab: &Lab, tls: Tls) -> Result<String> {
+    pub fn securing(self, lab: &Lab, tls: Tls) -> Result<String> {
         let (cert, key) = certificate(lab)?;
         let (cert, key) = (cert.display(), key.display());
         let implicit = |lines: &'static str| if tls == Tls::Implicit { lines } else { "" };
