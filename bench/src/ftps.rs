@@ -3,8 +3,8 @@
 //! vsftpd unguarded, guarded by ftp-tracker with its passive range left open (what FTPS
 //! needed before `--tls-uprobes`: no tracker can read an encrypted 227), and guarded with
 //! `--tls-uprobes`. The last two differ by the probes alone: the TLS library's calls
-//! (uprobes, a trap each) and every `read`, `write`, `recvfrom` and `sendto` on the host
-//! (syscall tracepoints). What each probe's program costs per run comes from the kernel's
+//! (uprobes, a trap each) and every read and write system call on the host (syscall
+//! tracepoints). What each probe's program costs per run comes from the kernel's
 //! own accounting (`kernel.bpf_stats_enabled`).
 
 use std::{
@@ -15,8 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use ftp_ebpf_common::contract::{
-    TLS_READ_DONE_PROGRAM, TLS_READ_PROGRAM, TLS_RECV_PROGRAM, TLS_SEND_PROGRAM,
-    TLS_WRITE_PROGRAM,
+    TLS_READ_DONE_PROGRAM, TLS_READ_PROGRAM, TLS_RECV_PROGRAM, TLS_SEND_PROGRAM, TLS_WRITE_PROGRAM,
 };
 use ftp_lab::{
     lab::{self, Lab, PASSIVE_PORTS},
@@ -89,9 +88,18 @@ print(ok, failed)
 const PROBES: [(&str, &str); 5] = [
     (TLS_WRITE_PROGRAM, "entry of SSL_write (uprobe)"),
     (TLS_READ_PROGRAM, "entry of SSL_read (uprobe)"),
-    (TLS_READ_DONE_PROGRAM, "return of SSL_read, scanning (uretprobe)"),
-    (TLS_SEND_PROGRAM, "write/sendto of any process, scanning a TLS write (tracepoint)"),
-    (TLS_RECV_PROGRAM, "read/recvfrom of any process (tracepoint)"),
+    (
+        TLS_READ_DONE_PROGRAM,
+        "return of SSL_read, scanning (uretprobe)",
+    ),
+    (
+        TLS_SEND_PROGRAM,
+        "a write system call of any process, scanning a TLS write (tracepoint)",
+    ),
+    (
+        TLS_RECV_PROGRAM,
+        "a read system call of any process (tracepoint)",
+    ),
 ];
 
 pub fn run(bench: &Bench) -> Result<Section> {
@@ -106,7 +114,10 @@ pub fn run(bench: &Bench) -> Result<Section> {
     let mut failures = [0u64; 3];
     let mut probes: Vec<(u64, u64)> = vec![(0, 0); PROBES.len()];
     let rates = alternate(&VARIANTS, bench.rounds(), |variant| {
-        let index = VARIANTS.iter().position(|v| v == variant).expect("a variant");
+        let index = VARIANTS
+            .iter()
+            .position(|v| v == variant)
+            .expect("a variant");
         install(&mut lab, *variant)?;
         let result = sessions(&lab, seconds);
         if *variant == Variant::Uprobes {
@@ -127,8 +138,12 @@ pub fn run(bench: &Bench) -> Result<Section> {
         Section::new("FTPS session rate (vsftpd, AUTH TLS, PROT P, PASV + 4 KiB RETR)");
     let medians = [0, 1, 2].map(|i| median(&rates[i]));
     for (index, variant) in VARIANTS.iter().enumerate() {
-        let figure = Figure::new(format!("sessions/s, {variant}"), medians[index], "sessions/s")
-            .samples(&rates[index]);
+        let figure = Figure::new(
+            format!("sessions/s, {variant}"),
+            medians[index],
+            "sessions/s",
+        )
+        .samples(&rates[index]);
         section.figures.push(match variant {
             Variant::None => figure,
             Variant::RangeOpen => figure.against(Variant::None.to_string(), medians[0]),
@@ -137,8 +152,12 @@ pub fn run(bench: &Bench) -> Result<Section> {
     }
     let failed = failures[2] as f64;
     section.figures.push(
-        Figure::new("failed sessions, ftp-tracker --tls-uprobes", failed, "sessions")
-            .target("0", failed == 0.0),
+        Figure::new(
+            "failed sessions, ftp-tracker --tls-uprobes",
+            failed,
+            "sessions",
+        )
+        .target("0", failed == 0.0),
     );
     for ((program, what), (time, count)) in PROBES.iter().zip(&probes) {
         if *count > 0 {
@@ -159,9 +178,9 @@ pub fn run(bench: &Bench) -> Result<Section> {
         failures[0], failures[1], failures[2]
     ));
     section.notes.push(
-        "The tracepoint programs run for every read and write on the host while \
-         --tls-uprobes is on; for a thread in no TLS call they end after one hash lookup \
-         (the tls_send figure is mostly such runs)."
+        "The tracepoint programs run for every read and write system call on the host \
+         while --tls-uprobes is on; for a thread in no TLS call they end after one hash \
+         lookup (the tls_send and tls_recv figures are mostly such runs)."
             .to_owned(),
     );
     Ok(section)

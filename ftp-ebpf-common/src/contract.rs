@@ -329,17 +329,22 @@ pub const TLS_SEND_PROGRAM: &str = "tls_send";
 /// The same for a read (`TLS_RECV_SYSCALLS`).
 pub const TLS_RECV_PROGRAM: &str = "tls_recv";
 /// The tracepoints (category, name) of the system calls a TLS library writes with:
-/// OpenSSL's socket BIO `write`s, GnuTLS and curl `send` (`sendto`). Tracepoints rather
-/// than kernel function probes: kprobes and fentry programs are missing from some
-/// kernels (built without kprobes, or locked down) that have them.
-pub const TLS_SEND_SYSCALLS: [(&str, &str); 2] = [
+/// OpenSSL's socket BIO `write`s, curl `send`s (`sendto`), GnuTLS gathers a record's parts
+/// with `sendmsg`. Tracepoints rather than kernel function probes: kprobes and fentry
+/// programs are missing from some kernels (built without kprobes, or locked down) that
+/// have these.
+pub const TLS_SEND_SYSCALLS: [(&str, &str); 4] = [
     ("syscalls", "sys_enter_write"),
     ("syscalls", "sys_enter_sendto"),
+    ("syscalls", "sys_enter_sendmsg"),
+    ("syscalls", "sys_enter_writev"),
 ];
 /// ... and reads with.
-pub const TLS_RECV_SYSCALLS: [(&str, &str); 2] = [
+pub const TLS_RECV_SYSCALLS: [(&str, &str); 4] = [
     ("syscalls", "sys_enter_read"),
     ("syscalls", "sys_enter_recvfrom"),
+    ("syscalls", "sys_enter_recvmsg"),
+    ("syscalls", "sys_enter_readv"),
 ];
 /// Where a syscall tracepoint's record holds the first argument (the file descriptor).
 pub const SYSCALL_FIRST_ARG_OFFSET: usize = 16;

@@ -141,7 +141,7 @@ pub fn tls_read_ex_done(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// The entry of `write(fd, ...)` or `sendto(fd, ...)`.
+/// The entry of a write system call (`TLS_SEND_SYSCALLS`): `write(fd, ...)` and the like.
 #[tracepoint]
 pub fn tls_send(ctx: TracePointContext) -> u32 {
     // SAFETY: every syscall tracepoint's record has its first argument there.
@@ -151,7 +151,7 @@ pub fn tls_send(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The entry of `read(fd, ...)` or `recvfrom(fd, ...)`.
+/// The entry of a read system call (`TLS_RECV_SYSCALLS`).
 #[tracepoint]
 pub fn tls_recv(ctx: TracePointContext) -> u32 {
     // SAFETY: as in `tls_send`.

@@ -597,7 +597,11 @@ fn after_auth_tls_nothing_is_read_and_drops_are_counted_as_tls() {
     let mut s = p.open(session());
     p.egress(&s.reply(b"234 Proceed\r\n"));
     p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n"));
-    assert_eq!(p.expected_keys(), [expect_key(CLIENT, SERVER, 10000)], "unasked 234");
+    assert_eq!(
+        p.expected_keys(),
+        [expect_key(CLIENT, SERVER, 10000)],
+        "unasked 234"
+    );
 
     let p = Programs::new();
     let mut s = p.open(session());
@@ -636,10 +640,7 @@ fn an_implicit_tls_port_is_tls_from_its_first_byte() {
     let mut s = p.open(implicit);
     p.egress(&s.reply(b"227 Entering Passive Mode (192,0,2,1,39,16).\r\n"));
     assert!(p.expectations().is_empty());
-    assert_eq!(
-        p.stats(),
-        BTreeMap::from([("tls_control_connections", 1)])
-    );
+    assert_eq!(p.stats(), BTreeMap::from([("tls_control_connections", 1)]));
 }
 
 #[test]
