@@ -315,6 +315,11 @@ pub fn settings(settings: &Settings) -> Result<()> {
             settings.min_data_port
         );
     }
+    if !settings.tls_libraries.is_empty() && !settings.tls_uprobes {
+        bail!(
+            "--tls-library names a TLS library for --tls-uprobes to probe, which is not given: add --tls-uprobes, or drop --tls-library"
+        );
+    }
     for &port in &settings.tls_control_ports {
         if settings.control_ports.contains(&port) {
             bail!(

@@ -61,7 +61,7 @@ pub struct Settings {
     pub tls_uprobes: bool,
     /// The TLS library (or statically linked server binary) to probe with --tls-uprobes,
     /// besides those the running FTP servers are found to use (repeatable).
-    #[arg(long = "tls-library", value_name = "PATH", requires = "tls_uprobes")]
+    #[arg(long = "tls-library", value_name = "PATH")]
     pub tls_libraries: Vec<std::path::PathBuf>,
     /// A listener inside the guarded range that stays open to everyone (repeatable).
     #[arg(long = "allow-port", value_name = "PORT",

@@ -125,8 +125,9 @@ pub fn attach(ebpf: &mut Ebpf, named: &[PathBuf]) -> Result<Probed> {
             uprobe
                 .attach(function, &library.path, UProbeScope::AllProcesses)
                 .map_err(|error| {
+                    log::debug!("probing {function}: {error}");
                     anyhow::anyhow!(
-                        "probing {function} in {}: {error}; is it {}? Name the FTP server's TLS library with --tls-library",
+                        "{function} cannot be probed in {}: is it {}? Name the FTP server's TLS library with --tls-library",
                         library.path.display(),
                         library.kind.name()
                     )
@@ -171,10 +172,12 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::progra
         .with_context(|| format!("the object has no program {name}"))
 }
 
-/// A probe the kernel refused: one sentence naming what is missing.
+/// A probe the kernel refused: one sentence naming what is missing (the kernel's own words
+/// at debug level).
 fn unsupported(what: &str, error: impl fmt::Display) -> anyhow::Error {
+    log::debug!("the kernel refused the {what}: {error}");
     anyhow::anyhow!(
-        "this kernel refused ftp-tracker's {what} ({error}): --tls-uprobes needs uprobes and syscall tracepoints (CONFIG_UPROBE_EVENTS and CONFIG_FTRACE_SYSCALLS, as Debian's kernels have); on this kernel, run without --tls-uprobes: TLS data connections are then dropped and counted under tls_data_dropped"
+        "this kernel refused ftp-tracker's {what}: --tls-uprobes needs uprobes and syscall tracepoints (CONFIG_UPROBE_EVENTS and CONFIG_FTRACE_SYSCALLS, as Debian's kernels have); on this kernel, run without --tls-uprobes: TLS data connections are then dropped and counted under tls_data_dropped"
     )
 }
 
@@ -182,8 +185,8 @@ fn unsupported(what: &str, error: impl fmt::Display) -> anyhow::Error {
 fn libraries(named: &[PathBuf]) -> Result<Vec<Library>> {
     let mut found: BTreeMap<(u64, u64), Library> = BTreeMap::new();
     for path in named {
-        let metadata = std::fs::metadata(path).with_context(|| {
-            format!(
+        let metadata = std::fs::metadata(path).map_err(|_| {
+            anyhow::anyhow!(
                 "--tls-library {}: no such file; name the TLS library the FTP server loads (e.g. /usr/lib/x86_64-linux-gnu/libssl.so.3)",
                 path.display()
             )
@@ -238,7 +241,12 @@ fn kind_of(path: &Path) -> Result<TlsLibrary> {
     {
         return Ok(kind);
     }
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|_| {
+        anyhow::anyhow!(
+            "--tls-library {}: cannot be read; name a file ftp-loader's user may read",
+            path.display()
+        )
+    })?;
     let exports = |symbol: &str| {
         bytes.windows(symbol.len() + 2).any(|w| {
             w[0] == 0 && &w[1..=symbol.len()] == symbol.as_bytes() && w[symbol.len() + 1] == 0

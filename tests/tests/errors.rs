@@ -139,6 +139,36 @@ fn an_interface_named_like_a_command_is_named_after_run() {
     assert_mentions(&sentence, &["no ftp-loader is running with pin directory"]);
 }
 
+/// `--tls-uprobes` mistakes: a library that is not there, or is no TLS library, each in one
+/// sentence naming what to give; nothing is left attached or pinned.
+#[test]
+fn a_wrong_tls_library_is_named() {
+    let lab = lab("tls-library");
+    let sentence = refused_run(
+        &lab,
+        &["--tls-uprobes", "--tls-library", "/nonexistent/libssl.so.3"],
+    );
+    assert_mentions(
+        &sentence,
+        &[
+            "--tls-library /nonexistent/libssl.so.3: no such file",
+            "name the TLS library the FTP server loads",
+        ],
+    );
+    let not_tls = lab.file("libnothing.so");
+    std::fs::write(&not_tls, b"\x7fELF\0nothing here\0").unwrap();
+    let sentence = refused_run(
+        &lab,
+        &["--tls-uprobes", "--tls-library", not_tls.to_str().unwrap()],
+    );
+    assert_mentions(
+        &sentence,
+        &["neither OpenSSL (SSL_write) nor GnuTLS (gnutls_record_send) is in it"],
+    );
+    let sentence = refused_run(&lab, &["--tls-library", "/usr/lib/libssl.so"]);
+    assert_mentions(&sentence, &["--tls-uprobes"]);
+}
+
 #[test]
 fn a_missing_interface_is_named() {
     let lab = lab("missing-if");
