@@ -138,36 +138,28 @@ mod tests {
 
     #[test]
     fn tls_switches_are_signalled() {
-        let signalled = |signal| [Step::Signalled(signal)];
-        assert_eq!(
-            scan(Sender::Client, b"AUTH TLS\r\n"),
-            signalled(Signal::AuthRequested)
-        );
-        assert_eq!(
-            scan(Sender::Client, b"auth ssl\n"),
-            signalled(Signal::AuthRequested)
-        );
-        assert_eq!(
-            scan(Sender::Server, b"234 Proceed with negotiation.\r\n"),
-            signalled(Signal::AuthAccepted)
-        );
-        assert_eq!(
-            scan(Sender::Client, b"CCC\r\n"),
-            signalled(Signal::ClearRequested)
-        );
-        assert_eq!(
-            scan(Sender::Client, b"ccc\n"),
-            signalled(Signal::ClearRequested)
-        );
+        for (sender, line, signal) in [
+            (Sender::Client, &b"AUTH TLS\r\n"[..], Signal::AuthRequested),
+            (Sender::Client, b"auth ssl\n", Signal::AuthRequested),
+            (Sender::Server, b"234 Proceed.\r\n", Signal::AuthAccepted),
+            (Sender::Client, b"CCC\r\n", Signal::ClearRequested),
+            (Sender::Client, b"ccc\n", Signal::ClearRequested),
+        ] {
+            assert_eq!(scan(sender, line), [Step::Signalled(signal)], "{line:?}");
+        }
         // Not at the start of a line, another verb, or the other direction's.
-        assert_eq!(scan(Sender::Client, b"AUTHX TLS\r\n"), []);
-        assert_eq!(scan(Sender::Client, b"AUTH\r\n"), []);
-        assert_eq!(scan(Sender::Client, b"CCCX\r\n"), []);
-        assert_eq!(scan(Sender::Client, b"CC\n"), []);
-        assert_eq!(scan(Sender::Server, b"500 234 no\r\n"), []);
-        assert_eq!(scan(Sender::Server, b"2345 x\r\n"), []);
-        assert_eq!(scan(Sender::Server, b"CCC\r\n"), []);
-        assert_eq!(scan(Sender::Client, b"234 \r\n"), []);
+        for (sender, line) in [
+            (Sender::Client, &b"AUTHX TLS\r\n"[..]),
+            (Sender::Client, b"AUTH\r\n"),
+            (Sender::Client, b"CCCX\r\n"),
+            (Sender::Client, b"CC\n"),
+            (Sender::Server, b"500 234 no\r\n"),
+            (Sender::Server, b"2345 x\r\n"),
+            (Sender::Server, b"CCC\r\n"),
+            (Sender::Client, b"234 \r\n"),
+        ] {
+            assert_eq!(scan(sender, line), [], "{line:?}");
+        }
         // The next line is read as ever.
         assert_eq!(
             scan(Sender::Client, b"AUTH TLS\r\nPORT 1,2,3,4,0,1\r\n"),
