@@ -390,6 +390,17 @@ impl ControlState {
         self.streams[1].scanner = LineScanner::new(Sender::Server);
     }
 
+    /// A segment of a connection adopted from the host's sockets, which may have switched
+    /// to TLS before the programs were there: true (and the connection is TLS from now on)
+    /// when it starts with a TLS record, which no FTP line does.
+    pub fn adopted_tls(&mut self, first: u8, second: u8) -> bool {
+        let tls = self.flags & ADOPTED != 0 && !self.is_tls() && starts_record(first, second);
+        if tls {
+            self.start_tls();
+        }
+        tls
+    }
+
     /// True once per TLS connection, at its first segment with bytes: when its switch to
     /// TLS is counted and reported (a SYN to an implicit-TLS port alone is not).
     pub fn first_tls_segment(&mut self) -> bool {
@@ -511,6 +522,20 @@ impl ExpectSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_adopted_connection_is_tls_from_its_first_record() {
+        let mut state = ControlState::adopted(7, 7);
+        assert!(!state.adopted_tls(b'2', b'2'), "a line");
+        assert!(state.adopted_tls(23, 3));
+        assert!(state.encrypted(Sender::Client) && state.encrypted(Sender::Server));
+        let mut opened = ControlState::zeroed();
+        opened.clear();
+        assert!(
+            !opened.adopted_tls(23, 3),
+            "seen opening: its AUTH would have been read"
+        );
+    }
 
     #[test]
     fn tls_starts_with_auth_answered_234_and_ends_with_ccc_answered_200() {

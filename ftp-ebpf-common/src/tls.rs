@@ -17,7 +17,6 @@ use crate::{
     addr::{Addr, FAMILY_IPV4, FAMILY_IPV6, ipv4},
     flow::FlowKey,
     parse::Sender,
-    seq::SeqNumber,
 };
 
 /// Whether a payload starting with `first`, `second` starts a TLS record: a content type
@@ -50,39 +49,32 @@ impl CallEnd {
     }
 }
 
-/// The plaintext of a TLS control connection as its ends' library calls pass it, per
-/// direction (indexed by `Sender`): how many bytes the writer encrypted and the reader
-/// decrypted, and how far the stream was scanned. When both ends run on this host (a
-/// client and server in namespaces of one machine, or a local client), each line passes
-/// twice, once at each end; it is scanned once, by whichever call passes it first.
+/// Which ends of a TLS control connection pass its plaintext through probed library
+/// calls, per direction (indexed by `Sender`). When both ends run on this host (a client
+/// and a server in namespaces of one machine, or a local client), each line passes twice:
+/// at the sender's write, then at the receiver's read. The writer's is read, and the
+/// reader's only while no write of that direction was seen: a write always comes first,
+/// so nothing is read twice, and a connection adopted mid-session, whose ends' first
+/// calls after the switch may have been missed, never has its lines read from their
+/// middle (counting bytes on each side could not say where they start).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PlainStreams {
-    pub written: [u32; 2],
-    pub read: [u32; 2],
-    pub scanned: [u32; 2],
+    pub written: [u8; 2],
+    pub _pad: [u8; 2],
 }
 
 impl PlainStreams {
-    /// `len` bytes of `sender`'s direction passed a call at `end`: returns how many of
-    /// them, at their front, were scanned already (by the other end's call), or None when
-    /// all were.
-    pub fn pass(&mut self, sender: Sender, end: CallEnd, len: u32) -> Option<u32> {
+    /// Plaintext of `sender`'s direction passed a call at `end`: whether to read it.
+    pub fn pass(&mut self, sender: Sender, end: CallEnd) -> bool {
         let direction = sender as usize & 1;
-        let cursor = match end {
-            CallEnd::Writer => &mut self.written[direction],
-            CallEnd::Reader => &mut self.read[direction],
-        };
-        let start = SeqNumber(*cursor);
-        let stop = start + len;
-        *cursor = stop.0;
-        let scanned = &mut self.scanned[direction];
-        let behind = SeqNumber(*scanned) - start;
-        if behind >= len as i32 {
-            return None;
+        match end {
+            CallEnd::Writer => {
+                self.written[direction] = 1;
+                true
+            }
+            CallEnd::Reader => self.written[direction] == 0,
         }
-        *scanned = stop.0;
-        Some(if behind > 0 { behind as u32 } else { 0 })
     }
 }
 
@@ -205,31 +197,18 @@ mod tests {
     }
 
     #[test]
-    fn each_line_is_scanned_once_whichever_end_passes_it_first() {
+    fn each_line_is_read_once_at_its_writer_when_the_writer_is_seen() {
         let mut streams = PlainStreams::default();
-        // Only the server (writer) is local: every reply is scanned as written.
-        assert_eq!(streams.pass(Sender::Server, CallEnd::Writer, 30), Some(0));
-        assert_eq!(streams.pass(Sender::Server, CallEnd::Writer, 20), Some(0));
-        // The reader is local too, and catches up: nothing new...
-        assert_eq!(streams.pass(Sender::Server, CallEnd::Reader, 40), None);
-        // ...then part of a read is new (the writer's next call not yet seen).
-        assert_eq!(streams.pass(Sender::Server, CallEnd::Reader, 20), Some(10));
-        assert_eq!(streams.pass(Sender::Server, CallEnd::Writer, 10), None);
+        // Only the reader is local (a remote client's commands): every read is read.
+        assert!(streams.pass(Sender::Client, CallEnd::Reader));
+        assert!(streams.pass(Sender::Client, CallEnd::Reader));
+        // The server writes: from then on its direction is read at the writer alone.
+        assert!(streams.pass(Sender::Server, CallEnd::Reader));
+        assert!(streams.pass(Sender::Server, CallEnd::Writer));
+        assert!(!streams.pass(Sender::Server, CallEnd::Reader));
+        assert!(streams.pass(Sender::Server, CallEnd::Writer));
         // The other direction is counted apart.
-        assert_eq!(streams.pass(Sender::Client, CallEnd::Reader, 6), Some(0));
-        assert_eq!(streams.pass(Sender::Client, CallEnd::Writer, 6), None);
-    }
-
-    #[test]
-    fn counting_wraps() {
-        let mut streams = PlainStreams {
-            written: [0, u32::MAX - 5],
-            read: [0, u32::MAX - 5],
-            scanned: [0, u32::MAX - 5],
-        };
-        assert_eq!(streams.pass(Sender::Server, CallEnd::Writer, 10), Some(0));
-        assert_eq!(streams.pass(Sender::Server, CallEnd::Reader, 10), None);
-        assert_eq!(streams.scanned[1], 4);
+        assert!(streams.pass(Sender::Client, CallEnd::Reader));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use aya_ebpf::{
 use ftp_ebpf_common::{
     addr::FAMILY_IPV4,
     contract::{SCRATCH_ENTRIES, TLS_READ_SCRATCH, TLS_WRITE_SCRATCH},
-    control::{ControlState, Hook, SegmentPlan, Tracked, control_key},
+    control::{ADOPTED, ControlState, Hook, SegmentPlan, Tracked, control_key},
     event::{EventKind, Reason},
     expect::{ExpectKey, ExpectValue},
     flow::FlowKey,
@@ -199,7 +199,8 @@ pub fn scan(
     // the same connection at the same moment could touch it.
     let state = unsafe { &mut *state };
     if segment.len == 0
-        || (state.is_tls() && encrypted(frame, &segment, work, state))
+        || ((state.is_tls() || state.flags & ADOPTED != 0)
+            && encrypted(frame, &segment, work, state))
         || !prepare(frame, &segment, work, state)
     {
         return true;
@@ -209,9 +210,9 @@ pub fn scan(
     true
 }
 
-/// A segment of a TLS control connection: true when its bytes are TLS records, which
-/// nothing can read here; false when its direction is plaintext, or leaves TLS with it
-/// (after `CCC`).
+/// A segment of a TLS control connection, or of one adopted at start (which may be TLS
+/// already): true when its bytes are TLS records, which nothing can read here; false when
+/// its direction is plaintext, or leaves TLS with it (after `CCC`).
 #[inline(never)]
 fn encrypted(
     frame: &impl Frame,
@@ -220,11 +221,15 @@ fn encrypted(
     state: &mut ControlState,
 ) -> bool {
     let sender = work.sender();
+    let mut head = [0u8; 2];
+    let loaded = segment.len >= 2 && frame.load_bytes(segment.offset, head.as_mut_ptr(), 2) == 0;
+    if !state.is_tls() && !(loaded && state.adopted_tls(head[0], head[1])) {
+        return false;
+    }
     if !state.encrypted(sender) {
         return false;
     }
-    let mut head = [0u8; 2];
-    if segment.len >= 2 && frame.load_bytes(segment.offset, head.as_mut_ptr(), 2) == 0 {
+    if loaded {
         if state.leaves_tls(sender, head[0], head[1]) {
             if !state.is_tls() {
                 count(Counter::TlsCleared);
@@ -307,29 +312,22 @@ pub fn scan_plain(socket: &FlowKey, end: CallEnd, buf: u64, len: u32) {
     if !state.encrypted(sender) {
         return;
     }
-    let Some(skip) = state.plain.pass(sender, end, len) else {
+    if len == 0 || !state.plain.pass(sender, end) {
         return;
-    };
-    let unread = len - skip;
-    let window = if unread as usize > SCAN_WINDOW {
+    }
+    let window = if len as usize > SCAN_WINDOW {
         SCAN_WINDOW as u32
     } else {
-        unread
+        len
     };
     let read = ((window - 1) & (SCAN_WINDOW as u32 - 1)) + 1;
     // SAFETY: the helper checks the user address; `read` is within `buf`'s size.
-    if unsafe {
-        bpf_probe_read_user(
-            work.buf.as_mut_ptr().cast(),
-            read,
-            (buf + u64::from(skip)) as *const c_void,
-        )
-    } != 0
+    if unsafe { bpf_probe_read_user(work.buf.as_mut_ptr().cast(), read, buf as *const c_void) } != 0
     {
         return;
     }
     count(Counter::TlsPlaintextScanned);
-    if sender == Sender::Server && skip == 0 {
+    if sender == Sender::Server {
         state.answered([work.buf[0], work.buf[1], work.buf[2], work.buf[3]]);
     }
     work.sender = sender as u8;
@@ -348,7 +346,7 @@ pub fn scan_plain(socket: &FlowKey, end: CallEnd, buf: u64, len: u32) {
     read_lines(work, state);
     work.tls = 0;
     let stream = state.stream(sender);
-    stream.scanner = if read < unread || work.stopped != 0 {
+    stream.scanner = if read < len || work.stopped != 0 {
         count(Counter::ScanTruncated);
         LineScanner::resync(sender)
     } else {

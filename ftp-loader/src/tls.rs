@@ -302,8 +302,21 @@ fn servers_libraries() -> Vec<(String, PathBuf)> {
                 .and_then(TlsLibrary::of_file_name)
                 .is_some();
             if tls {
+                // The process's own file, through its root; the same path in this mount
+                // namespace when it is the same file, which outlives the process.
                 let inside = dir.join("root").join(path.trim_start_matches('/'));
-                let entry = (format!("{comm}[{pid}]"), inside);
+                let same = |a: &Path, b: &Path| {
+                    let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+                        return false;
+                    };
+                    (a.dev(), a.ino()) == (b.dev(), b.ino())
+                };
+                let chosen = if same(file, &inside) {
+                    file.to_owned()
+                } else {
+                    inside
+                };
+                let entry = (format!("{comm}[{pid}]"), chosen);
                 if !found.contains(&entry) {
                     found.push(entry);
                 }

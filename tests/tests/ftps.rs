@@ -237,6 +237,63 @@ fn one_session_of_each_kind_is_guarded_with_uprobes() {
     }
 }
 
+/// An FTPS session logged in before the loader's very first start: it is adopted from
+/// the server's sockets, known as TLS by its first record, and its next passive transfer
+/// is admitted through what the probes read.
+#[test]
+fn an_ftps_session_open_before_the_start_is_adopted_and_guarded() {
+    require_root();
+    let mut lab = Lab::new("ftps-adopt", &default_loader_bin()).unwrap();
+    Server::Vsftpd.start_tls(&mut lab, Tls::Explicit).unwrap();
+    lab.start_listener(UNANNOUNCED).unwrap();
+    let blob = lab.blob().unwrap();
+    let script = format!(
+        r#"
+import ftplib, ssl, sys
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+ftp = ftplib.FTP_TLS(context=context, timeout=10)
+ftp.connect("{}", 21)
+ftp.login()
+ftp.prot_p()
+print("ready", flush=True)
+sys.stdin.readline()
+chunks = []
+ftp.retrbinary("RETR {}", chunks.append)
+print("received", sum(map(len, chunks)), flush=True)
+ftp.quit()
+"#,
+        lab.server_addr(Family::V4),
+        ftp_lab::lab::BLOB_PATH
+    );
+    let mut client = lab
+        .client("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(client.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    lab.start_loader(&["--tls-uprobes"]).unwrap();
+    let log = lab.loader_log();
+    assert!(log.contains("adopted 1 control connection"), "{log}");
+    std::io::Write::write_all(&mut client.stdin.take().unwrap(), b"go\n").unwrap();
+    let received = lines.next().map(Result::unwrap).unwrap_or_else(|| {
+        panic!(
+            "the session ended without its file: {:?}",
+            lab.stats().unwrap()
+        )
+    });
+    assert!(client.wait().unwrap().success());
+    assert_eq!(received, format!("received {}", blob.len()));
+    let stats = lab.stats().unwrap();
+    assert!(stats["expectations_matched"] >= 1, "{stats:?}");
+    assert_eq!(stats["tls_control_connections"], 1, "{stats:?}");
+    assert!(!lab.unannounced_reachable());
+}
+
 /// One transfer (`download_tls`); when guarded, also that the guard admitted it the way
 /// plaintext FTP's is: a passive data connection through an expectation it read, an
 /// active one announced in plaintext it read (the server host's guard has no inbound
