@@ -201,7 +201,7 @@ fn sessions(server: Server, guard: Guard) -> Vec<Row> {
 #[test]
 fn one_session_of_each_kind_is_guarded_with_uprobes() {
     require_root();
-    let cases: [(Server, Tls, &[(Client, Family, Mode)]); 3] = [
+    let cases: [(Server, Tls, &[Session]); 3] = [
         (
             Server::Vsftpd,
             Tls::Explicit,
@@ -341,6 +341,9 @@ fn last_log_lines(server: Server, lab: &Lab) -> String {
         last_lines(server.log(lab).as_bytes(), 3)
     )
 }
+
+/// A client, and how it makes its data connection.
+type Session = (Client, Family, Mode);
 
 /// A row's server, security, and client, family and mode if any.
 fn what(row: &Row) -> String {
