@@ -610,6 +610,10 @@ mod tests {
         check_hash(&object, NAT_CONTROLS);
         check_hash(&object, NAT_BINDINGS);
         check_hash(&object, NAT_FLOWS);
+        check_hash(&object, TLS_PEERS);
+        check_hash(&object, contract::TLS_CALLS);
+        check_hash(&object, contract::TLS_SESSIONS);
+        check_array(&object, contract::TLS_RECENT);
         check_array(&object, PORTS);
         check_array(&object, STATS);
         check_array(&object, CONFIG);
