@@ -117,32 +117,26 @@ pub struct KernelLayout {
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// A socket's connection as the maps key it, local end first in `addrs` and `ports`: an
-/// IPv4-mapped IPv6 address (a dual-stack socket's IPv4 peer) is the IPv4 address it
-/// stands for, as on the wire.
+/// A socket's connection as the maps key it, local end first: `key` holds its addresses
+/// as the socket keeps them (an IPv4 one in its first four bytes, an IPv6 one whole) and
+/// its ports; this sets its family, an IPv4-mapped IPv6 address (a dual-stack socket's
+/// IPv4 peer) becoming the IPv4 address it stands for, as on the wire. False for a family
+/// that is neither. In place: the probes' stack has no room for a copy.
 #[inline(always)]
-pub fn socket_flow(af: u16, addrs: &[Addr; 2], ports: [u16; 2]) -> Option<FlowKey> {
-    let [local, remote] = addrs;
+pub fn socket_key(af: u16, key: &mut FlowKey) -> bool {
     let mapped =
         |addr: &Addr| addr[..10].iter().all(|&b| b == 0) && addr[10] == 0xff && addr[11] == 0xff;
-    let (family, local, remote) = match af {
-        AF_INET => (FAMILY_IPV4, *local, *remote),
-        AF_INET6 if mapped(local) && mapped(remote) => (
-            FAMILY_IPV4,
-            ipv4([local[12], local[13], local[14], local[15]]),
-            ipv4([remote[12], remote[13], remote[14], remote[15]]),
-        ),
-        AF_INET6 => (FAMILY_IPV6, *local, *remote),
-        _ => return None,
-    };
-    Some(FlowKey {
-        family,
-        _pad: [0; 3],
-        src_port: ports[0],
-        dst_port: ports[1],
-        src: local,
-        dst: remote,
-    })
+    match af {
+        AF_INET => key.family = FAMILY_IPV4,
+        AF_INET6 if mapped(&key.src) && mapped(&key.dst) => {
+            key.family = FAMILY_IPV4;
+            key.src = ipv4([key.src[12], key.src[13], key.src[14], key.src[15]]);
+            key.dst = ipv4([key.dst[12], key.dst[13], key.dst[14], key.dst[15]]);
+        }
+        AF_INET6 => key.family = FAMILY_IPV6,
+        _ => return false,
+    }
+    true
 }
 
 /// A TLS session of a process (TLS_SESSIONS' key): the library's session object (OpenSSL's
@@ -227,12 +221,25 @@ mod tests {
         local[12..].copy_from_slice(&[192, 0, 2, 1]);
         let mut remote = local;
         remote[15] = 2;
-        let flow = socket_flow(AF_INET6, &[local, remote], [21, 40000]).unwrap();
-        assert_eq!(flow.family, FAMILY_IPV4);
-        assert_eq!(flow.src, ipv4([192, 0, 2, 1]));
-        assert_eq!(flow.dst, ipv4([192, 0, 2, 2]));
-        let v6 = socket_flow(AF_INET6, &[[1; 16], [2; 16]], [21, 1]).unwrap();
-        assert_eq!(v6.family, FAMILY_IPV6);
-        assert_eq!(socket_flow(1, &[local, remote], [1, 2]), None);
+        let mut key = FlowKey {
+            family: 0,
+            _pad: [0; 3],
+            src_port: 21,
+            dst_port: 40000,
+            src: local,
+            dst: remote,
+        };
+        assert!(socket_key(AF_INET6, &mut key));
+        assert_eq!(key.family, FAMILY_IPV4);
+        assert_eq!(key.src, ipv4([192, 0, 2, 1]));
+        assert_eq!(key.dst, ipv4([192, 0, 2, 2]));
+        let mut v6 = FlowKey {
+            src: [1; 16],
+            dst: [2; 16],
+            ..key
+        };
+        assert!(socket_key(AF_INET6, &mut v6));
+        assert_eq!((v6.family, v6.src), (FAMILY_IPV6, [1; 16]));
+        assert!(!socket_key(1, &mut key));
     }
 }

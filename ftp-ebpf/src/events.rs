@@ -24,6 +24,9 @@ use crate::{
     packet::{Frame, Segment},
 };
 
+/// The top bit of `reserve`'s `reason`: the line was read in TLS plaintext.
+const TLS: u8 = 0x80;
+
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
@@ -38,8 +41,10 @@ fn wanted() -> bool {
 }
 
 /// Reserves room for one event of `kind` and writes its head; null (and counted) when
-/// the rate limit or a full ring says no. The caller fills `flow` and `control` in, then
-/// submits.
+/// the rate limit or a full ring says no. `reason`'s top bit is the `tls` flag (`TLS`),
+/// so that callers need not keep a sixth value live across the helper calls (the frame
+/// it would take is more than 6.1's 512 bytes of combined stack allow). The caller fills
+/// `flow` and `control` in, then submits.
 #[inline(always)]
 fn reserve(kind: EventKind, reason: u8) -> *mut Event {
     if kind.limited() {
@@ -66,9 +71,9 @@ fn reserve(kind: EventKind, reason: u8) -> *mut Event {
     // SAFETY: reserved ring memory of an Event's size.
     unsafe {
         (*event).kind = kind as u8;
-        (*event).reason = reason;
+        (*event).reason = reason & !TLS;
         (*event).announcer = 0;
-        (*event).tls = 0;
+        (*event).tls = reason >> 7;
         (*event)._pad = [0; 4];
     }
     event
@@ -144,13 +149,12 @@ pub fn announced(key: &ExpectKey, control: &FlowKey, tls: u8) {
 
 #[inline(never)]
 fn write_announced(key: &ExpectKey, control: &FlowKey, tls: u8) {
-    let event = reserve(EventKind::Announced, 0);
+    let event = reserve(EventKind::Announced, if tls != 0 { TLS } else { 0 });
     if event.is_null() {
         return;
     }
     // SAFETY: a reserved event (see `reserve`).
     unsafe {
-        (*event).tls = tls;
         (*event).flow = FlowKey {
             family: key.family,
             _pad: [0; 3],
@@ -175,16 +179,12 @@ pub fn refused(
     tls: u8,
 ) {
     if wanted() {
-        write_refused(
-            reason as u8 | tls << 7,
-            announcement,
-            control,
-            announcer as u8,
-        );
+        let tls = if tls != 0 { TLS } else { 0 };
+        write_refused(reason as u8 | tls, announcement, control, announcer as u8);
     }
 }
 
-/// `reason` carries the TLS bit in its top bit: a sixth argument would not fit BPF's five
+/// `reason` carries the TLS flag (`reserve`): a sixth argument would not fit BPF's five
 /// registers.
 #[inline(never)]
 fn write_refused(
@@ -193,13 +193,12 @@ fn write_refused(
     control: &FlowKey,
     announcer: u8,
 ) {
-    let event = reserve(EventKind::Refused, reason & 0x7f);
+    let event = reserve(EventKind::Refused, reason);
     if event.is_null() {
         return;
     }
     // SAFETY: a reserved event (see `reserve`).
     unsafe {
-        (*event).tls = reason >> 7;
         (*event).flow = FlowKey::zeroed();
         if let Some(announced) = announcement {
             // As announced; the reader resolves a 229's address (the announcer's own) from

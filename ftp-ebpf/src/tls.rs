@@ -10,18 +10,17 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated,
     },
     macros::map,
     maps::{Array, LruHashMap},
 };
 use bytemuck::Zeroable;
 use ftp_ebpf_common::{
-    addr::{Addr, AddrKey},
+    addr::AddrKey,
     contract::{DEFAULT_MAX_CONTROLS, TLS_CALLS_ENTRIES},
     flow::FlowKey,
-    tls::{
-        AF_INET, AF_INET6, CallEnd, KernelLayout, TlsCall, TlsPeerSeen, TlsSession, socket_flow,
-    },
+    tls::{AF_INET, AF_INET6, CallEnd, KernelLayout, TlsCall, TlsPeerSeen, TlsSession, socket_key},
 };
 
 use crate::{
@@ -121,21 +120,64 @@ pub fn socket(fd: u64) {
     if call.done != 0 && call.end == CallEnd::Writer as u8 {
         return;
     }
-    let layout = &config().kernel;
-    let Some(flow) = fd_sock(fd, layout).and_then(|sk| sock_flow(sk, layout)) else {
+    // Read into the call's own entry: the probes' stack has no room for the copies.
+    if !read_socket(fd, &mut call.socket) {
         return;
-    };
-    call.socket = flow;
+    }
     call.done = 1;
     let session = TlsSession {
         pid: id >> 32,
         session: call.session,
     };
-    let _ = TLS_SESSIONS.insert(&session, &flow, 0);
+    let _ = TLS_SESSIONS.insert(&session, &call.socket, 0);
     if call.end == CallEnd::Writer as u8 {
-        let (buf, len) = (call.buf, call.len);
+        control::scan_plain(&call.socket, CallEnd::Writer, call.buf, call.len);
         let _ = TLS_CALLS.remove(&id);
-        control::scan_plain(&flow, CallEnd::Writer, buf, len);
+    }
+}
+
+/// Writes the connection of this thread's socket `fd` into `key`, local end first; false
+/// when `fd` is no socket whose addresses can be read.
+#[inline(never)]
+fn read_socket(fd: u64, key: &mut FlowKey) -> bool {
+    let layout = &config().kernel;
+    let Some(sk) = fd_sock(fd, layout) else {
+        return false;
+    };
+    let field = |offset: u16| sk.wrapping_add(usize::from(offset));
+    // SAFETY: the helper checks each kernel address; each destination is as large as the
+    // bytes read into it.
+    unsafe {
+        let Ok(af) = bpf_probe_read_kernel(field(layout.family).cast::<u16>()) else {
+            return false;
+        };
+        let (local, remote, len) = match af {
+            AF_INET => (layout.rcv_saddr, layout.daddr, 4),
+            AF_INET6 => (layout.v6_rcv_saddr, layout.v6_daddr, 16),
+            _ => return false,
+        };
+        key.src = [0; 16];
+        key.dst = [0; 16];
+        if generated::bpf_probe_read_kernel(key.src.as_mut_ptr().cast(), len, field(local).cast())
+            != 0
+            || generated::bpf_probe_read_kernel(
+                key.dst.as_mut_ptr().cast(),
+                len,
+                field(remote).cast(),
+            ) != 0
+        {
+            return false;
+        }
+        let (Ok(remote_port), Ok(local_port)) = (
+            bpf_probe_read_kernel(field(layout.dport).cast::<u16>()),
+            bpf_probe_read_kernel(field(layout.num).cast::<u16>()),
+        ) else {
+            return false;
+        };
+        key.src_port = local_port;
+        key.dst_port = u16::from_be(remote_port);
+        key._pad = [0; 3];
+        socket_key(af, key)
     }
 }
 
@@ -194,36 +236,4 @@ fn fd_sock(fd: u64, layout: &KernelLayout) -> Option<*const u8> {
             bpf_probe_read_kernel(at(file, layout.file_private_data).cast::<*const u8>()).ok()?;
         bpf_probe_read_kernel(at(socket, layout.socket_sk).cast::<*const u8>()).ok()
     }
-}
-
-/// The socket's connection, local end first, read where the loader found the kernel keeps
-/// it (`KernelLayout`).
-#[inline(always)]
-fn sock_flow(sk: *const u8, layout: &KernelLayout) -> Option<FlowKey> {
-    let field = |offset: u16| sk.wrapping_add(usize::from(offset));
-    // SAFETY: the helper checks the kernel address.
-    let af = unsafe { bpf_probe_read_kernel(field(layout.family).cast::<u16>()) }.ok()?;
-    let mut addrs: [Addr; 2] = [[0; 16]; 2];
-    // SAFETY: as above, for each field.
-    unsafe {
-        if af == AF_INET {
-            let l = bpf_probe_read_kernel(field(layout.rcv_saddr).cast::<[u8; 4]>()).ok()?;
-            let r = bpf_probe_read_kernel(field(layout.daddr).cast::<[u8; 4]>()).ok()?;
-            addrs[0][..4].copy_from_slice(&l);
-            addrs[1][..4].copy_from_slice(&r);
-        } else if af == AF_INET6 {
-            addrs[0] = bpf_probe_read_kernel(field(layout.v6_rcv_saddr).cast::<Addr>()).ok()?;
-            addrs[1] = bpf_probe_read_kernel(field(layout.v6_daddr).cast::<Addr>()).ok()?;
-        } else {
-            return None;
-        }
-    }
-    // SAFETY: as above.
-    let (remote_port, local_port) = unsafe {
-        (
-            u16::from_be(bpf_probe_read_kernel(field(layout.dport).cast::<u16>()).ok()?),
-            bpf_probe_read_kernel(field(layout.num).cast::<u16>()).ok()?,
-        )
-    };
-    socket_flow(af, &addrs, [local_port, remote_port])
 }
