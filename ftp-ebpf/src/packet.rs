@@ -330,6 +330,25 @@ impl Segment {
         (frame.load_bytes(offset as u32, addr.as_mut_ptr(), len) == 0).then_some(addr)
     }
 
+    /// `flow`, written into `key` (ring memory, say) with the load-bytes helper, as
+    /// `load_source` reads; false when the packet is too short.
+    #[inline(always)]
+    pub fn load_flow(&self, frame: &impl Frame, key: &mut FlowKey) -> bool {
+        let (offset, len) = if self.family == FAMILY_IPV4 {
+            (self.ip_offset + 12, 4)
+        } else {
+            (self.ip_offset + 8, 16)
+        };
+        key.family = self.family;
+        key._pad = [0; 3];
+        key.src_port = self.src_port;
+        key.dst_port = self.dst_port;
+        key.src = [0; 16];
+        key.dst = [0; 16];
+        frame.load_bytes(offset as u32, key.src.as_mut_ptr(), len) == 0
+            && frame.load_bytes((offset + len as usize) as u32, key.dst.as_mut_ptr(), len) == 0
+    }
+
     /// The connection as this segment travels.
     #[inline(always)]
     pub fn flow(&self, frame: &impl Frame) -> Option<FlowKey> {
