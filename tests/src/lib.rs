@@ -39,3 +39,19 @@ pub fn test_executable(cargo_messages: &str, name: &str) -> Option<std::path::Pa
         })
         .find_map(|message| message["executable"].as_str().map(Into::into))
 }
+
+/// Where the dynamic linker finds the library `binary` links whose file name starts with
+/// `prefix` (`libssl.so`, `libgnutls.so`): the TLS library a server or client uses.
+pub fn linked_library(binary: &str, prefix: &str) -> Option<std::path::PathBuf> {
+    let output = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let (name, rest) = line.trim().split_once(" => ")?;
+            let path = rest.split_whitespace().next()?;
+            name.starts_with(prefix).then(|| path.into())
+        })
+}

@@ -294,6 +294,28 @@ ftp.quit()
     assert!(!lab.unannounced_reachable());
 }
 
+/// The probes are on the library's file, not on processes: a server started after the
+/// loader (a restart, a new server), given its library by `--tls-library`, is covered,
+/// as each session's fork is.
+#[test]
+fn a_server_started_after_the_loader_is_covered() {
+    require_root();
+    let mut lab = Lab::new("ftps-later", &default_loader_bin()).unwrap();
+    lab.start_listener(UNANNOUNCED).unwrap();
+    let openssl = ftp_lab::linked_library("/usr/sbin/vsftpd", "libssl.so").unwrap();
+    lab.start_loader(&["--tls-uprobes", "--tls-library", openssl.to_str().unwrap()])
+        .unwrap();
+    Server::Vsftpd.start_tls(&mut lab, Tls::Explicit).unwrap();
+    guarded_download(
+        &lab,
+        Guard::Uprobes,
+        (Client::Lftp, Family::V4, Mode::Pasv),
+        Tls::Explicit,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!lab.unannounced_reachable());
+}
+
 /// One transfer (`download_tls`); when guarded, also that the guard admitted it the way
 /// plaintext FTP's is: a passive data connection through an expectation it read, an
 /// active one announced in plaintext it read (the server host's guard has no inbound

@@ -5,8 +5,6 @@
 //! it finds no FTP server to probe and reads the client's GnuTLS alone, which only holds
 //! while no other test's server runs.
 
-use std::{path::PathBuf, process::Command};
-
 use ftp_lab::{
     clients::{self, Client, Mode},
     lab::{CLIENT_IF, Family, Lab, default_loader_bin},
@@ -14,24 +12,11 @@ use ftp_lab::{
     servers::{Server, Tls},
 };
 
-/// The GnuTLS lftp runs with, as the dynamic linker finds it.
-fn gnutls() -> PathBuf {
-    let output = Command::new("ldd").arg("/usr/bin/lftp").output().unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|line| {
-            let (name, rest) = line.trim().split_once(" => ")?;
-            let path = rest.split_whitespace().next()?;
-            name.starts_with("libgnutls.so")
-                .then(|| PathBuf::from(path))
-        })
-        .expect("lftp links GnuTLS")
-}
-
 #[test]
 fn a_client_host_guards_its_active_ftps_through_gnutls() {
     require_root();
-    let library = gnutls();
+    let library =
+        ftp_lab::linked_library("/usr/bin/lftp", "libgnutls.so").expect("lftp links GnuTLS");
     let library = library.to_str().unwrap();
     let mut lab = Lab::new("ftps-client", &default_loader_bin()).unwrap();
     let client_ns = lab.client_ns.clone();
