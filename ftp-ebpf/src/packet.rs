@@ -322,31 +322,41 @@ impl Segment {
     #[inline(always)]
     pub fn load_source(&self, frame: &impl Frame) -> Option<Addr> {
         let mut addr = [0u8; 16];
-        let (offset, len) = if self.family == FAMILY_IPV4 {
-            (self.ip_offset + 12, 4)
+        self.load_address(frame, 0, &mut addr).then_some(addr)
+    }
+
+    /// Copies the source (`which` 0) or destination (1) address into `addr`. Always 16
+    /// bytes, whatever the family (an IPv4 address is followed by the rest of its header
+    /// and the TCP header's first bytes, then cleared): a length that depends on the
+    /// family is a number the verifier must know exactly, and on 6.1 that keeps every
+    /// parse path (VLAN tags, IP options, IPv6 extension headers) apart to the end of the
+    /// program.
+    #[inline(always)]
+    fn load_address(&self, frame: &impl Frame, which: usize, addr: &mut Addr) -> bool {
+        let ipv4 = self.family == FAMILY_IPV4;
+        let offset = if ipv4 {
+            self.ip_offset + 12 + 4 * which
         } else {
-            (self.ip_offset + 8, 16)
+            self.ip_offset + 8 + 16 * which
         };
-        (frame.load_bytes(offset as u32, addr.as_mut_ptr(), len) == 0).then_some(addr)
+        if frame.load_bytes(offset as u32, addr.as_mut_ptr(), 16) != 0 {
+            return false;
+        }
+        if ipv4 {
+            addr[4..].fill(0);
+        }
+        true
     }
 
     /// `flow`, written into `key` (ring memory, say) with the load-bytes helper, as
-    /// `load_source` reads; false when the packet is too short.
+    /// `load_source` reads.
     #[inline(always)]
     pub fn load_flow(&self, frame: &impl Frame, key: &mut FlowKey) -> bool {
-        let (offset, len) = if self.family == FAMILY_IPV4 {
-            (self.ip_offset + 12, 4)
-        } else {
-            (self.ip_offset + 8, 16)
-        };
         key.family = self.family;
         key._pad = [0; 3];
         key.src_port = self.src_port;
         key.dst_port = self.dst_port;
-        key.src = [0; 16];
-        key.dst = [0; 16];
-        frame.load_bytes(offset as u32, key.src.as_mut_ptr(), len) == 0
-            && frame.load_bytes((offset + len as usize) as u32, key.dst.as_mut_ptr(), len) == 0
+        self.load_address(frame, 0, &mut key.src) && self.load_address(frame, 1, &mut key.dst)
     }
 
     /// The connection as this segment travels.
