@@ -86,11 +86,14 @@ fn no_netfilter_rules(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// Instructions the verifier may explore per program: about twice what the programs take
-/// on the kernels tested (6.1, 6.12, 6.18: 67k to 89k), a fifth of its limit of 1M. A
-/// change that multiplies the exploration (as once each IPv6 extension-header path did,
-/// threefold on 6.1) fails here on any kernel, before an older one refuses the programs.
-const VERIFIER_BUDGET: u32 = 200_000;
+/// Instructions the verifier may explore per program, under a third of its limit of 1M.
+/// The largest, `ftp_ingress`, takes about 115k on 6.18 and 252k on 6.1, whose verifier
+/// keeps more paths apart (it took 181k before FTPS detection and the TLS drop counting
+/// joined the guard's paths; the budget was 200k then). A change that multiplies the
+/// exploration (as once each IPv6 extension-header path did, threefold on 6.1) fails here:
+/// by a fifth more on 6.1, or 2.6 times on 6.18, before an older kernel refuses the
+/// programs.
+const VERIFIER_BUDGET: u32 = 300_000;
 
 /// Every program passes the verifier with room to spare. The counts are printed for
 /// `cargo xtask test --kernel`, which runs this test on older kernels under qemu.
