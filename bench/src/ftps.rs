@@ -28,7 +28,7 @@ use super::{Bench, Figure, Section, alternate, median};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
     None,
-    /// ftp-tracker guarding every port but the passive range.
+    /// ftp-tracker with every passive port allowed (`--allow-port`).
     RangeOpen,
     /// ftp-tracker guarding the passive range too, with `--tls-uprobes`.
     Uprobes,
@@ -190,8 +190,12 @@ fn install(lab: &mut Lab, variant: Variant) -> Result<()> {
     match variant {
         Variant::None => Ok(()),
         Variant::RangeOpen => {
-            let open = format!("{}-65535", PASSIVE_PORTS.1 + 1);
-            lab.start_loader(&["--data-ports", &open])
+            // Every passive port an --allow-port: what an admin opens for FTPS today.
+            let ports: Vec<String> = (PASSIVE_PORTS.0..=PASSIVE_PORTS.1)
+                .flat_map(|port| ["--allow-port".to_owned(), port.to_string()])
+                .collect();
+            let args: Vec<&str> = ports.iter().map(String::as_str).collect();
+            lab.start_loader(&args)
         }
         Variant::Uprobes => lab.start_loader(&["--tls-uprobes"]),
     }
