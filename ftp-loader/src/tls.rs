@@ -201,15 +201,8 @@ fn libraries(named: &[PathBuf]) -> Result<Vec<Library>> {
             },
         );
     }
-    for (process, path) in servers_libraries() {
+    for (process, path, kind) in servers_libraries() {
         let Ok(metadata) = std::fs::metadata(&path) else {
-            continue;
-        };
-        let Some(kind) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(TlsLibrary::of_file_name)
-        else {
             continue;
         };
         let library = found
@@ -264,10 +257,10 @@ fn kind_of(path: &Path) -> Result<TlsLibrary> {
     }
 }
 
-/// (`name[pid]`, library path as this process can open it) for each TLS library mapped
-/// by a running FTP server. The path goes through the process's root, so that a server in
+/// (`name[pid]`, library path as this process can open it, which library) for each TLS
+/// library mapped by a running FTP server. The path goes through the process's root, so that a server in
 /// another mount namespace (a container, a lab namespace) names its own file.
-fn servers_libraries() -> Vec<(String, PathBuf)> {
+fn servers_libraries() -> Vec<(String, PathBuf, TlsLibrary)> {
     let mut found = Vec::new();
     let Ok(processes) = std::fs::read_dir("/proc") else {
         return found;
@@ -291,35 +284,40 @@ fn servers_libraries() -> Vec<(String, PathBuf)> {
         let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
             continue;
         };
-        for path in maps
-            .lines()
-            .filter_map(|line| line.split_whitespace().nth(5))
-        {
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(range), Some(path)) = (fields.next(), fields.nth(4)) else {
+                continue;
+            };
             let file = Path::new(path);
-            let tls = file
+            let Some(kind) = file
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(TlsLibrary::of_file_name)
-                .is_some();
-            if tls {
-                // The process's own file, through its root; the same path in this mount
-                // namespace when it is the same file, which outlives the process.
-                let inside = dir.join("root").join(path.trim_start_matches('/'));
-                let same = |a: &Path, b: &Path| {
-                    let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
-                        return false;
-                    };
-                    (a.dev(), a.ino()) == (b.dev(), b.ino())
-                };
-                let chosen = if same(file, &inside) {
-                    file.to_owned()
-                } else {
-                    inside
-                };
-                let entry = (format!("{comm}[{pid}]"), chosen);
-                if !found.contains(&entry) {
-                    found.push(entry);
-                }
+            else {
+                continue;
+            };
+            // The mapped file itself, whatever its path says: a server in another mount
+            // namespace (a container, a chroot, `ip netns exec`) may name it by a path
+            // that means nothing here. Probed through the first path that leads to it:
+            // this namespace's own (which outlives the process), the process's root, or
+            // the mapping.
+            let mapped = dir.join("map_files").join(range);
+            let Ok(target) = std::fs::metadata(&mapped) else {
+                continue;
+            };
+            let leads = |candidate: &Path| {
+                std::fs::metadata(candidate)
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (target.dev(), target.ino()))
+            };
+            let inside = dir.join("root").join(path.trim_start_matches('/'));
+            let chosen = [file.to_owned(), inside]
+                .into_iter()
+                .find(|candidate| leads(candidate))
+                .unwrap_or(mapped);
+            let entry = (format!("{comm}[{pid}]"), chosen, kind);
+            if !found.contains(&entry) {
+                found.push(entry);
             }
         }
     }
