@@ -37,6 +37,21 @@ pub struct Library {
     pub path: PathBuf,
     pub kind: TlsLibrary,
     pub users: Vec<String>,
+    /// The library held open while it is probed: a path through a process
+    /// (`/proc/PID/...`) goes with the process, a session's fork may end at any moment,
+    /// and the loader's own descriptor (`/proc/self/fd/N`) does not.
+    held: Option<std::fs::File>,
+}
+
+impl Library {
+    /// The path the probes are attached through.
+    fn attach_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        self.held.as_ref().map_or_else(
+            || self.path.clone(),
+            |file| PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+        )
+    }
 }
 
 /// What `--tls-uprobes` probes.
@@ -123,7 +138,7 @@ pub fn attach(ebpf: &mut Ebpf, named: &[PathBuf]) -> Result<Probed> {
         for &(program, function, _) in library.kind.probes() {
             let uprobe: &mut UProbe = program_mut(ebpf, program)?.try_into()?;
             uprobe
-                .attach(function, &library.path, UProbeScope::AllProcesses)
+                .attach(function, library.attach_path(), UProbeScope::AllProcesses)
                 .map_err(|error| {
                     log::debug!("probing {function}: {error}");
                     anyhow::anyhow!(
@@ -198,6 +213,7 @@ fn libraries(named: &[PathBuf]) -> Result<Vec<Library>> {
                 path: path.clone(),
                 kind,
                 users: Vec::new(),
+                held: None,
             },
         );
     }
@@ -208,6 +224,10 @@ fn libraries(named: &[PathBuf]) -> Result<Vec<Library>> {
         let library = found
             .entry((metadata.dev(), metadata.ino()))
             .or_insert_with(|| Library {
+                held: path
+                    .starts_with("/proc")
+                    .then(|| std::fs::File::open(&path).ok())
+                    .flatten(),
                 path: path.clone(),
                 kind,
                 users: Vec::new(),
